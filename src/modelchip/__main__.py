@@ -1,0 +1,5 @@
+import sys
+
+from modelchip.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,41 @@
+"""Options shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from modelchip.cost.conventions import CONVENTIONS, Precision, convention
+from modelchip.spec import dtypes
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("number formats (default: the Step-3 paper's, everything 8-bit)")
+    g.add_argument("--weight-dtype", default="fp8", metavar="D", help="weight format: fp8, int8, bf16, fp4, ...")
+    g.add_argument("--kv-dtype", default="fp8", metavar="D", help="KV cache format (default fp8)")
+    g.add_argument("--compute-dtype", default="auto", metavar="D",
+                   help="math format; auto = the weight format where the chip has a peak for it, else bf16")
+    g.add_argument("--ignore-pinned-kv", action="store_true",
+                   help="use --kv-dtype everywhere, even where a model's deployment pins a KV format "
+                        "(MiniMax M1 and Llama 4 keep BF16 KV in their full-attention layers)")
+    g.add_argument("--convention", default="paper", choices=sorted(CONVENTIONS),
+                   help="counting convention: paper (Step-3 section 4.1, default) or exact")
+
+
+def precision(args: argparse.Namespace) -> Precision:
+    return Precision(weight=dtypes.canonical(args.weight_dtype), kv=dtypes.canonical(args.kv_dtype),
+                     compute=args.compute_dtype, honor_pins=not args.ignore_pinned_kv)
+
+
+def counting(args: argparse.Namespace):
+    return convention(args.convention)
+
+
+def add_sets(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="what-if override of a config field, e.g. num_key_value_heads=8 or attention=mfa-kr "
+                        "(repeatable; applies to every model; per model: --models step3:attention=mha)")
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False, default=str))

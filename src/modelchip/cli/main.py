@@ -1,0 +1,43 @@
+"""`modelchip` command line: one subcommand per job, each with --help and --json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from modelchip import __version__
+from modelchip.cli import chips_cmd, compare_cmd, models_cmd
+from modelchip.errors import ModelchipError
+
+COMMANDS = (compare_cmd, chips_cmd, models_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelchip",
+        description="Model-chip co-design for LLM inference: what a model costs on a chip, and why.",
+    )
+    parser.add_argument("--version", action="version", version=f"modelchip {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except ModelchipError as exc:
+        print(f"modelchip {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # piping into `head` is not an error
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Counting conventions and number formats for per-token accounting.
+
+Two conventions:
+  paper  the Step-3 paper's (arXiv 2507.19427, section 4.1): absorbed MLA reads the whole 576-wide latent
+         for both scores and values; linear attention costs 10 FLOPs per state element per token (the figure
+         its Table 2 implies for MiniMax M1: (3.42e9 - 10 full layers' softmax FLOPs) / (70 layers x 64 heads
+         x 128 x 128) = 10.0); router, embedding and LM head are left out.
+  exact  what the arithmetic of the layers does: MLA values are 512 wide, linear attention decode is decay
+         (1) + rank-1 update (2) + query read-out (2) = 5 FLOPs per state element, router and LM head counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelchip.errors import unknown
+from modelchip.spec import dtypes
+
+
+@dataclass(frozen=True)
+class Convention:
+    name: str
+    mla_values_full_latent: bool
+    linear_state_flops: float
+    count_router: bool
+    count_lm_head: bool
+
+
+CONVENTIONS = {
+    "paper": Convention("paper", mla_values_full_latent=True, linear_state_flops=10.0,
+                        count_router=False, count_lm_head=False),
+    "exact": Convention("exact", mla_values_full_latent=False, linear_state_flops=5.0,
+                        count_router=True, count_lm_head=True),
+}
+
+
+def convention(name: str) -> Convention:
+    if name not in CONVENTIONS:
+        raise unknown("convention", name, CONVENTIONS)
+    return CONVENTIONS[name]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Number formats of a deployment.
+
+    weight, kv: storage formats. compute: 'auto' picks the weight format where the chip has a peak for it
+    (fp8, fp4), else bf16, as the paper does for A800 and 910B (8-bit weights and KV, BF16 compute).
+    linear_state: the format of a linear-attention state (accumulated in fp32 by its kernels).
+    honor_pins: keep KV formats a model's deployment fixes (e.g. MiniMax M1's BF16 full-attention KV).
+    """
+
+    weight: str = "fp8"
+    kv: str = "fp8"
+    compute: str = "auto"
+    linear_state: str = "fp32"
+    honor_pins: bool = True
+
+    def __post_init__(self):
+        for name in ("weight", "kv", "linear_state"):
+            object.__setattr__(self, name, dtypes.canonical(getattr(self, name)))
+        if self.compute != "auto":
+            object.__setattr__(self, "compute", dtypes.canonical(self.compute))
+
+    def kv_bytes(self, pinned: str | None) -> float:
+        return dtypes.nbytes(pinned if (pinned and self.honor_pins) else self.kv)
+
+    def compute_dtype(self, chip) -> str:
+        """The format the chip's math runs in for this deployment."""
+        if self.compute != "auto":
+            return self.compute
+        if self.weight in ("fp8", "fp4") and chip.peak(self.weight):
+            return self.weight
+        if self.weight == "fp4" and chip.peak("fp8"):
+            return "fp8"
+        if self.weight == "fp32" and chip.peak("fp32"):
+            return "fp32"
+        return "bf16"
+
+
+PAPER = CONVENTIONS["paper"]
+EXACT = CONVENTIONS["exact"]
