@@ -77,8 +77,8 @@ def run_models(args) -> int:
     for pid, p in sorted(presets().items()):
         d = describe(pid)
         out.append({**d, "hf_repo": p.hf_repo, "confidence": p.confidence})
-        rows.append([pid, d["family"], d["layers"], _count(d["params_total"]), _count(d["params_active"]), f"{d['kv_bytes_per_token_bf16']:,.0f}", p.confidence,
-                     p.hf_repo])
+        rows.append([pid, d["family"], d["layers"], _count(d["params_total"]), _count(d["params_active"]),
+                     f"{d['kv_bytes_per_token_bf16']:,.0f}", p.confidence, p.hf_repo])
     if args.json:
         common.print_json(out)
         return 0
