@@ -155,12 +155,13 @@ def deepseek_v3(c: Config, name: str) -> ModelSpec:
         num_experts=int(c.get("n_routed_experts")),
         top_k=int(c.get("num_experts_per_tok")),
         shared_intermediate_size=moe_width * int(c.get("n_shared_experts", 0) or 0),
-        scoring=c.get("scoring_func", "softmax"),
-        norm_topk_prob=bool(c.get("norm_topk_prob", False)),
+        # transformers 5 configs drop scoring_func/topk_method: V3 always scores by sigmoid with a bias
+        scoring=c.get("scoring_func", "sigmoid"),
+        norm_topk_prob=bool(c.get("norm_topk_prob", True)),
         n_group=int(c.get("n_group", 1) or 1),
         topk_group=int(c.get("topk_group", 1) or 1),
         routed_scaling_factor=float(c.get("routed_scaling_factor", 1.0) or 1.0),
-        router_bias=c.get("topk_method", "") == "noaux_tc",
+        router_bias=c.get("topk_method", "noaux_tc") == "noaux_tc",
     )
     first_dense = int(c.get("first_k_dense_replace", 0) or 0)
     freq = int(c.get("moe_layer_freq", 1) or 1)

@@ -1,0 +1,1 @@
+"""The portable runtime: a backend contract with a pure-PyTorch reference, model families, loaders, LLM."""

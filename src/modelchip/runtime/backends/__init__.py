@@ -1,0 +1,78 @@
+"""Backend registry: built-in backends plus out-of-tree ones registered under the entry point group
+`modelchip.backends` (value: a class or factory taking `device`). A backend implements any subset of the
+contract's ops; the rest run on the reference backend, and every such call is counted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+import torch
+
+from modelchip.errors import ModelchipError, unknown
+from modelchip.runtime.backends.reference import ReferenceBackend
+from modelchip.runtime.contract import CONTRACT_VERSION, OPS
+
+ENTRY_POINT_GROUP = "modelchip.backends"
+BUILTIN: dict[str, Callable] = {"reference": ReferenceBackend}
+
+
+def available() -> dict[str, Callable]:
+    """Backend factories by name: built-ins, then plugins (a plugin cannot shadow a built-in)."""
+    out = dict(BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        out.setdefault(ep.name, ep)
+    return out
+
+
+class Ops:
+    """What model code calls: each contract op bound to the backend, or to the reference with a count."""
+
+    def __init__(self, backend, reference: ReferenceBackend):
+        self.backend = backend
+        self.name = backend.name
+        self.device = reference.device
+        self.fallbacks: Counter[str] = Counter()
+        for op in OPS:
+            impl = getattr(backend, op, None)
+            setattr(self, op, impl if impl is not None else self._fallback(op, getattr(reference, op)))
+
+    def _fallback(self, op: str, impl: Callable) -> Callable:
+        def call(*args, **kwargs):
+            self.fallbacks[op] += 1
+            return impl(*args, **kwargs)
+
+        return call
+
+    @property
+    def native_ops(self) -> list[str]:
+        return [op for op in OPS if getattr(self.backend, op, None) is not None]
+
+    def fallback_report(self) -> dict:
+        """Ops this backend lacks and how often each ran on the reference instead."""
+        missing = [op for op in OPS if op not in self.native_ops]
+        return {"backend": self.name, "missing_ops": missing, "fallback_calls": dict(self.fallbacks)}
+
+
+def get_backend(name: str = "reference", device: str | torch.device = "cpu") -> Ops:
+    """Instantiate a backend by name for a torch device, wrapped so missing ops fall back visibly."""
+    factories = available()
+    if name not in factories:
+        raise unknown("backend", name, factories)
+    factory = factories[name]
+    try:
+        factory = factory.load() if hasattr(factory, "load") else factory
+        backend = factory(device=device)
+    except ModelchipError:
+        raise
+    except Exception as exc:
+        raise ModelchipError(f"backend {name!r} failed to start on device {device!r}: {exc}") from exc
+    version = getattr(backend, "contract_version", CONTRACT_VERSION)
+    if version != CONTRACT_VERSION:
+        raise ModelchipError(f"backend {name!r} implements contract version {version}, "
+                             f"modelchip speaks version {CONTRACT_VERSION}")
+    if not hasattr(backend, "name"):
+        backend.name = name
+    return Ops(backend, ReferenceBackend(device))

@@ -1,0 +1,124 @@
+"""The reference backend: every contract op in plain PyTorch, on any torch device.
+
+Written for correctness and readability; other backends are checked against it. Reductions that decide
+numerics (norms, softmax, routing) run in float32 whatever the activation dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from modelchip.runtime.contract import AttentionMetadata
+
+
+class ReferenceBackend:
+    name = "reference"
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+
+    def embedding(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, weight)
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(x, weight, bias)
+
+    def batched_linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("thi,hoi->tho", x, weight)
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        return (x32 * weight.float()).to(x.dtype)
+
+    def rotary_embedding(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         interleaved: bool = False) -> torch.Tensor:
+        cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
+        if interleaved:
+            x1, x2 = x[..., 0::2], x[..., 1::2]
+            return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+    def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    def write_kv(self, cache: torch.Tensor, values: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+        cache.view(-1, *cache.shape[2:]).index_copy_(0, slot_mapping, values.to(cache.dtype))
+
+    def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor | None,
+                        meta: AttentionMetadata, scale: float, v_dim: int | None = None,
+                        window: int = 0) -> torch.Tensor:
+        heads = q.shape[1]
+        groups = k_cache.shape[2]
+        out = []
+        starts = meta.query_start_loc.tolist()
+        for s, ctx in enumerate(meta.context_lens.tolist()):
+            qs = q[starts[s]:starts[s + 1]]  # [n, h, dk]
+            n = qs.shape[0]
+            blocks = meta.block_tables[s, : -(-ctx // meta.block_size)]
+            k = k_cache[blocks].flatten(0, 1)[:ctx]  # [ctx, g, dk]
+            v = (k[..., :v_dim] if v_cache is None else v_cache[blocks].flatten(0, 1)[:ctx])
+            k = k.repeat_interleave(heads // groups, dim=1).transpose(0, 1)  # [h, ctx, dk]
+            v = v.repeat_interleave(heads // groups, dim=1).transpose(0, 1)
+            scores = torch.matmul(qs.transpose(0, 1).float(), k.float().transpose(1, 2)) * scale  # [h, n, ctx]
+            q_pos = torch.arange(ctx - n, ctx, device=q.device)[:, None]
+            k_pos = torch.arange(ctx, device=q.device)[None, :]
+            visible = k_pos <= q_pos
+            if window:
+                visible &= k_pos > q_pos - window
+            scores = scores.masked_fill(~visible, float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
+            out.append(torch.matmul(probs, v.float()).transpose(0, 1).to(q.dtype))  # [n, h, dv]
+        return torch.cat(out, dim=0)
+
+    def moe_route(self, router_logits: torch.Tensor, top_k: int, scoring: str, norm_topk_prob: bool,
+                  n_group: int = 1, topk_group: int = 1, correction_bias: torch.Tensor | None = None,
+                  scaling: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = router_logits.float()
+        scores = torch.sigmoid(logits) if scoring == "sigmoid" else torch.softmax(logits, dim=-1)
+        choice = scores if correction_bias is None else scores + correction_bias.float()
+        if n_group > 1 and topk_group < n_group:
+            t, e = choice.shape
+            grouped = choice.view(t, n_group, e // n_group)
+            if correction_bias is not None:  # DeepSeek-V3: a group scores by its best two experts
+                group_scores = grouped.topk(2, dim=-1).values.sum(-1)
+            else:
+                group_scores = grouped.max(dim=-1).values
+            keep = torch.zeros_like(group_scores).scatter_(1, group_scores.topk(topk_group, dim=-1).indices, 1.0)
+            choice = choice.masked_fill(~keep.bool().repeat_interleave(e // n_group, dim=1), float("-inf"))
+        ids = choice.topk(top_k, dim=-1).indices
+        weights = scores.gather(1, ids)
+        if norm_topk_prob:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return weights * scaling, ids
+
+    def moe_experts(self, x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights: torch.Tensor,
+                    ids: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], down.shape[1], dtype=torch.float32, device=x.device)
+        for e in ids.unique().tolist():
+            tok, slot = (ids == e).nonzero(as_tuple=True)
+            h = self.silu_and_mul(F.linear(x[tok], gate_up[e]))
+            y = F.linear(h, down[e])
+            out.index_add_(0, tok, y.float() * weights[tok, slot, None])
+        return out.to(x.dtype)
+
+    def sample(self, logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+               top_k: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        logits = logits.float()
+        greedy = logits.argmax(dim=-1)
+        if bool((temperature <= 0).all()):
+            return greedy
+        scaled = logits / temperature.clamp_min(1e-6)[:, None]
+        sorted_logits, order = scaled.sort(dim=-1, descending=True)
+        ranks = torch.arange(scaled.shape[-1], device=scaled.device)[None, :]
+        cut = (top_k[:, None] > 0) & (ranks >= top_k[:, None])
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token once the tokens ranked above it already cover top_p
+        cut |= (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
+        probs = probs.masked_fill(cut, 0.0)
+        picked = torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
+        sampled = order.gather(1, picked[:, None]).squeeze(-1)
+        return torch.where(temperature <= 0, greedy, sampled)

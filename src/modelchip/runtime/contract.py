@@ -1,0 +1,111 @@
+"""The backend contract: the only ops model code may call, and what each receives and returns.
+
+Version 1. A backend is an object with these methods (or a subset: missing ops fall back to the reference
+backend, and every fallback is counted). Tensors live on the backend's device; shapes use
+T = tokens in the batch, H = hidden size, h = query heads, g = K/V heads, d = head dim, E = experts.
+
+Every op must return the dtype it is given (activations), except where noted: router logits, sampling
+probabilities and `logits` are float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+CONTRACT_VERSION = 1
+
+OPS = (
+    "embedding",
+    "linear",
+    "batched_linear",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+    "write_kv",
+    "paged_attention",
+    "moe_route",
+    "moe_experts",
+    "sample",
+)
+
+
+@dataclass
+class AttentionMetadata:
+    """Where each sequence's tokens sit in the batch and in the paged cache.
+
+    query_start_loc: [S+1] int64, offsets of each sequence's new tokens in the flattened batch.
+    context_lens: [S] int64, tokens in the cache per sequence after this step's tokens were written.
+    block_tables: [S, max_blocks] int64, physical block ids per sequence (-1 padding).
+    slot_mapping: [T] int64, cache slot (block * block_size + offset) of each new token.
+    block_size: tokens per cache block.
+    """
+
+    query_start_loc: torch.Tensor
+    context_lens: torch.Tensor
+    block_tables: torch.Tensor
+    slot_mapping: torch.Tensor
+    block_size: int
+
+    @property
+    def num_seqs(self) -> int:
+        return self.context_lens.shape[0]
+
+
+class Backend(Protocol):
+    name: str
+    device: torch.device
+
+    def embedding(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """ids [T] int64 -> [T, H] rows of weight [V, H]."""
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [T, in] @ weight[out, in].T (+ bias) -> [T, out]."""
+
+    def batched_linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Per-head projection: x [T, h, in], weight [h, out, in] -> [T, h, out] (MLA's absorbed up-projections)."""
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """x / sqrt(mean(x^2) + eps) * weight over the last dim, computed in float32, returned in x.dtype."""
+
+    def rotary_embedding(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         interleaved: bool = False) -> torch.Tensor:
+        """Rotate x [T, heads, d_rot] by cos/sin [T, d_rot/2]. Half-split pairs (i, i+d/2) by default;
+        interleaved pairs (2i, 2i+1) when `interleaved`."""
+
+    def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """[T, 2I] -> silu(gate) * up, [T, I] (gate is the first half)."""
+
+    def write_kv(self, cache: torch.Tensor, values: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+        """Store values [T, ...] into cache [blocks, block_size, ...] at flat slots; in place."""
+
+    def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor | None,
+                        meta: AttentionMetadata, scale: float, v_dim: int | None = None,
+                        window: int = 0) -> torch.Tensor:
+        """Causal attention of new tokens over each sequence's cached tokens (prefill, chunked prefill and
+        decode alike: the new tokens' K/V are already written).
+
+        q [T, h, d_k]; k_cache [blocks, block_size, g, d_k]; v_cache [blocks, block_size, g, d_v], or None
+        when values are the first `v_dim` channels of the keys (MLA's latent, MFA-KR). A query at position p
+        sees cached positions <= p (and > p - window when window > 0). Returns [T, h, d_v]; softmax in fp32.
+        """
+
+    def moe_route(self, router_logits: torch.Tensor, top_k: int, scoring: str, norm_topk_prob: bool,
+                  n_group: int = 1, topk_group: int = 1, correction_bias: torch.Tensor | None = None,
+                  scaling: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """router_logits [T, E] float32 -> (weights [T, top_k] float32, expert ids [T, top_k] int64).
+        scoring 'softmax' or 'sigmoid'; with groups, experts are chosen only from the `topk_group` best
+        groups (a group's score: its best expert, or the sum of its best two when a correction bias is
+        given); the bias shifts selection only, never the weights."""
+
+    def moe_experts(self, x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights: torch.Tensor,
+                    ids: torch.Tensor) -> torch.Tensor:
+        """x [T, H]; gate_up [E, 2I, H]; down [E, H, I]; weights/ids [T, top_k] -> [T, H]:
+        sum_k weights[t,k] * down[e] @ (silu(gate[e] x) * up[e] x), e = ids[t,k]."""
+
+    def sample(self, logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+               top_k: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """logits [S, V] float32, per-row temperature/top_p (float32) and top_k (int64; 0 = off) -> [S] ids.
+        temperature 0 means greedy (argmax)."""

@@ -1,0 +1,112 @@
+"""One decoder-only model for every family the runtime supports, built from the same ModelSpec the cost
+model reads: each layer's attention and FFN kinds come from the spec, checkpoint names from the family."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from modelchip.errors import ModelchipError
+from modelchip.runtime.contract import AttentionMetadata
+from modelchip.runtime.layers.attention import GQAAttention, MFAAttention, MLAAttention
+from modelchip.runtime.layers.base import Layer, Slot
+from modelchip.runtime.layers.ffn import GatedMLP, MoE
+from modelchip.runtime.layers.norm import RMSNorm
+from modelchip.runtime.layers.rotary import RotaryEmbedding
+from modelchip.spec.model import LayerSpec, ModelSpec
+
+# model_type -> checkpoint naming flavour
+FAMILIES = {
+    "llama": "hf", "mistral": "hf", "qwen2": "hf", "qwen3": "hf", "qwen3_moe": "hf", "mixtral": "mixtral",
+    "deepseek_v3": "hf", "kimi_k2": "hf", "step3_text": "step3",
+}
+
+
+def _mla_scale(spec: ModelSpec, head_dim: int) -> float:
+    # YaRN checkpoints (DeepSeek-V3) also sharpen the softmax by mscale(factor, mscale_all_dim)^2
+    scale = head_dim ** -0.5
+    s = spec.rope_scaling or {}
+    if s.get("rope_type", s.get("type")) == "yarn" and s.get("mscale_all_dim"):
+        import math
+
+        m = 0.1 * float(s["mscale_all_dim"]) * math.log(float(s["factor"])) + 1.0 if float(s["factor"]) > 1 else 1.0
+        scale *= m * m
+    return scale
+
+
+class DecoderLayer(Layer):
+    def __init__(self, ops, spec: ModelSpec, layer: LayerSpec, ropes: dict, dtype):
+        super().__init__(ops, dtype)
+        a, f, hidden, eps = layer.attention, layer.ffn, spec.hidden_size, spec.rms_norm_eps
+        self.flavor = FAMILIES[spec.family]
+        self.input_layernorm = RMSNorm(ops, hidden, eps, dtype)
+        self.post_attention_layernorm = RMSNorm(ops, hidden, eps, dtype)
+        if a.kind == "gqa":
+            self.self_attn = GQAAttention(ops, hidden, a, eps, ropes[a.head_dim], dtype)
+        elif a.kind == "mfa" or a.kind == "mfa-kr":
+            self.self_attn = MFAAttention(ops, hidden, a, eps, ropes[a.head_dim], dtype)
+        elif a.kind == "mla":
+            self.self_attn = MLAAttention(ops, hidden, a, eps, ropes[a.qk_rope_head_dim], dtype,
+                                          interleaved_rope=bool(spec.config.get("rope_interleave", True)),
+                                          scale=_mla_scale(spec, a.head_dim))
+        else:
+            raise ModelchipError(f"the runtime has no {a.kind!r} attention")
+        dense = f.kind == "dense"
+        self.mlp = GatedMLP(ops, hidden, f.intermediate_size, dtype) if dense else MoE(ops, hidden, f, dtype)
+
+    def forward(self, h, positions, meta, cache):
+        h = h + self.self_attn(self.input_layernorm(h), positions, meta, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+    def slots(self, prefix: str) -> dict[str, Slot]:
+        out = self.input_layernorm.slots(f"{prefix}.input_layernorm")
+        out |= self.post_attention_layernorm.slots(f"{prefix}.post_attention_layernorm")
+        out |= self.self_attn.slots(f"{prefix}.self_attn")
+        if isinstance(self.mlp, MoE):
+            out |= self.mlp.slots(prefix, self.flavor)
+        else:
+            out |= self.mlp.slots(f"{prefix}.mlp")
+        return out
+
+
+class DecoderLM(Layer):
+    def __init__(self, ops, spec: ModelSpec, dtype: torch.dtype):
+        super().__init__(ops, dtype)
+        if spec.family not in FAMILIES:
+            raise ModelchipError(
+                f"the runtime cannot run model_type {spec.family!r} (the cost model can); runtime families: "
+                + ", ".join(sorted(FAMILIES)))
+        self.spec = spec
+        ropes: dict[int, RotaryEmbedding] = {}
+        for layer in spec.layers:
+            a = layer.attention
+            dim = a.qk_rope_head_dim if a.kind == "mla" else a.head_dim
+            if dim not in ropes:
+                ropes[dim] = RotaryEmbedding(dim, spec.rope_theta, spec.rope_scaling)
+        self.embed_tokens = self.p(spec.vocab_size, spec.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(ops, spec, layer, ropes, dtype) for layer in spec.layers)
+        self.norm = RMSNorm(ops, spec.hidden_size, spec.rms_norm_eps, dtype)
+        self.lm_head = self.embed_tokens if spec.tie_word_embeddings else self.p(spec.vocab_size, spec.hidden_size)
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                caches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+        """Hidden states [T, H] after the final norm, for the flattened new tokens of every sequence."""
+        h = self.ops.embedding(ids, self.embed_tokens)
+        for layer, cache in zip(self.layers, caches, strict=True):
+            h = layer(h, positions, meta, cache)
+        return self.norm(h)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.ops.linear(hidden, self.lm_head).float()
+
+    def slots(self) -> dict[str, Slot]:
+        out = {"model.embed_tokens.weight": Slot(self.embed_tokens)}
+        for i, layer in enumerate(self.layers):
+            out |= layer.slots(f"model.layers.{i}")
+        out |= self.norm.slots("model.norm")
+        if not self.spec.tie_word_embeddings:
+            out["lm_head.weight"] = Slot(self.lm_head)
+        return out
+
+    def cache_layouts(self):
+        return [layer.self_attn.layout for layer in self.layers]
