@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from modelchip.cost.conventions import CONVENTIONS, Precision, convention
+from modelchip.cost.conventions import CONVENTIONS, Precision, convention  # noqa: F401 (Precision re-exported)
 from modelchip.spec import dtypes
 
 

@@ -19,7 +19,7 @@ from modelchip.runtime.contract import AttentionMetadata
 from modelchip.runtime.kv_cache import BlockAllocator, KVCache
 from modelchip.runtime.loaders.resolve import resolve
 from modelchip.runtime.loaders.weights import load_weights
-from modelchip.runtime.models.decoder import DecoderLM
+from modelchip.runtime.models.decoder import FAMILIES, DecoderLM
 from modelchip.spec import families
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -62,6 +62,10 @@ class LLM:
         self.ops = get_backend(backend, device)
         self.device = self.ops.device
         found = resolve(model, allow_pickle=allow_pickle)
+        model_type = families.text_config(found.config)[1]
+        if model_type not in FAMILIES:
+            raise ModelchipError(f"the runtime cannot run model_type {model_type!r} (the cost model can); "
+                                 f"supported: {', '.join(sorted(FAMILIES))}")
         self.spec = families.read(found.config, str(model))
         self.config = found.config
         self.tokenizer = found.tokenizer

@@ -110,7 +110,7 @@ def qwen3_moe(c: Config, name: str) -> ModelSpec:
     moe = FFNSpec(
         kind="moe",
         intermediate_size=int(c.get("moe_intermediate_size")),
-        num_experts=int(c.get("num_experts")),
+        num_experts=int(c.first("num_experts", "num_local_experts")),  # transformers 5 writes the latter
         top_k=int(c.get("num_experts_per_tok")),
         shared_intermediate_size=shared,
         norm_topk_prob=bool(c.get("norm_topk_prob", True)),

@@ -80,7 +80,7 @@ class ModelSpec:
     tie_word_embeddings: bool = False
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
-    rope_scaling: dict | None = None
+    rope_scaling: dict | None = field(default=None, compare=False)  # no effect on cost; keeps specs hashable
     max_position_embeddings: int = 0
     source: str = ""
     config: dict = field(default_factory=dict, compare=False, repr=False)

@@ -1,0 +1,96 @@
+"""`modelchip predict`: step time, throughput, memory and price of one deployment."""
+
+from __future__ import annotations
+
+import argparse
+
+from modelchip.cli import common
+from modelchip.cost.deploy import STRATEGIES, Deployment, best_batch_for_slo, evaluate
+from modelchip.cost.efficiency import defaults, parse_overrides
+from modelchip.cost.model_cost import model_cost
+from modelchip.cost.systems import system_for
+from modelchip.errors import ModelchipError
+from modelchip.report.text import render
+from modelchip.spec import load_model
+from modelchip.spec.chips import get_chip
+
+
+def add_deployment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="preset id, config.json, checkpoint dir or hub id")
+    p.add_argument("--system", default=None, help="system id (default: the chip's usual system; see `chips --systems`)")
+    p.add_argument("--context", type=int, default=4096, help="KV length per sequence for decode (default 4096)")
+    p.add_argument("--phase", default="decode", choices=["decode", "prefill"])
+    p.add_argument("--prompt-len", type=int, default=0, help="prompt tokens per sequence (prefill)")
+    p.add_argument("--weight-dtype", default="fp8", help="fp8 (default), int8, bf16, fp4 ...")
+    p.add_argument("--kv-dtype", default="bf16", help="bf16 (default), fp8, ...")
+    p.add_argument("--mtp", type=int, default=0, help="multi-token-prediction draft tokens per step")
+    p.add_argument("--mtp-acceptance", type=float, default=0.0, help="acceptance rate of each draft token")
+    p.add_argument("--redundant-experts", type=int, default=0, help="extra expert replicas placed for balance")
+    p.add_argument("--overlap", action="store_true", help="two micro-batch overlap of EP communication")
+    p.add_argument("--microbatches", type=int, default=3, help="AFD pipeline micro-batches (default 3)")
+    p.add_argument("--efficiency", action="append", default=[], metavar="NAME=FRACTION",
+                   help="override an efficiency default: gemm, attention_compute, memory, scale_up, scale_out")
+    p.add_argument("--price", type=float, default=None, help="USD per chip-hour (default: the catalog's)")
+    common.add_sets(p)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="predict one deployment: TPOT/TTFT, tokens/s per chip, memory, price",
+                       description="Roofline step time per op group with efficiencies, plus TP all-reduce, EP "
+                                   "all-to-all and AFD traffic; an infeasible deployment is reported as such.")
+    p.add_argument("--chip", required=True, help="chip id (see `modelchip chips`)")
+    p.add_argument("--chips", type=int, required=True, help="chips in the deployment")
+    p.add_argument("--strategy", required=True, help="tp, ep or afd")
+    p.add_argument("--attn-chips", type=int, default=0, help="AFD: attention chips")
+    p.add_argument("--ffn-chips", type=int, default=0, help="AFD: FFN chips")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--batch", type=int, help="sequences per chip (per attention chip under AFD)")
+    g.add_argument("--tpot-slo-ms", type=float, help="pick the largest batch meeting this TPOT")
+    add_deployment_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def build(args, chip_id: str, chips: int, strategy: str, batch: int, attn: int = 0, ffn: int = 0):
+    if strategy not in STRATEGIES:
+        raise ModelchipError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    spec = load_model(args.model, args.sets)
+    precision = common.Precision(weight=args.weight_dtype, kv=args.kv_dtype)
+    chip = get_chip(chip_id)
+    if args.price is not None:
+        chip = chip.with_price(args.price)
+    if strategy == "afd" and attn + ffn != chips:
+        raise ModelchipError(f"--attn-chips ({attn}) + --ffn-chips ({ffn}) must equal --chips ({chips})")
+    d = Deployment(chip=chip, chips=chips, strategy=strategy, batch=batch or 1, context=args.context,
+                   phase=args.phase, prompt_len=args.prompt_len, attn_chips=attn, ffn_chips=ffn,
+                   precision=precision, mtp=args.mtp, mtp_acceptance=args.mtp_acceptance,
+                   redundant_experts=args.redundant_experts, overlap=args.overlap, microbatches=args.microbatches,
+                   system=system_for(chip, args.system),
+                   efficiency=defaults().override(parse_overrides(args.efficiency)))
+    return model_cost(spec, precision), d
+
+
+def run(args) -> int:
+    if args.attn_chips > args.chips or args.ffn_chips > args.chips:
+        raise ModelchipError(f"more attention/FFN chips than --chips ({args.chips})")
+    cost, d = build(args, args.chip, args.chips, args.strategy, args.batch or 1, args.attn_chips, args.ffn_chips)
+    p = best_batch_for_slo(cost, d, args.tpot_slo_ms) if args.tpot_slo_ms else evaluate(cost, d)
+    out = {"model": args.model, "chip": d.chip.id, "system": d.system.id if d.system else None, "chips": d.chips,
+           "strategy": d.strategy, "context": d.context, "phase": d.phase, **p.as_dict()}
+    if args.json:
+        common.print_json(out)
+        return 0
+    if not p.feasible:
+        print(f"INFEASIBLE: {p.reason}")
+    head = "TTFT" if d.phase == "prefill" else "TPOT"
+    value = p.ttft_ms if d.phase == "prefill" else p.tpot_ms
+    print(render(["quantity", "value"], [
+        [head + " ms", "-" if value is None else f"{value:.2f}"],
+        ["batch per chip", p.batch_per_chip],
+        ["tokens/s per chip", "-" if p.tokens_per_s_per_chip is None else f"{p.tokens_per_s_per_chip:,.0f}"],
+        ["memory GB per chip", f"{p.memory_gb_per_chip:.1f}"],
+        ["USD per 1M tokens", "-" if p.usd_per_mtok is None else f"{p.usd_per_mtok:.3f}"],
+        ["bound by", p.bound],
+    ], title=f"{args.model} on {d.chips} x {d.chip.id} ({d.strategy}, {d.phase}, context {d.context})"))
+    print(render(["op group", "ms per step"], [[k, f"{v:.3f}"] for k, v in p.breakdown_ms.items()]))
+    return 0

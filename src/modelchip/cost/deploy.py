@@ -1,0 +1,337 @@
+"""Step-time model of a deployment: a model on N chips with a parallel strategy, costed op group by op group
+as roofline time (FLOPs at peak x efficiency, bytes at bandwidth x efficiency) plus communication.
+
+Strategies (per-chip batch `batch`; per attention chip under AFD):
+  tp   tensor parallel over all chips: heads, FFN widths and experts split; two all-reduces per layer.
+  ep   data-parallel attention on every chip, experts spread over all chips (EP = chips), dense layers
+       replicated; all-to-all dispatch (8-bit) and combine (16-bit) per MoE layer, overlapped with compute
+       by two micro-batches when `overlap`.
+  afd  attention-FFN disaggregation: A attention chips (data-parallel attention, KV cache, LM head) and F FFN
+       chips (experts over F, dense FFN tensor-parallel over F); activations cross the network each layer
+       (8-bit out, 16-bit back); micro-batches pipeline attention, network and FFN, so a layer costs its
+       slowest stage.
+A deployment that does not fit in memory is reported infeasible with the numbers, never estimated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from modelchip.cost.conventions import Precision
+from modelchip.cost.efficiency import Efficiency, defaults
+from modelchip.cost.model_cost import ModelCost
+from modelchip.errors import ModelchipError
+from modelchip.spec import dtypes
+from modelchip.spec.chips import Chip, System
+
+STRATEGIES = ("tp", "ep", "afd")
+ACT_BYTES = 2.0  # activations and combine traffic in BF16
+
+
+@dataclass(frozen=True)
+class Deployment:
+    chip: Chip
+    chips: int
+    strategy: str
+    batch: int
+    context: int
+    phase: str = "decode"
+    prompt_len: int = 0
+    attn_chips: int = 0
+    ffn_chips: int = 0
+    precision: Precision = field(default_factory=Precision)
+    mtp: int = 0
+    mtp_acceptance: float = 0.0
+    redundant_experts: int = 0  # extra expert replicas for load balance (DeepSeek: 32 on 256)
+    overlap: bool = False
+    microbatches: int = 3
+    system: System | None = None
+    efficiency: Efficiency = field(default_factory=defaults)
+
+    def check(self, cost: ModelCost) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ModelchipError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
+        if self.chips < 1 or self.batch < 1 or self.context < 1:
+            raise ModelchipError("chips, batch and context must be positive")
+        if self.strategy == "afd":
+            if self.attn_chips < 1 or self.ffn_chips < 1:
+                raise ModelchipError("afd needs --attn-chips and --ffn-chips, both positive")
+            if self.attn_chips + self.ffn_chips != self.chips:
+                raise ModelchipError(f"attention chips ({self.attn_chips}) + FFN chips ({self.ffn_chips}) must "
+                                     f"equal --chips ({self.chips})")
+        ep = self.expert_parallel
+        slots = cost.moe.experts + self.redundant_experts if cost.moe else 0
+        if cost.moe and ep > 1 and slots % ep:
+            extra = f" + {self.redundant_experts} redundant" if self.redundant_experts else ""
+            raise ModelchipError(f"expert-parallel degree {ep} does not divide the {cost.moe.experts}{extra} "
+                                 "experts (add --redundant-experts to place replicas)")
+        if self.strategy == "tp" and cost.kv_heads > 1 and self.chips > cost.kv_heads and self.chips % cost.kv_heads:
+            raise ModelchipError(f"TP degree {self.chips} does not divide or fit the {cost.kv_heads} K/V heads")
+        if self.mtp < 0 or not 0 <= self.mtp_acceptance <= 1:
+            raise ModelchipError("--mtp must be >= 0 and --mtp-acceptance in [0, 1]")
+        if self.phase == "prefill" and self.prompt_len < 1:
+            raise ModelchipError("prefill needs a positive --prompt-len")
+
+    @property
+    def expert_parallel(self) -> int:
+        return {"tp": 1, "ep": self.chips, "afd": self.ffn_chips}[self.strategy]
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens a sequence gains per decode step: 1, plus accepted drafts with MTP (r + r^2 + ...)."""
+        return 1.0 + sum(self.mtp_acceptance ** i for i in range(1, self.mtp + 1))
+
+
+@dataclass
+class Prediction:
+    feasible: bool
+    reason: str
+    tpot_ms: float | None
+    ttft_ms: float | None
+    batch_per_chip: int
+    tokens_per_s_per_chip: float | None
+    memory_gb_per_chip: float
+    memory_gb: dict
+    breakdown_ms: dict
+    usd_per_mtok: float | None
+    bound: str = ""
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _roofline(flops: float, nbytes: float, peak: float, bw: float, eff_c: float, eff_m: float) -> float:
+    return max(flops / (peak * eff_c), nbytes / (bw * eff_m))
+
+
+def _activated(experts: int, top_k: int, tokens: float) -> float:
+    """Expected experts hit at least once when `tokens` tokens each pick top_k of `experts` (balanced)."""
+    return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
+
+
+def _links(d: Deployment, group: int) -> tuple[float, float, int]:
+    """(scale-up B/s, scale-out B/s, chips per scale-up domain) for a group of `group` chips."""
+    eff = d.efficiency
+    chip = d.chip
+    domain = d.system.scale_up_domain if d.system else 8
+    up = (d.system.scale_up_bandwidth if d.system else None) or chip.scale_up.effective
+    out = (d.system.scale_out_bandwidth if d.system else None) or chip.scale_out.effective
+    up_measured = bool((d.system and d.system.scale_up.usable_bandwidth) or chip.scale_up.usable_bandwidth)
+    out_measured = bool((d.system and d.system.scale_out.usable_bandwidth) or chip.scale_out.usable_bandwidth)
+    up = (up or 0.0) * (1 if up_measured else eff.scale_up)
+    out = (out or 0.0) * (1 if out_measured else eff.scale_out)
+    return up, out, min(domain, group)
+
+
+def _all_to_all(d: Deployment, group: int, bytes_out: float, spread: bool = False) -> float:
+    """Seconds for each chip of `group` to send `bytes_out` spread evenly over the group.
+
+    Within one scale-up domain the traffic rides the scale-up link. A group spanning domains sends
+    everything over the scale-out NICs, as latency-oriented all-to-all kernels do (DeepEP's low-latency mode
+    is pure RDMA), unless `spread`, where the share bound for peers in the same domain uses scale-up.
+    """
+    if group <= 1 or bytes_out <= 0:
+        return 0.0
+    up, out, domain = _links(d, group)
+    if group <= domain:
+        local, remote = bytes_out * (group - 1) / group, 0.0
+    elif spread:
+        local, remote = bytes_out * (domain - 1) / group, bytes_out * (group - domain) / group
+    else:
+        local, remote = 0.0, bytes_out
+    if (local and not up) or (remote and not out):
+        raise ModelchipError(f"{d.chip.id} has no {'scale-up' if local and not up else 'scale-out'} bandwidth "
+                             "in the catalog; cannot cost its communication")
+    return max(local / up if local else 0.0, remote / out if remote else 0.0)
+
+
+def _throughput_all_to_all(d: Deployment, group: int, tokens: float, top_k: int, token_bytes: float) -> float:
+    """Prefill-style dispatch/combine (DeepEP's normal kernels): a token crosses the network once per remote
+    scale-up domain that holds one of its experts, then is forwarded over the scale-up link."""
+    up, out, domain = _links(d, group)
+    if group <= domain:
+        return _all_to_all(d, group, tokens * top_k * token_bytes)
+    domains = group / domain
+    remote_domains = domains * (1 - (1 - 1 / domains) ** top_k) * (domains - 1) / domains
+    remote = tokens * remote_domains * token_bytes
+    local = tokens * top_k * token_bytes * (domain - 1) / domain
+    if not out or not up:
+        raise ModelchipError(f"{d.chip.id} lacks scale-up or scale-out bandwidth in the catalog")
+    return max(remote / out, local / up)
+
+
+def _all_reduce(d: Deployment, group: int, nbytes: float) -> float:
+    if group <= 1:
+        return 0.0
+    return _all_to_all(d, group, 2 * nbytes, spread=True)  # ring: 2 (n-1)/n of the data leaves each chip
+
+
+def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
+    """Time one step of the deployment, check memory, and derive throughput and price."""
+    d.check(cost)
+    chip, eff, prec = d.chip, d.efficiency, d.precision
+    peak = chip.peak(prec.compute_dtype(chip))
+    # the attention core runs in the cache's format: 8-bit math only where the KV is 8-bit and the chip has it
+    attn_peak = chip.peak("fp8") if (prec.kv in ("fp8", "int8") and chip.peak("fp8")) else chip.peak("bf16")
+    if not peak or not chip.bandwidth or not chip.memory_capacity:
+        raise ModelchipError(f"{chip.id} lacks a peak, bandwidth or capacity figure for "
+                             f"{prec.compute_dtype(chip)}; pick another chip or add the figure to its catalog file")
+    bw = chip.bandwidth
+    wb = dtypes.nbytes(prec.weight)
+    H, L, moe = cost.hidden, cost.layers, cost.moe
+    decode = d.phase == "decode"
+    q = 1 + d.mtp if decode else d.prompt_len  # tokens per sequence entering this step
+    b = d.batch
+    tp = d.chips if d.strategy == "tp" else 1
+    attn_chips = d.attn_chips if d.strategy == "afd" else d.chips
+    ffn_group = d.ffn_chips if d.strategy == "afd" else d.chips
+    ep = d.expert_parallel
+    tokens = b * q  # per attention chip (under tp: this chip's share of the instance's batch)
+    kv_shard = min(tp, cost.kv_heads)
+
+    # attention side, per chip. Under tp the instance runs b * tp sequences and each chip holds 1/tp of the
+    # heads, so it does 1/tp of the instance's core FLOPs and reads 1/kv_shard of its cache (an MLA latent
+    # cannot be split by heads, so every chip reads all of it)
+    inst_tokens = tokens * tp
+    if decode:
+        core_flops, kv_bytes = cost.decode_attention(d.context)
+        core = _roofline(core_flops * tokens, kv_bytes * b * tp / kv_shard, attn_peak, bw,
+                         eff.attention_compute, eff.memory)
+    else:
+        core_flops, _ = cost.prefill_attention(d.prompt_len)
+        core = _roofline(core_flops * tokens, 0.0, attn_peak, bw, eff.attention_compute, eff.memory)
+    proj = _roofline(2 * inst_tokens * cost.attn_params / tp, cost.attn_params * wb / tp, peak, bw,
+                     eff.gemm, eff.memory)
+    head_params = cost.lm_head_params or cost.embed_params
+    out_tokens = b * tp * (q if decode else 1)  # prefill needs logits of the last token only
+    lm_head = _roofline(2 * out_tokens * head_params / tp, head_params * wb / tp, peak, bw, eff.gemm, eff.memory)
+
+    # FFN side, per FFN chip; under afd an FFN chip serves every attention chip's tokens
+    ffn_tokens = inst_tokens * (attn_chips / ffn_group if d.strategy == "afd" else 1)
+    dense_tp = tp if d.strategy == "tp" else (ffn_group if d.strategy == "afd" else 1)
+    dense_tokens = ffn_tokens * (ffn_group if d.strategy == "afd" else 1)
+    dense = _roofline(2 * dense_tokens * cost.dense_params / dense_tp, cost.dense_params * wb / dense_tp, peak, bw,
+                      eff.gemm, eff.memory)
+    moe_t = router = 0.0
+    if moe:
+        group_tokens = ffn_tokens * ep if d.strategy != "tp" else inst_tokens
+        pairs = group_tokens * moe.top_k / max(ep, 1)  # token-expert pairs landing on this chip
+        hit = _activated(moe.experts, moe.top_k, group_tokens) / max(ep, 1)
+        shard = tp if d.strategy == "tp" else 1
+        shared_tokens = ffn_tokens if d.strategy != "tp" else inst_tokens
+        flops = (2 * pairs * moe.expert_params + 2 * shared_tokens * moe.shared_params) / shard
+        nbytes = (hit * moe.expert_params + moe.shared_params) * wb / shard
+        moe_t = moe.layers * _roofline(flops, nbytes, peak, bw, eff.gemm, eff.memory)
+        router = moe.layers * _roofline(2 * shared_tokens * moe.router_params / shard, moe.router_params * wb / shard,
+                                        peak, bw, eff.gemm, eff.memory)
+
+    # communication per step
+    act = H * ACT_BYTES
+    comm = 0.0
+    if d.strategy == "tp":
+        comm = 2 * L * _all_reduce(d, tp, inst_tokens * act)
+    elif d.strategy == "ep" and moe:
+        per_token = moe.top_k * H * (1 + ACT_BYTES)
+        if decode:  # latency kernels: one message per routed expert, all over the NICs across domains
+            comm = moe.layers * _all_to_all(d, ep, tokens * per_token)
+        else:
+            comm = moe.layers * _throughput_all_to_all(d, ep, tokens, moe.top_k, H * (1 + ACT_BYTES))
+    elif d.strategy == "afd":
+        # per layer an attention chip sends its tokens out (8-bit) and gets them back (16-bit); an FFN chip
+        # handles A/F attention chips' worth of that traffic
+        up, out, _ = _links(d, d.chips)
+        link = up if d.chips <= (d.system.scale_up_domain if d.system else 8) else out
+        if not link:
+            raise ModelchipError(f"{chip.id} has no network bandwidth in the catalog; cannot cost AFD traffic")
+        per_chip = tokens * H * (1 + ACT_BYTES) * max(1.0, d.attn_chips / d.ffn_chips)
+        comm = L * per_chip / link
+
+    attn_side = proj + core + lm_head
+    ffn_side = dense + moe_t + router
+    if d.strategy == "afd":
+        per_layer = max(attn_side / L, comm / L, ffn_side / L)
+        fill = (attn_side + comm + ffn_side) / L / max(d.microbatches, 1)
+        step = L * per_layer + fill
+        bound = max((("attention", attn_side), ("network", comm), ("ffn", ffn_side)), key=lambda x: x[1])[0]
+    else:
+        compute = attn_side + ffn_side
+        # ideal two-micro-batch overlap hides the smaller of compute and communication; off by default,
+        # because the published decode and prefill runs sit near the sum (docs/validation.md)
+        step = max(compute, comm) if (d.overlap and d.strategy == "ep") else compute + comm
+        bound = "communication" if comm > compute else "compute"
+    if decode and d.mtp:
+        step *= 1 + d.mtp / L  # each draft token runs one more layer-sized MTP module
+
+    # memory per chip
+    kv = b * tp * (d.context if decode else d.prompt_len) * cost.kv_bytes_per_token / kv_shard
+    cap = chip.memory_capacity.value * (1 - eff.memory_reserved)
+    attn_w = (cost.attn_params + cost.attn_norm_params + cost.embed_params + cost.lm_head_params) * wb / tp
+    expert_w = 0.0
+    if moe:
+        per_chip_experts = (moe.experts + d.redundant_experts) / max(ep, 1)
+        expert_w = moe.layers * (per_chip_experts * moe.expert_params + moe.shared_params
+                                 + moe.router_params) * wb / (tp if d.strategy == "tp" else 1)
+    dense_w = cost.dense_params * wb / dense_tp
+    if d.strategy == "afd":
+        mem = {"attention_chip": {"weights": attn_w / 1e9, "kv_cache": kv / 1e9},
+               "ffn_chip": {"weights": (expert_w + dense_w) / 1e9}}
+        used = max(attn_w + kv, expert_w + dense_w)
+    else:
+        mem = {"weights": (attn_w + expert_w + dense_w) / 1e9, "kv_cache": kv / 1e9}
+        used = attn_w + expert_w + dense_w + kv
+    mem["usable"] = cap / 1e9
+    breakdown = {"attention_proj": proj, "attention_core": core, "lm_head": lm_head, "dense_ffn": dense,
+                 "moe": moe_t, "router": router, "communication": comm}
+    breakdown = {k: v * 1e3 for k, v in breakdown.items()}
+    if used > cap:
+        return Prediction(False, f"out of memory: needs {used / 1e9:.1f} GB per chip, {cap / 1e9:.1f} GB usable "
+                          f"({chip.memory_capacity.value / 1e9:.0f} GB less {eff.memory_reserved:.0%} reserved)",
+                          None, None, b, None, used / 1e9, mem, breakdown, None, "memory")
+    sequences = b * (attn_chips if d.strategy == "afd" else d.chips)  # sequences in flight on the deployment
+    if decode:
+        tokens_per_s = sequences * d.tokens_per_step / step / d.chips
+        tpot, ttft = step / d.tokens_per_step * 1e3, None
+    else:
+        tokens_per_s = sequences * d.prompt_len / step / d.chips
+        tpot, ttft = None, step * 1e3
+    price = chip.usd_per_hour
+    usd = price / 3600 / tokens_per_s * 1e6 if price else None
+    return Prediction(True, "", tpot, ttft, b, tokens_per_s, used / 1e9, mem, breakdown, usd, bound)
+
+
+def max_batch_by_memory(cost: ModelCost, d: Deployment) -> int:
+    """Largest per-chip batch whose KV cache still fits (0 if the weights alone do not)."""
+    lo, hi = 0, 1
+    while hi < 1 << 22 and evaluate(cost, _with_batch(d, hi)).feasible:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if evaluate(cost, _with_batch(d, mid)).feasible else (lo, mid)
+    return lo
+
+
+def _with_batch(d: Deployment, batch: int) -> Deployment:
+    from dataclasses import replace
+
+    return replace(d, batch=batch)
+
+
+def best_batch_for_slo(cost: ModelCost, d: Deployment, tpot_slo_ms: float) -> Prediction:
+    """The largest per-chip batch that fits in memory and meets the TPOT target."""
+    if tpot_slo_ms <= 0:
+        raise ModelchipError("the TPOT target must be positive")
+    top = max_batch_by_memory(cost, d)
+    if top == 0:
+        return evaluate(cost, _with_batch(d, 1))
+    lo, hi = 0, top + 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        p = evaluate(cost, _with_batch(d, mid))
+        lo, hi = (mid, hi) if p.tpot_ms <= tpot_slo_ms else (lo, mid)
+    if lo == 0:
+        p = evaluate(cost, _with_batch(d, 1))
+        p.feasible = False
+        p.reason = f"misses the TPOT target: {p.tpot_ms:.1f} ms at batch 1 > {tpot_slo_ms} ms"
+        return p
+    return evaluate(cost, _with_batch(d, lo))
+

@@ -1,0 +1,53 @@
+"""Efficiencies: what fraction of a spec peak real kernels and links reach (defaults in
+spec/catalog/efficiency.toml, each with its source; overridable, and replaced by calibration)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields, replace
+from functools import cache
+from importlib import resources
+
+from modelchip.errors import ModelchipError
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    gemm: float
+    attention_compute: float
+    memory: float
+    scale_up: float
+    scale_out: float
+    memory_reserved: float
+
+    def override(self, items: dict[str, float]) -> Efficiency:
+        names = {f.name for f in fields(self)}
+        for key, value in items.items():
+            if key not in names:
+                raise ModelchipError(f"unknown efficiency {key!r}; known: {', '.join(sorted(names))}")
+            if not 0 < value <= 1:
+                raise ModelchipError(f"efficiency {key} must be in (0, 1], got {value}")
+        return replace(self, **items)
+
+
+@cache
+def sources() -> dict[str, dict]:
+    return tomllib.loads(resources.files("modelchip.spec").joinpath("catalog", "efficiency.toml").read_text())
+
+
+@cache
+def defaults() -> Efficiency:
+    return Efficiency(**{k: float(v["value"]) for k, v in sources().items()})
+
+
+def parse_overrides(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ModelchipError(f"efficiency override {item!r} is not of the form NAME=FRACTION")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError as exc:
+            raise ModelchipError(f"efficiency override {item!r}: {value!r} is not a number") from exc
+    return out

@@ -1,0 +1,85 @@
+"""A model's costs folded into the few sums the step-time model needs, computed once per model.
+
+Layer lists are grouped by kind (attention projections, attention core, dense FFN, MoE), so a deployment is
+costed with a handful of multiplications however many layers the model has.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from modelchip.cost import accounting, attention, ffn
+from modelchip.cost.conventions import EXACT, Precision
+from modelchip.spec.model import ModelSpec
+
+
+@dataclass(frozen=True)
+class MoECost:
+    layers: int
+    experts: int
+    top_k: int
+    expert_params: int  # one routed expert (3 H I)
+    shared_params: int  # the shared expert(s) of one layer
+    router_params: int
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    name: str
+    hidden: int
+    vocab: int
+    layers: int
+    attn_params: int  # projection weights, all layers
+    attn_norm_params: int
+    dense_params: int  # dense FFN weights, all dense layers
+    moe: MoECost | None
+    embed_params: int
+    lm_head_params: int  # separate weights unless tied
+    kv_heads: int  # K/V heads of the softmax layers (MLA: 1 latent), for TP sharding of the cache
+    kv_bytes_per_token: float  # cache bytes one token adds, all layers, in the deployment's KV format
+    spec: ModelSpec = field(repr=False)
+    precision: Precision = field(repr=False)
+
+    def decode_attention(self, context: int) -> tuple[float, float]:
+        """(core FLOPs, cache bytes read) per decoded token at `context` (exact convention)."""
+        return _attention(self.spec, self.precision, context, "decode")
+
+    def prefill_attention(self, prompt: int) -> tuple[float, float]:
+        """(core FLOPs, cache bytes written) per prompt token of a `prompt`-token prefill."""
+        return _attention(self.spec, self.precision, prompt, "prefill")
+
+
+@lru_cache(maxsize=4096)
+def _attention(spec: ModelSpec, precision: Precision, context: int, phase: str) -> tuple[float, float]:
+    acc = accounting.account(spec, context, phase, precision, EXACT)
+    return acc.attention_flops, acc.kv_bytes
+
+
+def model_cost(spec: ModelSpec, precision: Precision) -> ModelCost:
+    H = spec.hidden_size
+    attn = norms = dense = 0
+    moe = None
+    moe_layers = 0
+    kv_heads = []
+    for layer, n in Counter(spec.layers).items():
+        a, f = layer.attention, layer.ffn
+        attn += n * attention.projection_weights(a, H)
+        norms += n * (attention.params(a, H) - attention.projection_weights(a, H) + 2 * H)
+        kv_heads.append(1 if a.kind == "mla" else a.num_kv_heads)
+        if f.kind == "dense":
+            dense += n * ffn.active_weights(f, H)
+        else:
+            moe_layers += n
+            moe = MoECost(0, f.num_experts, f.top_k, 3 * H * f.intermediate_size, 3 * H * f.shared_intermediate_size,
+                          ffn.router_weights(f, H))
+    if moe is not None:
+        moe = MoECost(moe_layers, moe.experts, moe.top_k, moe.expert_params, moe.shared_params, moe.router_params)
+    return ModelCost(
+        name=spec.name, hidden=H, vocab=spec.vocab_size, layers=spec.num_layers, attn_params=attn,
+        attn_norm_params=norms, dense_params=dense, moe=moe, embed_params=spec.vocab_size * H,
+        lm_head_params=0 if spec.tie_word_embeddings else spec.vocab_size * H, kv_heads=min(kv_heads),
+        kv_bytes_per_token=accounting.account(spec, 1, precision=precision).kv_cache_bytes_per_token,
+        spec=spec, precision=precision,
+    )

@@ -1,0 +1,140 @@
+"""Search deployments: chips x chip counts x strategies (x AFD splits) x batch sizes, under TPOT/TTFT
+targets; keep the best per objective, the throughput-vs-TPOT Pareto frontier, and why each option lost."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from modelchip.cost.deploy import Deployment, evaluate
+from modelchip.cost.model_cost import ModelCost
+from modelchip.errors import ModelchipError
+
+BATCHES = tuple(sorted({int(round(1.5 ** i)) for i in range(0, 23)} | {2 ** i for i in range(13)}))
+AFD_RATIOS = ((1, 1), (2, 1), (3, 1), (1, 2))
+
+
+@dataclass
+class Candidate:
+    kv_dtype: str
+    chip: str
+    chips: int
+    strategy: str
+    attn_chips: int
+    ffn_chips: int
+    batch: int
+    tpot_ms: float
+    ttft_ms: float | None
+    tokens_per_s_per_chip: float
+    usd_per_mtok: float | None
+    memory_gb_per_chip: float
+    breakdown_ms: dict = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        split = f" {self.attn_chips}A{self.ffn_chips}F" if self.strategy == "afd" else ""
+        return f"{self.chips} x {self.chip} {self.strategy}{split}, KV {self.kv_dtype}"
+
+
+@dataclass
+class PlanResult:
+    evaluated: int
+    feasible: list[Candidate]
+    best: Candidate | None
+    pareto: list[Candidate]
+    rejected: dict[str, int]
+    examples: dict[str, str]
+    best_per_config: list[Candidate]
+
+
+def _configs(base: list[Deployment]) -> list[Deployment]:
+    out = []
+    for d in base:
+        if d.strategy != "afd":
+            out.append(d)
+            continue
+        for a, f in AFD_RATIOS:
+            if d.chips % (a + f) == 0:
+                unit = d.chips // (a + f)
+                out.append(replace(d, attn_chips=a * unit, ffn_chips=f * unit))
+    return out
+
+
+def plan(cost: ModelCost, base: list[Deployment], tpot_slo_ms: float | None, ttft_slo_ms: float | None = None,
+         prompt_len: int = 0, objective: str = "throughput") -> PlanResult:
+    """Evaluate every configuration at every batch size in BATCHES; see PlanResult."""
+    if objective not in ("throughput", "cost"):
+        raise ModelchipError("objective must be 'throughput' or 'cost'")
+    feasible, rejected, examples, per_config = [], Counter(), {}, []
+    evaluated = 0
+
+    def reject(reason: str, d: Deployment, detail: str) -> None:
+        rejected[reason] += 1
+        examples.setdefault(reason, f"{d.chips} x {d.chip.id} {d.strategy} batch {d.batch}: {detail}")
+
+    for d in _configs(base):
+        ttft = None
+        if prompt_len:
+            try:
+                pre = evaluate(cost, replace(d, phase="prefill", prompt_len=prompt_len, batch=1))
+                ttft = pre.ttft_ms if pre.feasible else None
+            except ModelchipError:
+                ttft = None
+        best_here = None
+        for b in BATCHES:
+            evaluated += 1
+            try:
+                p = evaluate(cost, replace(d, batch=b))
+            except ModelchipError as exc:
+                reject("invalid", d, str(exc))
+                break
+            if not p.feasible:
+                reject("memory", replace(d, batch=b), p.reason)
+                break  # larger batches need more memory still
+            if tpot_slo_ms and p.tpot_ms > tpot_slo_ms:
+                reject("tpot", replace(d, batch=b), f"TPOT {p.tpot_ms:.1f} ms > {tpot_slo_ms} ms")
+                continue
+            if ttft_slo_ms and (ttft is None or ttft > ttft_slo_ms):
+                reject("ttft", replace(d, batch=b), f"TTFT {ttft if ttft is None else round(ttft, 1)} ms")
+                continue
+            c = Candidate(d.precision.kv, d.chip.id, d.chips, d.strategy, d.attn_chips, d.ffn_chips, b, p.tpot_ms, ttft,
+                          p.tokens_per_s_per_chip, p.usd_per_mtok, p.memory_gb_per_chip, p.breakdown_ms)
+            feasible.append(c)
+            if best_here is None or _score(c, objective) > _score(best_here, objective):
+                best_here = c
+        if best_here:
+            per_config.append(best_here)
+    best = max(feasible, key=lambda c: _score(c, objective), default=None)
+    return PlanResult(evaluated, feasible, best, pareto_frontier(feasible), dict(rejected), examples,
+                      sorted(per_config, key=lambda c: -_score(c, objective)))
+
+
+def merge(results: list[PlanResult], objective: str = "throughput") -> PlanResult:
+    """One result from searches over separately costed spaces (e.g. one per KV format)."""
+    feasible = [c for r in results for c in r.feasible]
+    rejected: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    for r in results:
+        rejected.update(r.rejected)
+        for k, v in r.examples.items():
+            examples.setdefault(k, v)
+    per_config = sorted((c for r in results for c in r.best_per_config), key=lambda c: -_score(c, objective))
+    best = max(feasible, key=lambda c: _score(c, objective), default=None)
+    return PlanResult(sum(r.evaluated for r in results), feasible, best, pareto_frontier(feasible), dict(rejected),
+                      examples, per_config)
+
+
+def _score(c: Candidate, objective: str) -> float:
+    if objective == "cost":
+        return -(c.usd_per_mtok if c.usd_per_mtok is not None else float("inf"))
+    return c.tokens_per_s_per_chip
+
+
+def pareto_frontier(points: list[Candidate]) -> list[Candidate]:
+    """Points no other point beats on both lower TPOT and higher tokens/s per chip."""
+    frontier, best = [], -1.0
+    for c in sorted(points, key=lambda c: (c.tpot_ms, -c.tokens_per_s_per_chip)):
+        if c.tokens_per_s_per_chip > best:
+            frontier.append(c)
+            best = c.tokens_per_s_per_chip
+    return frontier

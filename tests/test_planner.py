@@ -1,0 +1,176 @@
+"""The deployment planner: strategies, memory feasibility, SLO search, Pareto frontier, errors, CLI contract."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from modelchip.cli.main import main
+from modelchip.cost import validation
+from modelchip.cost.conventions import Precision
+from modelchip.cost.deploy import Deployment, best_batch_for_slo, evaluate, max_batch_by_memory
+from modelchip.cost.model_cost import model_cost
+from modelchip.cost.planner import Candidate, pareto_frontier, plan
+from modelchip.cost.systems import system_for
+from modelchip.errors import ModelchipError
+from modelchip.spec import load_model
+from modelchip.spec.chips import get_chip
+
+PREC = Precision(weight="fp8", kv="bf16")
+
+
+def _dsv3():
+    return model_cost(load_model("deepseek-v3"), PREC)
+
+
+def _d(chip="h800", **kw):
+    c = get_chip(chip)
+    base = dict(chip=c, chips=128, strategy="ep", batch=64, context=4096, precision=PREC, system=system_for(c))
+    return Deployment(**{**base, **kw})
+
+
+def test_decode_step_is_the_sum_of_its_parts():
+    p = evaluate(_dsv3(), _d())
+    assert p.feasible
+    assert p.tpot_ms == pytest.approx(sum(p.breakdown_ms.values()))
+    assert p.tokens_per_s_per_chip == pytest.approx(64 / (p.tpot_ms / 1e3))
+
+
+def test_ep_communication_follows_the_network():
+    # the same EP group inside one NVL72 scale-up domain moves its all-to-all over NVLink, not NICs
+    gb = get_chip("gb200")
+    nvl = evaluate(_dsv3(), _d("gb200", chips=64, system=system_for(gb)))
+    ib = evaluate(_dsv3(), _d(chips=64))
+    assert nvl.breakdown_ms["communication"] < ib.breakdown_ms["communication"] / 10
+
+
+def test_ep_all_to_all_matches_deepseeks_arithmetic():
+    # DeepSeek ISCA'25: (1 B + 2 B) x tokens x experts x 7K / bandwidth per layer; 8 routed experts, 40 GB/s
+    p = evaluate(_dsv3(), _d(batch=32))
+    per_layer = 3 * 32 * 8 * 7168 / 40e9
+    assert p.breakdown_ms["communication"] == pytest.approx(58 * per_layer * 1e3, rel=1e-6)
+
+
+def test_tp_all_reduce_and_sharding():
+    cost = model_cost(load_model("llama-3.1-70b"), PREC)
+    tp1 = evaluate(cost, _d("h100", chips=1, strategy="tp", batch=8))
+    tp4 = evaluate(cost, _d("h100", chips=4, strategy="tp", batch=8))
+    assert tp1.breakdown_ms["communication"] == 0 and tp4.breakdown_ms["communication"] > 0
+    assert tp4.memory_gb["weights"] == pytest.approx(tp1.memory_gb["weights"] / 4)
+
+
+def test_afd_pipeline_costs_the_slowest_stage():
+    cost = model_cost(load_model("step3"), Precision(weight="fp8", kv="fp8"))
+    p = evaluate(cost, _d(chips=24, strategy="afd", attn_chips=16, ffn_chips=8, batch=64))
+    b = p.breakdown_ms
+    attn = b["attention_proj"] + b["attention_core"] + b["lm_head"]
+    ffn = b["dense_ffn"] + b["moe"] + b["router"]
+    assert p.tpot_ms >= max(attn, ffn, b["communication"])
+    assert p.tpot_ms < attn + ffn + b["communication"]
+    assert set(p.memory_gb) >= {"attention_chip", "ffn_chip"}
+
+
+def test_mtp_helps_where_a_step_is_bound_by_memory_not_by_token_count():
+    # small batch on a dense model: reading weights and cache dominates and serves the draft token for free
+    llama = model_cost(load_model("llama-3.1-70b"), PREC)
+    kw = dict(chips=8, strategy="tp", batch=4, context=8192)
+    base = evaluate(llama, _d("h100", **kw))
+    mtp = evaluate(llama, _d("h100", **kw, mtp=1, mtp_acceptance=0.8))
+    assert mtp.tokens_per_s_per_chip > 1.4 * base.tokens_per_s_per_chip
+    assert mtp.tpot_ms < base.tpot_ms / 1.4
+    # where every token costs network time (EP, comm-bound), drafts buy little
+    comm = dict(redundant_experts=32, chips=144, batch=128)
+    assert evaluate(_dsv3(), _d(**comm, mtp=1, mtp_acceptance=0.8)).tokens_per_s_per_chip < \
+        1.1 * evaluate(_dsv3(), _d(**comm)).tokens_per_s_per_chip
+
+
+def test_out_of_memory_is_reported_not_estimated():
+    p = evaluate(_dsv3(), _d(chips=8, strategy="tp", batch=1))
+    assert not p.feasible and "out of memory" in p.reason and p.tpot_ms is None
+    assert p.memory_gb_per_chip > 80
+
+
+def test_slo_search_picks_the_largest_batch_that_meets_it():
+    d = _d()
+    p = best_batch_for_slo(_dsv3(), d, 40.0)
+    assert p.feasible and p.tpot_ms <= 40.0
+    assert evaluate(_dsv3(), replace(d, batch=p.batch_per_chip + 1)).tpot_ms > 40.0
+    assert p.batch_per_chip <= max_batch_by_memory(_dsv3(), d)
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(strategy="xp"), "unknown strategy"),
+    (dict(chips=100), "does not divide the 256"),
+    (dict(strategy="afd", chips=16, attn_chips=200, ffn_chips=8), "must equal --chips"),
+    (dict(strategy="afd"), "afd needs"),
+    (dict(mtp=1, mtp_acceptance=1.5), "mtp"),
+])
+def test_impossible_inputs(kw, message):
+    with pytest.raises(ModelchipError, match=message):
+        evaluate(_dsv3(), _d(**kw))
+
+
+def test_pareto_frontier():
+    def c(t, x):
+        return Candidate("bf16", "h800", 8, "ep", 0, 0, 1, t, None, x, None, 1, {})
+
+    front = pareto_frontier([c(10, 100), c(20, 90), c(30, 300), c(15, 200), c(40, 250)])
+    assert [(p.tpot_ms, p.tokens_per_s_per_chip) for p in front] == [(10, 100), (15, 200), (30, 300)]
+
+
+def test_plan_rejects_with_reasons():
+    base = [_d(chips=n, strategy=s) for n in (8, 32, 128) for s in ("tp", "ep")]
+    res = plan(_dsv3(), base, tpot_slo_ms=50)
+    assert res.best is not None and res.best.tpot_ms <= 50
+    assert set(res.rejected) >= {"memory", "tpot"}
+    assert "out of memory" in res.examples["memory"]
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "modelchip", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_predict_json_contract():
+    p = run("predict", "--model", "deepseek-v3", "--chip", "h800", "--chips", "144", "--strategy", "ep",
+            "--redundant-experts", "32", "--tpot-slo-ms", "50", "--context", "4096", "--mtp", "1",
+            "--mtp-acceptance", "0.85", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    for key in ("feasible", "tpot_ms", "batch_per_chip", "tokens_per_s_per_chip", "memory_gb_per_chip",
+                "breakdown_ms"):
+        assert key in out
+    assert out["feasible"] and out["tpot_ms"] <= 50
+    pre = json.loads(run("predict", "--model", "deepseek-v3", "--chip", "h800", "--chips", "32", "--strategy",
+                         "ep", "--batch", "4", "--phase", "prefill", "--prompt-len", "4096", "--json").stdout)
+    assert pre["ttft_ms"] > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--strategy", "zz", "--chips", "8", "--batch", "1"], "unknown strategy"),
+    (["--strategy", "afd", "--chips", "8", "--attn-chips", "12", "--ffn-chips", "2", "--batch", "1"],
+     "more attention"),
+    (["--strategy", "ep", "--chips", "12", "--batch", "1"], "does not divide"),
+])
+def test_predict_errors(args, message, capsys):
+    assert main(["predict", "--model", "deepseek-v3", "--chip", "h800", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_plan_cli(tmp_path):
+    out = tmp_path / "plan.html"
+    p = run("plan", "--model", "step3", "--chip", "h800", "h20", "--counts", "8", "16", "32", "--kv-dtype", "fp8",
+            "--out", str(out), "--json")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert res["best"] and res["pareto"] and res["evaluated"] > 100
+    assert "<svg" in out.read_text()
+
+
+def test_validation_table_is_published_and_current():
+    res = validation.run()
+    assert res["count"] >= 15
+    doc = (Path(__file__).parent.parent / "docs" / "validation.md").read_text()
+    assert validation.markdown(res) in doc, "docs/validation.md is stale: run modelchip validate --write"
