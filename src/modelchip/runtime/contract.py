@@ -68,7 +68,8 @@ class Backend(Protocol):
         """Per-head projection: x [T, h, in], weight [h, out, in] -> [T, h, out] (MLA's absorbed up-projections)."""
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        """x / sqrt(mean(x^2) + eps) * weight over the last dim, computed in float32, returned in x.dtype."""
+        """x / sqrt(mean(x^2) + eps) over the last dim in float32, cast to x.dtype, then times weight (the
+        order Llama-family checkpoints were trained with)."""
 
     def rotary_embedding(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                          interleaved: bool = False) -> torch.Tensor:

@@ -30,7 +30,8 @@ class ReferenceBackend:
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-        return (x32 * weight.float()).to(x.dtype)
+        # Llama's definition: cast back before the weight; in bf16 the other order drifts off the trained model
+        return weight.to(x.dtype) * x32.to(x.dtype)
 
     def rotary_embedding(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                          interleaved: bool = False) -> torch.Tensor:
