@@ -15,7 +15,7 @@ def _setup_commands() -> list[str]:
 def test_two_setup_commands():
     commands = _setup_commands()
     assert len(commands) == 2
-    assert commands[0].endswith("modelchip compare")
+    assert "modelchip compare" in commands[0] and "modelchip generate" in commands[0]
     assert "pytest" in commands[1]
 
 
