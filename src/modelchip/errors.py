@@ -20,8 +20,12 @@ def unknown(what: str, word: str, choices: Iterable[str]) -> ModelchipError:
     """Error for an unknown id, listing near matches (or all choices when there are few)."""
     choices = sorted(choices)
     close = near(word, choices)
-    if close:
-        hint = "did you mean " + ", ".join(close) + "?"
+    known = "known: " + ", ".join(choices[:40]) + (" ..." if len(choices) > 40 else "")
+    if not close:
+        hint = known
+    elif len(choices) <= 12:
+        # A near match can be wrong (a plugin's name happens to be close); with few choices show them all.
+        hint = "did you mean " + ", ".join(close) + "? " + known
     else:
-        hint = "known: " + ", ".join(choices[:40]) + (" ..." if len(choices) > 40 else "")
+        hint = "did you mean " + ", ".join(close) + "?"
     return ModelchipError(f"unknown {what} {word!r}; {hint}")
