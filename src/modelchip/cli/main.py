@@ -6,10 +6,19 @@ import argparse
 import sys
 
 from modelchip import __version__
-from modelchip.cli import chips_cmd, compare_cmd, generate_cmd, models_cmd, plan_cmd, predict_cmd, validate_cmd
+from modelchip.cli import (
+    chips_cmd,
+    compare_cmd,
+    generate_cmd,
+    models_cmd,
+    plan_cmd,
+    predict_cmd,
+    serve_cmd,
+    validate_cmd,
+)
 from modelchip.errors import ModelchipError
 
-COMMANDS = (compare_cmd, chips_cmd, models_cmd, generate_cmd, predict_cmd, plan_cmd, validate_cmd)
+COMMANDS = (compare_cmd, chips_cmd, models_cmd, generate_cmd, predict_cmd, plan_cmd, validate_cmd, serve_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

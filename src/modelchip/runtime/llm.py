@@ -15,8 +15,7 @@ import torch
 
 from modelchip.errors import ModelchipError
 from modelchip.runtime.backends import get_backend
-from modelchip.runtime.contract import AttentionMetadata
-from modelchip.runtime.kv_cache import BlockAllocator, KVCache
+from modelchip.runtime.kv_cache import KVCache
 from modelchip.runtime.loaders.resolve import resolve
 from modelchip.runtime.loaders.weights import load_weights
 from modelchip.runtime.models.decoder import FAMILIES, DecoderLM
@@ -40,19 +39,6 @@ class Generation:
     token_ids: list[int]
     finish_reason: str = "length"  # "stop" when EOS or a stop string ended it
     prompt_token_ids: list[int] = field(default_factory=list)
-
-
-@dataclass
-class _Seq:
-    tokens: list[int]
-    prompt_len: int
-    blocks: list[int] = field(default_factory=list)
-    done: bool = False
-    finish_reason: str = "length"
-
-    @property
-    def generated(self) -> list[int]:
-        return self.tokens[self.prompt_len:]
 
 
 class LLM:
@@ -101,38 +87,16 @@ class LLM:
         return ids
 
     # -- forward passes ---------------------------------------------------------------------------------
-    def _step(self, seqs: list[_Seq], new_counts: list[int], cache: KVCache) -> torch.Tensor:
-        """Run the last `new_counts[i]` tokens of each sequence; return every new token's hidden state."""
-        ids, positions, slots, starts, lens = [], [], [], [0], []
-        bs = self.block_size
-        for seq, n in zip(seqs, new_counts, strict=True):
-            total = len(seq.tokens)
-            for pos in range(total - n, total):
-                ids.append(seq.tokens[pos])
-                positions.append(pos)
-                slots.append(seq.blocks[pos // bs] * bs + pos % bs)
-            starts.append(starts[-1] + n)
-            lens.append(total)
-        width = max(len(s.blocks) for s in seqs)
-        table = [s.blocks + [-1] * (width - len(s.blocks)) for s in seqs]
-        dev = self.device
-        meta = AttentionMetadata(
-            query_start_loc=torch.tensor(starts, device=dev), context_lens=torch.tensor(lens, device=dev),
-            block_tables=torch.tensor(table, device=dev), slot_mapping=torch.tensor(slots, device=dev),
-            block_size=bs)
-        return self.model(torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), meta, cache.layers)
-
-    def _cache_for(self, lengths: list[int]) -> tuple[KVCache, BlockAllocator]:
-        blocks = sum(-(-n // self.block_size) for n in lengths)
-        return KVCache(self.layouts, blocks, self.block_size, self.dtype, self.device), BlockAllocator(blocks)
-
     @torch.inference_mode()
     def logits(self, token_ids: list[int]) -> torch.Tensor:
         """Logits [len, vocab] (float32) of one full forward over `token_ids`."""
+        from modelchip.engine.model_runner import build_batch
+
         ids = self._token_ids(token_ids)
-        cache, alloc = self._cache_for([len(ids)])
-        seq = _Seq(ids, len(ids), alloc.allocate(-(-len(ids) // self.block_size)))
-        return self.model.logits(self._step([seq], [len(ids)], cache))
+        blocks = -(-len(ids) // self.block_size)
+        cache = KVCache(self.layouts, blocks, self.block_size, self.dtype, self.device)
+        x, positions, meta = build_batch([ids], [0], [list(range(blocks))], self.block_size, self.device)
+        return self.model.logits(self.model(x, positions, meta, cache.layers))
 
     @torch.inference_mode()
     def generate(self, prompts: list, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
@@ -149,51 +113,38 @@ class LLM:
         if stop and self.tokenizer is None:
             raise ModelchipError("stop strings need a tokenizer")
         limit = self.spec.max_position_embeddings
-        seqs = [_Seq(ids, len(ids)) for ids in map(self._token_ids, prompts)]
-        if limit and any(s.prompt_len + max_tokens > limit for s in seqs):
+        prompt_ids = [self._token_ids(p) for p in prompts]
+        if limit and any(len(ids) + max_tokens > limit for ids in prompt_ids):
             raise ModelchipError(f"prompt + max_tokens exceeds the model's context of {limit} tokens")
-        cache, alloc = self._cache_for([s.prompt_len + max_tokens for s in seqs])
+        from modelchip.engine import EngineConfig, LLMEngine, SamplingParams
+
+        # A cache sized for every request in full and a budget for every prompt in one step: all prompts are
+        # prefilled together and nothing is ever preempted, so a batch runs as one static batch would.
+        blocks = sum(-(-(len(ids) + max_tokens) // self.block_size) for ids in prompt_ids)
+        engine = LLMEngine(self, EngineConfig(num_kv_blocks=blocks, max_num_seqs=len(prompt_ids),
+                                              max_num_batched_tokens=sum(map(len, prompt_ids)),
+                                              max_model_len=blocks * self.block_size, watermark=0.0))
+        # one stream for the whole call, drawn in batch order: `seed` reproduces the call as a whole
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed if seed is not None else torch.seed())
-        n = len(seqs)
-        params = (torch.full((n,), float(temperature), device=self.device),
-                  torch.full((n,), float(top_p), device=self.device),
-                  torch.full((n,), int(top_k), dtype=torch.long, device=self.device))
-        new_counts = [s.prompt_len for s in seqs]
-        active = list(seqs)
-        while active:
-            for s in active:
-                need = -(-len(s.tokens) // self.block_size) - len(s.blocks)
-                if need > 0:
-                    s.blocks += alloc.allocate(need)
-            hidden = self._step(active, new_counts, cache)
-            last = torch.tensor(new_counts, device=self.device).cumsum(0) - 1
-            logits = self.model.logits(hidden[last])
-            k = len(active)
-            picked = self.ops.sample(logits, params[0][:k], params[1][:k], params[2][:k], generator).tolist()
-            for s, tok in zip(active, picked, strict=True):
-                s.tokens.append(int(tok))
-                self._check_stop(s, max_tokens, stop)
-            active = [s for s in active if not s.done]
-            new_counts = [1] * len(active)
-        return [self._result(s, stop) for s in seqs]
+        params = SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p),
+                                top_k=int(top_k), stop=list(stop or []))
+        for i, ids in enumerate(prompt_ids):
+            engine.add_request(str(i), ids, params, generator=generator)
+        finished = {}
+        while engine.has_unfinished_requests():
+            finished.update((out.request_id, out) for out in engine.step() if out.finished)
+        return [self._result(ids, finished[str(i)], stop) for i, ids in enumerate(prompt_ids)]
 
-    def _check_stop(self, s: _Seq, max_tokens: int, stop: list[str] | None) -> None:
-        hit_stop = bool(stop) and any(x in self.tokenizer.decode(s.generated) for x in stop)
-        if s.tokens[-1] in self.eos_ids or hit_stop:
-            s.done, s.finish_reason = True, "stop"
-        elif len(s.generated) >= max_tokens:
-            s.done = True
-
-    def _result(self, s: _Seq, stop: list[str] | None) -> Generation:
-        ids = s.generated
+    def _result(self, prompt_ids: list[int], out, stop: list[str] | None) -> Generation:
+        ids = out.token_ids
         text = ""
         if self.tokenizer is not None:
             text = self.tokenizer.decode([t for t in ids if t not in self.eos_ids])
             for x in stop or ():
                 if x in text:
                     text = text[: text.index(x)]
-        return Generation(text, ids, s.finish_reason, s.tokens[: s.prompt_len])
+        return Generation(text, ids, out.finish_reason, list(prompt_ids))
 
     def chat(self, messages: list[dict], **kwargs) -> Generation:
         """Apply the model's chat template to `messages` and generate the assistant's reply."""

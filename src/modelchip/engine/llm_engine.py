@@ -1,0 +1,187 @@
+"""`LLMEngine`: requests in, token and text deltas out, one scheduler step at a time.
+
+    engine = LLMEngine(LLM("smollm2-135m"))
+    engine.add_request("a", "Once upon a time", SamplingParams(max_tokens=32, temperature=0))
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            print(out.request_id, out.new_text, out.finished)
+
+The engine is not thread-safe: one thread drives it (`AsyncEngine` does that for the server).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from modelchip.engine.block_manager import BlockManager
+from modelchip.engine.detokenizer import IncrementalDetokenizer
+from modelchip.engine.metrics import EngineStats
+from modelchip.engine.model_runner import ModelRunner
+from modelchip.engine.sampling_params import SamplingParams
+from modelchip.engine.scheduler import Scheduler, SchedulerConfig
+from modelchip.engine.sequence import Sequence
+from modelchip.errors import ModelchipError
+from modelchip.runtime.kv_cache import KVCache
+
+SEED_MASK = (1 << 64) - 1
+
+
+@dataclass
+class EngineConfig:
+    """Sizes of the engine. The KV cache holds `num_kv_blocks` blocks of `block_size` tokens (default:
+    enough for `kv_cache_tokens`); one request may use at most `max_model_len` tokens (default: the model's
+    context, capped by the cache). Each step runs at most `max_num_seqs` sequences and
+    `max_num_batched_tokens` new tokens (long prompts are prefilled in chunks of what is left)."""
+
+    block_size: int | None = None  # default: the LLM's
+    num_kv_blocks: int | None = None
+    kv_cache_tokens: int = 32768
+    max_model_len: int | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    watermark: float = 0.01  # fraction of blocks kept free when admitting a new request
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one request. `new_text` is safe to stream: whole characters, and nothing
+    that might still turn out to be the start of a stop string. When `finished`, `text` and `token_ids` hold the
+    whole output (token ids include an end-of-sequence token; the text never does)."""
+
+    request_id: str
+    new_token_ids: list[int] = field(default_factory=list)
+    new_text: str = ""
+    finished: bool = False
+    finish_reason: str | None = None  # "stop", "length", "abort" or "error"
+    num_prompt_tokens: int = 0
+    num_output_tokens: int = 0
+    text: str | None = None
+    token_ids: list[int] | None = None
+    error: str | None = None
+
+
+class LLMEngine:
+    def __init__(self, llm, config: EngineConfig | None = None):
+        self.llm = llm
+        self.config = config = config or EngineConfig()
+        self.block_size = bs = config.block_size or llm.block_size
+        num_blocks = config.num_kv_blocks or -(-config.kv_cache_tokens // bs)
+        if num_blocks < 1 or config.max_num_seqs < 1 or config.max_num_batched_tokens < 1:
+            raise ModelchipError("the engine needs at least one KV block, one sequence and one token per step")
+        context = llm.spec.max_position_embeddings or num_blocks * bs
+        self.max_model_len = min(context, num_blocks * bs, config.max_model_len or context)
+        self.cache = KVCache(llm.layouts, num_blocks, bs, llm.dtype, llm.device)
+        self.block_manager = BlockManager(num_blocks, bs)
+        self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
+                                                   int(config.watermark * num_blocks)), self.block_manager)
+        self.runner = ModelRunner(llm.model, llm.ops, self.cache, bs, llm.device)
+        self.requests: dict[str, Sequence] = {}
+        self.stats = EngineStats()
+
+    # -- requests -------------------------------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                    generator: torch.Generator | None = None, arrival_time: float | None = None) -> Sequence:
+        """Queue a request (text or token ids). A seeded request gets its own generator unless one is given;
+        requests given the same generator draw from one stream in batch order (what `LLM.generate` does)."""
+        if request_id in self.requests:
+            raise ModelchipError(f"request id {request_id!r} is already in use")
+        params.validate()
+        ids = self.llm._token_ids(prompt)
+        if len(ids) + params.max_tokens > self.max_model_len:
+            raise ModelchipError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                                 f"context of {self.max_model_len} tokens")
+        tokenizer = self.llm.tokenizer
+        if params.stop and tokenizer is None:
+            raise ModelchipError("stop strings need a tokenizer")
+        if generator is None and params.seed is not None and not params.greedy:
+            generator = torch.Generator(device=self.llm.device)
+            generator.manual_seed(params.seed & SEED_MASK)
+        detok = IncrementalDetokenizer(tokenizer, params.stop, self.llm.eos_ids) if tokenizer is not None else None
+        seq = Sequence(request_id, ids, params, generator, detok, arrival_time)
+        self.requests[request_id] = seq
+        self.scheduler.add(seq)
+        self.stats.requests_added += 1
+        return seq
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Drop a request now and give its KV blocks back; None when it is unknown or already finished."""
+        seq = self.requests.get(request_id)
+        if seq is None:
+            return None
+        return self._finish(seq, "abort")
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    # -- stepping -------------------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run one forward pass, sample, and report every request that got a token or finished."""
+        batch = self.scheduler.schedule()
+        self.stats.preemptions = self.scheduler.num_preemptions
+        if not batch:
+            return []
+        picked = self.runner.run(batch.seqs, batch.num_new_tokens)
+        self.stats.steps += 1
+        now = time.monotonic()
+        outputs = []
+        for seq, n, token in zip(batch.seqs, batch.num_new_tokens, picked, strict=True):
+            seq.num_computed_tokens += n
+            if token is not None:
+                outputs.append(self._append(seq, token, now))
+        return outputs
+
+    def _append(self, seq: Sequence, token: int, now: float) -> RequestOutput:
+        seq.token_ids.append(token)
+        stats = self.stats
+        stats.generation_tokens += 1
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+            stats.prompt_tokens += seq.num_prompt_tokens
+            stats.ttft.observe(now - seq.arrival_time)
+        else:
+            stats.tpot.observe(now - seq.last_token_time)
+        seq.last_token_time = now
+        detok = seq.detokenizer
+        if detok is not None:
+            detok.add(token)
+        params = seq.params
+        if (token in self.llm.eos_ids and not params.ignore_eos) or (detok is not None and detok.stopped):
+            return self._finish(seq, "stop", [token])
+        if seq.num_output_tokens >= params.max_tokens:
+            return self._finish(seq, "length", [token])
+        return RequestOutput(seq.request_id, [token], detok.delta() if detok else "", False, None,
+                             seq.num_prompt_tokens, seq.num_output_tokens)
+
+    def _finish(self, seq: Sequence, reason: str, new_tokens: list[int] | None = None) -> RequestOutput:
+        self.scheduler.remove(seq)  # blocks go back before anything else can be scheduled
+        del self.requests[seq.request_id]
+        seq.finish_reason = reason
+        self.stats.finished[reason] += 1
+        if reason in ("stop", "length"):  # a request that ran to its end, not one cut short
+            self.stats.e2e.observe(time.monotonic() - seq.arrival_time)
+        detok = seq.detokenizer
+        if detok is not None:
+            detok.finish()
+        return RequestOutput(seq.request_id, new_tokens or [], detok.delta(final=True) if detok else "", True,
+                             reason, seq.num_prompt_tokens, seq.num_output_tokens,
+                             detok.text if detok else "", seq.output_token_ids)
+
+    def fail_all(self, message: str) -> list[RequestOutput]:
+        """Finish every request with an error (after a failed step), freeing all blocks."""
+        outs = []
+        for seq in list(self.requests.values()):
+            out = self._finish(seq, "error")
+            out.error = message
+            outs.append(out)
+        return outs

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server (`modelchip serve`): FastAPI routes over the engine's background thread."""

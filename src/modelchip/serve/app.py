@@ -1,0 +1,454 @@
+"""The OpenAI-compatible HTTP server: FastAPI routes over an `AsyncEngine`.
+
+POST /v1/chat/completions and /v1/completions (SSE streaming or not, with usage), GET /v1/models, /health,
+/metrics. Every request body is parsed and checked here, before it reaches the engine, so bad input is a 4xx
+with an OpenAI-style error body; a client that goes away has its requests aborted and their blocks freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modelchip.engine.async_engine import AsyncEngine
+from modelchip.engine.llm_engine import LLMEngine, RequestOutput
+from modelchip.engine.sampling_params import SamplingParams
+from modelchip.errors import ModelchipError
+from modelchip.serve import metrics
+from modelchip.serve.protocol import (
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    check_unsupported,
+    error_body,
+    parse,
+)
+
+log = logging.getLogger("modelchip.serve")
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_PROMPTS = 64  # prompts in one /v1/completions request
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+KNOWN_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+DISCONNECT_POLL_S = 0.5
+
+
+@dataclass
+class ServerState:
+    llm: object
+    engine: LLMEngine
+    model_name: str
+    api_key: str | None = None
+    async_engine: AsyncEngine | None = None
+    http: Counter = field(default_factory=Counter)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+class _Gate:
+    """Pure ASGI middleware: bearer-key check on every request, and HTTP status counts for /metrics.
+    (Not BaseHTTPMiddleware, which would buffer streams and hide client disconnects.)"""
+
+    def __init__(self, app, state: ServerState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+        status = {"code": 500}
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            if self.state.api_key is not None and not self._authorized(scope):
+                body = error_body("Incorrect or missing API key: send 'Authorization: Bearer <key>'.",
+                                  code="invalid_api_key")
+                await JSONResponse(body, 401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, counting_send)
+            else:
+                await self.app(scope, receive, counting_send)
+        finally:
+            self.state.http[(path, status["code"])] += 1
+
+    def _authorized(self, scope) -> bool:
+        headers = dict(scope.get("headers") or [])
+        value = headers.get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = value.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
+                                                                   self.state.api_key.encode())
+
+
+def create_app(state: ServerState) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Given an AsyncEngine, the caller drives it (`modelchip serve` runs it on the main thread); otherwise
+        # the app steps its own on a background thread.
+        own = state.async_engine is None
+        if own:
+            state.async_engine = AsyncEngine(state.engine)
+            state.async_engine.start()
+        yield
+        if own:
+            state.async_engine.stop()
+
+    app = FastAPI(title="modelchip", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_Gate, state=state)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return JSONResponse(exc.body(), exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(error_body(str(exc.detail), kind, None, code), exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse(error_body(str(exc), code="invalid_request"), 400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(error_body(f"internal server error: {type(exc).__name__}", "server_error"), 500)
+
+    @app.get("/health")
+    async def health():
+        alive = state.async_engine is not None and state.async_engine.alive
+        return JSONResponse({"status": "ok" if alive else "engine stopped"}, 200 if alive else 503)
+
+    @app.get("/metrics")
+    async def get_metrics():
+        errors = state.async_engine.errors if state.async_engine else 0
+        return PlainTextResponse(metrics.render(state.engine, state.http, errors),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [_model_card(state)]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        _check_model(state, model_id)
+        return _model_card(state)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req: ChatCompletionRequest = parse(ChatCompletionRequest, await _json(request))
+        _check_model(state, req.model)
+        check_unsupported(req)
+        prompt = _chat_prompt(state, req)
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        params = _sampling(state, req, [prompt], max_tokens, None, param, "messages")
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return _sse(_stream_chat(state, request, rid, req.model, prompt, params, include_usage))
+        (out,) = await _collect(state, request, [prompt], params)
+        return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+                             "logprobs": None, "finish_reason": out.finish_reason}],
+                "usage": _usage([prompt], [out])}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        req: CompletionRequest = parse(CompletionRequest, await _json(request))
+        _check_model(state, req.model)
+        check_unsupported(req)
+        prompts = _completion_prompts(state, req)
+        params = _sampling(state, req, prompts, req.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS, "max_tokens",
+                           "prompt")
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return _sse(_stream_completion(state, request, rid, req.model, prompts, params, include_usage))
+        outs = await _collect(state, request, prompts, params)
+        return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": req.model,
+                "choices": [{"index": i, "text": o.text, "logprobs": None, "finish_reason": o.finish_reason}
+                            for i, o in enumerate(outs)],
+                "usage": _usage(prompts, outs)}
+
+    return app
+
+
+# -- request checks ----------------------------------------------------------------------------------------------
+
+
+async def _json(request: Request):
+    too_large = APIError(f"The request body is larger than {MAX_BODY_BYTES} bytes.", 413, code="request_too_large")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise too_large
+    raw = bytearray()
+    async for chunk in request.stream():  # chunked uploads have no length: count as they arrive
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise too_large
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise APIError(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
+
+
+def _model_card(state: ServerState) -> dict:
+    return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "modelchip",
+            "max_model_len": state.engine.max_model_len}
+
+
+def _check_model(state: ServerState, name: str) -> None:
+    if name != state.model_name:
+        raise APIError(f"The model '{name}' does not exist; this server serves '{state.model_name}'.", 404,
+                       param="model", code="model_not_found")
+
+
+def _message_text(m, i: int) -> str:
+    if m.tool_calls:
+        raise APIError("Tool calls in messages are not supported by this server.", param=f"messages.{i}.tool_calls",
+                       code="unsupported_parameter")
+    if m.content is None or isinstance(m.content, str):
+        return m.content or ""
+    texts = []
+    for j, part in enumerate(m.content):
+        if part.type != "text" or part.text is None:
+            raise APIError(f"Content of type '{part.type}' is not supported; this model reads text only.",
+                           param=f"messages.{i}.content.{j}", code="unsupported_content")
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
+def _chat_prompt(state: ServerState, req: ChatCompletionRequest) -> list[int]:
+    tokenizer = state.llm.tokenizer
+    if tokenizer is None:
+        raise APIError("This model has no tokenizer or chat template; use /v1/completions with token ids.",
+                       param="messages", code="unsupported_model")
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": _message_text(m, i)}
+                | ({"name": m.name} if m.name else {}) for i, m in enumerate(req.messages)]
+    try:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    except ModelchipError as exc:
+        raise APIError(str(exc), param="messages", code="invalid_messages") from None
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    if not ids:
+        raise APIError("The messages render to an empty prompt.", param="messages", code="empty_prompt")
+    return ids
+
+
+def _completion_prompts(state: ServerState, req: CompletionRequest) -> list[list[int]]:
+    p = req.prompt
+    prompts = [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
+    if not prompts:
+        raise APIError("'prompt' must not be empty.", param="prompt", code="empty_prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise APIError(f"At most {MAX_PROMPTS} prompts per request.", param="prompt", code="too_many_prompts")
+    out = []
+    for one in prompts:
+        try:
+            out.append(state.llm._token_ids(one))
+        except ModelchipError as exc:
+            raise APIError(f"Invalid prompt: {exc}", param="prompt", code="invalid_prompt") from None
+    return out
+
+
+def _sampling(state: ServerState, req, prompts: list[list[int]], max_tokens: int | None, default: int | None,
+              param: str, prompt_param: str) -> SamplingParams:
+    context = state.engine.max_model_len
+    longest = max(len(p) for p in prompts)
+    room = context - longest
+    if room < 1:
+        raise APIError(f"This model's maximum context length is {context} tokens. However, your {prompt_param} "
+                       f"resulted in {longest} tokens. Please reduce the length of the {prompt_param}.",
+                       param=prompt_param, code="context_length_exceeded")
+    if max_tokens is not None and max_tokens < 1:
+        raise APIError(f"'{param}' must be at least 1, got {max_tokens}.", param=param, code="invalid_value")
+    if max_tokens is None:
+        max_tokens = min(default or room, room)
+    if max_tokens > room:
+        raise APIError(f"This model's maximum context length is {context} tokens. However, you requested "
+                       f"{longest + max_tokens} tokens ({longest} in the {prompt_param}, {max_tokens} in the "
+                       f"completion). Please reduce the length of the {prompt_param} or completion.",
+                       param=param, code="context_length_exceeded")
+    temperature = 1.0 if req.temperature is None else req.temperature
+    if not 0 <= temperature <= 2:
+        raise APIError(f"'temperature' must be between 0 and 2, got {temperature}.", param="temperature",
+                       code="invalid_value")
+    top_p = 1.0 if req.top_p is None else req.top_p
+    if not 0 <= top_p <= 1:
+        raise APIError(f"'top_p' must be between 0 and 1, got {top_p}.", param="top_p", code="invalid_value")
+    if top_p == 0:  # keep only the most likely token
+        temperature, top_p = 0.0, 1.0
+    top_k = req.top_k or 0
+    if top_k < -1:
+        raise APIError(f"'top_k' must be -1, 0 (off) or positive, got {top_k}.", param="top_k", code="invalid_value")
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    try:
+        return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                              seed=req.seed, stop=stop, ignore_eos=bool(req.ignore_eos))
+    except ModelchipError as exc:
+        raise APIError(str(exc), param="stop" if "stop" in str(exc) else None, code="invalid_value") from None
+
+
+# -- running requests ----------------------------------------------------------------------------------------
+
+
+class _Submission:
+    """The engine requests behind one HTTP request. Outputs arrive from the engine thread on one asyncio queue
+    as (prompt index, output); whatever has not finished when the HTTP request ends is aborted."""
+
+    def __init__(self, state: ServerState, request: Request, prompts: list[list[int]], params: SamplingParams):
+        self.engine = state.async_engine
+        self.request = request
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[tuple[int, RequestOutput]] = asyncio.Queue()
+        base = uuid.uuid4().hex
+        self.ids = [f"{base}-{i}" for i in range(len(prompts))]
+        self.pending = set(self.ids)
+        self.next_check = self.loop.time() + DISCONNECT_POLL_S
+        for i, (rid, ids) in enumerate(zip(self.ids, prompts, strict=True)):
+            self.engine.add_request(rid, ids, params, partial(self._sink, i))
+
+    def _sink(self, index: int, out: RequestOutput) -> None:  # engine thread
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, out))
+
+    async def next(self) -> tuple[int, RequestOutput] | None:
+        """The next output, or None once the client has gone. Outputs arrive every step, so the client is
+        checked on a clock, not only when the queue is idle (a streaming response is also cancelled by Starlette
+        when its client goes; a non-streaming one has only this check)."""
+        loop = self.loop
+        while True:
+            if loop.time() >= self.next_check:
+                self.next_check = loop.time() + DISCONNECT_POLL_S
+                if await self.request.is_disconnected():
+                    return None
+            if not self.queue.empty():  # the common case: no timer task needed
+                index, out = self.queue.get_nowait()
+            else:
+                try:
+                    index, out = await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_S)
+                except TimeoutError:
+                    continue
+            if out.finished:
+                self.pending.discard(self.ids[index])
+            return index, out
+
+    def abort_pending(self) -> None:
+        for rid in self.pending:
+            self.engine.abort(rid)
+        self.pending.clear()
+
+
+def _raise_if_failed(out: RequestOutput) -> None:
+    if out.finish_reason == "error":
+        raise APIError(out.error or "internal error", 500, "server_error")
+
+
+async def _collect(state: ServerState, request: Request, prompts: list[list[int]],
+                   params: SamplingParams) -> list[RequestOutput]:
+    sub = _Submission(state, request, prompts, params)
+    results: list[RequestOutput | None] = [None] * len(prompts)
+    try:
+        while sub.pending:
+            got = await sub.next()
+            if got is None:
+                raise APIError("client disconnected", 499)
+            index, out = got
+            if out.finished:
+                _raise_if_failed(out)
+                results[index] = out
+    finally:
+        sub.abort_pending()
+    return results
+
+
+def _usage(prompts: list[list[int]], outs: list[RequestOutput]) -> dict:
+    p = sum(map(len, prompts))
+    c = sum(o.num_output_tokens for o in outs)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
+    async def body():
+        async for event in events:
+            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _stream(state: ServerState, request: Request, prompts: list[list[int]], params: SamplingParams,
+                  first: list[dict], chunk, usage_chunk) -> AsyncIterator[dict]:
+    sub = _Submission(state, request, prompts, params)
+    outs: list[RequestOutput | None] = [None] * len(prompts)
+    try:
+        for event in first:
+            yield event
+        while sub.pending:
+            got = await sub.next()
+            if got is None:
+                return
+            index, out = got
+            if out.finish_reason == "error":
+                yield error_body(out.error or "internal error", "server_error")
+                return
+            if out.new_text or out.finished:
+                yield chunk(index, out.new_text, out.finish_reason if out.finished else None)
+            if out.finished:
+                outs[index] = out
+        if usage_chunk is not None:
+            yield usage_chunk(_usage(prompts, outs))
+    finally:  # normal end, client gone (the stream is cancelled or closed) or error: free the blocks now
+        sub.abort_pending()
+
+
+def _stream_chat(state, request, rid, model, prompt, params, include_usage) -> AsyncIterator[dict]:
+    created = int(time.time())
+
+    def frame(choices: list, usage=None) -> dict:
+        event = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "choices": choices}
+        if include_usage:
+            event["usage"] = usage
+        return event
+
+    def chunk(index: int, text: str, finish: str | None) -> dict:
+        delta = {"content": text} if text else {}
+        return frame([{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}])
+
+    first = [frame([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                     "finish_reason": None}])]
+    usage_chunk = (lambda usage: frame([], usage)) if include_usage else None
+    return _stream(state, request, [prompt], params, first, chunk, usage_chunk)
+
+
+def _stream_completion(state, request, rid, model, prompts, params, include_usage) -> AsyncIterator[dict]:
+    created = int(time.time())
+
+    def frame(choices: list, usage=None) -> dict:
+        event = {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": choices}
+        if include_usage:
+            event["usage"] = usage
+        return event
+
+    def chunk(index: int, text: str, finish: str | None) -> dict:
+        return frame([{"index": index, "text": text, "logprobs": None, "finish_reason": finish}])
+
+    usage_chunk = (lambda usage: frame([], usage)) if include_usage else None
+    return _stream(state, request, prompts, params, [], chunk, usage_chunk)
