@@ -9,6 +9,7 @@ from modelchip import __version__
 from modelchip.cli import (
     chips_cmd,
     compare_cmd,
+    conformance_cmd,
     generate_cmd,
     models_cmd,
     plan_cmd,
@@ -18,7 +19,8 @@ from modelchip.cli import (
 )
 from modelchip.errors import ModelchipError
 
-COMMANDS = (compare_cmd, chips_cmd, models_cmd, generate_cmd, predict_cmd, plan_cmd, validate_cmd, serve_cmd)
+COMMANDS = (compare_cmd, chips_cmd, models_cmd, generate_cmd, predict_cmd, plan_cmd, validate_cmd, serve_cmd,
+            conformance_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
