@@ -53,3 +53,36 @@ def test_cache_bytes_per_token_match_accounting(family, dtype, name):
     held = sum(k.nbytes + (v.nbytes if v is not None else 0) for k, v in cache.layers) / (3 * BLOCK)
     assert held == accounting.kv_cache_bytes_per_token(spec, name)
     assert held == accounting.account(spec, 1, precision=Precision(kv=name)).kv_cache_bytes_per_token
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_op_calls_per_step_match_the_cost_model(family):
+    # the planner charges a calibrated fixed cost per op call; count the calls a decode step really makes
+    from modelchip.cost.model_cost import model_cost
+
+    spec, model = _model(family)
+    ops = model.ops
+    calls = {"n": 0}
+    originals = {}
+    from modelchip.runtime.contract import OPS
+
+    for op in OPS:
+        originals[op] = getattr(ops, op)
+
+        def counted(*a, _f=originals[op], **k):
+            calls["n"] += 1
+            return _f(*a, **k)
+
+        setattr(ops, op, counted)
+    try:
+        blocks = -(-CONTEXT // BLOCK)
+        cache = KVCache(model.cache_layouts(), blocks, BLOCK, torch.float32, torch.device("cpu"))
+        meta = AttentionMetadata(torch.tensor([0, 1]), torch.tensor([CONTEXT]), torch.arange(blocks)[None],
+                                 torch.tensor([CONTEXT - 1]), BLOCK)
+        with torch.inference_mode():
+            logits = model.logits(model(torch.tensor([5]), torch.tensor([CONTEXT - 1]), meta, cache.layers))
+            ops.sample(logits, torch.zeros(1), torch.ones(1), torch.zeros(1, dtype=torch.long))
+    finally:
+        for op, f in originals.items():
+            setattr(ops, op, f)
+    assert calls["n"] == model_cost(spec, Precision()).op_calls()

@@ -36,6 +36,8 @@ def register(sub) -> None:
     common.add_sets(p)
     p.add_argument("--price", action="append", default=[], metavar="CHIP=USD",
                    help="override a chip's hourly price (repeatable)")
+    p.add_argument("--profile", action="append", default=[], metavar="PROFILE.json",
+                   help="add a chip profile measured by `modelchip calibrate` (repeatable)")
     p.add_argument("--out", default=None, metavar="FILE.html",
                    help=f"where to write the HTML report (default {DEFAULT_REPORT}; with --json only if given)")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
@@ -53,6 +55,7 @@ def _setting(args) -> compare.Setting:
         sets=tuple(args.sets),
         prices=parse_prices(args.price),
         phase=args.phase,
+        profiles=tuple(args.profile),
     )
 
 

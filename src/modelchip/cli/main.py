@@ -7,6 +7,7 @@ import sys
 
 from modelchip import __version__
 from modelchip.cli import (
+    calibrate_cmd,
     chips_cmd,
     compare_cmd,
     conformance_cmd,
@@ -19,8 +20,8 @@ from modelchip.cli import (
 )
 from modelchip.errors import ModelchipError
 
-COMMANDS = (compare_cmd, chips_cmd, models_cmd, generate_cmd, predict_cmd, plan_cmd, validate_cmd, serve_cmd,
-            conformance_cmd)
+COMMANDS = (compare_cmd, chips_cmd, models_cmd, generate_cmd, predict_cmd, plan_cmd, validate_cmd, calibrate_cmd,
+            serve_cmd, conformance_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

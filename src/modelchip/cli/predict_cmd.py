@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from modelchip.cli import common
 from modelchip.cost.deploy import STRATEGIES, Deployment, best_batch_for_slo, evaluate
 from modelchip.cost.efficiency import defaults, parse_overrides
 from modelchip.cost.model_cost import model_cost
+from modelchip.cost.profile import apply_profile
 from modelchip.cost.systems import system_for
 from modelchip.errors import ModelchipError
 from modelchip.report.text import render
@@ -31,6 +33,9 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--efficiency", action="append", default=[], metavar="NAME=FRACTION",
                    help="override an efficiency default: gemm, attention_compute, memory, scale_up, scale_out")
     p.add_argument("--price", type=float, default=None, help="USD per chip-hour (default: the catalog's)")
+    p.add_argument("--profile", default=None, metavar="PROFILE.json",
+                   help="a chip profile from `modelchip calibrate`: its measured peaks, bandwidth, efficiencies and "
+                        "overheads replace the chip's catalog figures")
     common.add_sets(p)
 
 
@@ -38,7 +43,7 @@ def register(sub) -> None:
     p = sub.add_parser("predict", help="predict one deployment: TPOT/TTFT, tokens/s per chip, memory, price",
                        description="Roofline step time per op group with efficiencies, plus TP all-reduce, EP "
                                    "all-to-all and AFD traffic; an infeasible deployment is reported as such.")
-    p.add_argument("--chip", required=True, help="chip id (see `modelchip chips`)")
+    p.add_argument("--chip", default="h100", help="chip id (see `modelchip chips`; ignored with --profile)")
     p.add_argument("--chips", type=int, required=True, help="chips in the deployment")
     p.add_argument("--strategy", required=True, help="tp, ep or afd")
     p.add_argument("--attn-chips", type=int, default=0, help="AFD: attention chips")
@@ -67,6 +72,10 @@ def build(args, chip_id: str, chips: int, strategy: str, batch: int, attn: int =
                    redundant_experts=args.redundant_experts, overlap=args.overlap, microbatches=args.microbatches,
                    system=system_for(chip, args.system),
                    efficiency=defaults().override(parse_overrides(args.efficiency)))
+    if getattr(args, "profile", None):
+        d = apply_profile(d, args.profile)
+        if args.efficiency:
+            d = replace(d, efficiency=d.efficiency.override(parse_overrides(args.efficiency)))
     return model_cost(spec, precision), d
 
 

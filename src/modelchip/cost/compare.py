@@ -51,6 +51,7 @@ class Setting:
     sets: tuple[str, ...] = ()
     prices: dict[str, float] = field(default_factory=dict)
     phase: str = "decode"
+    profiles: tuple[str, ...] = ()  # chip profiles from `modelchip calibrate`, compared beside the catalog's
 
 
 def _chips(setting: Setting) -> list[Chip]:
@@ -60,6 +61,11 @@ def _chips(setting: Setting) -> list[Chip]:
         if chip.id in setting.prices:
             chip = chip.with_price(setting.prices[chip.id])
         out.append(chip)
+    from modelchip.cost.profile import load_profile
+
+    for path in setting.profiles:
+        chip = load_profile(path)[0]
+        out.append(chip.with_price(setting.prices[chip.id]) if chip.id in setting.prices else chip)
     if not out:
         raise ModelchipError("no chips to compare")
     return out

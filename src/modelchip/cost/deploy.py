@@ -47,6 +47,11 @@ class Deployment:
     microbatches: int = 3
     system: System | None = None
     efficiency: Efficiency = field(default_factory=defaults)
+    # fixed host costs a calibration measures (0 for the catalog's chips, which have none measured)
+    overhead_per_op_s: float = 0.0
+    overhead_per_seq_s: float = 0.0  # per sequence per attention call
+    overhead_per_step_s: float = 0.0  # host work of a step: batch metadata, sampling, bookkeeping
+    overhead_per_seq_step_s: float = 0.0  # the same, per sequence in the batch
 
     def check(self, cost: ModelCost) -> None:
         if self.strategy not in STRATEGIES:
@@ -196,22 +201,23 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     if decode:
         core_flops, kv_bytes = cost.decode_attention(d.context)
         core = _roofline(core_flops * tokens, kv_bytes * b * tp / kv_shard, attn_peak, bw,
-                         eff.attention_compute, eff.memory)
+                         eff.attention_compute, eff.attention_memory)
     else:
         core_flops, _ = cost.prefill_attention(d.prompt_len)
         core = _roofline(core_flops * tokens, 0.0, attn_peak, bw, eff.attention_compute, eff.memory)
     proj = _roofline(2 * inst_tokens * cost.attn_params / tp, cost.attn_params * wb / tp, peak, bw,
-                     eff.gemm, eff.memory)
+                     eff.gemm, eff.weight_memory(inst_tokens))
     head_params = cost.lm_head_params or cost.embed_params
     out_tokens = b * tp * (q if decode else 1)  # prefill needs logits of the last token only
-    lm_head = _roofline(2 * out_tokens * head_params / tp, head_params * wb / tp, peak, bw, eff.gemm, eff.memory)
+    lm_head = _roofline(2 * out_tokens * head_params / tp, head_params * wb / tp, peak, bw, eff.gemm,
+                        eff.weight_memory(out_tokens))
 
     # FFN side, per FFN chip; under afd an FFN chip serves every attention chip's tokens
     ffn_tokens = inst_tokens * (attn_chips / ffn_group if d.strategy == "afd" else 1)
     dense_tp = tp if d.strategy == "tp" else (ffn_group if d.strategy == "afd" else 1)
     dense_tokens = ffn_tokens * (ffn_group if d.strategy == "afd" else 1)
     dense = _roofline(2 * dense_tokens * cost.dense_params / dense_tp, cost.dense_params * wb / dense_tp, peak, bw,
-                      eff.gemm, eff.memory)
+                      eff.gemm, eff.weight_memory(dense_tokens))
     moe_t = router = 0.0
     if moe:
         group_tokens = ffn_tokens * ep if d.strategy != "tp" else inst_tokens
@@ -246,6 +252,9 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         per_chip = tokens * H * (1 + ACT_BYTES) * max(1.0, d.attn_chips / d.ffn_chips)
         comm = L * per_chip / link
 
+    # fixed per-call costs: every op call, plus per sequence in each attention call
+    host = (d.overhead_per_op_s * cost.op_calls(decode) + d.overhead_per_seq_s * L * b * tp
+            + d.overhead_per_step_s + d.overhead_per_seq_step_s * b * tp)
     attn_side = proj + core + lm_head
     ffn_side = dense + moe_t + router
     if d.strategy == "afd":
@@ -280,8 +289,9 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         mem = {"weights": (attn_w + expert_w + dense_w) / 1e9, "kv_cache": kv / 1e9}
         used = attn_w + expert_w + dense_w + kv
     mem["usable"] = cap / 1e9
+    step += host
     breakdown = {"attention_proj": proj, "attention_core": core, "lm_head": lm_head, "dense_ffn": dense,
-                 "moe": moe_t, "router": router, "communication": comm}
+                 "moe": moe_t, "router": router, "communication": comm, "host_overhead": host}
     breakdown = {k: v * 1e3 for k, v in breakdown.items()}
     if used > cap:
         return Prediction(False, f"out of memory: needs {used / 1e9:.1f} GB per chip, {cap / 1e9:.1f} GB usable "

@@ -3,6 +3,7 @@ spec/catalog/efficiency.toml, each with its source; overridable, and replaced by
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, fields, replace
 from functools import cache
@@ -19,12 +20,34 @@ class Efficiency:
     scale_up: float
     scale_out: float
     memory_reserved: float
+    attention_memory: float
+    # measured weight-streaming efficiency by rows per matmul ((rows, fraction), ...), from calibration;
+    # empty: `memory` at every batch
+    memory_by_tokens: tuple = ()
+
+    def weight_memory(self, tokens: float) -> float:
+        """Efficiency of streaming weights through a matmul of `tokens` rows (log-interpolated table)."""
+        table = self.memory_by_tokens
+        if not table:
+            return self.memory
+        if tokens <= table[0][0]:
+            return table[0][1]
+        for (m0, e0), (m1, e1) in zip(table, table[1:], strict=False):
+            if tokens <= m1:
+                f = math.log(tokens / m0) / math.log(m1 / m0)
+                return e0 + f * (e1 - e0)
+        return table[-1][1]
 
     def override(self, items: dict[str, float]) -> Efficiency:
         names = {f.name for f in fields(self)}
+        items = dict(items)
+        if "memory_by_tokens" in items:
+            items["memory_by_tokens"] = tuple(sorted((float(m), float(e)) for m, e in items["memory_by_tokens"]))
         for key, value in items.items():
             if key not in names:
                 raise ModelchipError(f"unknown efficiency {key!r}; known: {', '.join(sorted(names))}")
+            if key == "memory_by_tokens":
+                continue
             if not 0 < value <= 1:
                 raise ModelchipError(f"efficiency {key} must be in (0, 1], got {value}")
         return replace(self, **items)

@@ -14,6 +14,11 @@ from modelchip.cost import accounting, attention, ffn
 from modelchip.cost.conventions import EXACT, Precision
 from modelchip.spec.model import ModelSpec
 
+# Backend op calls per attention block in the runtime's forward (two norms and the FFN counted apart):
+# gqa: q/k/v/o linears, 2 rotary, 2 write_kv, attention; mfa adds the low-rank query's norm and matmul;
+# mla: q_a, q_a norm, q_b, kv_a, kv_a norm, 2 rotary, 2 absorptions, one latent write, attention, o.
+OPS_PER_ATTENTION = {"gqa": 9, "mfa": 11, "mfa-kr": 10, "mla": 12, "linear": 6}
+
 
 @dataclass(frozen=True)
 class MoECost:
@@ -39,8 +44,13 @@ class ModelCost:
     lm_head_params: int  # separate weights unless tied
     kv_heads: int  # K/V heads of the softmax layers (MLA: 1 latent), for TP sharding of the cache
     kv_bytes_per_token: float  # cache bytes one token adds, all layers, in the deployment's KV format
+    layer_op_calls: int  # backend op calls of one forward over all layers (runtime/models/decoder.py)
     spec: ModelSpec = field(repr=False)
     precision: Precision = field(repr=False)
+
+    def op_calls(self, decode: bool = True) -> int:
+        """Backend op calls of one step: the layers, plus embedding, final norm, LM head and sampling."""
+        return self.layer_op_calls + 4
 
     def decode_attention(self, context: int) -> tuple[float, float]:
         """(core FLOPs, cache bytes read) per decoded token at `context` (exact convention)."""
@@ -63,8 +73,12 @@ def model_cost(spec: ModelSpec, precision: Precision) -> ModelCost:
     moe = None
     moe_layers = 0
     kv_heads = []
+    calls = 0
     for layer, n in Counter(spec.layers).items():
         a, f = layer.attention, layer.ffn
+        attn_calls = OPS_PER_ATTENTION[a.kind] + 2 * a.qk_norm - (2 if a.kind == "mla" and not a.q_lora_rank else 0)
+        ffn_calls = 3 if f.kind == "dense" else 3 + 3 * bool(f.shared_intermediate_size)  # router, route, experts
+        calls += n * (2 + attn_calls + ffn_calls)
         attn += n * attention.projection_weights(a, H)
         norms += n * (attention.params(a, H) - attention.projection_weights(a, H) + 2 * H)
         kv_heads.append(1 if a.kind == "mla" else a.num_kv_heads)
@@ -81,5 +95,5 @@ def model_cost(spec: ModelSpec, precision: Precision) -> ModelCost:
         attn_norm_params=norms, dense_params=dense, moe=moe, embed_params=spec.vocab_size * H,
         lm_head_params=0 if spec.tie_word_embeddings else spec.vocab_size * H, kv_heads=min(kv_heads),
         kv_bytes_per_token=accounting.account(spec, 1, precision=precision).kv_cache_bytes_per_token,
-        spec=spec, precision=precision,
+        layer_op_calls=calls, spec=spec, precision=precision,
     )

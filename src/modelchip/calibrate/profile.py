@@ -1,0 +1,102 @@
+"""Run the microbenchmarks and write a chip profile: the catalog's chip format (figures with sources),
+plus measured efficiencies and fixed host overheads, which `compare`, `predict` and `plan` read with
+`--profile`."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+from modelchip.calibrate import microbench
+from modelchip.cost.efficiency import defaults
+from modelchip.runtime.backends import get_backend
+
+GEMM_SHAPES = ((1, 576, 1536), (16, 576, 1536), (64, 1024, 1024), (256, 1024, 1024), (512, 2048, 2048))
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+STREAM_TOKENS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def _device_memory(device: torch.device) -> float:
+    if device.type == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    accel = getattr(torch, device.type, None)  # e.g. torch.npu / torch.musa: whatever the backend's device is
+    props = getattr(accel, "get_device_properties", None)
+    return float(props(device).total_memory) if props else 0.0
+
+
+def calibrate(backend: str = "reference", device: str = "cpu", progress: Callable[[str], None] = print) -> dict:
+    ops = get_backend(backend, device)
+    dev = ops.device
+    stamp = time.strftime("%Y-%m-%d")
+    src = f"modelchip calibrate, backend {backend} on {dev}, {stamp}"
+    gemm = {}
+    for name, dtype in DTYPES.items():
+        for m, k, n in GEMM_SHAPES:
+            progress(f"GEMM {name} {m}x{k}x{n}")
+            gemm[f"{name} {m}x{k}x{n}"] = microbench.gemm(ops, m, k, n, dtype)
+    progress("weight streaming by batch (1..64 rows)")
+    by_tokens = {m: microbench.weight_streaming(ops, 576, 1536, torch.float32, tokens=m) for m in STREAM_TOKENS}
+    progress("memory bandwidth (256 MB read)")
+    read_bw = microbench.read_bandwidth(dev)
+    progress("weight streaming (one-token linears over a 512 MB pool of 1536x576 matrices)")
+    stream = {name: microbench.weight_streaming(ops, 576, 1536, dtype) for name, dtype in DTYPES.items()}
+    # the device's bandwidth: the best read rate any kernel reached; efficiencies are fractions of it
+    copy_bw = max(read_bw, *stream.values(), *by_tokens.values())
+    progress("attention decode")
+    t_long = microbench.attention_decode(ops, 4, 4096)
+    kv_bytes = 4 * 4096 * 2 * 2 * 64 * 4  # seqs x context x (K, V) x kv heads x head dim x fp32
+    t_one = microbench.attention_decode(ops, 1, 16)
+    t_many = microbench.attention_decode(ops, 16, 16)
+    progress("op call overhead")
+    per_op = microbench.op_overhead(ops)
+    per_seq = max((t_many - t_one) / 15, 0.0)
+    progress("host cost of a decode step (one-layer toy model, 1 and 16 sequences)")
+    from modelchip.calibrate.harness import DecodeHarness, tiny_model
+
+    toy = tiny_model(ops)
+    steps = {}
+    for n in (1, 16):
+        h = DecodeHarness(toy, n, 16, 40)
+        h.prefill()
+        steps[n] = h.time_decode(30)
+    toy_calls = 2 + 9 + 3 + 4  # norms, attention, MLP, and embedding / final norm / LM head / sampling
+    step_fixed = max(steps[1] - toy_calls * per_op - per_seq, 0.0)
+    step_per_seq = max((steps[16] - steps[1]) / 15 - per_seq, 0.0)
+    peaks = {name: max(v for key, v in gemm.items() if key.startswith(name)) for name in DTYPES}
+    base = defaults()
+    profile = {
+        "id": f"{platform.node() or 'local'}-{dev.type}-{backend}".lower(),
+        "name": f"{platform.processor() or platform.machine()} ({dev}, {backend} backend, {torch.get_num_threads()} "
+                f"threads)",
+        "vendor": "measured", "kind": dev.type, "status": "ok",
+        "notes": "Measured by modelchip calibrate: peaks are the best GEMM throughput reached, bandwidth the best "
+                 "read rate; efficiencies are measured fractions of those.",
+        "flops": {name: {"value": v, "source": f"{src}: best GEMM over {len(GEMM_SHAPES)} shapes", "tag": "D"}
+                  for name, v in peaks.items()},
+        "memory": {
+            "capacity": {"value": _device_memory(dev), "source": f"{src}: device memory", "tag": "D"},
+            "bandwidth": {"value": copy_bw, "source": f"{src}: best read rate (256 MB sum, one-token linear)",
+                          "tag": "D"},
+        },
+        "efficiency": {
+            "gemm": 1.0,  # the peak is itself the measured GEMM rate
+            "attention_compute": base.attention_compute,
+            "memory": min(stream["fp32"] / copy_bw, 1.0),
+            "attention_memory": min(kv_bytes / t_long / copy_bw, 1.0),
+            "scale_up": base.scale_up, "scale_out": base.scale_out, "memory_reserved": base.memory_reserved,
+            # small-batch matmuls stream weights more slowly than one-row ones: measured per row count
+            "memory_by_tokens": [[m, min(v / copy_bw, 1.0)] for m, v in by_tokens.items()],
+        },
+        "overhead": {"per_op_s": per_op, "per_seq_s": per_seq, "per_step_s": step_fixed,
+                     "per_seq_step_s": step_per_seq},
+        "measurements": {"gemm_flops": gemm, "read_bandwidth": read_bw, "weight_streaming_bandwidth": stream,
+                         "attention_decode_s": {"4x4096": t_long, "1x16": t_one, "16x16": t_many},
+                         "op_call_s": per_op, "toy_step_s": steps},
+        "calibrated": {"date": stamp, "backend": backend, "device": str(dev), "torch": torch.__version__,
+                       "threads": torch.get_num_threads(), "fallbacks": ops.fallback_report()},
+    }
+    return profile

@@ -1,0 +1,84 @@
+"""`modelchip calibrate` and `modelchip bench`: measure a backend, then check predictions against a real run."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from modelchip.cli import common
+from modelchip.report.text import render, si
+
+
+def register(sub) -> None:
+    p = sub.add_parser("calibrate", help="measure a backend on its device and write a chip profile",
+                       description="GEMM throughput across shapes and dtypes, memory bandwidth, weight streaming, "
+                                   "attention decode and per-op overhead, written as a chip profile that compare, "
+                                   "predict and plan read with --profile.")
+    p.add_argument("--backend", default="reference", help="backend to measure (default reference)")
+    p.add_argument("--device", default="cpu", help="torch device for the backend (default cpu)")
+    p.add_argument("--out", default="profile.json", help="profile path (default profile.json)")
+    p.add_argument("--json", action="store_true", help="print the profile")
+    p.set_defaults(func=run_calibrate)
+
+    b = sub.add_parser("bench", help="measure the runtime's decode throughput; with --profile, compare to prediction",
+                       description="Decode tokens/s of a model at each batch size and context on a backend. With "
+                                   "--profile, the planner predicts the same runs from the calibrated profile and "
+                                   "the error is shown.")
+    b.add_argument("--model", default="smollm2-135m", help="model to run (default smollm2-135m)")
+    b.add_argument("--batch", nargs="+", type=int, default=[1, 4, 16], help="batch sizes (default 1 4 16)")
+    b.add_argument("--context", type=int, default=128, help="prompt tokens per sequence (default 128)")
+    b.add_argument("--steps", type=int, default=32, help="decode steps to time (default 32)")
+    b.add_argument("--backend", default="reference", help="backend to run on (default reference)")
+    b.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    b.add_argument("--dtype", default="float32", help="weight and activation dtype (default float32)")
+    b.add_argument("--profile", default=None, help="a profile from `modelchip calibrate` to predict with")
+    b.add_argument("--json", action="store_true", help="print the rows as JSON")
+    b.set_defaults(func=run_bench)
+
+
+def run_calibrate(args) -> int:
+    from modelchip.calibrate.profile import calibrate
+
+    start = time.perf_counter()
+    profile = calibrate(args.backend, args.device, progress=lambda m: print(f"  {m}", file=sys.stderr))
+    profile["calibrated"]["seconds"] = time.perf_counter() - start
+    Path(args.out).write_text(json.dumps(profile, indent=2))
+    if args.json:
+        common.print_json(profile)
+        return 0
+    e, o = profile["efficiency"], profile["overhead"]
+    print(render(["figure", "value"], [
+        *[[f"peak {k} (best GEMM)", si(v["value"], "FLOP/s")] for k, v in profile["flops"].items()],
+        ["memory bandwidth (best read)", si(profile["memory"]["bandwidth"]["value"], "B/s")],
+        ["weight streaming / bandwidth", f"{e['memory']:.2f}"],
+        ["attention decode / bandwidth", f"{e['attention_memory']:.2f}"],
+        ["per op call", f"{o['per_op_s'] * 1e6:.1f} us"],
+        ["per sequence per attention call", f"{o['per_seq_s'] * 1e6:.1f} us"],
+    ], title=f"{profile['name']}"))
+    print(f"\nProfile: {Path(args.out).resolve()}  ({profile['calibrated']['seconds']:.0f} s)")
+    return 0
+
+
+def run_bench(args) -> int:
+    from modelchip.calibrate.loop import measure, predict
+
+    rows = []
+    for batch in args.batch:
+        print(f"  batch {batch}...", file=sys.stderr)
+        measured = measure(args.model, batch, args.context, args.steps, args.backend, args.device, args.dtype)
+        row = {"batch": batch, "context": args.context, "measured_tokens_per_s": measured}
+        if args.profile:
+            predicted = predict(args.model, args.profile, batch, args.context + args.steps // 2, args.dtype)
+            row |= {"predicted_tokens_per_s": predicted, "error": predicted / measured - 1}
+        rows.append(row)
+    if args.json:
+        common.print_json({"model": args.model, "backend": args.backend, "device": args.device, "rows": rows})
+        return 0
+    headers = ["batch", "context", "measured tok/s"] + (["predicted tok/s", "error"] if args.profile else [])
+    print(render(headers, [[r["batch"], r["context"], f"{r['measured_tokens_per_s']:.1f}"]
+                           + ([f"{r['predicted_tokens_per_s']:.1f}", f"{100 * r['error']:+.1f}%"]
+                              if args.profile else []) for r in rows],
+                 title=f"{args.model} decode on {args.backend}/{args.device} {args.dtype}"))
+    return 0

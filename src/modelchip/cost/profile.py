@@ -1,0 +1,33 @@
+"""Chip profiles written by `modelchip calibrate`: the catalog's chip format plus measured efficiencies and
+fixed host overheads. Reading one needs no torch."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from modelchip.cost.deploy import Deployment
+from modelchip.cost.efficiency import defaults
+from modelchip.errors import ModelchipError
+from modelchip.spec.chips import Chip, chip_from_toml
+
+
+def load_profile(path: str | Path) -> tuple[Chip, dict, dict]:
+    """(chip, efficiency overrides, overheads) from a profile written by `calibrate`."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelchipError(f"cannot read profile {path}: {exc}") from exc
+    if not isinstance(data, dict) or "flops" not in data or "memory" not in data:
+        raise ModelchipError(f"{path} is not a modelchip chip profile (no flops/memory tables)")
+    return chip_from_toml(data, str(path)), data.get("efficiency", {}), data.get("overhead", {})
+
+
+def apply_profile(d: Deployment, path: str | Path) -> Deployment:
+    """The deployment on the profiled chip, with its measured efficiencies and overheads."""
+    chip, eff, overhead = load_profile(path)
+    return replace(d, chip=chip, system=None, efficiency=defaults().override(eff),
+                   overhead_per_op_s=overhead.get("per_op_s", 0.0), overhead_per_seq_s=overhead.get("per_seq_s", 0.0),
+                   overhead_per_step_s=overhead.get("per_step_s", 0.0),
+                   overhead_per_seq_step_s=overhead.get("per_seq_step_s", 0.0))

@@ -1,0 +1,63 @@
+"""Calibration: the profile it writes is a valid chip for the cost model, and the cost model uses it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from modelchip.cost.efficiency import defaults
+from modelchip.cost.profile import load_profile
+from modelchip.errors import ModelchipError
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cal") / "profile.json"
+    p = subprocess.run([sys.executable, "-m", "modelchip", "calibrate", "--out", str(path)], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return path
+
+
+def test_profile_is_a_catalog_chip_with_measured_figures(profile):
+    chip, eff, overhead = load_profile(profile)
+    assert chip.peak("fp32") > 1e9 and chip.bandwidth > 1e9 and chip.memory_capacity.value > 1e9
+    assert all(f.source.startswith("modelchip calibrate") for f in chip.figures().values())
+    merged = defaults().override(eff)
+    assert 0 < merged.memory <= 1 and 0 < merged.attention_memory <= 1
+    assert merged.memory_by_tokens and all(0 < e <= 1 for _, e in merged.memory_by_tokens)
+    assert overhead["per_op_s"] > 0 and overhead["per_seq_s"] >= 0
+    data = json.loads(profile.read_text())
+    assert data["calibrated"]["backend"] == "reference" and data["calibrated"]["fallbacks"]["missing_ops"] == []
+
+
+def test_predict_with_profile(profile):
+    p = subprocess.run([sys.executable, "-m", "modelchip", "predict", "--profile", str(profile), "--model",
+                        "smollm2-135m", "--chips", "1", "--strategy", "tp", "--batch", "4", "--context", "256",
+                        "--weight-dtype", "fp32", "--kv-dtype", "fp32", "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    chip, *_ = load_profile(profile)
+    assert out["chip"] == chip.id and out["feasible"]
+    assert out["breakdown_ms"]["host_overhead"] > 0  # the calibrated fixed costs enter the step
+
+
+def test_weight_memory_interpolates_the_measured_table():
+    eff = defaults().override({"memory_by_tokens": [[1, 0.9], [4, 0.5], [16, 0.3]]})
+    assert eff.weight_memory(1) == 0.9 and eff.weight_memory(16) == 0.3 and eff.weight_memory(64) == 0.3
+    assert eff.weight_memory(2) == pytest.approx(0.7)  # halfway in log2 between 1 and 4
+    assert defaults().weight_memory(8) == defaults().memory
+
+
+def test_bad_profile(tmp_path):
+    bad = tmp_path / "p.json"
+    bad.write_text("{}")
+    with pytest.raises(ModelchipError, match="not a modelchip chip profile"):
+        load_profile(bad)
+    with pytest.raises(ModelchipError, match="cannot read profile"):
+        load_profile(tmp_path / "missing.json")
+    with pytest.raises(ModelchipError, match="unknown efficiency"):
+        defaults().override({"speed": 0.5})
