@@ -60,14 +60,14 @@ class SwappedSiluAndMul(_OneOp):
 
 
 class StaleDecodeAttention(_OneOp):
-    """A decode-only bug the op grid happens to miss (its decode batch has a sequence at its first token):
-    in batches where every sequence is past its first token it leaves out the token written this step.
-    Only the model runs, with real multi-step decoding, catch it."""
+    """A decode-only bug the op grid happens to miss (each of its decode batches is a single sequence or has
+    one within its first five tokens): in batches of two or more sequences all past their fifth token it
+    leaves out the token written this step. Only the model runs, with real multi-step decoding, catch it."""
 
     name = "stale-decode"
 
     def paged_attention(self, q, k_cache, v_cache, meta, scale, v_dim=None, window=0):
-        if q.shape[0] == meta.num_seqs and bool((meta.context_lens > 1).all()):
+        if q.shape[0] == meta.num_seqs > 1 and bool((meta.context_lens > 5).all()):
             meta = type(meta)(meta.query_start_loc, meta.context_lens - 1, meta.block_tables, meta.slot_mapping,
                               meta.block_size)
         return self.ref.paged_attention(q, k_cache, v_cache, meta, scale, v_dim, window)

@@ -147,6 +147,9 @@ def paged_attention(dt: torch.dtype) -> list[Case]:
             ("decode batch, MHA, d_v != d_k", 4, 4, 16, 8, [(1, 5), (1, 9), (1, 1)], 0.37, 0),
             ("MLA latent values (v_cache None)", 4, 1, 24, None, [(2, 7), (1, 12)], 0.2, 0),
             ("sliding window 4", 4, 2, 16, 16, [(10, 10), (1, 13)], 0.25, 4),
+            ("decode batch, GQA, window 4", 4, 2, 16, 16, [(1, 13), (1, 3), (1, 7)], 0.25, 4),
+            ("decode batch, MLA latent values", 4, 1, 24, None, [(1, 12), (1, 5)], 0.2, 0),
+            ("decode one sequence, GQA", 8, 2, 16, 16, [(1, 9)], 0.25, 0),
             ("long prefill, GQA", 8, 2, 64, 64, [(300, 300)], 0.125, 0)):
         r = Rand(f"attention{label}")
         bs, blocks = 4, 80

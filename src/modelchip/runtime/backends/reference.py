@@ -52,6 +52,8 @@ class ReferenceBackend:
     def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor | None,
                         meta: AttentionMetadata, scale: float, v_dim: int | None = None,
                         window: int = 0) -> torch.Tensor:
+        if q.shape[0] == meta.context_lens.shape[0]:  # one new token per sequence: decode them all at once
+            return self._decode_attention(q, k_cache, v_cache, meta, scale, v_dim, window)
         heads = q.shape[1]
         groups = k_cache.shape[2]
         out = []
@@ -74,6 +76,28 @@ class ReferenceBackend:
             probs = torch.softmax(scores, dim=-1)
             out.append(torch.matmul(probs, v.float()).transpose(0, 1).to(q.dtype))  # [n, h, dv]
         return torch.cat(out, dim=0)
+
+    def _decode_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor | None,
+                          meta: AttentionMetadata, scale: float, v_dim: int | None, window: int) -> torch.Tensor:
+        """Each sequence's one query token at position context_len - 1 against its whole cache. The caches are
+        gathered into one padded batch so a decode step costs a few ops, not a few per sequence."""
+        ctx = meta.context_lens
+        longest = int(ctx.max())
+        tables = meta.block_tables[:, :-(-longest // meta.block_size)].clamp_min(0)  # -1 padding: masked below
+        k = k_cache[tables].flatten(1, 2)[:, :longest]  # [S, L, g, dk]
+        v = k[..., :v_dim] if v_cache is None else v_cache[tables].flatten(1, 2)[:, :longest]
+        s, length, groups, dk = k.shape
+        heads = q.shape[1]
+        qg = q.float().view(s, groups, heads // groups, dk)  # query head i reads K/V group i // (h / g)
+        scores = torch.matmul(qg, k.float().permute(0, 2, 3, 1)) * scale  # [S, g, h/g, L]
+        pos = torch.arange(length, device=q.device)[None, :]
+        visible = pos < ctx[:, None]
+        if window:
+            visible &= pos >= ctx[:, None] - window
+        scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out = torch.matmul(probs, v.float().transpose(1, 2))  # [S, g, h/g, dv]
+        return out.reshape(s, heads, v.shape[-1]).to(q.dtype)
 
     def moe_route(self, router_logits: torch.Tensor, top_k: int, scoring: str, norm_topk_prob: bool,
                   n_group: int = 1, topk_group: int = 1, correction_bias: torch.Tensor | None = None,
