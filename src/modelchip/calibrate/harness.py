@@ -8,7 +8,6 @@ import time
 
 import torch
 
-from modelchip.runtime.contract import AttentionMetadata
 from modelchip.runtime.kv_cache import KVCache
 from modelchip.spec import families
 
@@ -30,21 +29,13 @@ class DecodeHarness:
                                                                                           device=dev))
 
     def _run(self, new: int) -> None:
-        ids, pos, slots, starts, lens = [], [], [], [0], []
-        for toks, blocks in zip(self.tokens, self.blocks, strict=True):
-            total = len(toks)
-            for p in range(total - new, total):
-                ids.append(toks[p])
-                pos.append(p)
-                slots.append(blocks[p // self.bs] * self.bs + p % self.bs)
-            starts.append(starts[-1] + new)
-            lens.append(total)
-        dev = self.model.device
-        meta = AttentionMetadata(torch.tensor(starts, device=dev), torch.tensor(lens, device=dev),
-                                 torch.tensor(self.blocks, device=dev), torch.tensor(slots, device=dev), self.bs)
-        hidden = self.model(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), meta, self.cache.layers)
-        last = torch.tensor(starts[1:], device=dev) - 1
-        picked = self.ops.sample(self.model.logits(hidden[last]), *self.params).tolist()
+        from modelchip.engine.model_runner import build_batch
+
+        batch = [toks[-new:] for toks in self.tokens]
+        ids, pos, meta = build_batch(batch, [len(t) - new for t in self.tokens], self.blocks, self.bs,
+                                     self.model.device)
+        hidden = self.model(ids, pos, meta, self.cache.layers)
+        picked = self.ops.sample(self.model.logits(hidden[meta.query_start_loc[1:] - 1]), *self.params).tolist()
         for toks, t in zip(self.tokens, picked, strict=True):
             toks.append(int(t))
 
@@ -62,11 +53,11 @@ class DecodeHarness:
         return (time.perf_counter() - start) / steps
 
 
-def tiny_model(ops, dtype: torch.dtype = torch.float32):
-    """A one-layer, 64-wide Llama whose compute is negligible: its step time is the host's fixed cost."""
+def tiny_model(ops, dtype: torch.dtype = torch.float32, layers: int = 1):
+    """A 64-wide Llama whose compute is negligible: its step time is the host's fixed cost."""
     from modelchip.runtime.models.decoder import DecoderLM
 
-    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": layers,
               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128, "rms_norm_eps": 1e-6}
     model = DecoderLM(ops, families.read(config, "tiny"), dtype)
     for p in model.parameters():

@@ -12,7 +12,9 @@ from collections.abc import Callable
 import torch
 
 from modelchip.calibrate import microbench
+from modelchip.cost.conventions import Precision
 from modelchip.cost.efficiency import defaults
+from modelchip.cost.model_cost import model_cost
 from modelchip.runtime.backends import get_backend
 
 GEMM_SHAPES = ((1, 576, 1536), (16, 576, 1536), (64, 1024, 1024), (256, 1024, 1024), (512, 2048, 2048))
@@ -52,20 +54,24 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
     t_one = microbench.attention_decode(ops, 1, 16)
     t_many = microbench.attention_decode(ops, 16, 16)
     progress("op call overhead")
-    per_op = microbench.op_overhead(ops)
+    per_op_alone = microbench.op_overhead(ops)
     per_seq = max((t_many - t_one) / 15, 0.0)
-    progress("host cost of a decode step (one-layer toy model, 1 and 16 sequences)")
+    progress("host cost of a decode step (toy models of 1 and 4 layers, 1 and 16 sequences)")
     from modelchip.calibrate.harness import DecodeHarness, tiny_model
 
-    toy = tiny_model(ops)
-    steps = {}
-    for n in (1, 16):
-        h = DecodeHarness(toy, n, 16, 40)
-        h.prefill()
-        steps[n] = h.time_decode(30)
-    toy_calls = 2 + 9 + 3 + 4  # norms, attention, MLP, and embedding / final norm / LM head / sampling
-    step_fixed = max(steps[1] - toy_calls * per_op - per_seq, 0.0)
-    step_per_seq = max((steps[16] - steps[1]) / 15 - per_seq, 0.0)
+    steps, calls = {}, {}
+    for layers in (1, 4):
+        toy = tiny_model(ops, layers=layers)
+        calls[layers] = model_cost(toy.spec, Precision()).op_calls()
+        for n in (1, 16):
+            h = DecodeHarness(toy, n, 16, 40)
+            h.prefill()
+            steps[layers, n] = h.time_decode(30)
+    # An op inside a model costs more than the same op timed alone in a hot loop (the model's glue between
+    # calls, colder caches): the per-call cost is what three more layers add, per op call they make.
+    per_op = max((steps[4, 1] - steps[1, 1] - 3 * per_seq) / (calls[4] - calls[1]), per_op_alone)
+    step_fixed = max(steps[1, 1] - calls[1] * per_op - per_seq, 0.0)
+    step_per_seq = max((steps[1, 16] - steps[1, 1]) / 15 - per_seq, 0.0)
     peaks = {name: max(v for key, v in gemm.items() if key.startswith(name)) for name in DTYPES}
     base = defaults()
     profile = {
@@ -95,7 +101,8 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
                      "per_seq_step_s": step_per_seq},
         "measurements": {"gemm_flops": gemm, "read_bandwidth": read_bw, "weight_streaming_bandwidth": stream,
                          "attention_decode_s": {"4x4096": t_long, "1x16": t_one, "16x16": t_many},
-                         "op_call_s": per_op, "toy_step_s": steps},
+                         "op_call_alone_s": per_op_alone, "op_call_in_model_s": per_op,
+                         "toy_step_s": {f"{layers} layers, {n} seqs": t for (layers, n), t in steps.items()}},
         "calibrated": {"date": stamp, "backend": backend, "device": str(dev), "torch": torch.__version__,
                        "threads": torch.get_num_threads(), "fallbacks": ops.fallback_report()},
     }
