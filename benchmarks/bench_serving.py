@@ -4,7 +4,11 @@ same thread count (issue 4). Not a timed unit test; record the JSON it prints in
 Measures, each engine in its own fresh process (so peak memory is its own):
 - batch-1 decode tokens/s: modelchip's engine vs transformers `generate` (target >= 2x);
 - 16 concurrent requests, aggregate output tokens/s (prefill included): the engine with all 16 submitted at once
-  vs transformers `generate` on a static batch of 16 (target >= 1.5x);
+  vs transformers `generate` on a static batch of 16 (target >= 1.5x); equal prompts and outputs, the case
+  where a static batch wastes nothing;
+- the same 16 requests with mixed lengths (prompts and outputs uniform in [16, 128] tokens): the engine lets each
+  request leave when it is done; the static batch left-pads prompts and decodes every row to the longest
+  output. Counted: the output tokens the requests asked for, per second;
 - batch-1 decode as a fraction of the memory-bandwidth roofline: bandwidth from a large tensor copy in this run,
   bytes per token = the weights one decode step reads (every matrix once, the tied embedding as the LM head)
   plus the KV cache it reads (target >= 60%);
@@ -60,6 +64,13 @@ def prompt_ids(n: int, length: int, vocab: int, seed: int = 0) -> list[list[int]
     """The same random token ids for every engine (ids below 100 are left out: special tokens live there)."""
     rng = random.Random(seed)
     return [[rng.randrange(100, vocab) for _ in range(length)] for _ in range(n)]
+
+
+def mixed_workload(n: int, vocab: int, lo: int, hi: int, seed: int = 1) -> tuple[list[list[int]], list[int]]:
+    """Requests as they come in practice: prompt and output lengths each drawn uniformly from [lo, hi]."""
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(100, vocab) for _ in range(rng.randint(lo, hi))] for _ in range(n)]
+    return prompts, [rng.randint(lo, hi) for _ in range(n)]
 
 
 def cpu_seconds() -> float:
@@ -194,6 +205,14 @@ def run_modelchip(args) -> dict:
             decode.append(args.decode_tokens / (seq.last_token_time - seq.first_token_time))
         with busy:
             wall, seqs = run(prompts, args.output_tokens)
+        mixed_prompts, mixed_outputs = mixed_workload(args.concurrency, llm.vocab_size, *args.mixed)
+        start = time.monotonic()
+        for i, (p, n) in enumerate(zip(mixed_prompts, mixed_outputs, strict=True)):
+            engine.add_request(f"mixed-{i}", p, SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True),
+                               arrival_time=start)
+        while engine.has_unfinished_requests():
+            engine.step()
+        mixed_wall = time.monotonic() - start
         ttft = [s.first_token_time - s.arrival_time for s in seqs]
         tpot = [(s.last_token_time - s.first_token_time) / (args.output_tokens - 1) for s in seqs]
         profile = None
@@ -224,6 +243,7 @@ def run_modelchip(args) -> dict:
         "batch1_decode_runs_tok_s": [round(d, 2) for d in decode],
         "concurrent_aggregate_tok_s": round(args.concurrency * args.output_tokens / wall, 2),
         "concurrent_wall_s": round(wall, 3),
+        "mixed_aggregate_tok_s": round(sum(mixed_outputs) / mixed_wall, 2),
         "ttft_ms": percentiles(ttft),
         "tpot_ms": percentiles(tpot),
         "weight_bytes_per_token": weights,
@@ -275,6 +295,15 @@ def run_transformers(args) -> dict:
             full = generate(prompts[:1], args.decode_tokens + 1)
             decode.append(args.decode_tokens / (full - first))
         wall = generate(prompts, args.output_tokens)
+        # a static batch: prompts left-padded to the longest, every row decoded until the longest output is done
+        mixed_prompts, mixed_outputs = mixed_workload(args.concurrency, model.config.vocab_size, *args.mixed)
+        width = max(map(len, mixed_prompts))
+        x = torch.tensor([[0] * (width - len(p)) + p for p in mixed_prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in mixed_prompts])
+        t0 = time.perf_counter()
+        model.generate(x, attention_mask=mask, do_sample=False, max_new_tokens=max(mixed_outputs),
+                       min_new_tokens=max(mixed_outputs))
+        mixed_wall = time.perf_counter() - t0
     return {
         "load_s": round(load_s, 2),
         "transformers_version": transformers.__version__,
@@ -282,6 +311,7 @@ def run_transformers(args) -> dict:
         "batch1_decode_runs_tok_s": [round(d, 2) for d in decode],
         "static_batch_aggregate_tok_s": round(args.concurrency * args.output_tokens / wall, 2),
         "static_batch_wall_s": round(wall, 3),
+        "mixed_static_batch_tok_s": round(sum(mixed_outputs) / mixed_wall, 2),
         "cpu_utilization": busy.utilization,
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -365,6 +395,8 @@ def main() -> None:
     ap.add_argument("--decode-tokens", type=int, default=64, help="tokens timed in the batch-1 decode runs")
     ap.add_argument("--output-tokens", type=int, default=64, help="tokens per request in the concurrent runs")
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--mixed", type=int, nargs=2, default=[16, 128], metavar=("LO", "HI"),
+                    help="the mixed workload: prompt and output lengths uniform in [LO, HI] (default 16 128)")
     ap.add_argument("--repeat", type=int, default=3, help="batch-1 runs per engine (best counts)")
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--no-http", action="store_true")
@@ -375,7 +407,7 @@ def main() -> None:
     result: dict = {"benchmark": "serving", "model": args.model, "dtype": args.dtype, "threads": args.threads,
                     "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
                     "settings": {k: getattr(args, k) for k in ("prompt_tokens", "decode_tokens", "output_tokens",
-                                                                "concurrency", "repeat")}}
+                                                                "concurrency", "repeat", "mixed")}}
     result["bandwidth"] = bw = in_child(bandwidth, args.threads)
     print("bandwidth", bw, file=sys.stderr)
     result["modelchip"] = mc = in_child(run_modelchip, args)
@@ -406,6 +438,8 @@ def main() -> None:
         summary["concurrent_ratio_vs_transformers_static"] = round(
             mc["concurrent_aggregate_tok_s"] / tf["static_batch_aggregate_tok_s"], 3)
         summary["concurrent_target"] = 1.5
+        summary["mixed_ratio_vs_transformers_static"] = round(
+            mc["mixed_aggregate_tok_s"] / tf["mixed_static_batch_tok_s"], 3)
         summary["peak_rss_mb"]["transformers"] = tf["peak_rss_mb"]
     result["summary"] = summary
     result["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
