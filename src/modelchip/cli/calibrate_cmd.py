@@ -16,8 +16,7 @@ def register(sub) -> None:
                        description="GEMM throughput across shapes and dtypes, memory bandwidth, weight streaming, "
                                    "attention decode and per-op overhead, written as a chip profile that compare, "
                                    "predict and plan read with --profile.")
-    p.add_argument("--backend", default="reference", help="backend to measure (default reference)")
-    p.add_argument("--device", default="cpu", help="torch device for the backend (default cpu)")
+    common.add_runtime(p, dtype=False)
     p.add_argument("--out", default="profile.json", help="profile path (default profile.json)")
     p.add_argument("--json", action="store_true", help="print the profile")
     p.set_defaults(func=run_calibrate)
@@ -30,9 +29,7 @@ def register(sub) -> None:
     b.add_argument("--batch", nargs="+", type=int, default=[1, 4, 16], help="batch sizes (default 1 4 16)")
     b.add_argument("--context", type=int, default=128, help="prompt tokens per sequence (default 128)")
     b.add_argument("--steps", type=int, default=32, help="decode steps to time (default 32)")
-    b.add_argument("--backend", default="reference", help="backend to run on (default reference)")
-    b.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    b.add_argument("--dtype", default="float32", help="weight and activation dtype (default float32)")
+    common.add_runtime(b)
     b.add_argument("--profile", default=None, help="a profile from `modelchip calibrate` to predict with")
     b.add_argument("--json", action="store_true", help="print the rows as JSON")
     b.set_defaults(func=run_bench)

@@ -37,5 +37,14 @@ def add_sets(p: argparse.ArgumentParser) -> None:
                         "(repeatable; applies to every model; per model: --models step3:attention=mha)")
 
 
+def add_runtime(p: argparse.ArgumentParser, dtype: bool = True) -> None:
+    """Where a command runs a model: backend, device and (optionally) dtype."""
+    p.add_argument("--backend", default="reference",
+                   help="backend name, built-in or a modelchip.backends entry point (default reference)")
+    p.add_argument("--device", default="cpu", help="torch device for the backend (default cpu)")
+    if dtype:
+        p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+
+
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False, default=str))

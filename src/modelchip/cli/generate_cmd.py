@@ -22,9 +22,7 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--backend", default="reference", help="backend name (default reference)")
-    p.add_argument("--device", default="cpu", help="torch device for the backend (default cpu)")
-    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    common.add_runtime(p)
     p.add_argument("--json", action="store_true", help='print {"text": ..., "token_ids": [...]}')
     p.set_defaults(func=run)
 

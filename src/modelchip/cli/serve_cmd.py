@@ -9,6 +9,7 @@ import socket
 import sys
 import threading
 
+from modelchip.cli import common
 from modelchip.errors import ModelchipError
 
 
@@ -24,9 +25,7 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--api-key", default=os.environ.get("MODELCHIP_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on every request (default: $MODELCHIP_API_KEY)")
-    p.add_argument("--backend", default="reference", help="backend name (default reference)")
-    p.add_argument("--device", default="cpu", help="torch device for the backend (default cpu)")
-    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    common.add_runtime(p)
     g = p.add_argument_group("engine")
     g.add_argument("--max-model-len", type=int, default=None,
                    help="tokens per request, prompt plus output (default: the model's context, capped by the cache)")

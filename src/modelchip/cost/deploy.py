@@ -253,7 +253,7 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         comm = L * per_chip / link
 
     # fixed per-call costs: every op call, plus per sequence in each attention call
-    host = (d.overhead_per_op_s * cost.op_calls(decode) + d.overhead_per_seq_s * L * b * tp
+    host = (d.overhead_per_op_s * cost.op_calls() + d.overhead_per_seq_s * L * b * tp
             + d.overhead_per_step_s + d.overhead_per_seq_step_s * b * tp)
     attn_side = proj + core + lm_head
     ffn_side = dense + moe_t + router

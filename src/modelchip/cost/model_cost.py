@@ -48,7 +48,7 @@ class ModelCost:
     spec: ModelSpec = field(repr=False)
     precision: Precision = field(repr=False)
 
-    def op_calls(self, decode: bool = True) -> int:
+    def op_calls(self) -> int:
         """Backend op calls of one step: the layers, plus embedding, final norm, LM head and sampling."""
         return self.layer_op_calls + 4
 
