@@ -18,7 +18,7 @@ Measures, each engine in its own fresh process (so peak memory is its own):
 - with --profile: where a decode step's time goes (per contract op, the rest is Python glue and the engine).
 
     python benchmarks/bench_serving.py                   # defaults: smollm2-135m, reference backend, float32
-    python benchmarks/bench_serving.py --backend cpu-fast --dtype bfloat16 --profile
+    python benchmarks/bench_serving.py --backend cpu --dtype bfloat16 --profile
 
 Other processes on the machine skew everything: the load average before and after is in the output.
 """
@@ -143,11 +143,9 @@ def bandwidth(threads: int, mib: int = 256, repeat: int = 10) -> dict:
 
 def _weight_bytes(llm) -> int:
     """Bytes of weights one decode step reads: every parameter once; an untied input embedding is only gathered."""
-    params = dict(llm.model.named_parameters())  # a tied LM head is the embedding itself, listed once
-    total = sum(p.numel() * p.element_size() for p in params.values())
+    total = sum(llm.parameter_bytes.values())  # as loaded: a tied LM head is the embedding itself, listed once
     if not llm.spec.tie_word_embeddings:
-        emb = params["embed_tokens"]
-        total -= emb.numel() * emb.element_size()
+        total -= llm.parameter_bytes["embed_tokens"]
     return total
 
 

@@ -85,3 +85,18 @@ class OtherTieBreakRouter(_OneOp):
             correction_bias = nudge if correction_bias is None else correction_bias + nudge
         return self.ref.moe_route(router_logits, top_k, scoring, norm_topk_prob, n_group, topk_group,
                                   correction_bias, scaling)
+
+
+class StalePackedLinear(_OneOp):
+    """Prepares weights by rounding them to bfloat16 once, "to save memory", and is exact on plain tensors:
+    only the cases that go through prepare_linear, as every model weight does, can catch it."""
+
+    name = "stale-pack"
+
+    def prepare_linear(self, weight):
+        return {"packed": weight.bfloat16()}
+
+    def linear(self, x, weight, bias=None):
+        if isinstance(weight, dict):
+            weight = weight["packed"].to(x.dtype)
+        return F.linear(x, weight, bias)

@@ -9,6 +9,7 @@ from broken_backends import (
     InterleavedRotary,
     OtherTieBreakRouter,
     StaleDecodeAttention,
+    StalePackedLinear,
     SwappedSiluAndMul,
     UnscaledAttention,
     WrongEpsNorm,
@@ -124,3 +125,20 @@ def test_bad_arguments_are_user_errors():
         run("reference", dtypes=["int8"])
     with pytest.raises(ModelchipError, match="unknown op"):
         run("reference", ops=["matmul"])
+
+
+def test_prepared_weights_are_checked_apart_from_plain_ones(register):
+    report = run(register(StalePackedLinear), dtypes=["float32"], ops=["linear"], families=["llama"])
+    failed = {r.case for r in report.ops if not r.passed}
+    passed = {r.case for r in report.ops if r.passed}
+    assert failed and all(case.endswith("prepared weight") for case in failed)
+    assert "decode" in passed  # the same shape with a plain weight is exact
+    assert not report.families[0].passed  # every weight of a model goes through prepare_linear
+
+
+def test_cpu_backend_passes_everything():
+    # families: GQA with biases, sliding window + MoE, MLA + grouped routing, MFA
+    report = run("cpu", dtypes=["float32", "bfloat16"], families=["qwen2", "mixtral", "deepseek_v3", "step3_text"])
+    assert report.passed, report.failures
+    assert any(r.case.endswith("prepared weight") for r in report.ops)
+    assert report.fallback_calls == {"op checks": {}, "model runs": {}}

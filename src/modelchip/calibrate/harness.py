@@ -62,4 +62,5 @@ def tiny_model(ops, dtype: torch.dtype = torch.float32, layers: int = 1):
     model = DecoderLM(ops, families.read(config, "tiny"), dtype)
     for p in model.parameters():
         p.data.normal_(0, 0.02)
+    model.prepare_weights()
     return model

@@ -34,6 +34,7 @@ class Case:
     judge: Callable[[Case, Any], Verdict] | None = None  # default: `close`
     inplace_arg: int | None = None  # the op's result is this argument, written in place
     seed: int | None = None  # pass a generator seeded with this (sampling)
+    prepare_arg: int | None = None  # pass this weight through the backend's prepare_linear first
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
@@ -65,6 +66,9 @@ def run_case(ops, case: Case, device: torch.device) -> Verdict:
         kwargs["generator"] = torch.Generator(device=device).manual_seed(case.seed)
     try:
         with torch.inference_mode():
+            if case.prepare_arg is not None:
+                i = case.prepare_arg
+                args = args[:i] + (ops.prepare_linear(args[i]),) + args[i + 1:]
             out = getattr(ops, case.op)(*args, **kwargs)
             if case.inplace_arg is not None:
                 out = args[case.inplace_arg]

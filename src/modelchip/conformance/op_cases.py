@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -232,8 +233,14 @@ ACTIVATION_OPS: dict[str, Callable[[torch.dtype], list[Case]]] = {
 FLOAT32_OPS: dict[str, Callable[[], list[Case]]] = {"moe_route": moe_route, "sample": sample}
 
 
-def grid(dtypes: list[torch.dtype], ops: list[str]) -> list[Case]:
-    """Every case for these ops and dtypes, in contract order."""
+def prepared(cases: list[Case]) -> list[Case]:
+    """The same linear cases with the weight handed through the backend's prepare_linear, as models do."""
+    return [replace(c, label=f"{c.label}, prepared weight", prepare_arg=1) for c in cases]
+
+
+def grid(dtypes: list[torch.dtype], ops: list[str], prepares_weights: bool = False) -> list[Case]:
+    """Every case for these ops and dtypes, in contract order (linear twice for a backend that prepares
+    weights: models pass it prepared handles, router and tests plain tensors)."""
     cases: list[Case] = []
     for op in ops:
         if op in FLOAT32_OPS:
@@ -241,6 +248,8 @@ def grid(dtypes: list[torch.dtype], ops: list[str]) -> list[Case]:
             continue
         for dt in dtypes:
             cases += ACTIVATION_OPS[op](dt)
+            if op == "linear" and prepares_weights:
+                cases += prepared(linear(dt))
         if op == "linear" and torch.float32 not in dtypes:
             cases += router_linear()
     return cases

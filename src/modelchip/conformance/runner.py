@@ -94,7 +94,7 @@ def run(backend: str, device: str = "cpu", dtypes: list[str] | None = None, ops:
     bound = get_backend(backend, device)
     report = Report(backend, str(bound.device), [str(d).removeprefix("torch.") for d in wanted],
                     native_ops=bound.native_ops, missing_ops=[o for o in OPS if o not in bound.native_ops])
-    for case in op_cases.grid(wanted, ops):
+    for case in op_cases.grid(wanted, ops, bound.prepares_weights):
         t = time.perf_counter()
         v = run_case(bound, case, bound.device)
         report.ops.append(OpResult(case.op, str(case.dtype).removeprefix("torch."), case.label, case.shape,

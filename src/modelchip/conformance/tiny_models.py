@@ -78,4 +78,5 @@ def build(ops, family: str, state: dict[str, torch.Tensor], dtype: torch.dtype) 
     with torch.inference_mode():
         model = DecoderLM(ops, spec(family), dtype)
         model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
+        model.prepare_weights()
     return model

@@ -15,9 +15,9 @@ from modelchip.cost.conventions import EXACT, Precision
 from modelchip.spec.model import ModelSpec
 
 # Backend op calls per attention block in the runtime's forward (two norms and the FFN counted apart):
-# gqa: q/k/v/o linears, 2 rotary, 2 write_kv, attention; mfa adds the low-rank query's norm and matmul;
-# mla: q_a, q_a norm, q_b, kv_a, kv_a norm, 2 rotary, 2 absorptions, one latent write, attention, o.
-OPS_PER_ATTENTION = {"gqa": 9, "mfa": 11, "mfa-kr": 10, "mla": 12, "linear": 6}
+# gqa: stacked qkv and o linears, 2 rotary, 2 write_kv, attention; mfa adds the low-rank query's norm and
+# matmul; mla: q_a, q_a norm, q_b, kv_a, kv_a norm, 2 rotary, 2 absorptions, one latent write, attention, o.
+OPS_PER_ATTENTION = {"gqa": 7, "mfa": 9, "mfa-kr": 8, "mla": 12, "linear": 6}
 
 
 @dataclass(frozen=True)

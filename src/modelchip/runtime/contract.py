@@ -6,6 +6,12 @@ T = tokens in the batch, H = hidden size, h = query heads, g = K/V heads, d = he
 
 Every op must return the dtype it is given (activations), except where noted: router logits, sampling
 probabilities and `logits` are float32.
+
+One optional hook is not an op: `prepare_linear(weight) -> handle`, called once per linear-only weight after
+loading (attention and FFN projections, the LM head). The model then passes the handle to `linear` in place of
+the tensor, so a backend can keep weights in the layout its matmul streams fastest (oneDNN's blocked format on
+CPU, Ascend's FRACTAL_NZ) without a copy per call. A backend with the hook must implement `linear` and accept
+both handles and plain tensors there (router and test weights stay plain).
 """
 
 from __future__ import annotations
@@ -62,7 +68,11 @@ class Backend(Protocol):
         """ids [T] int64 -> [T, H] rows of weight [V, H]."""
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x [T, in] @ weight[out, in].T (+ bias) -> [T, out]."""
+        """x [T, in] @ weight[out, in].T (+ bias) -> [T, out]. `weight` may be a `prepare_linear` handle."""
+
+    def prepare_linear(self, weight: torch.Tensor) -> object:
+        """Optional hook (not an op, no fallback): weight [out, in] -> whatever this backend's `linear` reads
+        fastest. Called once per weight at load; the model may drop the tensor afterwards."""
 
     def batched_linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Per-head projection: x [T, h, in], weight [h, out, in] -> [T, h, out] (MLA's absorbed up-projections)."""

@@ -59,6 +59,9 @@ class LLM:
         with torch.inference_mode():
             self.model = DecoderLM(self.ops, self.spec, self.dtype)
             self.ignored_tensors = load_weights(self.model, found.tensors)
+            # as loaded, before the backend re-lays linear weights out (a tied LM head is listed once)
+            self.parameter_bytes = {n: p.numel() * p.element_size() for n, p in self.model.named_parameters()}
+            self.model.prepare_weights()
         self.block_size = block_size
         self.layouts = self.model.cache_layouts()
         self.eos_ids = set(getattr(self.tokenizer, "eos_token_ids", None) or ())

@@ -12,11 +12,12 @@ from importlib.metadata import entry_points
 import torch
 
 from modelchip.errors import ModelchipError, unknown
+from modelchip.runtime.backends.cpu import CPUBackend
 from modelchip.runtime.backends.reference import ReferenceBackend
 from modelchip.runtime.contract import CONTRACT_VERSION, OPS
 
 ENTRY_POINT_GROUP = "modelchip.backends"
-BUILTIN: dict[str, Callable] = {"reference": ReferenceBackend}
+BUILTIN: dict[str, Callable] = {"reference": ReferenceBackend, "cpu": CPUBackend}
 
 
 def available() -> dict[str, Callable]:
@@ -38,6 +39,12 @@ class Ops:
         for op in OPS:
             impl = getattr(backend, op, None)
             setattr(self, op, impl if impl is not None else self._fallback(op, getattr(reference, op)))
+        prepare = getattr(backend, "prepare_linear", None)
+        if prepare is not None and getattr(backend, "linear", None) is None:
+            raise ModelchipError(f"backend {self.name!r} prepares linear weights but has no `linear` to read them; "
+                                 "the reference cannot (implement linear, or drop prepare_linear)")
+        self.prepares_weights = prepare is not None
+        self.prepare_linear = prepare if prepare is not None else _unchanged
 
     def _fallback(self, op: str, impl: Callable) -> Callable:
         def call(*args, **kwargs):
@@ -54,6 +61,10 @@ class Ops:
         """Ops this backend lacks and how often each ran on the reference instead."""
         missing = [op for op in OPS if op not in self.native_ops]
         return {"backend": self.name, "missing_ops": missing, "fallback_calls": dict(self.fallbacks)}
+
+
+def _unchanged(weight: torch.Tensor) -> torch.Tensor:
+    return weight
 
 
 def get_backend(name: str = "reference", device: str | torch.device = "cpu") -> Ops:

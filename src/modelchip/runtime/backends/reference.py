@@ -82,10 +82,7 @@ class ReferenceBackend:
         """Each sequence's one query token at position context_len - 1 against its whole cache. The caches are
         gathered into one padded batch so a decode step costs a few ops, not a few per sequence."""
         ctx = meta.context_lens
-        longest = int(ctx.max())
-        tables = meta.block_tables[:, :-(-longest // meta.block_size)].clamp_min(0)  # -1 padding: masked below
-        k = k_cache[tables].flatten(1, 2)[:, :longest]  # [S, L, g, dk]
-        v = k[..., :v_dim] if v_cache is None else v_cache[tables].flatten(1, 2)[:, :longest]
+        k, v = gather_blocks(k_cache, v_cache, meta, v_dim)  # [S, L, g, dk], [S, L, g, dv]
         s, length, groups, dk = k.shape
         heads = q.shape[1]
         qg = q.float().view(s, groups, heads // groups, dk)  # query head i reads K/V group i // (h / g)
@@ -147,3 +144,19 @@ class ReferenceBackend:
         picked = torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
         sampled = order.gather(1, picked[:, None]).squeeze(-1)
         return torch.where(temperature <= 0, greedy, sampled)
+
+
+def gather_blocks(k_cache: torch.Tensor, v_cache: torch.Tensor | None, meta: AttentionMetadata,
+                  v_dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every sequence's cached K and V as one padded batch [S, L, g, d], L the longest context; positions past
+    a sequence's context hold other blocks' data (or block 0 for -1 padding) and must be masked."""
+    longest = int(meta.context_lens.max())
+    blocks = -(-longest // meta.block_size)
+    tables = meta.block_tables[:, :blocks].clamp_min(0).flatten()
+    s = meta.context_lens.shape[0]
+    # index_select copies whole blocks; several times faster than advanced indexing for the same gather
+    k = k_cache.index_select(0, tables).view(s, blocks * meta.block_size, *k_cache.shape[2:])[:, :longest]
+    if v_cache is None:
+        return k, k[..., :v_dim]
+    v = v_cache.index_select(0, tables).view(s, blocks * meta.block_size, *v_cache.shape[2:])[:, :longest]
+    return k, v

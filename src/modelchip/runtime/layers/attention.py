@@ -13,7 +13,7 @@ import torch
 
 from modelchip.errors import ModelchipError
 from modelchip.runtime.contract import AttentionMetadata
-from modelchip.runtime.layers.base import Layer, Slot
+from modelchip.runtime.layers.base import Layer, Slot, stacked_slots
 from modelchip.runtime.layers.norm import RMSNorm
 from modelchip.runtime.layers.rotary import RotaryEmbedding
 from modelchip.spec.model import AttentionSpec
@@ -30,15 +30,16 @@ class CacheLayout:
 
 
 class GQAAttention(Layer):
+    LINEAR_WEIGHTS = ("qkv_proj", "o_proj")
+
     def __init__(self, ops, hidden: int, a: AttentionSpec, eps: float, rope: RotaryEmbedding, dtype):
         super().__init__(ops, dtype)
         self.a, self.rope = a, rope
         h, g, d = a.num_heads, a.num_kv_heads, a.head_dim
-        self.q_proj, self.k_proj, self.v_proj = self.p(h * d, hidden), self.p(g * d, hidden), self.p(g * d, hidden)
+        self.split = (h * d, g * d, g * d)
+        self.qkv_proj = self.p(sum(self.split), hidden)  # q, k and v stacked: one matmul reads x once
         self.o_proj = self.p(hidden, h * d)
-        self.q_bias = self.p(h * d) if a.qkv_bias else None
-        self.k_bias = self.p(g * d) if a.qkv_bias else None
-        self.v_bias = self.p(g * d) if a.qkv_bias else None
+        self.qkv_bias = self.p(sum(self.split)) if a.qkv_bias else None
         self.q_norm = RMSNorm(ops, d, eps, dtype) if a.qk_norm else None
         self.k_norm = RMSNorm(ops, d, eps, dtype) if a.qk_norm else None
         self.scale = d ** -0.5
@@ -46,9 +47,8 @@ class GQAAttention(Layer):
 
     def forward(self, x, positions, meta: AttentionMetadata, cache: tuple[torch.Tensor, torch.Tensor]):
         a, ops, t = self.a, self.ops, x.shape[0]
-        q = ops.linear(x, self.q_proj, self.q_bias).view(t, a.num_heads, a.head_dim)
-        k = ops.linear(x, self.k_proj, self.k_bias).view(t, a.num_kv_heads, a.head_dim)
-        v = ops.linear(x, self.v_proj, self.v_bias).view(t, a.num_kv_heads, a.head_dim)
+        q, k, v = ops.linear(x, self.qkv_proj, self.qkv_bias).split(self.split, dim=-1)
+        q, k, v = q.view(t, a.num_heads, -1), k.view(t, a.num_kv_heads, -1), v.view(t, a.num_kv_heads, -1)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = self.rope(positions)
@@ -59,9 +59,10 @@ class GQAAttention(Layer):
         return ops.linear(o.reshape(t, -1), self.o_proj)
 
     def slots(self, prefix: str) -> dict[str, Slot]:
-        out = {f"{prefix}.{n}.weight": Slot(getattr(self, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
+        out = stacked_slots(prefix, ("q_proj", "k_proj", "v_proj"), "weight", self.qkv_proj, self.split)
+        out[f"{prefix}.o_proj.weight"] = Slot(self.o_proj)
         if self.a.qkv_bias:
-            out.update({f"{prefix}.{n}_proj.bias": Slot(getattr(self, f"{n}_bias")) for n in "qkv"})
+            out |= stacked_slots(prefix, ("q_proj", "k_proj", "v_proj"), "bias", self.qkv_bias, self.split)
         if self.q_norm is not None:
             out.update(self.q_norm.slots(f"{prefix}.q_norm") | self.k_norm.slots(f"{prefix}.k_norm"))
         return out
@@ -70,13 +71,16 @@ class GQAAttention(Layer):
 class MFAAttention(Layer):
     """Step-3: q = wq(norm(q_proj x)) with a low-rank bottleneck; few shared K/V heads; full-dim RoPE."""
 
+    LINEAR_WEIGHTS = ("qkv_proj", "wq", "o_proj")
+
     def __init__(self, ops, hidden: int, a: AttentionSpec, eps: float, rope: RotaryEmbedding, dtype):
         super().__init__(ops, dtype)
         if a.kind != "mfa":
             raise ModelchipError(f"the runtime has no {a.kind!r} attention (MFA-KR is a cost-model what-if)")
         self.a, self.rope = a, rope
         h, g, d, r = a.num_heads, a.num_kv_heads, a.head_dim, a.q_lora_rank
-        self.q_proj, self.k_proj, self.v_proj = self.p(r, hidden), self.p(g * d, hidden), self.p(g * d, hidden)
+        self.split = (r, g * d, g * d)
+        self.qkv_proj = self.p(sum(self.split), hidden)  # low-rank q, k and v stacked: one matmul
         self.inter_norm = RMSNorm(ops, r, eps, dtype)
         self.wq = self.p(h * d, r)
         self.o_proj = self.p(hidden, h * d)
@@ -85,9 +89,9 @@ class MFAAttention(Layer):
 
     def forward(self, x, positions, meta: AttentionMetadata, cache):
         a, ops, t = self.a, self.ops, x.shape[0]
-        q = ops.linear(self.inter_norm(ops.linear(x, self.q_proj)), self.wq).view(t, a.num_heads, a.head_dim)
-        k = ops.linear(x, self.k_proj).view(t, a.num_kv_heads, a.head_dim)
-        v = ops.linear(x, self.v_proj).view(t, a.num_kv_heads, a.head_dim)
+        q_low, k, v = ops.linear(x, self.qkv_proj).split(self.split, dim=-1)
+        q = ops.linear(self.inter_norm(q_low), self.wq).view(t, a.num_heads, a.head_dim)
+        k, v = k.view(t, a.num_kv_heads, a.head_dim), v.view(t, a.num_kv_heads, a.head_dim)
         cos, sin = self.rope(positions)
         q, k = ops.rotary_embedding(q, cos, sin), ops.rotary_embedding(k, cos, sin)
         ops.write_kv(cache[0], k, meta.slot_mapping)
@@ -96,13 +100,16 @@ class MFAAttention(Layer):
         return ops.linear(o.reshape(t, -1), self.o_proj)
 
     def slots(self, prefix: str) -> dict[str, Slot]:
-        out = {f"{prefix}.{n}.weight": Slot(getattr(self, n)) for n in ("q_proj", "k_proj", "v_proj", "wq", "o_proj")}
+        out = stacked_slots(prefix, ("q_proj", "k_proj", "v_proj"), "weight", self.qkv_proj, self.split)
+        out |= {f"{prefix}.{n}.weight": Slot(getattr(self, n)) for n in ("wq", "o_proj")}
         return out | self.inter_norm.slots(f"{prefix}.inter_norm")
 
 
 class MLAAttention(Layer):
     """DeepSeek MLA in absorbed form: the cache holds the normalised latent and the roped key part (576 for
     V3); queries are moved into latent space by W_UK and outputs out of it by W_UV, both slices of kv_b_proj."""
+
+    LINEAR_WEIGHTS = ("q_a_proj", "q_b_proj", "q_proj", "kv_a_proj_with_mqa", "o_proj")  # kv_b_proj: sliced
 
     def __init__(self, ops, hidden: int, a: AttentionSpec, eps: float, rope: RotaryEmbedding, dtype,
                  interleaved_rope: bool = True, scale: float | None = None):

@@ -19,12 +19,25 @@ class Slot:
         return self.param.data[self.index] if self.index else self.param.data
 
 
+def stacked_slots(prefix: str, names: tuple[str, ...], kind: str, stacked: nn.Parameter,
+                  sizes: tuple[int, ...]) -> dict[str, Slot]:
+    """Checkpoint tensors `prefix.name.kind` stored one after another along dim 0 of `stacked`."""
+    out, start = {}, 0
+    for name, size in zip(names, sizes, strict=True):
+        out[f"{prefix}.{name}.{kind}"] = Slot(stacked, (slice(start, start + size),))
+        start += size
+    return out
+
+
 def param(*shape: int, dtype: torch.dtype, device: torch.device) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape, dtype=dtype, device=device), requires_grad=False)
 
 
 class Layer(nn.Module):
     """A module whose forward calls only backend ops (`self.ops`), never a device or vendor API."""
+
+    # parameters read only by `ops.linear`: handed to the backend's prepare_linear once after loading
+    LINEAR_WEIGHTS: tuple[str, ...] = ()
 
     def __init__(self, ops, dtype: torch.dtype):
         super().__init__()
@@ -38,3 +51,20 @@ class Layer(nn.Module):
     def slots(self, prefix: str) -> dict[str, Slot]:
         """Checkpoint tensor name -> where it is stored, for this module's own parameters."""
         return {}
+
+
+def prepare_linear_weights(model: nn.Module, ops) -> int:
+    """Replace every module's linear-only weights by the backend's prepared handles (a no-op for backends
+    without `prepare_linear`). Returns how many weights were prepared. Run once, after loading."""
+    if not ops.prepares_weights:
+        return 0
+    count = 0
+    for module in model.modules():
+        for name in getattr(module, "LINEAR_WEIGHTS", ()):
+            weight = module._parameters.get(name)
+            if weight is None:  # absent in this variant (MLA without q_lora), or already prepared
+                continue
+            del module._parameters[name]  # the handle replaces the parameter; a tied tensor stays with its owner
+            setattr(module, name, ops.prepare_linear(weight.data))
+            count += 1
+    return count

@@ -14,6 +14,8 @@ from modelchip.spec.model import FFNSpec
 class GatedMLP(Layer):
     """down(silu(gate x) * up x), with gate and up stored stacked so one matmul computes both."""
 
+    LINEAR_WEIGHTS = ("gate_up_proj", "down_proj")
+
     def __init__(self, ops, hidden: int, width: int, dtype: torch.dtype):
         super().__init__(ops, dtype)
         self.width = width

@@ -68,8 +68,17 @@ class RotaryEmbedding:
             raise ModelchipError(f"unsupported rope scaling {kind!r}; supported: default, linear, llama3, yarn")
         self.inv_freq = inv_freq
         self._cos = self._sin = torch.empty(0)
+        self._last: tuple = (None, None)
 
     def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # every layer of a step asks for the same positions tensor: look its rows up once (held, so its
+        # identity cannot be reused by a later step's tensor)
+        if self._last[0] is positions:
+            return self._last[1]
+        self._last = (positions, self._lookup(positions))
+        return self._last[1]
+
+    def _lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         needed = int(positions.max()) + 1 if positions.numel() else 0
         if needed > self._cos.shape[0]:
             size = max(needed, 2 * self._cos.shape[0], 256)

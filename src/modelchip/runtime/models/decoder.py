@@ -9,7 +9,7 @@ from torch import nn
 from modelchip.errors import ModelchipError
 from modelchip.runtime.contract import AttentionMetadata
 from modelchip.runtime.layers.attention import GQAAttention, MFAAttention, MLAAttention
-from modelchip.runtime.layers.base import Layer, Slot
+from modelchip.runtime.layers.base import Layer, Slot, prepare_linear_weights
 from modelchip.runtime.layers.ffn import GatedMLP, MoE
 from modelchip.runtime.layers.norm import RMSNorm
 from modelchip.runtime.layers.rotary import RotaryEmbedding
@@ -70,6 +70,8 @@ class DecoderLayer(Layer):
 
 
 class DecoderLM(Layer):
+    LINEAR_WEIGHTS = ("lm_head",)
+
     def __init__(self, ops, spec: ModelSpec, dtype: torch.dtype):
         super().__init__(ops, dtype)
         if spec.family not in FAMILIES:
@@ -107,6 +109,10 @@ class DecoderLM(Layer):
         if not self.spec.tie_word_embeddings:
             out["lm_head.weight"] = Slot(self.lm_head)
         return out
+
+    def prepare_weights(self) -> int:
+        """Let the backend lay out its linear weights once (contract: prepare_linear); after loading."""
+        return prepare_linear_weights(self, self.ops)
 
     def cache_layouts(self):
         return [layer.self_attn.layout for layer in self.layers]

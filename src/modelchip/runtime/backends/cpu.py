@@ -1,0 +1,136 @@
+"""The CPU backend: the reference backend's ops, with linear weights packed once into oneDNN's blocked layout.
+
+A matmul over weights kept [out, in] (nn.Linear's layout) streams them well under memory bandwidth on x86;
+oneDNN's prepacked weights run SmolLM2's matmuls 1.4-1.6x faster in bfloat16 at every row count, and in
+float32 from 4 rows up, while one or two float32 rows are faster unpacked (BENCHMARKS.md). So bfloat16
+weights are kept packed only, and float32 weights keep both forms: the price is one more copy of the float32
+linear weights. `paged_attention` gathers each step's cache blocks once and runs PyTorch's fused
+scaled-dot-product attention (flash kernel on CPU, float32 accumulation) instead of the reference's explicit
+matmul-mask-softmax-matmul. Every other op is the reference's.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from modelchip.errors import ModelchipError
+from modelchip.runtime.backends.reference import ReferenceBackend
+from modelchip.runtime.contract import AttentionMetadata
+
+FP32_UNPACKED_ROWS = 2  # float32 matmuls of this many rows or fewer read the plain weight (measured)
+
+
+@dataclass(frozen=True)
+class PackedLinear:
+    """What `prepare_linear` returns: the oneDNN-packed weight, and the plain one where it is still faster."""
+
+    packed: torch.Tensor
+    plain: torch.Tensor | None
+    dtype: torch.dtype
+    out_features: int
+
+
+class CPUBackend(ReferenceBackend):
+    name = "cpu"
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        super().__init__(device)
+        if self.device.type != "cpu":
+            raise ModelchipError(f"the cpu backend runs on device 'cpu', not {str(self.device)!r}")
+        if not torch.backends.mkldnn.is_available():
+            raise ModelchipError("this torch build has no oneDNN (mkldnn); use --backend reference")
+        self.pack_dtypes = {torch.float32}
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            self.pack_dtypes.add(torch.bfloat16)
+        self.fallbacks: Counter[str] = Counter()  # weights left unpacked, by reason (shown by conformance)
+        # per-step tables, rebuilt when a new step's tensors arrive (every layer of a step shares them)
+        self._rope: tuple = (None, None, None)
+        self._plan: tuple = (None, {}, None, 0)
+
+    def prepare_linear(self, weight: torch.Tensor) -> torch.Tensor | PackedLinear:
+        if weight.dim() != 2 or weight.dtype not in self.pack_dtypes:
+            self.fallbacks[f"linear weight left unpacked ({weight.dtype}, {weight.dim()}-D)"] += 1
+            return weight
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
+        plain = weight if weight.dtype == torch.float32 else None
+        return PackedLinear(packed, plain, weight.dtype, weight.shape[0])
+
+    def linear(self, x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(weight, PackedLinear):
+            return F.linear(x, weight, bias)
+        rows = x.numel() // x.shape[-1]
+        if weight.plain is not None and rows <= FP32_UNPACKED_ROWS:
+            return F.linear(x, weight.plain, bias)
+        if x.dtype != weight.dtype:
+            raise ModelchipError(f"cpu backend: linear input is {x.dtype} but its weight was packed as "
+                                 f"{weight.dtype}")
+        out = torch.ops.mkldnn._linear_pointwise(x.reshape(rows, x.shape[-1]).contiguous(), weight.packed, bias,
+                                                 "none", [], "")
+        return out.view(*x.shape[:-1], weight.out_features)
+
+    def rotary_embedding(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         interleaved: bool = False) -> torch.Tensor:
+        if interleaved:
+            return super().rotary_embedding(x, cos, sin, interleaved)
+        # x1 cos - x2 sin | x2 cos + x1 sin  as  x * [cos, cos] + [x2, x1] * [-sin, sin]: same roundings, half
+        # the ops, and the widened tables are built once per step and dtype
+        if self._rope[0] is not cos or self._rope[1] != x.dtype:
+            wide = (torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1))
+            self._rope = (cos, x.dtype, tuple(t[:, None, :].to(x.dtype) for t in wide))
+        cos2, sin2 = self._rope[2]
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos2 + torch.cat((x2, x1), dim=-1) * sin2
+
+    def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor | None,
+                        meta: AttentionMetadata, scale: float, v_dim: int | None = None,
+                        window: int = 0) -> torch.Tensor:
+        heads, groups = q.shape[1], k_cache.shape[2]
+        if q.shape[0] == meta.num_seqs:  # decode: one query per sequence, all sequences in one call
+            tables, length, mask = self._decode_plan(meta, window)
+            s = meta.num_seqs
+            k = k_cache.index_select(0, tables).view(s, -1, *k_cache.shape[2:])[:, :length]  # [S, L, g, dk]
+            v = k[..., :v_dim] if v_cache is None else \
+                v_cache.index_select(0, tables).view(s, -1, *v_cache.shape[2:])[:, :length]
+            # a K/V group's queries become the rows of one attention problem: no K/V repeated per head
+            qg = q.view(s, groups, heads // groups, q.shape[-1])
+            out = F.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                                 scale=scale)
+            return out.reshape(s, heads, v.shape[-1])
+        out = []
+        starts = meta.query_start_loc.tolist()
+        for s, ctx in enumerate(meta.context_lens.tolist()):
+            n = starts[s + 1] - starts[s]
+            blocks = meta.block_tables[s, : -(-ctx // meta.block_size)]
+            k = k_cache.index_select(0, blocks).flatten(0, 1)[:ctx]  # [ctx, g, dk]
+            v = k[..., :v_dim] if v_cache is None else v_cache.index_select(0, blocks).flatten(0, 1)[:ctx]
+            mask = _visible(torch.arange(ctx - n + 1, ctx + 1)[:, None], n, ctx, window)  # [n, ctx]
+            o = F.scaled_dot_product_attention(q[starts[s]:starts[s + 1]].transpose(0, 1), k.transpose(0, 1),
+                                               v.transpose(0, 1), attn_mask=mask, scale=scale, enable_gqa=True)
+            out.append(o.transpose(0, 1))  # [n, h, dv]
+        return torch.cat(out, dim=0)
+
+    def _decode_plan(self, meta: AttentionMetadata, window: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """(block ids to gather, flattened; the longest context L; [S, 1, 1, L] visibility), built once per
+        step and window: every layer of a step reads the same blocks."""
+        if self._plan[0] is not meta:
+            longest = int(meta.context_lens.max())
+            tables = meta.block_tables[:, :-(-longest // meta.block_size)].clamp_min(0).flatten()  # -1: masked
+            self._plan = (meta, {}, tables, longest)
+        _, masks, tables, longest = self._plan
+        if window not in masks:
+            masks[window] = _visible(meta.context_lens[:, None], 1, longest, window)[:, None, None, :]
+        return tables, longest, masks[window]
+
+
+def _visible(ends: torch.Tensor, rows: int, length: int, window: int) -> torch.Tensor:
+    """[rows, length] mask: a query whose sequence holds `ends` tokens (itself last) sees positions < ends,
+    and only the last `window` of them when window > 0."""
+    pos = torch.arange(length)[None, :]
+    visible = pos < ends
+    if window:
+        visible &= pos >= ends - window
+    return visible
