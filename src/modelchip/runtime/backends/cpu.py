@@ -85,12 +85,18 @@ class CPUBackend(ReferenceBackend):
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos2 + torch.cat((x2, x1), dim=-1) * sin2
 
+    def sample(self, logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+               top_k: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if bool((temperature <= 0).all()):  # greedy: max's first-maximum index is argmax, 2-3x faster on CPU
+            return logits.float().max(dim=-1).indices
+        return super().sample(logits, temperature, top_p, top_k, generator)
+
     def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor | None,
                         meta: AttentionMetadata, scale: float, v_dim: int | None = None,
                         window: int = 0) -> torch.Tensor:
         heads, groups = q.shape[1], k_cache.shape[2]
         if q.shape[0] == meta.num_seqs:  # decode: one query per sequence, all sequences in one call
-            tables, length, mask = self._decode_plan(meta, window)
+            tables, length, mask = self._decode_plan(meta, window, q.dtype)
             s = meta.num_seqs
             k = k_cache.index_select(0, tables).view(s, -1, *k_cache.shape[2:])[:, :length]  # [S, L, g, dk]
             v = k[..., :v_dim] if v_cache is None else \
@@ -113,17 +119,20 @@ class CPUBackend(ReferenceBackend):
             out.append(o.transpose(0, 1))  # [n, h, dv]
         return torch.cat(out, dim=0)
 
-    def _decode_plan(self, meta: AttentionMetadata, window: int) -> tuple[torch.Tensor, int, torch.Tensor]:
-        """(block ids to gather, flattened; the longest context L; [S, 1, 1, L] visibility), built once per
-        step and window: every layer of a step reads the same blocks."""
+    def _decode_plan(self, meta: AttentionMetadata, window: int,
+                     dtype: torch.dtype) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """(block ids to gather, flattened; the longest context L; [S, 1, 1, L] additive mask, 0 or -inf),
+        built once per step, window and dtype: every layer of a step reads the same blocks. (An additive
+        mask spares SDPA converting a boolean one on every call.)"""
         if self._plan[0] is not meta:
             longest = int(meta.context_lens.max())
             tables = meta.block_tables[:, :-(-longest // meta.block_size)].clamp_min(0).flatten()  # -1: masked
             self._plan = (meta, {}, tables, longest)
         _, masks, tables, longest = self._plan
-        if window not in masks:
-            masks[window] = _visible(meta.context_lens[:, None], 1, longest, window)[:, None, None, :]
-        return tables, longest, masks[window]
+        if (window, dtype) not in masks:
+            visible = _visible(meta.context_lens[:, None], 1, longest, window)[:, None, None, :]
+            masks[window, dtype] = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, float("-inf"))
+        return tables, longest, masks[window, dtype]
 
 
 def _visible(ends: torch.Tensor, rows: int, length: int, window: int) -> torch.Tensor:
