@@ -66,8 +66,8 @@ def test_afd_pipeline_costs_the_slowest_stage():
     cost = model_cost(load_model("step3"), Precision(weight="fp8", kv="fp8"))
     p = evaluate(cost, _d(chips=24, strategy="afd", attn_chips=16, ffn_chips=8, batch=64))
     b = p.breakdown_ms
-    attn = b["attention_proj"] + b["attention_core"] + b["lm_head"]
-    ffn = b["dense_ffn"] + b["moe"] + b["router"]
+    attn = b["attention_proj"] + b["attention_core"] + b["lm_head"] + b["norms"] + b["sampling"]
+    ffn = b["dense_ffn"] + b["moe"] + b["router"] + b["act_fn"]
     assert p.tpot_ms >= max(attn, ffn, b["communication"])
     assert p.tpot_ms < attn + ffn + b["communication"]
     assert set(p.memory_gb) >= {"attention_chip", "ffn_chip"}
@@ -174,3 +174,18 @@ def test_validation_table_is_published_and_current():
     assert res["count"] >= 15
     doc = (Path(__file__).parent.parent / "docs" / "validation.md").read_text()
     assert validation.markdown(res) in doc, "docs/validation.md is stale: run modelchip validate --write"
+
+
+def test_kernels_between_matmuls_follow_their_byte_counts():
+    # hand arithmetic for Llama-3.1-8B (H 4096, I 14336, 32 layers, vocab 128256) on H100 at 0.84 of 3.35 TB/s
+    cost = model_cost(load_model("llama-3.1-8b"), PREC)
+    bw = 3.35e12 * 0.84
+    tp1 = evaluate(cost, _d("h100", chips=1, strategy="tp", batch=256, context=1024)).breakdown_ms
+    assert tp1["norms"] == pytest.approx(256 * 32 * 8 * 4096 * 2 / bw * 1e3)
+    assert tp1["act_fn"] == pytest.approx(256 * 32 * 3 * 14336 * 2 / bw * 1e3)
+    assert tp1["sampling"] == pytest.approx(256 * 128256 * 3 * 4 / bw * 1e3)
+    # TP shards the FFN width and the vocabulary, not the normalised hidden states (every rank holds them all)
+    tp4 = evaluate(cost, _d("h100", chips=4, strategy="tp", batch=64, context=1024)).breakdown_ms
+    assert tp4["norms"] == pytest.approx(tp1["norms"])
+    assert tp4["act_fn"] == pytest.approx(tp1["act_fn"] / 4)
+    assert tp4["sampling"] == pytest.approx(tp1["sampling"] / 4)

@@ -20,11 +20,16 @@ NOTES = """
 
 ## Where the misses come from
 
-- TensorRT-LLM points with short requests (128/128, 2048/128) and the v0.5 fixed-batch TP4 point are
-  predicted too fast. The model has no per-step fixed costs (kernel launches, scheduling, sampling,
-  all-reduce latency), which dominate when a step carries little work per chip, and it assumes the engine
-  runs at the largest batch memory allows. A measured per-op overhead from `modelchip calibrate` is the
-  missing mechanism.
+- The two TensorRT-LLM v0.5 fixed-batch points (batch 64: 64 sequences on one GPU for LLaMA 7B, 16 per GPU
+  for LLaMA 70B on TP4) are predicted 1.6-2x too fast. Their steps carry little work (4-7 ms predicted), so
+  fixed costs the catalog has no figure for decide them: about 400 kernels per step for 7B and 1,100 kernels
+  plus 160 all-reduces for 70B, at the few microseconds per launch commonly measured without CUDA graphs.
+  The model takes per-op overheads only from a measurement (`modelchip calibrate`); none is invented for
+  catalog chips.
+- The TensorRT-LLM maximum-load points are predicted 12-28% fast. Counting the memory-bound kernels between
+  the matmuls (two fused add+RMSNorm per layer, SiLU-and-mul, logits written and read by sampling) took the
+  worst of them, Llama-8B 128/128, from +50% to +28%; the rest is most likely FP8 GEMM efficiency at these
+  shapes and engine scheduling, which no published operator figure in the catalog covers.
 - DeepSeek's online decode and prefill figures are service averages (varying load, on-disk cache hits in
   prefill), so a steady-state model reads high on them.
 - Decode is predicted without compute/communication overlap (`--overlap` models ideal two-micro-batch

@@ -26,6 +26,16 @@ from modelchip.spec.chips import Chip, System
 
 STRATEGIES = ("tp", "ep", "afd")
 ACT_BYTES = 2.0  # activations and combine traffic in BF16
+# Memory-bound kernels between the matmuls, counted as a fused production engine runs them (TensorRT-LLM,
+# SGLang and vLLM fuse the residual add into RMSNorm and SiLU into the multiply): per layer two add+RMSNorm
+# kernels, each reading the residual and the sublayer output and writing the new residual and the normalised
+# input (4 hidden-sized tensors); SiLU-and-mul reads gate and up and writes their product (3 FFN-wide
+# tensors per active FFN width); per sampled token the logits are written once in float32 and read twice by
+# sampling (max/softmax, then the draw).
+NORM_PASSES = 8
+ACT_FN_PASSES = 3
+LOGIT_PASSES = 3
+LOGIT_BYTES = 4.0
 
 
 @dataclass(frozen=True)
@@ -231,6 +241,16 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         router = moe.layers * _roofline(2 * shared_tokens * moe.router_params / shard, moe.router_params * wb / shard,
                                         peak, bw, eff.gemm, eff.memory)
 
+    # memory-bound kernels between the matmuls (see NORM_PASSES): norms and sampling beside attention,
+    # SiLU-and-mul beside the FFN weights it follows
+    mem_bw = bw * eff.memory
+    norms = inst_tokens * L * NORM_PASSES * H * ACT_BYTES / mem_bw
+    sampling = out_tokens * cost.vocab * LOGIT_PASSES * LOGIT_BYTES / tp / mem_bw
+    widths = dense_tokens * cost.dense_params / (3 * H) / dense_tp
+    if moe:
+        widths += moe.layers * (pairs * moe.expert_params + shared_tokens * moe.shared_params) / (3 * H) / shard
+    act_fn = widths * ACT_FN_PASSES * ACT_BYTES / mem_bw
+
     # communication per step
     act = H * ACT_BYTES
     comm = 0.0
@@ -255,8 +275,8 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     # fixed per-call costs: every op call, plus per sequence in each attention call
     host = (d.overhead_per_op_s * cost.op_calls() + d.overhead_per_seq_s * L * b * tp
             + d.overhead_per_step_s + d.overhead_per_seq_step_s * b * tp)
-    attn_side = proj + core + lm_head
-    ffn_side = dense + moe_t + router
+    attn_side = proj + core + lm_head + norms + sampling
+    ffn_side = dense + moe_t + router + act_fn
     if d.strategy == "afd":
         per_layer = max(attn_side / L, comm / L, ffn_side / L)
         fill = (attn_side + comm + ffn_side) / L / max(d.microbatches, 1)
@@ -290,8 +310,9 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         used = attn_w + expert_w + dense_w + kv
     mem["usable"] = cap / 1e9
     step += host
-    breakdown = {"attention_proj": proj, "attention_core": core, "lm_head": lm_head, "dense_ffn": dense,
-                 "moe": moe_t, "router": router, "communication": comm, "host_overhead": host}
+    breakdown = {"attention_proj": proj, "attention_core": core, "lm_head": lm_head, "norms": norms,
+                 "sampling": sampling, "dense_ffn": dense, "moe": moe_t, "router": router, "act_fn": act_fn,
+                 "communication": comm, "host_overhead": host}
     breakdown = {k: v * 1e3 for k, v in breakdown.items()}
     if used > cap:
         return Prediction(False, f"out of memory: needs {used / 1e9:.1f} GB per chip, {cap / 1e9:.1f} GB usable "
