@@ -61,3 +61,15 @@ def test_bad_profile(tmp_path):
         load_profile(tmp_path / "missing.json")
     with pytest.raises(ModelchipError, match="unknown efficiency"):
         defaults().override({"speed": 0.5})
+
+
+def test_weight_streaming_is_taken_for_the_weight_dtype(profile):
+    # a backend streams bf16 and fp32 weights at their own rates; a bf16 prediction must use the bf16 table
+    data = json.loads(profile.read_text())
+    per_dtype = data["efficiency"]["by_weight_dtype"]
+    assert set(per_dtype) == {"fp32", "bf16"}
+    _, fp32, _ = load_profile(profile, "fp32")
+    _, bf16, _ = load_profile(profile, "bf16")
+    assert bf16["memory_by_tokens"] == per_dtype["bf16"]["memory_by_tokens"]
+    assert fp32["memory"] == per_dtype["fp32"]["memory"] == data["efficiency"]["memory"]
+    assert "by_weight_dtype" not in load_profile(profile)[1]

@@ -30,9 +30,9 @@ def best_time(fn: Callable[[], object], repeat: int = 5, number: int = 3, sync: 
 
 
 def gemm(ops, m: int, k: int, n: int, dtype: torch.dtype) -> float:
-    """FLOP/s of ops.linear on x [m, k] and a weight [n, k]."""
+    """FLOP/s of ops.linear on x [m, k] and a weight [n, k], prepared as the model prepares its weights."""
     x = torch.randn(m, k, dtype=dtype, device=ops.device)
-    w = torch.randn(n, k, dtype=dtype, device=ops.device)
+    w = ops.prepare_linear(torch.randn(n, k, dtype=dtype, device=ops.device))
     seconds = best_time(lambda: ops.linear(x, w))
     return 2.0 * m * k * n / seconds
 
@@ -49,7 +49,8 @@ def weight_streaming(ops, k: int, n: int, dtype: torch.dtype, pool_bytes: int = 
     a decode step reads each layer's weights once (a single matrix timed in a loop would sit in cache)."""
     x = torch.randn(tokens, k, dtype=dtype, device=ops.device)
     per = n * k * torch.finfo(dtype).bits // 8
-    pool = [torch.randn(n, k, dtype=dtype, device=ops.device) for _ in range(max(1, pool_bytes // per))]
+    pool = [ops.prepare_linear(torch.randn(n, k, dtype=dtype, device=ops.device))
+            for _ in range(max(1, pool_bytes // per))]
 
     def sweep() -> None:
         for w in pool:

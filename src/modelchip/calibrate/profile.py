@@ -40,14 +40,15 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
         for m, k, n in GEMM_SHAPES:
             progress(f"GEMM {name} {m}x{k}x{n}")
             gemm[f"{name} {m}x{k}x{n}"] = microbench.gemm(ops, m, k, n, dtype)
-    progress("weight streaming by batch (1..64 rows)")
-    by_tokens = {m: microbench.weight_streaming(ops, 576, 1536, torch.float32, tokens=m) for m in STREAM_TOKENS}
+    progress("weight streaming by batch (1..64 rows), per weight dtype")
+    by_tokens = {name: {m: microbench.weight_streaming(ops, 576, 1536, dtype, tokens=m) for m in STREAM_TOKENS}
+                 for name, dtype in DTYPES.items()}
     progress("memory bandwidth (256 MB read)")
     read_bw = microbench.read_bandwidth(dev)
     progress("weight streaming (one-token linears over a 512 MB pool of 1536x576 matrices)")
     stream = {name: microbench.weight_streaming(ops, 576, 1536, dtype) for name, dtype in DTYPES.items()}
     # the device's bandwidth: the best read rate any kernel reached; efficiencies are fractions of it
-    copy_bw = max(read_bw, *stream.values(), *by_tokens.values())
+    copy_bw = max(read_bw, *stream.values(), *(v for table in by_tokens.values() for v in table.values()))
     progress("attention decode")
     t_long = microbench.attention_decode(ops, 4, 4096)
     kv_bytes = 4 * 4096 * 2 * 2 * 64 * 4  # seqs x context x (K, V) x kv heads x head dim x fp32
@@ -95,7 +96,12 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
             "attention_memory": min(kv_bytes / t_long / copy_bw, 1.0),
             "scale_up": base.scale_up, "scale_out": base.scale_out, "memory_reserved": base.memory_reserved,
             # small-batch matmuls stream weights more slowly than one-row ones: measured per row count
-            "memory_by_tokens": [[m, min(v / copy_bw, 1.0)] for m, v in by_tokens.items()],
+            "memory_by_tokens": _fractions(by_tokens["fp32"], copy_bw),
+            # a backend's matmuls stream each weight dtype at their own rate (a bf16 kernel is not an fp32 one):
+            # `apply_profile` takes the entries of the deployment's weight dtype over the float32 ones above
+            "by_weight_dtype": {name: {"memory": min(stream[name] / copy_bw, 1.0),
+                                       "memory_by_tokens": _fractions(by_tokens[name], copy_bw)}
+                                for name in DTYPES},
         },
         "overhead": {"per_op_s": per_op, "per_seq_s": per_seq, "per_step_s": step_fixed,
                      "per_seq_step_s": step_per_seq},
@@ -107,3 +113,7 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
                        "threads": torch.get_num_threads(), "fallbacks": ops.fallback_report()},
     }
     return profile
+
+
+def _fractions(rates: dict[int, float], bandwidth: float) -> list[list[float]]:
+    return [[m, min(v / bandwidth, 1.0)] for m, v in rates.items()]
