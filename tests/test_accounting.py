@@ -68,3 +68,14 @@ def test_bad_context(context):
 def test_bad_phase():
     with pytest.raises(ModelchipError, match="phase"):
         accounting.account(load_model("qwen3-32b"), 8, phase="train")
+
+
+def test_mla_prefill_runs_expanded_and_decode_absorbed():
+    # engines decompress MLA for prefill (multi-head attention over 192-wide keys and 128-wide values, plus
+    # kv_b applied to each prompt token's 512-wide latent) and stay absorbed for decode (latent 512 + 64)
+    spec = load_model("deepseek-v3")
+    pre = accounting.account(spec, 4095, phase="prefill", convention=EXACT)
+    per_layer = 2 * 128 * 2048 * (192 + 128) + 2 * 512 * 128 * (128 + 128)
+    assert pre.attention_flops == pytest.approx(61 * per_layer)
+    dec = accounting.account(spec, 4096, convention=EXACT)
+    assert dec.attention_flops == pytest.approx(61 * 2 * 128 * 4096 * (576 + 512))

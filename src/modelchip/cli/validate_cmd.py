@@ -30,8 +30,15 @@ NOTES = """
   the matmuls (two fused add+RMSNorm per layer, SiLU-and-mul, logits written and read by sampling) took the
   worst of them, Llama-8B 128/128, from +50% to +28%; the rest is most likely FP8 GEMM efficiency at these
   shapes and engine scheduling, which no published operator figure in the catalog covers.
-- DeepSeek's online decode and prefill figures are service averages (varying load, on-disk cache hits in
-  prefill), so a steady-state model reads high on them.
+- MLA prefill is costed in the expanded form engines run it in (vLLM, SGLang: latent decompressed, ordinary
+  multi-head attention), a third of the absorbed form's attention FLOPs. SGLang's three prefill points,
+  saturated benchmarks, land within 3%. DeepSeek's online prefill (+57%) is a service average whose computed
+  tokens follow on-disk cache hits (56%), so each attends over a long cached prefix the steady-state prompt
+  does not have, under varying load; RTP-LLM's prefill (+21%) is the same 4K-prompt EP32 setup as SGLang's
+  4K point, on H800 over RoCE and under a 1.6 s TTFT bound, differences the model does not see. (Costed
+  absorbed, as before, these three read +24%, +2% and -4...-16%: right for the wrong reason.)
+- DeepSeek's online decode figure is a service average too (varying load), so a steady-state model reads
+  high on it.
 - Decode is predicted without compute/communication overlap (`--overlap` models ideal two-micro-batch
   overlap); with it the decode points come out 1.6-2x too fast, so the published systems hide much less than
   the ideal.

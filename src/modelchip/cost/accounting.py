@@ -90,7 +90,7 @@ def account(
             # a prompt writes its cache once; a linear state is written once per prompt
             state = attention.state_elements(a) * dtypes.nbytes(precision.linear_state) / context
             kv += n * (per_token_cache + state)
-        core += n * attention.core_flops(a, tokens, convention)
+        core += n * attention.core_flops(a, tokens, convention, phase)
         lin += n * attention.linear_flops(a, H)
         ff += n * ffn.flops(f, H)
         router += n * ffn.router_flops(f, H)
