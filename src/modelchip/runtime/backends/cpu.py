@@ -113,7 +113,7 @@ class CPUBackend(ReferenceBackend):
             blocks = meta.block_tables[s, : -(-ctx // meta.block_size)]
             k = k_cache.index_select(0, blocks).flatten(0, 1)[:ctx]  # [ctx, g, dk]
             v = k[..., :v_dim] if v_cache is None else v_cache.index_select(0, blocks).flatten(0, 1)[:ctx]
-            mask = _visible(torch.arange(ctx - n + 1, ctx + 1)[:, None], n, ctx, window)  # [n, ctx]
+            mask = _visible(torch.arange(ctx - n + 1, ctx + 1)[:, None], ctx, window)  # [n, ctx]
             o = F.scaled_dot_product_attention(q[starts[s]:starts[s + 1]].transpose(0, 1), k.transpose(0, 1),
                                                v.transpose(0, 1), attn_mask=mask, scale=scale, enable_gqa=True)
             out.append(o.transpose(0, 1))  # [n, h, dv]
@@ -130,14 +130,14 @@ class CPUBackend(ReferenceBackend):
             self._plan = (meta, {}, tables, longest)
         _, masks, tables, longest = self._plan
         if (window, dtype) not in masks:
-            visible = _visible(meta.context_lens[:, None], 1, longest, window)[:, None, None, :]
+            visible = _visible(meta.context_lens[:, None], longest, window)[:, None, None, :]
             masks[window, dtype] = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, float("-inf"))
         return tables, longest, masks[window, dtype]
 
 
-def _visible(ends: torch.Tensor, rows: int, length: int, window: int) -> torch.Tensor:
-    """[rows, length] mask: a query whose sequence holds `ends` tokens (itself last) sees positions < ends,
-    and only the last `window` of them when window > 0."""
+def _visible(ends: torch.Tensor, length: int, window: int) -> torch.Tensor:
+    """[queries, length] mask from `ends` [queries, 1]: a query whose sequence holds `ends` tokens (itself
+    last) sees positions < ends, and only the last `window` of them when window > 0."""
     pos = torch.arange(length)[None, :]
     visible = pos < ends
     if window:
