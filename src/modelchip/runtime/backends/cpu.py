@@ -28,10 +28,8 @@ FP32_UNPACKED_ROWS = 2  # float32 matmuls of this many rows or fewer read the pl
 class PackedLinear:
     """What `prepare_linear` returns: the oneDNN-packed weight, and the plain one where it is still faster."""
 
-    packed: torch.Tensor
+    packed: torch.Tensor  # opaque oneDNN tensor; its dtype and shape [out, in] are the weight's
     plain: torch.Tensor | None
-    dtype: torch.dtype
-    out_features: int
 
 
 class CPUBackend(ReferenceBackend):
@@ -57,7 +55,7 @@ class CPUBackend(ReferenceBackend):
             return weight
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
         plain = weight if weight.dtype == torch.float32 else None
-        return PackedLinear(packed, plain, weight.dtype, weight.shape[0])
+        return PackedLinear(packed, plain)
 
     def linear(self, x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(weight, PackedLinear):
@@ -65,12 +63,12 @@ class CPUBackend(ReferenceBackend):
         rows = x.numel() // x.shape[-1]
         if weight.plain is not None and rows <= FP32_UNPACKED_ROWS:
             return F.linear(x, weight.plain, bias)
-        if x.dtype != weight.dtype:
+        if x.dtype != weight.packed.dtype:
             raise ModelchipError(f"cpu backend: linear input is {x.dtype} but its weight was packed as "
-                                 f"{weight.dtype}")
+                                 f"{weight.packed.dtype}")
         out = torch.ops.mkldnn._linear_pointwise(x.reshape(rows, x.shape[-1]).contiguous(), weight.packed, bias,
                                                  "none", [], "")
-        return out.view(*x.shape[:-1], weight.out_features)
+        return out.view(*x.shape[:-1], weight.packed.shape[0])
 
     def rotary_embedding(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                          interleaved: bool = False) -> torch.Tensor:
