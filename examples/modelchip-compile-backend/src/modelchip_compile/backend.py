@@ -84,6 +84,7 @@ class CompileBackend:
         self._ops = {key: _CompiledOp(op, fn, self.fallbacks, compile, min_numel)
                      for key, (op, fn) in kernel_ops.items()}
         self.linear = PackedLinear(self.device, self.fallbacks)
+        self.prepare_linear = self.linear.prepare
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return self._ops["rms_norm"](x, weight, eps)

@@ -1,12 +1,13 @@
-"""bf16 linear on oneDNN with each weight reordered once into the blocked layout its AMX / AVX512-BF16
-kernels read, instead of re-laying it out on every call. On this repository's CPU (2 cores with AMX) a
-SmolLM2-sized projection runs 1.7-2.5x faster at decode than F.linear in bf16. Other dtypes and devices use
-F.linear, as the reference does (oneDNN's fp32/fp16 paths measured no faster here)."""
+"""bf16 linear on oneDNN with each weight reordered once, through the contract's `prepare_linear` hook, into
+the blocked layout its AMX / AVX512-BF16 kernels read, instead of re-laying it out on every call. On this
+repository's CPU (2 cores with AMX) a SmolLM2-sized projection runs 1.7-2.5x faster at decode than F.linear
+in bf16. Other dtypes and devices keep their weights plain and use F.linear, as the reference does (oneDNN's
+fp32/fp16 paths measured no faster here)."""
 
 from __future__ import annotations
 
-import weakref
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,31 +25,39 @@ def _bf16_onednn_available(device: torch.device) -> bool:
 MIN_PACKED_NUMEL = 1 << 16  # smaller weights: oneDNN's per-call overhead outweighs the faster layout
 
 
+@dataclass(frozen=True)
+class Packed:
+    """A prepared weight: the opaque oneDNN tensor (its dtype and shape [out, in] are the weight's)."""
+
+    tensor: torch.Tensor
+
+
 class PackedLinear:
-    """Callable with the contract's `linear` signature. Packed weights are cached per weight tensor (held
-    weakly, dropped with the tensor) and assumed unchanged after their first use, as model weights are."""
+    """`prepare` is the backend's `prepare_linear`; calling the object is its `linear`, which takes a Packed
+    handle or a plain weight (modelchip passes router weights plain)."""
 
     def __init__(self, device: torch.device, fallbacks: Counter):
         self.enabled = _bf16_onednn_available(device)
         self.fallbacks = fallbacks
-        self._packed: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
 
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if not (self.enabled and x.dtype == weight.dtype == torch.bfloat16 and weight.numel() >= MIN_PACKED_NUMEL):
-            return F.linear(x, weight, bias)
+    def prepare(self, weight: torch.Tensor) -> torch.Tensor | Packed:
+        if not (self.enabled and weight.dtype == torch.bfloat16 and weight.dim() == 2
+                and weight.numel() >= MIN_PACKED_NUMEL):
+            return weight
         try:
-            return torch.ops.mkldnn._linear_pointwise(x, self._pack(weight), bias, "none", [], "")
-        except RuntimeError:  # an op or layout this torch build's oneDNN refuses: use F.linear from now on
+            return Packed(torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None))
+        except RuntimeError:  # a layout this torch build's oneDNN refuses: keep weights plain from now on
             self.enabled = False
             self.fallbacks["linear"] += 1
-            return F.linear(x, weight, bias)
+            return weight
 
-    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
-        key = id(weight)
-        hit = self._packed.get(key)
-        if hit is not None and hit[0]() is weight and hit[1] == weight.data_ptr():
-            return hit[2]
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
-        self._packed[key] = (weakref.ref(weight, lambda _, key=key: self._packed.pop(key, None)),
-                             weight.data_ptr(), packed)
-        return packed
+    def __call__(self, x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(weight, Packed):
+            return F.linear(x, weight, bias)
+        if x.dtype == weight.tensor.dtype:
+            try:
+                return torch.ops.mkldnn._linear_pointwise(x, weight.tensor, bias, "none", [], "")
+            except RuntimeError:  # oneDNN refused this call: the plain weight is recovered from the packed one
+                pass
+        self.fallbacks["linear"] += 1
+        return F.linear(x, weight.tensor.to_dense().to(x.dtype), bias)
