@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from modelchip.errors import ModelchipError
-from modelchip.runtime.backends.reference import ReferenceBackend
+from modelchip.runtime.backends.reference import ReferenceBackend, decode_blocks, gather_blocks, visible
 from modelchip.runtime.contract import AttentionMetadata
 
 FP32_UNPACKED_ROWS = 2  # float32 matmuls of this many rows or fewer read the plain weight (measured)
@@ -95,10 +95,8 @@ class CPUBackend(ReferenceBackend):
         heads, groups = q.shape[1], k_cache.shape[2]
         if q.shape[0] == meta.num_seqs:  # decode: one query per sequence, all sequences in one call
             tables, length, mask = self._decode_plan(meta, window, q.dtype)
+            k, v = gather_blocks(k_cache, v_cache, tables, length, v_dim)  # [S, L, g, d]
             s = meta.num_seqs
-            k = k_cache.index_select(0, tables).view(s, -1, *k_cache.shape[2:])[:, :length]  # [S, L, g, dk]
-            v = k[..., :v_dim] if v_cache is None else \
-                v_cache.index_select(0, tables).view(s, -1, *v_cache.shape[2:])[:, :length]
             # a K/V group's queries become the rows of one attention problem: no K/V repeated per head
             qg = q.view(s, groups, heads // groups, q.shape[-1])
             out = F.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
@@ -111,7 +109,7 @@ class CPUBackend(ReferenceBackend):
             blocks = meta.block_tables[s, : -(-ctx // meta.block_size)]
             k = k_cache.index_select(0, blocks).flatten(0, 1)[:ctx]  # [ctx, g, dk]
             v = k[..., :v_dim] if v_cache is None else v_cache.index_select(0, blocks).flatten(0, 1)[:ctx]
-            mask = _visible(torch.arange(ctx - n + 1, ctx + 1)[:, None], ctx, window)  # [n, ctx]
+            mask = visible(torch.arange(ctx - n + 1, ctx + 1)[:, None], ctx, window)  # [n, ctx]
             o = F.scaled_dot_product_attention(q[starts[s]:starts[s + 1]].transpose(0, 1), k.transpose(0, 1),
                                                v.transpose(0, 1), attn_mask=mask, scale=scale, enable_gqa=True)
             out.append(o.transpose(0, 1))  # [n, h, dv]
@@ -119,25 +117,13 @@ class CPUBackend(ReferenceBackend):
 
     def _decode_plan(self, meta: AttentionMetadata, window: int,
                      dtype: torch.dtype) -> tuple[torch.Tensor, int, torch.Tensor]:
-        """(block ids to gather, flattened; the longest context L; [S, 1, 1, L] additive mask, 0 or -inf),
-        built once per step, window and dtype: every layer of a step reads the same blocks. (An additive
-        mask spares SDPA converting a boolean one on every call.)"""
+        """(`decode_blocks`' block ids and longest context L; [S, 1, 1, L] additive mask, 0 or -inf), built
+        once per step, window and dtype: every layer of a step reads the same blocks. (An additive mask
+        spares SDPA converting a boolean one on every call.)"""
         if self._plan[0] is not meta:
-            longest = int(meta.context_lens.max())
-            tables = meta.block_tables[:, :-(-longest // meta.block_size)].clamp_min(0).flatten()  # -1: masked
-            self._plan = (meta, {}, tables, longest)
+            self._plan = (meta, {}, *decode_blocks(meta))
         _, masks, tables, longest = self._plan
         if (window, dtype) not in masks:
-            visible = _visible(meta.context_lens[:, None], longest, window)[:, None, None, :]
-            masks[window, dtype] = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, float("-inf"))
+            seen = visible(meta.context_lens[:, None], longest, window)[:, None, None, :]
+            masks[window, dtype] = torch.zeros(seen.shape, dtype=dtype).masked_fill_(~seen, float("-inf"))
         return tables, longest, masks[window, dtype]
-
-
-def _visible(ends: torch.Tensor, length: int, window: int) -> torch.Tensor:
-    """[queries, length] mask from `ends` [queries, 1]: a query whose sequence holds `ends` tokens (itself
-    last) sees positions < ends, and only the last `window` of them when window > 0."""
-    pos = torch.arange(length)[None, :]
-    visible = pos < ends
-    if window:
-        visible &= pos >= ends - window
-    return visible

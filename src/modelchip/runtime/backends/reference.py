@@ -67,12 +67,8 @@ class ReferenceBackend:
             k = k.repeat_interleave(heads // groups, dim=1).transpose(0, 1)  # [h, ctx, dk]
             v = v.repeat_interleave(heads // groups, dim=1).transpose(0, 1)
             scores = torch.matmul(qs.transpose(0, 1).float(), k.float().transpose(1, 2)) * scale  # [h, n, ctx]
-            q_pos = torch.arange(ctx - n, ctx, device=q.device)[:, None]
-            k_pos = torch.arange(ctx, device=q.device)[None, :]
-            visible = k_pos <= q_pos
-            if window:
-                visible &= k_pos > q_pos - window
-            scores = scores.masked_fill(~visible, float("-inf"))
+            ends = torch.arange(ctx - n + 1, ctx + 1, device=q.device)[:, None]  # a query sees itself and before
+            scores = scores.masked_fill(~visible(ends, ctx, window), float("-inf"))
             probs = torch.softmax(scores, dim=-1)
             out.append(torch.matmul(probs, v.float()).transpose(0, 1).to(q.dtype))  # [n, h, dv]
         return torch.cat(out, dim=0)
@@ -81,17 +77,14 @@ class ReferenceBackend:
                           meta: AttentionMetadata, scale: float, v_dim: int | None, window: int) -> torch.Tensor:
         """Each sequence's one query token at position context_len - 1 against its whole cache. The caches are
         gathered into one padded batch so a decode step costs a few ops, not a few per sequence."""
-        ctx = meta.context_lens
-        k, v = gather_blocks(k_cache, v_cache, meta, v_dim)  # [S, L, g, dk], [S, L, g, dv]
+        tables, longest = decode_blocks(meta)
+        k, v = gather_blocks(k_cache, v_cache, tables, longest, v_dim)  # [S, L, g, dk], [S, L, g, dv]
         s, length, groups, dk = k.shape
         heads = q.shape[1]
         qg = q.float().view(s, groups, heads // groups, dk)  # query head i reads K/V group i // (h / g)
         scores = torch.matmul(qg, k.float().permute(0, 2, 3, 1)) * scale  # [S, g, h/g, L]
-        pos = torch.arange(length, device=q.device)[None, :]
-        visible = pos < ctx[:, None]
-        if window:
-            visible &= pos >= ctx[:, None] - window
-        scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+        mask = visible(meta.context_lens[:, None], length, window)[:, None, None, :]
+        scores = scores.masked_fill(~mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         out = torch.matmul(probs, v.float().transpose(1, 2))  # [S, g, h/g, dv]
         return out.reshape(s, heads, v.shape[-1]).to(q.dtype)
@@ -146,17 +139,30 @@ class ReferenceBackend:
         return torch.where(temperature <= 0, greedy, sampled)
 
 
-def gather_blocks(k_cache: torch.Tensor, v_cache: torch.Tensor | None, meta: AttentionMetadata,
-                  v_dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every sequence's cached K and V as one padded batch [S, L, g, d], L the longest context; positions past
-    a sequence's context hold other blocks' data (or block 0 for -1 padding) and must be masked."""
+def visible(ends: torch.Tensor, length: int, window: int) -> torch.Tensor:
+    """[queries, length] mask from `ends` [queries, 1]: a query whose sequence holds `ends` tokens (itself
+    last) sees positions < ends, and only the last `window` of them when window > 0."""
+    pos = torch.arange(length, device=ends.device)[None, :]
+    seen = pos < ends
+    if window:
+        seen &= pos >= ends - window
+    return seen
+
+
+def decode_blocks(meta: AttentionMetadata) -> tuple[torch.Tensor, int]:
+    """(every sequence's block ids up to the longest context [S, blocks]; that longest context L). -1 padding
+    becomes block 0, whose positions the mask hides."""
     longest = int(meta.context_lens.max())
-    blocks = -(-longest // meta.block_size)
-    tables = meta.block_tables[:, :blocks].clamp_min(0).flatten()
-    s = meta.context_lens.shape[0]
+    return meta.block_tables[:, :-(-longest // meta.block_size)].clamp_min(0), longest
+
+
+def gather_blocks(k_cache: torch.Tensor, v_cache: torch.Tensor | None, tables: torch.Tensor, longest: int,
+                  v_dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blocks `decode_blocks` names, as one padded batch [S, L, g, d] of K and of V; positions past a
+    sequence's context hold other blocks' data and must be masked."""
+    s, ids = tables.shape[0], tables.flatten()
     # index_select copies whole blocks; several times faster than advanced indexing for the same gather
-    k = k_cache.index_select(0, tables).view(s, blocks * meta.block_size, *k_cache.shape[2:])[:, :longest]
+    k = k_cache.index_select(0, ids).view(s, -1, *k_cache.shape[2:])[:, :longest]
     if v_cache is None:
         return k, k[..., :v_dim]
-    v = v_cache.index_select(0, tables).view(s, blocks * meta.block_size, *v_cache.shape[2:])[:, :longest]
-    return k, v
+    return k, v_cache.index_select(0, ids).view(s, -1, *v_cache.shape[2:])[:, :longest]
