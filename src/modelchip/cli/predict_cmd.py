@@ -30,6 +30,10 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redundant-experts", type=int, default=0, help="extra expert replicas placed for balance")
     p.add_argument("--overlap", action="store_true", help="two micro-batch overlap of EP communication")
     p.add_argument("--microbatches", type=int, default=3, help="AFD pipeline micro-batches (default 3)")
+    p.add_argument("--no-graphs", dest="graphs", action="store_false",
+                   help="the engine launches every kernel of a step itself instead of replaying a captured graph "
+                        "(CUDA graphs, ACL graphs): each op call then pays the chip's catalog launch cost "
+                        "(breakdown 'launch'; zero where the catalog has no figure)")
     p.add_argument("--efficiency", action="append", default=[], metavar="NAME=FRACTION",
                    help="override an efficiency default: gemm, attention_compute, memory, scale_up, scale_out")
     p.add_argument("--price", type=float, default=None, help="USD per chip-hour (default: the catalog's)")
@@ -70,7 +74,7 @@ def build(args, chip_id: str, chips: int, strategy: str, batch: int, attn: int =
                    phase=args.phase, prompt_len=args.prompt_len, attn_chips=attn, ffn_chips=ffn,
                    precision=precision, mtp=args.mtp, mtp_acceptance=args.mtp_acceptance,
                    redundant_experts=args.redundant_experts, overlap=args.overlap, microbatches=args.microbatches,
-                   system=system_for(chip, args.system),
+                   system=system_for(chip, args.system), graphs=getattr(args, "graphs", True),
                    efficiency=defaults().override(parse_overrides(args.efficiency)))
     if getattr(args, "profile", None):
         d = apply_profile(d, args.profile)

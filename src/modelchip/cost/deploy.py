@@ -10,6 +10,9 @@ Strategies (per-chip batch `batch`; per attention chip under AFD):
        chips (experts over F, dense FFN tensor-parallel over F); activations cross the network each layer
        (8-bit out, 16-bit back); micro-batches pipeline attention, network and FFN, so a layer costs its
        slowest stage.
+Fixed costs where the catalog has a published figure: each collective inside a scale-up domain pays the
+system's small-message latency on top of its bytes, and a step the engine does not capture in a graph
+(`graphs=False`) pays the chip's launch cost once per op call.
 A deployment that does not fit in memory is reported infeasible with the numbers, never estimated.
 """
 
@@ -57,6 +60,9 @@ class Deployment:
     microbatches: int = 3
     system: System | None = None
     efficiency: Efficiency = field(default_factory=defaults)
+    # the engine replays each step as one captured graph (CUDA graphs, ACL graphs); without one, every kernel
+    # of the step pays the chip's catalog launch cost
+    graphs: bool = True
     # fixed host costs a calibration measures (0 for the catalog's chips, which have none measured)
     overhead_per_op_s: float = 0.0
     overhead_per_seq_s: float = 0.0  # per sequence per attention call
@@ -175,6 +181,25 @@ def _throughput_all_to_all(d: Deployment, group: int, tokens: float, top_k: int,
     return max(remote / out, local / up)
 
 
+def _collective_latency(d: Deployment, group: int) -> float:
+    """Fixed seconds of one collective among `group` chips inside a scale-up domain, where the catalog has a
+    measured small-message time. A group spanning domains goes over the NICs, for which it holds none (0)."""
+    domain = d.system.scale_up_domain if d.system else 8
+    if group <= 1 or group > domain:
+        return 0.0
+    fig = d.system.scale_up_latency if d.system else d.chip.scale_up.collective_latency
+    return fig.value if fig else 0.0
+
+
+def _launch(cost: ModelCost, d: Deployment) -> float:
+    """Seconds of kernel launches in a step not captured in a graph: one launch per op call of the model's op
+    list, at the chip's catalog launch cost (none where the catalog has no figure). A graph replays the step
+    with a single launch, so nothing is charged with graphs."""
+    if d.graphs or d.chip.kernel_launch is None:
+        return 0.0
+    return d.chip.kernel_launch.value * cost.op_calls()
+
+
 def _all_reduce(d: Deployment, group: int, nbytes: float) -> float:
     if group <= 1:
         return 0.0
@@ -253,10 +278,12 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
 
     # communication per step
     act = H * ACT_BYTES
-    comm = 0.0
+    comm = comm_fixed = 0.0
     if d.strategy == "tp":
         comm = 2 * L * _all_reduce(d, tp, inst_tokens * act)
+        comm_fixed = 2 * L * _collective_latency(d, tp)
     elif d.strategy == "ep" and moe:
+        comm_fixed = 2 * moe.layers * _collective_latency(d, ep)  # dispatch and combine
         per_token = moe.top_k * H * (1 + ACT_BYTES)
         if decode:  # latency kernels: one message per routed expert, all over the NICs across domains
             comm = moe.layers * _all_to_all(d, ep, tokens * per_token)
@@ -275,8 +302,10 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     # fixed per-call costs: every op call, plus per sequence in each attention call
     host = (d.overhead_per_op_s * cost.op_calls() + d.overhead_per_seq_s * L * b * tp
             + d.overhead_per_step_s + d.overhead_per_seq_step_s * b * tp)
+    launch = _launch(cost, d)
     attn_side = proj + core + lm_head + norms + sampling
     ffn_side = dense + moe_t + router + act_fn
+    comm_total = comm + comm_fixed
     if d.strategy == "afd":
         per_layer = max(attn_side / L, comm / L, ffn_side / L)
         fill = (attn_side + comm + ffn_side) / L / max(d.microbatches, 1)
@@ -286,8 +315,8 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         compute = attn_side + ffn_side
         # ideal two-micro-batch overlap hides the smaller of compute and communication; off by default,
         # because the published decode and prefill runs sit near the sum (docs/validation.md)
-        step = max(compute, comm) if (d.overlap and d.strategy == "ep") else compute + comm
-        bound = "communication" if comm > compute else "compute"
+        step = max(compute, comm_total) if (d.overlap and d.strategy == "ep") else compute + comm_total
+        bound = "communication" if comm_total > compute else "compute"
     if decode and d.mtp:
         step *= 1 + d.mtp / L  # each draft token runs one more layer-sized MTP module
 
@@ -309,10 +338,10 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         mem = {"weights": (attn_w + expert_w + dense_w) / 1e9, "kv_cache": kv / 1e9}
         used = attn_w + expert_w + dense_w + kv
     mem["usable"] = cap / 1e9
-    step += host
+    step += host + launch
     breakdown = {"attention_proj": proj, "attention_core": core, "lm_head": lm_head, "norms": norms,
                  "sampling": sampling, "dense_ffn": dense, "moe": moe_t, "router": router, "act_fn": act_fn,
-                 "communication": comm, "host_overhead": host}
+                 "communication": comm, "collective_latency": comm_fixed, "host_overhead": host, "launch": launch}
     breakdown = {k: v * 1e3 for k, v in breakdown.items()}
     if used > cap:
         return Prediction(False, f"out of memory: needs {used / 1e9:.1f} GB per chip, {cap / 1e9:.1f} GB usable "

@@ -44,7 +44,7 @@ def predict_point(p: dict) -> float:
                    context=p.get("context", 1), phase="prefill" if p["phase"] == "prefill" else "decode",
                    prompt_len=p.get("prompt_len", 0), precision=precision, mtp=p.get("mtp", 0),
                    mtp_acceptance=p.get("mtp_acceptance", 0.0), redundant_experts=p.get("redundant_experts", 0),
-                   system=system_for(chip))
+                   system=system_for(chip), graphs=p.get("graphs", True))
     if p["phase"] == "serve":
         return serving_throughput(cost, d, p["prompt_len"], p["output_len"], p.get("instance_batch", 0))
     pred = best_batch_for_slo(cost, d, p["tpot_slo_ms"]) if "tpot_slo_ms" in p else evaluate(cost, d)

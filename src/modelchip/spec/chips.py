@@ -33,6 +33,7 @@ class Link:
     name: str = ""
     bandwidth: Figure | None = None  # per chip, per direction, bytes/s
     usable_bandwidth: Figure | None = None  # measured, where published
+    collective_latency: Figure | None = None  # fixed seconds per collective (small-message time), where published
 
     @property
     def effective(self) -> float | None:
@@ -55,6 +56,8 @@ class Chip:
     scale_out: Link = Link()
     tdp: Figure | None = None
     price: Figure | None = None  # USD per hour
+    # seconds each kernel launch adds to a step the engine does not capture in a graph, where published
+    kernel_launch: Figure | None = None
 
     def peak(self, dtype: str) -> float | None:
         """Dense peak FLOP/s for a compute dtype; bf16 and fp16 stand in for each other when one is missing."""
@@ -86,8 +89,11 @@ class Chip:
             "scale_up.usable_bandwidth": self.scale_up.usable_bandwidth,
             "scale_out.bandwidth": self.scale_out.bandwidth,
             "scale_out.usable_bandwidth": self.scale_out.usable_bandwidth,
+            "scale_up.collective_latency": self.scale_up.collective_latency,
+            "scale_out.collective_latency": self.scale_out.collective_latency,
             "power.tdp": self.tdp,
             "price.usd_per_hour": self.price,
+            "overhead.kernel_launch": self.kernel_launch,
         }
         out.update({k: v for k, v in named.items() if v is not None})
         return out
@@ -119,6 +125,26 @@ class System:
     def scale_out_bandwidth(self) -> float | None:
         return self.scale_out.effective or self.chip.scale_out.effective
 
+    @property
+    def scale_up_latency(self) -> Figure | None:
+        """Fixed time of one collective inside the scale-up domain: the system's figure, else the chip's."""
+        return self.scale_up.collective_latency or self.chip.scale_up.collective_latency
+
+    def figures(self) -> dict[str, Figure]:
+        """The system's own figures (its chip's are listed with the chip)."""
+        named = {
+            "scale_up.bandwidth": self.scale_up.bandwidth,
+            "scale_up.usable_bandwidth": self.scale_up.usable_bandwidth,
+            "scale_up.collective_latency": self.scale_up.collective_latency,
+            "scale_out.bandwidth": self.scale_out.bandwidth,
+            "scale_out.usable_bandwidth": self.scale_out.usable_bandwidth,
+            "scale_out.collective_latency": self.scale_out.collective_latency,
+            "power.total": self.power,
+        }
+        out = {k: v for k, v in named.items() if v is not None}
+        out.update({f"totals.{k}": v for k, v in self.totals.items()})
+        return out
+
 
 def _figure(raw, where: str) -> Figure | None:
     if raw is None:
@@ -137,6 +163,7 @@ def _link(raw: dict | None, where: str) -> Link:
         name=str(raw.get("link", "")),
         bandwidth=_figure(raw.get("bandwidth"), f"{where}.bandwidth"),
         usable_bandwidth=_figure(raw.get("usable_bandwidth"), f"{where}.usable_bandwidth"),
+        collective_latency=_figure(raw.get("collective_latency"), f"{where}.collective_latency"),
     )
 
 
@@ -158,6 +185,7 @@ def chip_from_toml(data: dict, where: str = "chip") -> Chip:
             scale_out=_link(data.get("scale_out"), f"{where}.scale_out"),
             tdp=_figure(data.get("power", {}).get("tdp"), f"{where}.power.tdp"),
             price=_figure(data.get("price", {}).get("usd_per_hour"), f"{where}.price.usd_per_hour"),
+            kernel_launch=_figure(data.get("overhead", {}).get("kernel_launch"), f"{where}.overhead.kernel_launch"),
         )
     except KeyError as exc:
         raise ModelchipError(f"{where} is missing field {exc.args[0]!r}") from exc
