@@ -6,7 +6,13 @@ float32 from 4 rows up, while one or two float32 rows are faster unpacked (BENCH
 weights are kept packed only, and float32 weights keep both forms: the price is one more copy of the float32
 linear weights. `paged_attention` gathers each step's cache blocks once and runs PyTorch's fused
 scaled-dot-product attention (flash kernel on CPU, float32 accumulation) instead of the reference's explicit
-matmul-mask-softmax-matmul. Every other op is the reference's.
+matmul-mask-softmax-matmul.
+
+At decode sizes the step is per-op dispatch as much as matmuls, so RMSNorm, rotary, SiLU-and-mul, cache
+writes and decode
+attention run as fused C++ kernels (cpu_kernels.cpp, built once per machine) that keep the reference's
+roundings; decode attention reads the paged cache in place. Where they cannot be built the same ops run in
+eager PyTorch, and `fallbacks` says why. Every other op is the reference's.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from modelchip.errors import ModelchipError
+from modelchip.runtime.backends import cpu_kernels
 from modelchip.runtime.backends.reference import ReferenceBackend, decode_blocks, gather_blocks, visible
 from modelchip.runtime.contract import AttentionMetadata
 
+_LINEAR = torch.ops.mkldnn._linear_pointwise.default  # resolved once: the overload lookup costs per call
 FP32_UNPACKED_ROWS = 2  # float32 matmuls of this many rows or fewer read the plain weight (measured)
 
 
@@ -44,7 +52,8 @@ class CPUBackend(ReferenceBackend):
         self.pack_dtypes = {torch.float32}
         if torch.ops.mkldnn._is_mkldnn_bf16_supported():
             self.pack_dtypes.add(torch.bfloat16)
-        self.fallbacks: Counter[str] = Counter()  # weights left unpacked, by reason (shown by conformance)
+        self.fallbacks: Counter[str] = Counter()  # weights left unpacked, eager ops, by reason (conformance shows it)
+        self.kernels, self.kernels_missing = cpu_kernels.load()
         # per-step tables, rebuilt when a new step's tensors arrive (every layer of a step shares them)
         self._rope: tuple = (None, None, None)
         self._plan: tuple = (None, {}, None, 0)
@@ -60,20 +69,44 @@ class CPUBackend(ReferenceBackend):
     def linear(self, x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(weight, PackedLinear):
             return F.linear(x, weight, bias)
-        rows = x.numel() // x.shape[-1]
-        if weight.plain is not None and rows <= FP32_UNPACKED_ROWS:
+        if weight.plain is not None and x.numel() <= FP32_UNPACKED_ROWS * x.shape[-1]:
             return F.linear(x, weight.plain, bias)
         if x.dtype != weight.packed.dtype:
             raise ModelchipError(f"cpu backend: linear input is {x.dtype} but its weight was packed as "
                                  f"{weight.packed.dtype}")
-        out = torch.ops.mkldnn._linear_pointwise(x.reshape(rows, x.shape[-1]).contiguous(), weight.packed, bias,
-                                                 "none", [], "")
+        if x.dim() == 2:  # the model's case: skip the reshapes (a decode step makes ~120 of these calls)
+            return _LINEAR(x if x.is_contiguous() else x.contiguous(), weight.packed, bias, "none", [], "")
+        out = _LINEAR(x.reshape(-1, x.shape[-1]).contiguous(), weight.packed, bias, "none", [], "")
         return out.view(*x.shape[:-1], weight.packed.shape[0])
+
+    def _eager(self) -> bool:
+        """True (and counted) when a fused kernel is unavailable and the op runs in eager PyTorch."""
+        if self.kernels is None:
+            self.fallbacks[self.kernels_missing] += 1
+            return True
+        return False
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        if self._eager():
+            return super().rms_norm(x, weight, eps)
+        return self.kernels.rms_norm(x, weight, eps)
+
+    def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        if self._eager():
+            return super().silu_and_mul(gate_up)
+        return self.kernels.silu_and_mul(gate_up)
+
+    def write_kv(self, cache: torch.Tensor, values: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+        if self._eager() or values.dtype != cache.dtype:
+            return super().write_kv(cache, values, slot_mapping)
+        self.kernels.write_kv(cache, values, slot_mapping)
 
     def rotary_embedding(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                          interleaved: bool = False) -> torch.Tensor:
         if interleaved:
             return super().rotary_embedding(x, cos, sin, interleaved)
+        if not self._eager():
+            return self.kernels.rotary(x, cos, sin)
         # x1 cos - x2 sin | x2 cos + x1 sin  as  x * [cos, cos] + [x2, x1] * [-sin, sin]: same roundings, half
         # the ops, and the widened tables are built once per step and dtype
         if self._rope[0] is not cos or self._rope[1] != x.dtype:
@@ -93,6 +126,9 @@ class CPUBackend(ReferenceBackend):
                         meta: AttentionMetadata, scale: float, v_dim: int | None = None,
                         window: int = 0) -> torch.Tensor:
         heads, groups = q.shape[1], k_cache.shape[2]
+        if q.shape[0] == meta.num_seqs and not self._eager():  # decode, read from the paged cache in place
+            return self.kernels.decode_attention(q, k_cache, v_cache, v_dim or 0, meta.block_tables,
+                                                 meta.context_lens, scale, window)
         if q.shape[0] == meta.num_seqs:  # decode: one query per sequence, all sequences in one call
             tables, length, mask = self._decode_plan(meta, window, q.dtype)
             k, v = gather_blocks(k_cache, v_cache, tables, length, v_dim)  # [S, L, g, d]

@@ -1,0 +1,337 @@
+// The cpu backend's fused kernels: one call each where eager PyTorch runs 4-12 small ops at decode sizes.
+//
+// At decode a step of a small model is mostly per-op dispatch: SmolLM2's RMSNorm is nine eager ops of ~2 us on
+// 576 numbers. Each kernel here reproduces the reference backend's roundings (every intermediate the reference
+// keeps in the activation dtype is rounded to it here too), so results stay within the conformance tolerances
+// and greedy text does not drift. Float32 accumulation everywhere. Built once per machine by cpu_kernels.py.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr int kLanes = 16;  // independent accumulators: lets the compiler keep a float reduction in SIMD registers
+
+template <typename T>
+inline float f32(T v) { return static_cast<float>(v); }
+
+// a product or sum as eager PyTorch gives it in dtype T: computed in float, rounded to T
+template <typename T>
+inline float rnd(float v) { return static_cast<float>(static_cast<T>(v)); }
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  float acc[kLanes] = {0};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += a[i + l] * b[i + l];
+  float s = 0;
+  for (int l = 0; l < kLanes; ++l) s += acc[l];
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+template <typename T>
+inline void to_float(const T* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = f32(src[i]);
+}
+
+// 16 floats in one register (GCC/Clang vector extension: AVX-512 on x86 where built for it, two or four
+// narrower registers elsewhere), so attention's dot products and sums stay in SIMD without intrinsics
+typedef float vfloat __attribute__((vector_size(64)));
+typedef uint16_t vhalf __attribute__((vector_size(32)));
+typedef uint32_t vuint __attribute__((vector_size(64)));
+
+template <typename T>
+inline vfloat load16(const T* p) {
+  vfloat v;
+  for (int l = 0; l < kLanes; ++l) v[l] = f32(p[l]);
+  return v;
+}
+
+template <>
+inline vfloat load16<float>(const float* p) {
+  vfloat v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <>
+inline vfloat load16<c10::BFloat16>(const c10::BFloat16* p) {  // bfloat16 is float32's top half
+  vhalf h;
+  std::memcpy(&h, p, sizeof h);
+  vuint w = __builtin_convertvector(h, vuint) << 16;
+  vfloat v;
+  std::memcpy(&v, &w, sizeof v);
+  return v;
+}
+
+template <typename T>
+inline vfloat loadn(const T* p, int64_t n) {  // a row's last, partial chunk reads as zeros past its end
+  if (n >= kLanes) return load16(p);
+  vfloat v = {};
+  for (int64_t l = 0; l < n; ++l) v[l] = f32(p[l]);
+  return v;
+}
+
+typedef int32_t vint __attribute__((vector_size(64)));
+
+inline float hsum(vfloat v) {  // four shuffle-and-add steps in registers, not sixteen dependent scalar adds
+#if defined(__clang__)
+  v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
+  v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
+  v += __builtin_shufflevector(v, v, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0);
+#else
+  v += __builtin_shuffle(v, vint{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+  v += __builtin_shuffle(v, vint{4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3});
+  v += __builtin_shuffle(v, vint{2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1});
+  v += __builtin_shuffle(v, vint{1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0});
+#endif
+  return v[0];
+}
+
+// exp for softmax, branch-free so loops over it vectorize (std::exp is a scalar libm call: most of a decode
+// attention's time). 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-7 Taylor: relative error < 2e-7.
+inline float fast_exp(float x) {
+  x = std::min(88.3f, std::max(-87.3f, x));
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
+  const float n = (x * 1.44269504f + shifter) - shifter;
+  const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
+  float p = 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// rows whose work is below this run on the calling thread: waking the pool costs more than they do
+int64_t grain(int64_t work_per_item, int64_t threshold = 1 << 15) {
+  return std::max<int64_t>(1, threshold / std::max<int64_t>(1, work_per_item));
+}
+
+template <typename T>
+void rms_norm_impl(const at::Tensor& x, const at::Tensor& w, double eps, at::Tensor& out) {
+  const int64_t d = x.size(-1), rows = x.numel() / d;
+  const T* xp = x.data_ptr<T>();
+  const T* wp = w.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, rows, grain(d), [&](int64_t begin, int64_t end) {
+    std::vector<float> xf(d);
+    for (int64_t r = begin; r < end; ++r) {
+      to_float(xp + r * d, xf.data(), d);
+      const float ms = dot(xf.data(), xf.data(), d) / static_cast<float>(d);
+      const float inv = 1.0f / std::sqrt(ms + static_cast<float>(eps));
+      // Llama's order: normalise in float32, round to the activation dtype, then multiply by the weight
+      for (int64_t i = 0; i < d; ++i) op[r * d + i] = static_cast<T>(f32(wp[i]) * rnd<T>(xf[i] * inv));
+    }
+  });
+}
+
+at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w_in, double eps) {
+  TORCH_CHECK(x_in.size(-1) == w_in.numel(), "rms_norm: weight has ", w_in.numel(), " elements for rows of ",
+              x_in.size(-1));
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor w = w_in.to(x.scalar_type()).contiguous();
+  at::Tensor out = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rms_norm",
+                                  [&] { rms_norm_impl<scalar_t>(x, w, eps, out); });
+  return out;
+}
+
+// half-split rotary: out = x1 c - x2 s | x2 c + x1 s, each product and the sum rounded as eager does them
+template <typename T>
+void rotary_impl(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& out) {
+  const int64_t t_n = x.size(0), heads = x.size(1), d = x.size(2), half = d / 2;
+  const int64_t xs0 = x.stride(0), xs1 = x.stride(1);
+  const T* xp = x.data_ptr<T>();
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = sin.data_ptr<float>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, t_n, grain(heads * d), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* c = cp + t * half;
+      const float* s = sp + t * half;
+      for (int64_t h = 0; h < heads; ++h) {
+        const T* xr = xp + t * xs0 + h * xs1;
+        T* o = op + (t * heads + h) * d;
+        for (int64_t i = 0; i < half; ++i) {
+          const float ci = rnd<T>(c[i]), si = rnd<T>(s[i]);
+          const float x1 = f32(xr[i]), x2 = f32(xr[i + half]);
+          o[i] = static_cast<T>(rnd<T>(x1 * ci) - rnd<T>(x2 * si));
+          o[i + half] = static_cast<T>(rnd<T>(x2 * ci) + rnd<T>(x1 * si));
+        }
+      }
+    }
+  });
+}
+
+at::Tensor rotary(const at::Tensor& x_in, const at::Tensor& cos_in, const at::Tensor& sin_in) {
+  TORCH_CHECK(x_in.dim() == 3 && x_in.size(2) % 2 == 0, "rotary: x must be [T, heads, even d]");
+  TORCH_CHECK(cos_in.size(0) == x_in.size(0) && cos_in.size(1) * 2 == x_in.size(2),
+              "rotary: cos/sin must be [T, d/2]");
+  const at::Tensor x = x_in.stride(2) == 1 ? x_in : x_in.contiguous();  // rows may stay strided (a q/k/v split)
+  const at::Tensor cos = cos_in.to(at::kFloat).contiguous(), sin = sin_in.to(at::kFloat).contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rotary",
+                                  [&] { rotary_impl<scalar_t>(x, cos, sin, out); });
+  return out;
+}
+
+// silu(gate) * up, rounded as eager's two ops round; the exp is fast_exp so the loop vectorizes
+template <typename T>
+void silu_and_mul_impl(const at::Tensor& gu, at::Tensor& out) {
+  const int64_t width = out.size(-1), rows = out.numel() / width;
+  const T* gp = gu.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, rows, grain(width), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* g = gp + r * 2 * width;
+      const T* u = g + width;
+      T* o = op + r * width;
+      for (int64_t i = 0; i < width; ++i) {
+        const float gi = f32(g[i]);
+        o[i] = static_cast<T>(rnd<T>(gi / (1.0f + fast_exp(-gi))) * f32(u[i]));
+      }
+    }
+  });
+}
+
+at::Tensor silu_and_mul(const at::Tensor& gu_in) {
+  TORCH_CHECK(gu_in.size(-1) % 2 == 0, "silu_and_mul: last dim must be even");
+  const at::Tensor gu = gu_in.contiguous();
+  auto sizes = gu.sizes().vec();
+  sizes.back() /= 2;
+  at::Tensor out = at::empty(sizes, gu.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gu.scalar_type(), "silu_and_mul",
+                                  [&] { silu_and_mul_impl<scalar_t>(gu, out); });
+  return out;
+}
+
+// Store each new token's row at its flat cache slot (a row may be a strided view: a q/k/v split)
+void write_kv(at::Tensor& cache, const at::Tensor& values, const at::Tensor& slots_in) {
+  TORCH_CHECK(cache.is_contiguous(), "write_kv: cache must be contiguous");
+  TORCH_CHECK(values.scalar_type() == cache.scalar_type(), "write_kv: values and cache dtypes differ");
+  const int64_t row = cache.numel() / (cache.size(0) * cache.size(1)), capacity = cache.size(0) * cache.size(1);
+  TORCH_CHECK(values.numel() == values.size(0) * row, "write_kv: values rows do not match the cache row");
+  const at::Tensor v = values.reshape({values.size(0), row});
+  TORCH_CHECK(v.stride(1) == 1, "write_kv: values rows must be contiguous");
+  const at::Tensor slots = slots_in.to(at::kLong).contiguous();
+  const int64_t* sp = slots.data_ptr<int64_t>();
+  const int64_t bytes = row * cache.element_size();
+  char* dst = static_cast<char*>(cache.data_ptr());
+  const char* src = static_cast<const char*>(v.data_ptr());
+  for (int64_t t = 0; t < v.size(0); ++t) {
+    TORCH_CHECK(sp[t] >= 0 && sp[t] < capacity, "write_kv: slot ", sp[t], " outside the cache");
+    std::memcpy(dst + sp[t] * bytes, src + t * v.stride(0) * cache.element_size(), bytes);
+  }
+}
+
+// Decode attention read straight from the paged cache: no gathered copy of K/V, no padding, no mask tensor.
+// One work item is one sequence's K/V group: its h/g query heads share every K and V row they read.
+template <typename T>
+void decode_attention_impl(const at::Tensor& q, const at::Tensor& kc, const T* vbase, int64_t dv,
+                           const int64_t* vstr, const at::Tensor& tables, const at::Tensor& lens, double scale,
+                           int64_t window, at::Tensor& out) {
+  const int64_t seqs = q.size(0), heads = q.size(1), dk = q.size(2);
+  const int64_t groups = kc.size(2), per_group = heads / groups, bs = kc.size(1);
+  const int64_t ks0 = kc.stride(0), ks1 = kc.stride(1), ks2 = kc.stride(2);
+  const T* qp = q.data_ptr<T>();
+  const T* kp = kc.data_ptr<T>();
+  const int64_t* tp = tables.data_ptr<int64_t>();
+  const int64_t* lp = lens.data_ptr<int64_t>();
+  const int64_t tstride = tables.size(1);
+  int64_t longest = 0;
+  for (int64_t s = 0; s < seqs; ++s) longest = std::max(longest, lp[s]);
+  T* op = out.data_ptr<T>();
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, seqs * groups, grain(longest * per_group * (dk + dv)), [&](int64_t begin, int64_t end) {
+    const int64_t chunks = (dk + kLanes - 1) / kLanes, vchunks = (dv + kLanes - 1) / kLanes;
+    std::vector<vfloat> qv(per_group * chunks), dots(per_group), acc(per_group * vchunks);
+    std::vector<float> scores;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t s = item / groups, g = item % groups, ctx = lp[s];
+      const int64_t first = window > 0 ? std::max<int64_t>(0, ctx - window) : 0, n = ctx - first;
+      for (int64_t j = 0; j < per_group; ++j)
+        for (int64_t c = 0; c < chunks; ++c) qv[j * chunks + c] = loadn(qp + (s * heads + g * per_group + j) * dk + c * kLanes, dk - c * kLanes);
+      scores.assign(per_group * n, 0.0f);
+      for (int64_t p = first; p < ctx; ++p) {  // every head of the group against one key row, read once
+        const T* row = kp + tp[s * tstride + p / bs] * ks0 + (p % bs) * ks1 + g * ks2;
+        for (int64_t j = 0; j < per_group; ++j) dots[j] = vfloat{};
+        for (int64_t c = 0; c < chunks; ++c) {
+          const vfloat kv = loadn(row + c * kLanes, dk - c * kLanes);
+          for (int64_t j = 0; j < per_group; ++j) dots[j] += qv[j * chunks + c] * kv;
+        }
+        for (int64_t j = 0; j < per_group; ++j) scores[j * n + p - first] = sc * hsum(dots[j]);
+      }
+      for (int64_t j = 0; j < per_group; ++j) {  // softmax per head, in float32
+        float* row = scores.data() + j * n;
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t i = 0; i < n; ++i) mx = std::max(mx, row[i]);
+        float sum = 0;
+        for (int64_t i = 0; i < n; ++i) row[i] = fast_exp(row[i] - mx);
+        for (int64_t i = 0; i < n; ++i) sum += row[i];
+        const float inv = 1.0f / sum;
+        for (int64_t i = 0; i < n; ++i) row[i] *= inv;
+      }
+      std::fill(acc.begin(), acc.end(), vfloat{});
+      for (int64_t p = first; p < ctx; ++p) {
+        const T* row = vbase + tp[s * tstride + p / bs] * vstr[0] + (p % bs) * vstr[1] + g * vstr[2];
+        for (int64_t c = 0; c < vchunks; ++c) {
+          const vfloat vv = loadn(row + c * kLanes, dv - c * kLanes);
+          for (int64_t j = 0; j < per_group; ++j) acc[j * vchunks + c] += scores[j * n + p - first] * vv;
+        }
+      }
+      for (int64_t j = 0; j < per_group; ++j) {
+        T* o = op + (s * heads + g * per_group + j) * dv;
+        for (int64_t i = 0; i < dv; ++i) o[i] = static_cast<T>(acc[j * vchunks + i / kLanes][i % kLanes]);
+      }
+    }
+  });
+}
+
+at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k_cache, const c10::optional<at::Tensor>& v_cache,
+                            int64_t v_dim, const at::Tensor& block_tables, const at::Tensor& context_lens,
+                            double scale, int64_t window) {
+  TORCH_CHECK(q_in.dim() == 3 && k_cache.dim() == 4, "decode_attention: q [S, h, d], k_cache [blocks, bs, g, d]");
+  TORCH_CHECK(q_in.size(1) % k_cache.size(2) == 0, "decode_attention: heads must be a multiple of K/V groups");
+  TORCH_CHECK(k_cache.stride(3) == 1, "decode_attention: cache rows must be contiguous");
+  TORCH_CHECK(q_in.scalar_type() == k_cache.scalar_type(), "decode_attention: q and cache dtypes differ");
+  const at::Tensor q = q_in.contiguous();
+  const at::Tensor tables = block_tables.to(at::kLong).contiguous(), lens = context_lens.to(at::kLong).contiguous();
+  TORCH_CHECK(tables.size(0) == q.size(0) && lens.size(0) == q.size(0), "decode_attention: one query per sequence");
+  const bool separate = v_cache.has_value();
+  const at::Tensor& vc = separate ? *v_cache : k_cache;
+  TORCH_CHECK(vc.stride(3) == 1, "decode_attention: cache rows must be contiguous");
+  const int64_t dv = separate ? vc.size(3) : v_dim;
+  TORCH_CHECK(dv > 0 && dv <= vc.size(3), "decode_attention: bad value width ", dv);
+  const int64_t vstr[3] = {vc.stride(0), vc.stride(1), vc.stride(2)};
+  at::Tensor out = at::empty({q.size(0), q.size(1), dv}, q.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "decode_attention", [&] {
+    decode_attention_impl<scalar_t>(q, k_cache, vc.data_ptr<scalar_t>(), dv, vstr, tables, lens, scale, window,
+                                    out);
+  });
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("rms_norm", &rms_norm, "RMSNorm with the reference's roundings");
+  m.def("rotary", &rotary, "half-split rotary embedding with the reference's roundings");
+  m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up");
+  m.def("write_kv", &write_kv, "store rows at flat cache slots, in place");
+  m.def("decode_attention", &decode_attention, "decode attention over the paged KV cache");
+}

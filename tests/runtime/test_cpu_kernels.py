@@ -1,0 +1,111 @@
+"""The cpu backend's fused C++ kernels against the eager PyTorch ops they replace: the same roundings (equal
+results for norm, rotary, SiLU-and-mul and cache writes), decode attention read from the paged cache against
+the gathered-and-masked SDPA path, and a visible count when the kernels are off."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from modelchip.runtime.backends import cpu_kernels  # noqa: E402
+from modelchip.runtime.backends.cpu import CPUBackend  # noqa: E402
+from modelchip.runtime.backends.reference import ReferenceBackend  # noqa: E402
+from modelchip.runtime.contract import AttentionMetadata  # noqa: E402
+
+KERNELS, WHY = cpu_kernels.load()
+needs_kernels = pytest.mark.skipif(KERNELS is None, reason=f"cpu kernels not built here: {WHY}")
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _eager() -> CPUBackend:
+    backend = CPUBackend()
+    backend.kernels, backend.kernels_missing = None, "kernels off for this test"
+    return backend
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 5, 33])
+def test_norm_rotary_silu_match_eager_roundings(dtype, rows):
+    g = torch.Generator().manual_seed(rows)
+    fused, eager = CPUBackend(), _eager()
+    x = (torch.randn(rows, 96, generator=g) * 3).to(dtype)
+    w = torch.randn(96, generator=g).to(dtype)
+
+    def same(got, want):
+        if dtype == torch.float32:  # no rounding to hide summation order and fused multiply-adds in float32
+            return torch.allclose(got, want, rtol=2e-6, atol=1e-6)
+        return torch.equal(got, want)
+
+    assert same(fused.rms_norm(x, w, 1e-6), eager.rms_norm(x, w, 1e-6))
+    qkv = torch.randn(rows, 7 * 32, generator=g).to(dtype)
+    q = qkv[:, :4 * 32].view(rows, 4, 32)  # a strided view, as the model's q/k/v split hands it over
+    cos, sin = torch.randn(rows, 16, generator=g), torch.randn(rows, 16, generator=g)
+    assert same(fused.rotary_embedding(q, cos, sin), eager.rotary_embedding(q, cos, sin))
+    gate_up = (torch.randn(rows, 2 * 80, generator=g) * 4).to(dtype)
+    got, want = fused.silu_and_mul(gate_up).float(), eager.silu_and_mul(gate_up).float()
+    # the kernel's exp is a polynomial (relative error < 2e-7): at most one rounding step apart
+    assert torch.allclose(got, want, rtol=2e-6 if dtype == torch.float32 else 1e-2, atol=1e-6)
+    assert fused.fallbacks == {} and eager.fallbacks["kernels off for this test"] == 3
+
+
+@needs_kernels
+def test_write_kv_stores_rows_at_slots_and_refuses_a_slot_outside():
+    fused = CPUBackend()
+    cache, want = torch.zeros(4, 8, 2, 16), torch.zeros(4, 8, 2, 16)
+    values = torch.randn(3, 2 * 16).view(3, 2, 16)
+    slots = torch.tensor([31, 0, 9])
+    fused.write_kv(cache, values, slots)
+    ReferenceBackend().write_kv(want, values, slots)
+    assert torch.equal(cache, want)
+    with pytest.raises(RuntimeError, match="slot 32 outside the cache"):
+        fused.write_kv(cache, values, torch.tensor([1, 2, 32]))
+
+
+def _paged(seqs_ctx, block_size, groups, dk, dv, dtype, separate_v, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    blocks_per = [-(-c // block_size) for c in seqs_ctx]
+    total = sum(blocks_per) + 3
+    order = torch.randperm(total, generator=g).tolist()  # blocks scattered over the cache, as a pool leaves them
+    width = max(blocks_per)
+    tables, at = [], 0
+    for n in blocks_per:
+        tables.append(order[at:at + n] + [-1] * (width - n))
+        at += n
+    k = torch.randn(total, block_size, groups, dk, generator=g).to(dtype)
+    v = torch.randn(total, block_size, groups, dv, generator=g).to(dtype) if separate_v else None
+    meta = AttentionMetadata(torch.arange(len(seqs_ctx) + 1), torch.tensor(seqs_ctx), torch.tensor(tables),
+                             torch.zeros(len(seqs_ctx), dtype=torch.long), block_size)
+    return k, v, meta
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("heads", "groups", "dk", "dv", "separate_v", "window", "ctx"), [
+    (9, 3, 64, 64, True, 0, [1, 17, 96]),          # SmolLM2's GQA
+    (4, 4, 12, 12, True, 0, [5, 3]),               # MHA, widths not a multiple of 16
+    (8, 2, 32, 24, True, 6, [40, 7, 1]),           # sliding window, d_v != d_k
+    (4, 1, 40, 32, False, 0, [30, 2]),             # MLA-style: values are the keys' first channels
+])
+def test_decode_attention_from_paged_cache_matches_gathered_sdpa(dtype, heads, groups, dk, dv, separate_v, window,
+                                                                 ctx):
+    k, v, meta = _paged(ctx, 4, groups, dk, dv, dtype, separate_v)
+    q = torch.randn(len(ctx), heads, dk, generator=torch.Generator().manual_seed(1)).to(dtype)
+    v_dim = None if separate_v else dv
+    got = CPUBackend().paged_attention(q, k, v, meta, 0.3, v_dim=v_dim, window=window).float()
+    want = _eager().paged_attention(q, k, v, meta, 0.3, v_dim=v_dim, window=window).float()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert got.shape == (len(ctx), heads, dv)
+    assert torch.allclose(got, want, rtol=tol, atol=tol), (got - want).abs().max()
+
+
+def test_kernels_can_be_turned_off_and_say_so(monkeypatch):
+    monkeypatch.setenv("MODELCHIP_CPU_KERNELS", "0")
+    module, why = cpu_kernels._build()
+    assert module is None and "MODELCHIP_CPU_KERNELS=0" in why
+
+
+def test_build_dir_is_per_torch_and_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("MODELCHIP_CACHE", str(tmp_path))
+    first = cpu_kernels.build_dir()
+    monkeypatch.setattr(cpu_kernels, "_cpu_flags", lambda: "flags : other")
+    assert first.parent == tmp_path / "cpu_kernels" and cpu_kernels.build_dir() != first
