@@ -2,17 +2,15 @@
 
 A matmul over weights kept [out, in] (nn.Linear's layout) streams them well under memory bandwidth on x86;
 oneDNN's prepacked weights run SmolLM2's matmuls 1.4-1.6x faster in bfloat16 at every row count, and in
-float32 from 4 rows up, while one or two float32 rows are faster unpacked (BENCHMARKS.md). So bfloat16
-weights are kept packed only, and float32 weights keep both forms: the price is one more copy of the float32
-linear weights. `paged_attention` gathers each step's cache blocks once and runs PyTorch's fused
-scaled-dot-product attention (flash kernel on CPU, float32 accumulation) instead of the reference's explicit
-matmul-mask-softmax-matmul.
+float32 3.3x faster at one row on a Zen 4 EPYC (BENCHMARKS.md; an earlier Xeon ran one or two float32 rows
+faster unpacked, at the price of a second copy of the weights). Weights are kept packed only.
 
-At decode sizes the step is per-op dispatch as much as matmuls, so RMSNorm, rotary, SiLU-and-mul, cache
-writes and decode
-attention run as fused C++ kernels (cpu_kernels.cpp, built once per machine) that keep the reference's
-roundings; decode attention reads the paged cache in place. Where they cannot be built the same ops run in
-eager PyTorch, and `fallbacks` says why. Every other op is the reference's.
+At decode sizes a step is per-op dispatch as much as matmuls, so RMSNorm, rotary, SiLU-and-mul, cache writes
+and decode attention run as fused C++ kernels (cpu_kernels.cpp, built once per machine) that keep the
+reference's roundings; decode attention reads the paged cache in place, with no gathered copy or mask. Where
+the kernels cannot be built these ops run in eager PyTorch (decode attention through the fused
+scaled-dot-product attention over blocks gathered once per step), and `fallbacks` says why. Prefill
+attention runs through scaled-dot-product attention per sequence; every other op is the reference's.
 """
 
 from __future__ import annotations
@@ -29,15 +27,13 @@ from modelchip.runtime.backends.reference import ReferenceBackend, decode_blocks
 from modelchip.runtime.contract import AttentionMetadata
 
 _LINEAR = torch.ops.mkldnn._linear_pointwise.default  # resolved once: the overload lookup costs per call
-FP32_UNPACKED_ROWS = 2  # float32 matmuls of this many rows or fewer read the plain weight (measured)
 
 
 @dataclass(frozen=True)
 class PackedLinear:
-    """What `prepare_linear` returns: the oneDNN-packed weight, and the plain one where it is still faster."""
+    """What `prepare_linear` returns: the oneDNN-packed weight (the model drops its plain tensor)."""
 
     packed: torch.Tensor  # opaque oneDNN tensor; its dtype and shape [out, in] are the weight's
-    plain: torch.Tensor | None
 
 
 class CPUBackend(ReferenceBackend):
@@ -62,15 +58,11 @@ class CPUBackend(ReferenceBackend):
         if weight.dim() != 2 or weight.dtype not in self.pack_dtypes:
             self.fallbacks[f"linear weight left unpacked ({weight.dtype}, {weight.dim()}-D)"] += 1
             return weight
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
-        plain = weight if weight.dtype == torch.float32 else None
-        return PackedLinear(packed, plain)
+        return PackedLinear(torch.ops.mkldnn._reorder_linear_weight(weight.contiguous()))
 
     def linear(self, x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(weight, PackedLinear):
             return F.linear(x, weight, bias)
-        if weight.plain is not None and x.numel() <= FP32_UNPACKED_ROWS * x.shape[-1]:
-            return F.linear(x, weight.plain, bias)
         if x.dtype != weight.packed.dtype:
             raise ModelchipError(f"cpu backend: linear input is {x.dtype} but its weight was packed as "
                                  f"{weight.packed.dtype}")
