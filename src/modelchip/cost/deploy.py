@@ -130,11 +130,16 @@ def _activated(experts: int, top_k: int, tokens: float) -> float:
     return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
 
 
+def _scale_up_domain(d: Deployment) -> int:
+    """Chips per scale-up domain: the system's, else an 8-GPU node's."""
+    return d.system.scale_up_domain if d.system else 8
+
+
 def _links(d: Deployment, group: int) -> tuple[float, float, int]:
     """(scale-up B/s, scale-out B/s, chips per scale-up domain) for a group of `group` chips."""
     eff = d.efficiency
     chip = d.chip
-    domain = d.system.scale_up_domain if d.system else 8
+    domain = _scale_up_domain(d)
     up = (d.system.scale_up_bandwidth if d.system else None) or chip.scale_up.effective
     out = (d.system.scale_out_bandwidth if d.system else None) or chip.scale_out.effective
     up_measured = bool((d.system and d.system.scale_up.usable_bandwidth) or chip.scale_up.usable_bandwidth)
@@ -184,8 +189,7 @@ def _throughput_all_to_all(d: Deployment, group: int, tokens: float, top_k: int,
 def _collective_latency(d: Deployment, group: int) -> float:
     """Fixed seconds of one collective among `group` chips inside a scale-up domain, where the catalog has a
     measured small-message time. A group spanning domains goes over the NICs, for which it holds none (0)."""
-    domain = d.system.scale_up_domain if d.system else 8
-    if group <= 1 or group > domain:
+    if group <= 1 or group > _scale_up_domain(d):
         return 0.0
     fig = d.system.scale_up_latency if d.system else d.chip.scale_up.collective_latency
     return fig.value if fig else 0.0
@@ -293,7 +297,7 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         # per layer an attention chip sends its tokens out (8-bit) and gets them back (16-bit); an FFN chip
         # handles A/F attention chips' worth of that traffic
         up, out, _ = _links(d, d.chips)
-        link = up if d.chips <= (d.system.scale_up_domain if d.system else 8) else out
+        link = up if d.chips <= _scale_up_domain(d) else out
         if not link:
             raise ModelchipError(f"{chip.id} has no network bandwidth in the catalog; cannot cost AFD traffic")
         per_chip = tokens * H * (1 + ACT_BYTES) * max(1.0, d.attn_chips / d.ffn_chips)

@@ -35,6 +35,12 @@ class Link:
     usable_bandwidth: Figure | None = None  # measured, where published
     collective_latency: Figure | None = None  # fixed seconds per collective (small-message time), where published
 
+    def figures(self, prefix: str) -> dict[str, Figure]:
+        """This link's figures that the catalog gives, named `prefix.field`."""
+        named = {"bandwidth": self.bandwidth, "usable_bandwidth": self.usable_bandwidth,
+                 "collective_latency": self.collective_latency}
+        return {f"{prefix}.{k}": v for k, v in named.items() if v is not None}
+
     @property
     def effective(self) -> float | None:
         fig = self.usable_bandwidth or self.bandwidth
@@ -82,21 +88,11 @@ class Chip:
     def figures(self) -> dict[str, Figure]:
         """Every figure by a readable name, for listings and for flagging UNVERIFIED ones."""
         out = {f"flops.{k}": v for k, v in self.flops.items()}
-        named = {
-            "memory.capacity": self.memory_capacity,
-            "memory.bandwidth": self.memory_bandwidth,
-            "scale_up.bandwidth": self.scale_up.bandwidth,
-            "scale_up.usable_bandwidth": self.scale_up.usable_bandwidth,
-            "scale_out.bandwidth": self.scale_out.bandwidth,
-            "scale_out.usable_bandwidth": self.scale_out.usable_bandwidth,
-            "scale_up.collective_latency": self.scale_up.collective_latency,
-            "scale_out.collective_latency": self.scale_out.collective_latency,
-            "power.tdp": self.tdp,
-            "price.usd_per_hour": self.price,
-            "overhead.kernel_launch": self.kernel_launch,
-        }
-        out.update({k: v for k, v in named.items() if v is not None})
-        return out
+        memory = {"memory.capacity": self.memory_capacity, "memory.bandwidth": self.memory_bandwidth}
+        rest = {"power.tdp": self.tdp, "price.usd_per_hour": self.price, "overhead.kernel_launch": self.kernel_launch}
+        out.update({k: v for k, v in memory.items() if v is not None})
+        out |= self.scale_up.figures("scale_up") | self.scale_out.figures("scale_out")
+        return out | {k: v for k, v in rest.items() if v is not None}
 
     def with_price(self, usd_per_hour: float) -> Chip:
         if usd_per_hour <= 0:
@@ -132,18 +128,10 @@ class System:
 
     def figures(self) -> dict[str, Figure]:
         """The system's own figures (its chip's are listed with the chip)."""
-        named = {
-            "scale_up.bandwidth": self.scale_up.bandwidth,
-            "scale_up.usable_bandwidth": self.scale_up.usable_bandwidth,
-            "scale_up.collective_latency": self.scale_up.collective_latency,
-            "scale_out.bandwidth": self.scale_out.bandwidth,
-            "scale_out.usable_bandwidth": self.scale_out.usable_bandwidth,
-            "scale_out.collective_latency": self.scale_out.collective_latency,
-            "power.total": self.power,
-        }
-        out = {k: v for k, v in named.items() if v is not None}
-        out.update({f"totals.{k}": v for k, v in self.totals.items()})
-        return out
+        out = self.scale_up.figures("scale_up") | self.scale_out.figures("scale_out")
+        if self.power is not None:
+            out["power.total"] = self.power
+        return out | {f"totals.{k}": v for k, v in self.totals.items()}
 
 
 def _figure(raw, where: str) -> Figure | None:

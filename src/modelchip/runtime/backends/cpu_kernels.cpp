@@ -16,7 +16,7 @@
 
 namespace {
 
-constexpr int kLanes = 16;  // independent accumulators: lets the compiler keep a float reduction in SIMD registers
+constexpr int kLanes = 16;  // floats per vfloat below
 
 template <typename T>
 inline float f32(T v) { return static_cast<float>(v); }
@@ -25,27 +25,12 @@ inline float f32(T v) { return static_cast<float>(v); }
 template <typename T>
 inline float rnd(float v) { return static_cast<float>(static_cast<T>(v)); }
 
-inline float dot(const float* a, const float* b, int64_t n) {
-  float acc[kLanes] = {0};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += a[i + l] * b[i + l];
-  float s = 0;
-  for (int l = 0; l < kLanes; ++l) s += acc[l];
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-template <typename T>
-inline void to_float(const T* src, float* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = f32(src[i]);
-}
-
 // 16 floats in one register (GCC/Clang vector extension: AVX-512 on x86 where built for it, two or four
-// narrower registers elsewhere), so attention's dot products and sums stay in SIMD without intrinsics
+// narrower registers elsewhere), so dot products and sums stay in SIMD without intrinsics
 typedef float vfloat __attribute__((vector_size(64)));
 typedef uint16_t vhalf __attribute__((vector_size(32)));
 typedef uint32_t vuint __attribute__((vector_size(64)));
+typedef int32_t vint __attribute__((vector_size(64)));
 
 template <typename T>
 inline vfloat load16(const T* p) {
@@ -78,8 +63,6 @@ inline vfloat loadn(const T* p, int64_t n) {  // a row's last, partial chunk rea
   for (int64_t l = 0; l < n; ++l) v[l] = f32(p[l]);
   return v;
 }
-
-typedef int32_t vint __attribute__((vector_size(64)));
 
 inline float hsum(vfloat v) {  // four shuffle-and-add steps in registers, not sixteen dependent scalar adds
 #if defined(__clang__)
@@ -129,13 +112,16 @@ void rms_norm_impl(const at::Tensor& x, const at::Tensor& w, double eps, at::Ten
   const T* wp = w.data_ptr<T>();
   T* op = out.data_ptr<T>();
   at::parallel_for(0, rows, grain(d), [&](int64_t begin, int64_t end) {
-    std::vector<float> xf(d);
     for (int64_t r = begin; r < end; ++r) {
-      to_float(xp + r * d, xf.data(), d);
-      const float ms = dot(xf.data(), xf.data(), d) / static_cast<float>(d);
-      const float inv = 1.0f / std::sqrt(ms + static_cast<float>(eps));
+      const T* x = xp + r * d;
+      vfloat squares = {};
+      for (int64_t c = 0; c < d; c += kLanes) {
+        const vfloat v = loadn(x + c, d - c);
+        squares += v * v;
+      }
+      const float inv = 1.0f / std::sqrt(hsum(squares) / static_cast<float>(d) + static_cast<float>(eps));
       // Llama's order: normalise in float32, round to the activation dtype, then multiply by the weight
-      for (int64_t i = 0; i < d; ++i) op[r * d + i] = static_cast<T>(f32(wp[i]) * rnd<T>(xf[i] * inv));
+      for (int64_t i = 0; i < d; ++i) op[r * d + i] = static_cast<T>(f32(wp[i]) * rnd<T>(f32(x[i]) * inv));
     }
   });
 }

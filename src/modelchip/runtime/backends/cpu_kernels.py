@@ -48,18 +48,17 @@ def load() -> tuple[ModuleType | None, str]:
 def _build() -> tuple[ModuleType | None, str]:
     if os.environ.get("MODELCHIP_CPU_KERNELS", "1") == "0":
         return None, "fused kernels off (MODELCHIP_CPU_KERNELS=0)"
-    if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"):
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64", "aarch64", "arm64"):
         return None, f"fused kernels not built for {platform.machine()}"
     from torch.utils import cpp_extension
 
     directory = build_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    fresh = not any(directory.glob("*.so"))
-    if fresh:
+    if not any(directory.glob("*.so")):
         print("modelchip: compiling the cpu backend's kernels for this machine (once, under a minute)...",
               file=sys.stderr, flush=True)
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    flags = ["-O3", "-march=native" if x86 else "-mcpu=native"]
+    flags = ["-O3", "-march=native" if machine in ("x86_64", "amd64") else "-mcpu=native"]
     if sys.platform.startswith("linux"):  # torch's parallel_for splits work only when built with OpenMP
         flags.append("-fopenmp")
     try:
