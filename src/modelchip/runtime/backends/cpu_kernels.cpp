@@ -251,7 +251,8 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& kc, const T* v
       const int64_t s = item / groups, g = item % groups, ctx = lp[s];
       const int64_t first = window > 0 ? std::max<int64_t>(0, ctx - window) : 0, n = ctx - first;
       for (int64_t j = 0; j < per_group; ++j)
-        for (int64_t c = 0; c < chunks; ++c) qv[j * chunks + c] = loadn(qp + (s * heads + g * per_group + j) * dk + c * kLanes, dk - c * kLanes);
+        for (int64_t c = 0; c < chunks; ++c)
+          qv[j * chunks + c] = loadn(qp + (s * heads + g * per_group + j) * dk + c * kLanes, dk - c * kLanes);
       scores.assign(per_group * n, 0.0f);
       for (int64_t p = first; p < ctx; ++p) {  // every head of the group against one key row, read once
         const T* row = kp + tp[s * tstride + p / bs] * ks0 + (p % bs) * ks1 + g * ks2;
