@@ -237,6 +237,7 @@ def run_modelchip(args) -> dict:
         "backend": llm.ops.name,
         "vocab_size": llm.vocab_size,
         "fallbacks": llm.ops.fallback_report()["fallback_calls"],
+        "bf16_linear": getattr(llm.ops.backend, "bf16_linear", None),  # cpu backend: pair blocks or oneDNN
         "batch1_decode_tok_s": round(max(decode), 2),
         "batch1_decode_runs_tok_s": [round(d, 2) for d in decode],
         "concurrent_aggregate_tok_s": round(args.concurrency * args.output_tokens / wall, 2),

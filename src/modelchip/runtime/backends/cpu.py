@@ -1,16 +1,19 @@
-"""The CPU backend: the reference backend's ops, with linear weights packed once into oneDNN's blocked layout.
+"""The CPU backend: the reference backend's ops, with linear weights laid out once for a fast matmul.
 
-A matmul over weights kept [out, in] (nn.Linear's layout) streams them well under memory bandwidth on x86;
-oneDNN's prepacked weights run SmolLM2's matmuls 1.4-1.6x faster in bfloat16 at every row count, and in
-float32 3.3x faster at one row on a Zen 4 EPYC (BENCHMARKS.md; an earlier Xeon ran one or two float32 rows
-faster unpacked, at the price of a second copy of the weights). Weights are kept packed only.
+A matmul over weights kept [out, in] (nn.Linear's layout) streams them well under memory bandwidth on x86.
+float32 weights, and bfloat16 ones on CPUs without AVX512-BF16 or with AMX, are packed once into oneDNN's
+blocked layout (bfloat16 1.4-1.6x faster than plain at every row count, float32 3.3x at one row on a Zen 4
+EPYC; BENCHMARKS.md). On AVX512-BF16 CPUs without AMX, bfloat16 weights go to pair blocks for the fused
+kernels' own matmul (cpu_linear_bf16.cpp): at one row it reads weights near memory bandwidth without oneDNN's
+~10 us per call, and it matches oneDNN from there up to prefill sizes. Either way the weight is kept once.
 
 At decode sizes a step is per-op dispatch as much as matmuls, so RMSNorm, rotary, SiLU-and-mul, cache writes
 and decode attention run as fused C++ kernels (cpu_kernels.cpp, built once per machine) that keep the
 reference's roundings; decode attention reads the paged cache in place, with no gathered copy or mask. Where
 the kernels cannot be built these ops run in eager PyTorch (decode attention through the fused
-scaled-dot-product attention over blocks gathered once per step), and `fallbacks` says why. Prefill
-attention runs through scaled-dot-product attention per sequence; every other op is the reference's.
+scaled-dot-product attention over blocks gathered once per step; bfloat16 matmuls through oneDNN), and
+`fallbacks` says why. Prefill attention runs through scaled-dot-product attention per sequence; every other
+op is the reference's.
 """
 
 from __future__ import annotations
@@ -31,9 +34,13 @@ _LINEAR = torch.ops.mkldnn._linear_pointwise.default  # resolved once: the overl
 
 @dataclass(frozen=True)
 class PackedLinear:
-    """What `prepare_linear` returns: the oneDNN-packed weight (the model drops its plain tensor)."""
+    """What `prepare_linear` returns; the model drops its plain tensor. `layout` is "onednn" (an opaque oneDNN
+    tensor whose dtype and shape [out, in] are the weight's) or "bf16-pairs" (cpu_linear_bf16.cpp's blocks)."""
 
-    packed: torch.Tensor  # opaque oneDNN tensor; its dtype and shape [out, in] are the weight's
+    packed: torch.Tensor
+    layout: str
+    dtype: torch.dtype
+    out_features: int
 
 
 class CPUBackend(ReferenceBackend):
@@ -50,6 +57,8 @@ class CPUBackend(ReferenceBackend):
             self.pack_dtypes.add(torch.bfloat16)
         self.fallbacks: Counter[str] = Counter()  # weights left unpacked, eager ops, by reason (conformance shows it)
         self.kernels, self.kernels_missing = cpu_kernels.load()
+        # which matmul bfloat16 weights get: the kernels' own where the CPU has AVX512-BF16 and no AMX
+        self.bf16_linear = "bf16-pairs" if getattr(self.kernels, "has_linear_bf16", False) else "onednn"
         # per-step tables, rebuilt when a new step's tensors arrive (every layer of a step shares them)
         self._rope: tuple = (None, None, None)
         self._plan: tuple = (None, {}, None, 0)
@@ -58,18 +67,25 @@ class CPUBackend(ReferenceBackend):
         if weight.dim() != 2 or weight.dtype not in self.pack_dtypes:
             self.fallbacks[f"linear weight left unpacked ({weight.dtype}, {weight.dim()}-D)"] += 1
             return weight
-        return PackedLinear(torch.ops.mkldnn._reorder_linear_weight(weight.contiguous()))
+        out = weight.shape[0]
+        if weight.dtype == torch.bfloat16 and self.kernels is None:  # the pair-blocked matmul is not built
+            self.fallbacks[f"bfloat16 linear weight on oneDNN ({self.kernels_missing})"] += 1
+        if weight.dtype == torch.bfloat16 and self.bf16_linear == "bf16-pairs":
+            return PackedLinear(self.kernels.pack_linear_bf16(weight), "bf16-pairs", weight.dtype, out)
+        return PackedLinear(torch.ops.mkldnn._reorder_linear_weight(weight.contiguous()), "onednn", weight.dtype, out)
 
     def linear(self, x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(weight, PackedLinear):
             return F.linear(x, weight, bias)
-        if x.dtype != weight.packed.dtype:
+        if x.dtype != weight.dtype:
             raise ModelchipError(f"cpu backend: linear input is {x.dtype} but its weight was packed as "
-                                 f"{weight.packed.dtype}")
-        if x.dim() == 2:  # the model's case: skip the reshapes (a decode step makes ~120 of these calls)
-            return _LINEAR(x if x.is_contiguous() else x.contiguous(), weight.packed, bias, "none", [], "")
-        out = _LINEAR(x.reshape(-1, x.shape[-1]).contiguous(), weight.packed, bias, "none", [], "")
-        return out.view(*x.shape[:-1], weight.packed.shape[0])
+                                 f"{weight.dtype}")
+        rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # 2-D is the model's case: no reshapes
+        if weight.layout == "bf16-pairs":
+            out = self.kernels.linear_bf16(rows, weight.packed, weight.out_features, bias)
+        else:
+            out = _LINEAR(rows if rows.is_contiguous() else rows.contiguous(), weight.packed, bias, "none", [], "")
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.out_features)
 
     def _eager(self) -> bool:
         """True (and counted) when a fused kernel is unavailable and the op runs in eager PyTorch."""

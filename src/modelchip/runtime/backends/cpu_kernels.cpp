@@ -3,7 +3,8 @@
 // At decode a step of a small model is mostly per-op dispatch: SmolLM2's RMSNorm is nine eager ops of ~2 us on
 // 576 numbers. Each kernel here reproduces the reference backend's roundings (every intermediate the reference
 // keeps in the activation dtype is rounded to it here too), so results stay within the conformance tolerances
-// and greedy text does not drift. Float32 accumulation everywhere. Built once per machine by cpu_kernels.py.
+// and greedy text does not drift. Float32 accumulation everywhere. Built once per machine by cpu_kernels.py,
+// together with the bfloat16 matmul (cpu_linear_bf16.cpp), which registers into the same module.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -315,7 +316,10 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k_cache, c
 
 }  // namespace
 
+void register_linear_bf16(pybind11::module& m);  // cpu_linear_bf16.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  register_linear_bf16(m);
   m.def("rms_norm", &rms_norm, "RMSNorm with the reference's roundings");
   m.def("rotary", &rotary, "half-split rotary embedding with the reference's roundings");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up");

@@ -1,4 +1,4 @@
-"""Builds and loads the cpu backend's fused C++ kernels (cpu_kernels.cpp) once per machine.
+"""Builds and loads the cpu backend's fused C++ kernels (cpu_kernels.cpp, cpu_linear_bf16.cpp) once per machine.
 
 They are compiled on first use with torch's extension builder and the machine's C++ compiler, for this CPU's
 instruction set, into a cache keyed by torch version and CPU flags (a home directory shared between different
@@ -17,7 +17,7 @@ from types import ModuleType
 
 import torch
 
-SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("cpu_kernels.cpp", "cpu_linear_bf16.cpp")]
 _loaded: tuple[ModuleType | None, str] | None = None
 
 
@@ -62,8 +62,8 @@ def _build() -> tuple[ModuleType | None, str]:
     if sys.platform.startswith("linux"):  # torch's parallel_for splits work only when built with OpenMP
         flags.append("-fopenmp")
     try:
-        module = cpp_extension.load(name="modelchip_cpu_kernels", sources=[str(SOURCE)], extra_cflags=flags,
-                                    build_directory=str(directory), verbose=False)
+        module = cpp_extension.load(name="modelchip_cpu_kernels", sources=[str(path) for path in SOURCES],
+                                    extra_cflags=flags, build_directory=str(directory), verbose=False)
     except Exception as exc:  # no compiler, no headers, a failed build: run eager and say so
         reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
         print(f"modelchip: cpu backend kernels unavailable ({reason}); running its ops in eager PyTorch",

@@ -1,0 +1,176 @@
+// bfloat16 linear for CPUs with AVX512-BF16 (and no AMX, where oneDNN's tile kernels are the better choice).
+//
+// oneDNN's packed bfloat16 matmul spends ~10 us per call outside the arithmetic: at decode a small model's step
+// is ~120 calls on weights of 0.6-3.5 MB, so that is most of a millisecond, and its one-row matmuls stream
+// weights at ~35 GB/s where the machine reads at ~50. This kernel keeps the weight in pair blocks,
+//
+//   blocked[n / 16][k / 2][n % 16][k % 2]   (out features padded to 16, in features to 2, with zeros)
+//
+// so one 64-byte line holds two input features' weights for 16 outputs: one vdpbf16ps with the input pair
+// broadcast adds them into 16 float32 accumulators. No horizontal sums, every weight line is read once per
+// tile of rows, and the same micro-kernel (6 rows x 64 outputs in 24 registers) serves decode and prefill.
+// Accumulation is float32, rounded once to bfloat16 at the end (round-to-nearest-even), as oneDNN does.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512BF16__) && !defined(__AMX_BF16__)
+#define MODELCHIP_LINEAR_BF16 1
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int64_t kBlock = 16;  // output features per block: one float32 accumulator register
+
+#if MODELCHIP_LINEAR_BF16
+
+constexpr int kRowTile = 6;    // rows per micro-kernel: 6 x 4 accumulators + 4 weight registers of 32
+constexpr int kBlockTile = 4;  // output blocks per micro-kernel
+
+// rows [0, MT) of x (row stride ldx, in bf16 pairs k2) times output blocks [b0, b0 + R) of w -> y
+template <int MT, int R>
+void tile(const uint16_t* x, int64_t ldx, int64_t k2, const uint16_t* w, const float* bias, uint16_t* y,
+          int64_t ldy, int64_t n, int64_t b0) {
+  __m512 acc[MT][R];
+  for (int r = 0; r < R; ++r) {
+    const __m512 init = bias ? _mm512_loadu_ps(bias + (b0 + r) * kBlock) : _mm512_setzero_ps();
+    for (int i = 0; i < MT; ++i) acc[i][r] = init;
+  }
+  const uint16_t* wb = w + b0 * k2 * 2 * kBlock;
+  for (int64_t p = 0; p < k2; ++p) {
+    __m512bh wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = (__m512bh)_mm512_loadu_si512(wb + (r * k2 + p) * 2 * kBlock);
+    for (int i = 0; i < MT; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, x + i * ldx + 2 * p, sizeof pair);
+      const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);
+      for (int r = 0; r < R; ++r) acc[i][r] = _mm512_dpbf16_ps(acc[i][r], wv[r], xb);
+    }
+  }
+  for (int i = 0; i < MT; ++i) {
+    for (int r = 0; r < R; ++r) {
+      const int64_t col = (b0 + r) * kBlock;
+      const __m256i h = (__m256i)_mm512_cvtneps_pbh(acc[i][r]);
+      if (col + kBlock <= n) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i * ldy + col), h);
+      } else {  // the padded last block: keep only the real outputs
+        alignas(32) uint16_t last[kBlock];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(last), h);
+        std::memcpy(y + i * ldy + col, last, (n - col) * sizeof(uint16_t));
+      }
+    }
+  }
+}
+
+template <int R>
+void rows(const uint16_t* x, int64_t m, int64_t ldx, int64_t k2, const uint16_t* w, const float* bias,
+          uint16_t* y, int64_t n, int64_t b0) {
+  int64_t i = 0;
+  for (; i + kRowTile <= m; i += kRowTile) tile<kRowTile, R>(x + i * ldx, ldx, k2, w, bias, y + i * n, n, n, b0);
+  const uint16_t* xi = x + i * ldx;
+  uint16_t* yi = y + i * n;
+  switch (m - i) {
+    case 1: tile<1, R>(xi, ldx, k2, w, bias, yi, n, n, b0); break;
+    case 2: tile<2, R>(xi, ldx, k2, w, bias, yi, n, n, b0); break;
+    case 3: tile<3, R>(xi, ldx, k2, w, bias, yi, n, n, b0); break;
+    case 4: tile<4, R>(xi, ldx, k2, w, bias, yi, n, n, b0); break;
+    case 5: tile<5, R>(xi, ldx, k2, w, bias, yi, n, n, b0); break;
+    default: break;
+  }
+}
+
+// output blocks [b, e) for rows [0, m): in groups of kBlockTile, the last group narrower
+void blocks(const uint16_t* x, int64_t m, int64_t ldx, int64_t k2, const uint16_t* w, const float* bias,
+            uint16_t* y, int64_t n, int64_t b, int64_t e) {
+  for (; b + kBlockTile <= e; b += kBlockTile) rows<kBlockTile>(x, m, ldx, k2, w, bias, y, n, b);
+  switch (e - b) {
+    case 1: rows<1>(x, m, ldx, k2, w, bias, y, n, b); break;
+    case 2: rows<2>(x, m, ldx, k2, w, bias, y, n, b); break;
+    case 3: rows<3>(x, m, ldx, k2, w, bias, y, n, b); break;
+    default: break;
+  }
+}
+
+#endif  // MODELCHIP_LINEAR_BF16
+
+at::Tensor pack_linear_bf16(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16,
+              "pack_linear_bf16: weight must be a 2-D bfloat16 tensor [out, in]");
+  const int64_t n = weight.size(0), k = weight.size(1);
+  const int64_t blocks_n = (n + kBlock - 1) / kBlock, k2 = (k + 1) / 2;
+  at::Tensor padded = at::zeros({blocks_n * kBlock, k2 * 2}, weight.options());
+  padded.narrow(0, 0, n).narrow(1, 0, k).copy_(weight);
+  return padded.view({blocks_n, kBlock, k2, 2}).transpose(1, 2).contiguous();
+}
+
+at::Tensor linear_bf16(const at::Tensor& x_in, const at::Tensor& blocked, int64_t n,
+                       const c10::optional<at::Tensor>& bias_in) {
+#if MODELCHIP_LINEAR_BF16
+  TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kBFloat16, "linear_bf16: x must be [rows, in] bfloat16");
+  TORCH_CHECK(blocked.dim() == 4 && blocked.size(2) == kBlock && blocked.size(3) == 2 &&
+              blocked.scalar_type() == at::kBFloat16 && blocked.is_contiguous(),
+              "linear_bf16: weight must come from pack_linear_bf16");
+  const int64_t k2 = blocked.size(1), blocks_n = blocked.size(0), m = x_in.size(0);
+  TORCH_CHECK(n > (blocks_n - 1) * kBlock && n <= blocks_n * kBlock, "linear_bf16: ", n,
+              " outputs do not match the blocked weight");
+  TORCH_CHECK(x_in.size(1) == 2 * k2 || x_in.size(1) == 2 * k2 - 1, "linear_bf16: x has ", x_in.size(1),
+              " input features, the weight ", 2 * k2);
+  at::Tensor x = x_in.contiguous();
+  if (x.size(1) != 2 * k2) x = at::constant_pad_nd(x, {0, 1});  // an odd width: the padded weight column is 0
+  at::Tensor bias;
+  if (bias_in.has_value() && bias_in->defined()) {
+    TORCH_CHECK(bias_in->numel() == n, "linear_bf16: bias has ", bias_in->numel(), " elements for ", n, " outputs");
+    bias = at::zeros({blocks_n * kBlock}, x.options().dtype(at::kFloat));
+    bias.narrow(0, 0, n).copy_(*bias_in);
+  }
+  at::Tensor out = at::empty({m, n}, x.options());
+  if (m == 0) return out;
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
+  const auto* wp = reinterpret_cast<const uint16_t*>(blocked.data_ptr());
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  auto* yp = reinterpret_cast<uint16_t*>(out.data_ptr());
+
+  // Work items are (row chunk, output block). Rows stay one chunk (each weight line read once per 6 rows)
+  // unless there are too few output blocks to keep every thread busy.
+  const int64_t threads = at::get_num_threads();
+  int64_t chunk = m;
+  if (blocks_n < 4 * threads && m > kRowTile) {
+    const int64_t splits = std::min((4 * threads + blocks_n - 1) / blocks_n, (m + kRowTile - 1) / kRowTile);
+    chunk = ((m + splits - 1) / splits + kRowTile - 1) / kRowTile * kRowTile;
+  }
+  const int64_t chunks = (m + chunk - 1) / chunk;
+  const int64_t per_item = std::min(chunk, m) * k2 * 2 * kBlock;  // multiply-adds
+  const int64_t grain = std::max<int64_t>(1, (1 << 15) / per_item);  // tiny matmuls stay on the calling thread
+  at::parallel_for(0, chunks * blocks_n, grain, [&](int64_t begin, int64_t end) {
+    while (begin < end) {
+      const int64_t c = begin / blocks_n, b = begin % blocks_n;
+      const int64_t e = std::min(blocks_n, b + (end - begin));
+      const int64_t r0 = c * chunk, rows_here = std::min(chunk, m - r0);
+      blocks(xp + r0 * 2 * k2, rows_here, 2 * k2, k2, wp, bp, yp + r0 * n, n, b, e);
+      begin += e - b;
+    }
+  });
+  return out;
+#else
+  TORCH_CHECK(false, "linear_bf16: this build has no AVX512-BF16 matmul (see has_linear_bf16)");
+  return x_in;
+#endif
+}
+
+}  // namespace
+
+void register_linear_bf16(pybind11::module& m) {
+#if MODELCHIP_LINEAR_BF16
+  m.attr("has_linear_bf16") = true;
+#else
+  m.attr("has_linear_bf16") = false;
+#endif
+  m.def("pack_linear_bf16", &pack_linear_bf16, "lay a bfloat16 [out, in] weight out in pair blocks");
+  m.def("linear_bf16", &linear_bf16, "x @ weight.T (+ bias) over a pair-blocked bfloat16 weight",
+        pybind11::arg("x"), pybind11::arg("blocked"), pybind11::arg("n"), pybind11::arg("bias") = pybind11::none());
+}
