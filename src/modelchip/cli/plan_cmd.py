@@ -44,6 +44,10 @@ def run(args) -> int:
     start = time.perf_counter()
     if args.profile:  # the search runs on the profiled chip alone
         args.chip_ids = args.chip_ids[:1]
+    cached, args.cached_prefix = args.cached_prefix, 0  # the search is over decode; the prefix applies to TTFT
+    if cached and not 0 < cached < args.prompt_len:
+        raise ModelchipError(f"--cached-prefix {cached} needs a longer --prompt-len (got {args.prompt_len}): at "
+                             "least one prompt token is computed")
     results = []
     for kv in args.kv_dtypes:
         args.kv_dtype = kv
@@ -59,7 +63,7 @@ def run(args) -> int:
         if cost is None:
             raise ModelchipError("nothing to search: give at least one chip, count and strategy")
         results.append(planner.plan(cost, base, args.tpot_slo_ms, args.ttft_slo_ms, prompt_len=args.prompt_len,
-                                    objective=args.objective))
+                                    cached_prefix=cached, objective=args.objective))
     result = planner.merge(results, args.objective)
     seconds = time.perf_counter() - start
     out = {

@@ -23,6 +23,9 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=int, default=4096, help="KV length per sequence for decode (default 4096)")
     p.add_argument("--phase", default="decode", choices=["decode", "prefill"])
     p.add_argument("--prompt-len", type=int, default=0, help="prompt tokens per sequence (prefill)")
+    p.add_argument("--cached-prefix", type=int, default=0, metavar="TOKENS",
+                   help="prefill: leading prompt tokens per sequence already in a prefix cache; attention reads "
+                        "their KV, nothing computes them, and prefill throughput counts computed tokens only")
     p.add_argument("--weight-dtype", default="fp8", help="fp8 (default), int8, bf16, fp4 ...")
     p.add_argument("--kv-dtype", default="bf16", help="bf16 (default), fp8, ...")
     p.add_argument("--mtp", type=int, default=0, help="multi-token-prediction draft tokens per step")
@@ -71,7 +74,8 @@ def build(args, chip_id: str, chips: int, strategy: str, batch: int, attn: int =
     if strategy == "afd" and attn + ffn != chips:
         raise ModelchipError(f"--attn-chips ({attn}) + --ffn-chips ({ffn}) must equal --chips ({chips})")
     d = Deployment(chip=chip, chips=chips, strategy=strategy, batch=batch or 1, context=args.context,
-                   phase=args.phase, prompt_len=args.prompt_len, attn_chips=attn, ffn_chips=ffn,
+                   phase=args.phase, prompt_len=args.prompt_len, cached_prefix=args.cached_prefix,
+                   attn_chips=attn, ffn_chips=ffn,
                    precision=precision, mtp=args.mtp, mtp_acceptance=args.mtp_acceptance,
                    redundant_experts=args.redundant_experts, overlap=args.overlap, microbatches=args.microbatches,
                    system=system_for(chip, args.system), graphs=getattr(args, "graphs", True),

@@ -50,6 +50,9 @@ class Deployment:
     context: int
     phase: str = "decode"
     prompt_len: int = 0
+    # prefill: leading tokens of each prompt whose KV a prefix cache already holds (vLLM's automatic prefix
+    # caching, SGLang's radix cache, DeepSeek's on-disk KV cache); they are read by attention, not computed
+    cached_prefix: int = 0
     attn_chips: int = 0
     ffn_chips: int = 0
     precision: Precision = field(default_factory=Precision)
@@ -92,6 +95,11 @@ class Deployment:
             raise ModelchipError("--mtp must be >= 0 and --mtp-acceptance in [0, 1]")
         if self.phase == "prefill" and self.prompt_len < 1:
             raise ModelchipError("prefill needs a positive --prompt-len")
+        if self.cached_prefix and self.phase != "prefill":
+            raise ModelchipError("--cached-prefix applies to prefill (--phase prefill)")
+        if not 0 <= self.cached_prefix < max(self.prompt_len, 1):
+            raise ModelchipError(f"--cached-prefix must be in [0, --prompt-len) = [0, {self.prompt_len}): at least "
+                                 f"one prompt token is computed; got {self.cached_prefix}")
 
     @property
     def expert_parallel(self) -> int:
@@ -128,6 +136,18 @@ def _roofline(flops: float, nbytes: float, peak: float, bw: float, eff_c: float,
 def _activated(experts: int, top_k: int, tokens: float) -> float:
     """Expected experts hit at least once when `tokens` tokens each pick top_k of `experts` (balanced)."""
     return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
+
+
+def _prefill_core(cost: ModelCost, prompt: int, cached: int) -> tuple[float, float]:
+    """(attention core FLOPs per computed token, cached-prefix KV bytes read per sequence) for a prefill of
+    the last `prompt - cached` tokens of a `prompt`-token prompt. Token i attends over positions 1..i, so the
+    computed tokens' FLOPs are the whole prompt's less the cached prefix's: P a(P) - c a(c), where a(n) is the
+    per-token average of an n-token prefill; the prefix's cache is read once per layer, as by one decode query."""
+    full, _ = cost.prefill_attention(prompt)
+    if not cached:
+        return full, 0.0
+    return (prompt * full - cached * cost.prefill_attention(cached)[0]) / (prompt - cached), \
+        cost.decode_attention(cached)[1]
 
 
 def _scale_up_domain(d: Deployment) -> int:
@@ -224,7 +244,7 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     wb = dtypes.nbytes(prec.weight)
     H, L, moe = cost.hidden, cost.layers, cost.moe
     decode = d.phase == "decode"
-    q = 1 + d.mtp if decode else d.prompt_len  # tokens per sequence entering this step
+    q = 1 + d.mtp if decode else d.prompt_len - d.cached_prefix  # tokens per sequence computed in this step
     b = d.batch
     tp = d.chips if d.strategy == "tp" else 1
     attn_chips = d.attn_chips if d.strategy == "afd" else d.chips
@@ -242,8 +262,9 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         core = _roofline(core_flops * tokens, kv_bytes * b * tp / kv_shard, attn_peak, bw,
                          eff.attention_compute, eff.attention_memory)
     else:
-        core_flops, _ = cost.prefill_attention(d.prompt_len)
-        core = _roofline(core_flops * tokens, 0.0, attn_peak, bw, eff.attention_compute, eff.memory)
+        core_flops, prefix_bytes = _prefill_core(cost, d.prompt_len, d.cached_prefix)
+        core = _roofline(core_flops * tokens, prefix_bytes * b * tp / kv_shard, attn_peak, bw,
+                         eff.attention_compute, eff.memory)
     proj = _roofline(2 * inst_tokens * cost.attn_params / tp, cost.attn_params * wb / tp, peak, bw,
                      eff.gemm, eff.weight_memory(inst_tokens))
     head_params = cost.lm_head_params or cost.embed_params
@@ -356,7 +377,7 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         tokens_per_s = sequences * d.tokens_per_step / step / d.chips
         tpot, ttft = step / d.tokens_per_step * 1e3, None
     else:
-        tokens_per_s = sequences * d.prompt_len / step / d.chips
+        tokens_per_s = sequences * q / step / d.chips  # computed tokens: cached prefixes are not counted
         tpot, ttft = None, step * 1e3
     price = chip.usd_per_hour
     usd = price / 3600 / tokens_per_s * 1e6 if price else None

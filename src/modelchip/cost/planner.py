@@ -61,8 +61,9 @@ def _configs(base: list[Deployment]) -> list[Deployment]:
 
 
 def plan(cost: ModelCost, base: list[Deployment], tpot_slo_ms: float | None, ttft_slo_ms: float | None = None,
-         prompt_len: int = 0, objective: str = "throughput") -> PlanResult:
-    """Evaluate every configuration at every batch size in BATCHES; see PlanResult."""
+         prompt_len: int = 0, objective: str = "throughput", cached_prefix: int = 0) -> PlanResult:
+    """Evaluate every configuration at every batch size in BATCHES; see PlanResult. TTFT is one `prompt_len`
+    prompt's prefill, of which `cached_prefix` tokens come from a prefix cache."""
     if objective not in ("throughput", "cost"):
         raise ModelchipError("objective must be 'throughput' or 'cost'")
     feasible, rejected, examples, per_config = [], Counter(), {}, []
@@ -76,7 +77,8 @@ def plan(cost: ModelCost, base: list[Deployment], tpot_slo_ms: float | None, ttf
         ttft = None
         if prompt_len:
             try:
-                pre = evaluate(cost, replace(d, phase="prefill", prompt_len=prompt_len, batch=1))
+                pre = evaluate(cost, replace(d, phase="prefill", prompt_len=prompt_len, cached_prefix=cached_prefix,
+                                             batch=1))
                 ttft = pre.ttft_ms if pre.feasible else None
             except ModelchipError:
                 ttft = None

@@ -42,7 +42,8 @@ def predict_point(p: dict) -> float:
     chip = get_chip(p["chip"])
     d = Deployment(chip=chip, chips=p["chips"], strategy=p["strategy"], batch=p.get("batch", 1),
                    context=p.get("context", 1), phase="prefill" if p["phase"] == "prefill" else "decode",
-                   prompt_len=p.get("prompt_len", 0), precision=precision, mtp=p.get("mtp", 0),
+                   prompt_len=p.get("prompt_len", 0), cached_prefix=p.get("cached_prefix", 0),
+                   precision=precision, mtp=p.get("mtp", 0),
                    mtp_acceptance=p.get("mtp_acceptance", 0.0), redundant_experts=p.get("redundant_experts", 0),
                    system=system_for(chip), graphs=p.get("graphs", True))
     if p["phase"] == "serve":
