@@ -85,6 +85,9 @@ def _paged(seqs_ctx, block_size, groups, dk, dv, dtype, separate_v, seed=0):
     (4, 4, 12, 12, True, 0, [5, 3]),               # MHA, widths not a multiple of 16
     (8, 2, 32, 24, True, 6, [40, 7, 1]),           # sliding window, d_v != d_k
     (4, 1, 40, 32, False, 0, [30, 2]),             # MLA-style: values are the keys' first channels
+    (8, 2, 128, 128, True, 21, [53, 16, 1]),       # the register kernel: 128 wide, a window, 16-key runs
+    (6, 3, 64, 128, True, 0, [33, 47]),            # the register kernel with d_v != d_k
+    (4, 1, 64, 64, False, 0, [70, 5]),             # the register kernel on values read from K
 ])
 def test_decode_attention_from_paged_cache_matches_gathered_sdpa(dtype, heads, groups, dk, dv, separate_v, window,
                                                                  ctx):

@@ -80,25 +80,44 @@ inline float hsum(vfloat v) {  // four shuffle-and-add steps in registers, not s
   return v[0];
 }
 
-// exp for softmax, branch-free so loops over it vectorize (std::exp is a scalar libm call: most of a decode
-// attention's time). 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-7 Taylor: relative error < 2e-7.
-inline float fast_exp(float x) {
-  x = std::min(88.3f, std::max(-87.3f, x));
+// exp for softmax without a libm call (std::exp was most of a decode attention's time), for one float or 16
+// lanes (the scalar loop over it does not vectorize, so the register kernel calls the vector form).
+// 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-7 Taylor: relative error < 2e-7.
+inline float pow2i(float n) {  // 2^n for an integral n in the normal range, built in the exponent bits
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return scale;
+}
+
+inline vfloat pow2i(vfloat n) {
+  const vint bits = (__builtin_convertvector(n, vint) + 127) << 23;
+  vfloat scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return scale;
+}
+
+template <typename V>
+inline V exp_clamped(V x) {  // x in [-87.3, 88.3]
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
-  const float n = (x * 1.44269504f + shifter) - shifter;
-  const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
-  float p = 1.0f / 5040;
-  p = p * r + 1.0f / 720;
+  const V n = (x * 1.44269504f + shifter) - shifter;
+  const V r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
+  V p = r * (1.0f / 5040) + 1.0f / 720;
   p = p * r + 1.0f / 120;
   p = p * r + 1.0f / 24;
   p = p * r + 1.0f / 6;
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+  return p * pow2i(n);
+}
+
+inline float fast_exp(float x) { return exp_clamped(std::min(88.3f, std::max(-87.3f, x))); }
+
+inline vfloat fast_exp16(vfloat x) {
+  const vfloat lo = vfloat{} - 87.3f, hi = vfloat{} + 88.3f;
+  x = x < lo ? lo : x;
+  return exp_clamped(x > hi ? hi : x);
 }
 
 // rows whose work is below this run on the calling thread: waking the pool costs more than they do
@@ -226,6 +245,103 @@ void write_kv(at::Tensor& cache, const at::Tensor& values, const at::Tensor& slo
   }
 }
 
+#if defined(__clang__)
+#define MC_SHUFFLE2(x, y, ...) __builtin_shufflevector(x, y, __VA_ARGS__)
+#else
+#define MC_SHUFFLE2(x, y, ...) __builtin_shuffle(x, y, vint{__VA_ARGS__})
+#endif
+
+// out[t] = sum of a[t]'s lanes for 16 vectors at once: four rounds of pairing halves (30 shuffles, 15 adds)
+// where sixteen separate hsums would take 64 of each
+inline vfloat hsum16(const vfloat* a) {
+  vfloat t[8], u[4], v[2];
+  for (int k = 0; k < 8; ++k)  // [x 8 partials | y 8 partials]
+    t[k] = MC_SHUFFLE2(a[2 * k], a[2 * k + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           MC_SHUFFLE2(a[2 * k], a[2 * k + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int k = 0; k < 4; ++k)  // four tokens x 4 partials
+    u[k] = MC_SHUFFLE2(t[2 * k], t[2 * k + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+           MC_SHUFFLE2(t[2 * k], t[2 * k + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  for (int k = 0; k < 2; ++k)  // eight tokens x 2 partials
+    v[k] = MC_SHUFFLE2(u[2 * k], u[2 * k + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+           MC_SHUFFLE2(u[2 * k], u[2 * k + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  return MC_SHUFFLE2(v[0], v[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         MC_SHUFFLE2(v[0], v[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+// One sequence's K/V group when key and value widths are CH and VCH whole 16-lane chunks (64 or 128 for most
+// models): rows, partial sums and accumulators then live in registers. Heads run one after another over row
+// pointers found once per item (each row stays in L1 for the next head), so no per-token division either.
+template <typename T, int CH, int VCH>
+void attend_group(const T* q, int64_t per_group, const T* const* krows, const T* const* vrows, int64_t n,
+                  float sc, float* scores, T* out) {
+  for (int64_t j = 0; j < per_group; ++j) {
+    vfloat qv[CH];
+    for (int c = 0; c < CH; ++c) qv[c] = load16(q + j * CH * kLanes + c * kLanes);
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {  // sixteen keys, their sums reduced together
+      vfloat dots[kLanes];
+      for (int t = 0; t < kLanes; ++t) {
+        dots[t] = qv[0] * load16(krows[i + t]);
+        for (int c = 1; c < CH; ++c) dots[t] += qv[c] * load16(krows[i + t] + c * kLanes);
+      }
+      const vfloat r = sc * hsum16(dots);
+      std::memcpy(scores + i, &r, sizeof r);
+    }
+    for (; i < n; ++i) {
+      vfloat dot = qv[0] * load16(krows[i]);
+      for (int c = 1; c < CH; ++c) dot += qv[c] * load16(krows[i] + c * kLanes);
+      scores[i] = sc * hsum(dot);
+    }
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t k = 0; k < n; ++k) mx = std::max(mx, scores[k]);
+    float sum = 0;  // softmax in float32, as the eager path computes it
+    int64_t k = 0;
+    for (; k + kLanes <= n; k += kLanes) {
+      vfloat e;
+      std::memcpy(&e, scores + k, sizeof e);
+      e = fast_exp16(e - mx);
+      std::memcpy(scores + k, &e, sizeof e);
+      sum += hsum(e);
+    }
+    for (; k < n; ++k) {
+      scores[k] = fast_exp(scores[k] - mx);
+      sum += scores[k];
+    }
+    const float inv = 1.0f / sum;
+    vfloat acc[VCH] = {};
+    for (int64_t i = 0; i < n; ++i) {
+      const float w = scores[i] * inv;
+      for (int c = 0; c < VCH; ++c) acc[c] += w * load16(vrows[i] + c * kLanes);
+    }
+    T* o = out + j * VCH * kLanes;
+    for (int c = 0; c < VCH; ++c)
+      for (int l = 0; l < kLanes; ++l) o[c * kLanes + l] = static_cast<T>(acc[c][l]);
+  }
+}
+
+template <typename T>
+using GroupKernel = void (*)(const T*, int64_t, const T* const*, const T* const*, int64_t, float, float*, T*);
+
+template <typename T, int CH>
+GroupKernel<T> group_kernel_v(int64_t vch) {
+  switch (vch) {
+    case 4: return attend_group<T, CH, 4>;
+    case 8: return attend_group<T, CH, 8>;
+    default: return nullptr;
+  }
+}
+
+// the register kernel for these widths, or nullptr (MLA's 576-wide latent rows, odd widths: the loop below)
+template <typename T>
+GroupKernel<T> group_kernel(int64_t dk, int64_t dv) {
+  if (dk % kLanes || dv % kLanes) return nullptr;
+  switch (dk / kLanes) {
+    case 4: return group_kernel_v<T, 4>(dv / kLanes);
+    case 8: return group_kernel_v<T, 8>(dv / kLanes);
+    default: return nullptr;
+  }
+}
+
 // Decode attention read straight from the paged cache: no gathered copy of K/V, no padding, no mask tensor.
 // One work item is one sequence's K/V group: its h/g query heads share every K and V row they read.
 template <typename T>
@@ -244,13 +360,32 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& kc, const T* v
   for (int64_t s = 0; s < seqs; ++s) longest = std::max(longest, lp[s]);
   T* op = out.data_ptr<T>();
   const float sc = static_cast<float>(scale);
+  const GroupKernel<T> fast = group_kernel<T>(dk, dv);
   at::parallel_for(0, seqs * groups, grain(longest * per_group * (dk + dv)), [&](int64_t begin, int64_t end) {
     const int64_t chunks = (dk + kLanes - 1) / kLanes, vchunks = (dv + kLanes - 1) / kLanes;
     std::vector<vfloat> qv(per_group * chunks), dots(per_group), acc(per_group * vchunks);
     std::vector<float> scores;
+    std::vector<const T*> krows, vrows;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t s = item / groups, g = item % groups, ctx = lp[s];
       const int64_t first = window > 0 ? std::max<int64_t>(0, ctx - window) : 0, n = ctx - first;
+      if (fast != nullptr) {
+        krows.resize(n);
+        vrows.resize(n);
+        for (int64_t p = first; p < ctx;) {  // block by block: one table lookup per block, not per token
+          const int64_t block = tp[s * tstride + p / bs], end_p = std::min(ctx, (p / bs + 1) * bs);
+          const T* k0 = kp + block * ks0 + g * ks2;
+          const T* v0 = vbase + block * vstr[0] + g * vstr[2];
+          for (; p < end_p; ++p) {
+            krows[p - first] = k0 + (p % bs) * ks1;
+            vrows[p - first] = v0 + (p % bs) * vstr[1];
+          }
+        }
+        scores.resize(n);
+        fast(qp + (s * heads + g * per_group) * dk, per_group, krows.data(), vrows.data(), n, sc, scores.data(),
+             op + (s * heads + g * per_group) * dv);
+        continue;
+      }
       for (int64_t j = 0; j < per_group; ++j)
         for (int64_t c = 0; c < chunks; ++c)
           qv[j * chunks + c] = loadn(qp + (s * heads + g * per_group + j) * dk + c * kLanes, dk - c * kLanes);
