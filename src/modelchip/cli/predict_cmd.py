@@ -78,7 +78,7 @@ def build(args, chip_id: str, chips: int, strategy: str, batch: int, attn: int =
                    attn_chips=attn, ffn_chips=ffn,
                    precision=precision, mtp=args.mtp, mtp_acceptance=args.mtp_acceptance,
                    redundant_experts=args.redundant_experts, overlap=args.overlap, microbatches=args.microbatches,
-                   system=system_for(chip, args.system), graphs=getattr(args, "graphs", True),
+                   system=system_for(chip, args.system), graphs=args.graphs,
                    efficiency=defaults().override(parse_overrides(args.efficiency)))
     if getattr(args, "profile", None):
         d = apply_profile(d, args.profile)

@@ -35,11 +35,10 @@ _LINEAR = torch.ops.mkldnn._linear_pointwise.default  # resolved once: the overl
 @dataclass(frozen=True)
 class PackedLinear:
     """What `prepare_linear` returns; the model drops its plain tensor. `layout` is "onednn" (an opaque oneDNN
-    tensor whose dtype and shape [out, in] are the weight's) or "bf16-pairs" (cpu_linear_bf16.cpp's blocks)."""
+    tensor) or "bf16-pairs" (cpu_linear_bf16.cpp's blocks, padded); either has the weight's dtype."""
 
     packed: torch.Tensor
     layout: str
-    dtype: torch.dtype
     out_features: int
 
 
@@ -71,15 +70,15 @@ class CPUBackend(ReferenceBackend):
         if weight.dtype == torch.bfloat16 and self.kernels is None:  # the pair-blocked matmul is not built
             self.fallbacks[f"bfloat16 linear weight on oneDNN ({self.kernels_missing})"] += 1
         if weight.dtype == torch.bfloat16 and self.bf16_linear == "bf16-pairs":
-            return PackedLinear(self.kernels.pack_linear_bf16(weight), "bf16-pairs", weight.dtype, out)
-        return PackedLinear(torch.ops.mkldnn._reorder_linear_weight(weight.contiguous()), "onednn", weight.dtype, out)
+            return PackedLinear(self.kernels.pack_linear_bf16(weight), "bf16-pairs", out)
+        return PackedLinear(torch.ops.mkldnn._reorder_linear_weight(weight.contiguous()), "onednn", out)
 
     def linear(self, x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(weight, PackedLinear):
             return F.linear(x, weight, bias)
-        if x.dtype != weight.dtype:
+        if x.dtype != weight.packed.dtype:
             raise ModelchipError(f"cpu backend: linear input is {x.dtype} but its weight was packed as "
-                                 f"{weight.dtype}")
+                                 f"{weight.packed.dtype}")
         rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # 2-D is the model's case: no reshapes
         if weight.layout == "bf16-pairs":
             out = self.kernels.linear_bf16(rows, weight.packed, weight.out_features, bias)

@@ -120,6 +120,27 @@ inline vfloat fast_exp16(vfloat x) {
   return exp_clamped(x > hi ? hi : x);
 }
 
+// softmax's numerator in place, in float32 as the eager path computes it: row[i] = exp(row[i] - max);
+// returns the sum, which the caller divides by
+inline float exp_shifted(float* row, int64_t n) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, row[i]);
+  float sum = 0;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    vfloat e;
+    std::memcpy(&e, row + i, sizeof e);
+    e = fast_exp16(e - mx);
+    std::memcpy(row + i, &e, sizeof e);
+    sum += hsum(e);
+  }
+  for (; i < n; ++i) {
+    row[i] = fast_exp(row[i] - mx);
+    sum += row[i];
+  }
+  return sum;
+}
+
 // rows whose work is below this run on the calling thread: waking the pool costs more than they do
 int64_t grain(int64_t work_per_item, int64_t threshold = 1 << 15) {
   return std::max<int64_t>(1, threshold / std::max<int64_t>(1, work_per_item));
@@ -292,22 +313,7 @@ void attend_group(const T* q, int64_t per_group, const T* const* krows, const T*
       for (int c = 1; c < CH; ++c) dot += qv[c] * load16(krows[i] + c * kLanes);
       scores[i] = sc * hsum(dot);
     }
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t k = 0; k < n; ++k) mx = std::max(mx, scores[k]);
-    float sum = 0;  // softmax in float32, as the eager path computes it
-    int64_t k = 0;
-    for (; k + kLanes <= n; k += kLanes) {
-      vfloat e;
-      std::memcpy(&e, scores + k, sizeof e);
-      e = fast_exp16(e - mx);
-      std::memcpy(scores + k, &e, sizeof e);
-      sum += hsum(e);
-    }
-    for (; k < n; ++k) {
-      scores[k] = fast_exp(scores[k] - mx);
-      sum += scores[k];
-    }
-    const float inv = 1.0f / sum;
+    const float inv = 1.0f / exp_shifted(scores, n);
     vfloat acc[VCH] = {};
     for (int64_t i = 0; i < n; ++i) {
       const float w = scores[i] * inv;
@@ -399,14 +405,9 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& kc, const T* v
         }
         for (int64_t j = 0; j < per_group; ++j) scores[j * n + p - first] = sc * hsum(dots[j]);
       }
-      for (int64_t j = 0; j < per_group; ++j) {  // softmax per head, in float32
+      for (int64_t j = 0; j < per_group; ++j) {  // softmax per head
         float* row = scores.data() + j * n;
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t i = 0; i < n; ++i) mx = std::max(mx, row[i]);
-        float sum = 0;
-        for (int64_t i = 0; i < n; ++i) row[i] = fast_exp(row[i] - mx);
-        for (int64_t i = 0; i < n; ++i) sum += row[i];
-        const float inv = 1.0f / sum;
+        const float inv = 1.0f / exp_shifted(row, n);
         for (int64_t i = 0; i < n; ++i) row[i] *= inv;
       }
       std::fill(acc.begin(), acc.end(), vfloat{});

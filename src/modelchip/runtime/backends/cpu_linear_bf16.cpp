@@ -32,10 +32,10 @@ constexpr int64_t kBlock = 16;  // output features per block: one float32 accumu
 constexpr int kRowTile = 6;    // rows per micro-kernel: 6 x 4 accumulators + 4 weight registers of 32
 constexpr int kBlockTile = 4;  // output blocks per micro-kernel
 
-// rows [0, MT) of x (row stride ldx, in bf16 pairs k2) times output blocks [b0, b0 + R) of w -> y
+// rows [0, MT) of x ([rows, 2 k2]) times output blocks [b0, b0 + R) of w -> y ([rows, n])
 template <int MT, int R>
-void tile(const uint16_t* x, int64_t ldx, int64_t k2, const uint16_t* w, const float* bias, uint16_t* y,
-          int64_t ldy, int64_t n, int64_t b0) {
+void tile(const uint16_t* x, int64_t k2, const uint16_t* w, const float* bias, uint16_t* y, int64_t n,
+          int64_t b0) {
   __m512 acc[MT][R];
   for (int r = 0; r < R; ++r) {
     const __m512 init = bias ? _mm512_loadu_ps(bias + (b0 + r) * kBlock) : _mm512_setzero_ps();
@@ -47,7 +47,7 @@ void tile(const uint16_t* x, int64_t ldx, int64_t k2, const uint16_t* w, const f
     for (int r = 0; r < R; ++r) wv[r] = (__m512bh)_mm512_loadu_si512(wb + (r * k2 + p) * 2 * kBlock);
     for (int i = 0; i < MT; ++i) {
       int32_t pair;
-      std::memcpy(&pair, x + i * ldx + 2 * p, sizeof pair);
+      std::memcpy(&pair, x + 2 * (i * k2 + p), sizeof pair);
       const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);
       for (int r = 0; r < R; ++r) acc[i][r] = _mm512_dpbf16_ps(acc[i][r], wv[r], xb);
     }
@@ -57,41 +57,41 @@ void tile(const uint16_t* x, int64_t ldx, int64_t k2, const uint16_t* w, const f
       const int64_t col = (b0 + r) * kBlock;
       const __m256i h = (__m256i)_mm512_cvtneps_pbh(acc[i][r]);
       if (col + kBlock <= n) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i * ldy + col), h);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i * n + col), h);
       } else {  // the padded last block: keep only the real outputs
         alignas(32) uint16_t last[kBlock];
         _mm256_store_si256(reinterpret_cast<__m256i*>(last), h);
-        std::memcpy(y + i * ldy + col, last, (n - col) * sizeof(uint16_t));
+        std::memcpy(y + i * n + col, last, (n - col) * sizeof(uint16_t));
       }
     }
   }
 }
 
 template <int R>
-void rows(const uint16_t* x, int64_t m, int64_t ldx, int64_t k2, const uint16_t* w, const float* bias,
-          uint16_t* y, int64_t n, int64_t b0) {
+void rows(const uint16_t* x, int64_t m, int64_t k2, const uint16_t* w, const float* bias, uint16_t* y, int64_t n,
+          int64_t b0) {
   int64_t i = 0;
-  for (; i + kRowTile <= m; i += kRowTile) tile<kRowTile, R>(x + i * ldx, ldx, k2, w, bias, y + i * n, n, n, b0);
-  const uint16_t* xi = x + i * ldx;
+  for (; i + kRowTile <= m; i += kRowTile) tile<kRowTile, R>(x + 2 * i * k2, k2, w, bias, y + i * n, n, b0);
+  const uint16_t* xi = x + 2 * i * k2;
   uint16_t* yi = y + i * n;
   switch (m - i) {
-    case 1: tile<1, R>(xi, ldx, k2, w, bias, yi, n, n, b0); break;
-    case 2: tile<2, R>(xi, ldx, k2, w, bias, yi, n, n, b0); break;
-    case 3: tile<3, R>(xi, ldx, k2, w, bias, yi, n, n, b0); break;
-    case 4: tile<4, R>(xi, ldx, k2, w, bias, yi, n, n, b0); break;
-    case 5: tile<5, R>(xi, ldx, k2, w, bias, yi, n, n, b0); break;
+    case 1: tile<1, R>(xi, k2, w, bias, yi, n, b0); break;
+    case 2: tile<2, R>(xi, k2, w, bias, yi, n, b0); break;
+    case 3: tile<3, R>(xi, k2, w, bias, yi, n, b0); break;
+    case 4: tile<4, R>(xi, k2, w, bias, yi, n, b0); break;
+    case 5: tile<5, R>(xi, k2, w, bias, yi, n, b0); break;
     default: break;
   }
 }
 
 // output blocks [b, e) for rows [0, m): in groups of kBlockTile, the last group narrower
-void blocks(const uint16_t* x, int64_t m, int64_t ldx, int64_t k2, const uint16_t* w, const float* bias,
-            uint16_t* y, int64_t n, int64_t b, int64_t e) {
-  for (; b + kBlockTile <= e; b += kBlockTile) rows<kBlockTile>(x, m, ldx, k2, w, bias, y, n, b);
+void blocks(const uint16_t* x, int64_t m, int64_t k2, const uint16_t* w, const float* bias, uint16_t* y,
+            int64_t n, int64_t b, int64_t e) {
+  for (; b + kBlockTile <= e; b += kBlockTile) rows<kBlockTile>(x, m, k2, w, bias, y, n, b);
   switch (e - b) {
-    case 1: rows<1>(x, m, ldx, k2, w, bias, y, n, b); break;
-    case 2: rows<2>(x, m, ldx, k2, w, bias, y, n, b); break;
-    case 3: rows<3>(x, m, ldx, k2, w, bias, y, n, b); break;
+    case 1: rows<1>(x, m, k2, w, bias, y, n, b); break;
+    case 2: rows<2>(x, m, k2, w, bias, y, n, b); break;
+    case 3: rows<3>(x, m, k2, w, bias, y, n, b); break;
     default: break;
   }
 }
@@ -151,7 +151,7 @@ at::Tensor linear_bf16(const at::Tensor& x_in, const at::Tensor& blocked, int64_
       const int64_t c = begin / blocks_n, b = begin % blocks_n;
       const int64_t e = std::min(blocks_n, b + (end - begin));
       const int64_t r0 = c * chunk, rows_here = std::min(chunk, m - r0);
-      blocks(xp + r0 * 2 * k2, rows_here, 2 * k2, k2, wp, bp, yp + r0 * n, n, b, e);
+      blocks(xp + r0 * 2 * k2, rows_here, k2, wp, bp, yp + r0 * n, n, b, e);
       begin += e - b;
     }
   });
