@@ -1,84 +1,168 @@
-"""Fixed per-step costs with published figures: kernel launches of a step not captured in a graph, and the
-small-message latency of each collective inside a scale-up domain."""
+"""Measured mechanisms of the step time, each checked against hand arithmetic on the published benchmark it
+comes from (DeepGEMM's README table, DeepEP's and pplx-kernels' latency tables, vLLM's NCCL timing, Meta's
+launch figure), and the serving mode against a hand-computed steady state."""
 
 import json
+import math
+import statistics
+from dataclasses import replace
 
 import pytest
 
 from modelchip.cli.main import main
-from modelchip.cost import validation
+from modelchip.cost import kernel_model as km
+from modelchip.cost import serving, validation
 from modelchip.cost.conventions import Precision
 from modelchip.cost.deploy import Deployment, evaluate
+from modelchip.cost.efficiency import defaults
 from modelchip.cost.model_cost import model_cost
 from modelchip.cost.systems import system_for
+from modelchip.errors import ModelchipError
 from modelchip.spec import load_model
-from modelchip.spec.chips import TAGS, get_chip, systems
+from modelchip.spec.chips import get_chip
 
 PREC = Precision(weight="fp8", kv="fp8")
-LAUNCH_S = 5.0e-6  # catalog/chips/h100.toml, overhead.kernel_launch
-ALL_REDUCE_S = 1.9e-5  # catalog/systems/hgx-h100.toml, scale_up.collective_latency
+H800_FP8, H800_BW = 1.979e15, 3.35e12  # NVIDIA H800 datasheet: the chip DeepGEMM's table was measured on
+
+
+def _deploy(model: str, chip: str = "h100", **kw):
+    c = get_chip(chip)
+    precision = kw.pop("precision", PREC)
+    base = dict(chip=c, chips=1, strategy="tp", batch=64, context=192, precision=precision, system=system_for(c))
+    return model_cost(load_model(model), precision), Deployment(**{**base, **kw})
 
 
 def _step(model: str, chip: str = "h100", **kw):
-    c = get_chip(chip)
-    base = dict(chip=c, chips=1, strategy="tp", batch=64, context=192, precision=PREC, system=system_for(c))
-    return evaluate(model_cost(load_model(model), PREC), Deployment(**{**base, **kw}))
+    return evaluate(*_deploy(model, chip, **kw))
+
+
+# DeepGEMM README (commit 55ab91f), dense FP8 on H800 at M=64 and M=128: (TFLOPS, GB/s) per published shape
+DEEPGEMM_M64 = [(206, 1688), (289, 2455), (219, 2143), (336, 2668), (287, 2320), (295, 2470)]
+DEEPGEMM_M128 = [(352, 1509), (535, 2448), (358, 2103), (645, 2604), (533, 2221), (510, 2277)]
+
+
+def _roofline_eff(rows):
+    return statistics.median(max(tf * 1e12 / H800_FP8, gb * 1e9 / H800_BW) for tf, gb in rows)
+
+
+def test_gemm_efficiency_is_the_benchmarks_median_roofline_fraction():
+    e64, e128 = _roofline_eff(DEEPGEMM_M64), _roofline_eff(DEEPGEMM_M128)
+    # at small M every published shape is bandwidth-bound: 2320 and 2455 GB/s of 3350 are the middle two
+    assert e64 == pytest.approx((2320 + 2455) / 2 / 3350, rel=1e-3)
+    assert km.gemm_efficiency(get_chip("h800"), "fp8", 64) == pytest.approx(e64)
+    # below the smallest measured M the table's first value holds (a GEMV reads the same weights)
+    assert km.gemm_efficiency(get_chip("h100"), "fp8", 1) == pytest.approx(e64)
+    # between measured M: linear in log M
+    mid = e64 + (e128 - e64) * math.log(96 / 64) / math.log(2)
+    assert km.gemm_efficiency(get_chip("h20"), "fp8", 96) == pytest.approx(mid)
+    # an architecture or dtype without a benchmark has none: the scalar defaults apply
+    assert km.gemm_efficiency(get_chip("h100"), "bf16", 64) is None
+    assert km.gemm_efficiency(get_chip("mtt-s4000"), "fp8", 64) is None
+
+
+def test_batch1_projections_stream_weights_at_the_measured_small_m_efficiency():
+    cost, d = _deploy("llama-3.1-8b", batch=1, context=1024)
+    p = evaluate(cost, d)
+    hand = cost.attn_params * 1.0 / 3.35e12 / _roofline_eff(DEEPGEMM_M64)  # FP8: one byte per weight
+    assert p.breakdown_ms["attention_proj"] == pytest.approx(hand * 1e3, rel=1e-6)
+    # a user-set efficiency wins over the table
+    d2 = replace(d, efficiency=defaults().override({"memory": 0.5}))
+    assert evaluate(cost, d2).breakdown_ms["attention_proj"] == pytest.approx(
+        max(2 * cost.attn_params / (1.979e15 * defaults().gemm), cost.attn_params / (3.35e12 * 0.5)) * 1e3)
+
+
+def test_attention_weights_kept_wider_than_the_experts():
+    fp4 = _step("deepseek-v3", "b200", batch=1, chips=8, precision=Precision(weight="fp4", kv="bf16"))
+    mixed = _step("deepseek-v3", "b200", batch=1, chips=8,
+                  precision=Precision(weight="fp4", kv="bf16", attention_weight="bf16"))
+    # four times the bytes (BF16 vs FP4) for the memory-bound batch-1 projections; experts unchanged
+    assert mixed.breakdown_ms["attention_proj"] == pytest.approx(4 * fp4.breakdown_ms["attention_proj"], rel=1e-6)
+    assert mixed.breakdown_ms["moe"] == pytest.approx(fp4.breakdown_ms["moe"])
+    assert mixed.memory_gb["weights"] > fp4.memory_gb["weights"]
+
+
+def test_ep_decode_dispatch_and_combine_take_the_measured_kernels_time():
+    # DeepEP (H800, 128 tokens per rank) and pplx-kernels (H100, 1 token per rank) at EP64, in us
+    dispatch = 121.0 + (173 - 121.0) * (64 - 1) / (128 - 1)
+    combine = 58.6 + (314 - 58.6) * (64 - 1) / (128 - 1)
+    p = _step("deepseek-v3", "h800", chips=64, strategy="ep", batch=64, context=4096, redundant_experts=0)
+    assert p.breakdown_ms["communication"] == pytest.approx(58 * (dispatch + combine) * 1e-3, rel=1e-6)
+    assert p.breakdown_ms["collective_latency"] == 0  # the measured kernel time includes it
+
+
+def test_ep_decode_without_a_benchmark_pays_bytes_over_the_links():
+    p = _step("deepseek-v3", "mi300x", chips=8, strategy="ep", batch=8, context=1024, redundant_experts=0)
+    per_token = 8 * 7168 * 3  # top-8, FP8 out and BF16 back
+    link = get_chip("mi300x").scale_up.bandwidth.value * defaults().scale_up
+    assert p.breakdown_ms["communication"] == pytest.approx(58 * 8 * per_token * 7 / 8 / link * 1e3, rel=1e-6)
+
+
+def test_tp_all_reduce_pays_the_link_class_latency():
+    # H200 has no system with its own figure: the Hopper NVLink class's 17 us (vLLM PR #24111, pynccl 0.5 MB)
+    tp4 = _step("llama-3.1-70b", "h200", chips=4, batch=16).breakdown_ms
+    assert tp4["collective_latency"] == pytest.approx(2 * 80 * 17e-6 * 1e3)
+    assert _step("llama-3.1-8b", "h200").breakdown_ms["collective_latency"] == 0  # TP1: no collective
 
 
 def test_eager_step_pays_one_launch_per_op_call():
     # Llama-2-7B: 32 layers x (2 norms + 7 attention calls + 3 FFN calls) + embedding, final norm, LM head,
-    # sampling = 388 kernels
+    # sampling = 388 kernels, each 5 us (HolisticTraceAnalysis) outside a graph
     assert model_cost(load_model("llama-2-7b"), PREC).op_calls() == 32 * 12 + 4
     eager = _step("llama-2-7b", graphs=False)
     graphed = _step("llama-2-7b")
-    assert eager.breakdown_ms["launch"] == pytest.approx(388 * LAUNCH_S * 1e3)
+    assert eager.breakdown_ms["launch"] == pytest.approx(388 * 5e-6 * 1e3)
     assert graphed.breakdown_ms["launch"] == 0
-    assert eager.tpot_ms - graphed.tpot_ms == pytest.approx(388 * LAUNCH_S * 1e3)
-    assert eager.tpot_ms == pytest.approx(sum(eager.breakdown_ms.values()))
+    assert eager.tpot_ms - graphed.tpot_ms == pytest.approx(388 * 5e-6 * 1e3)
 
 
-def test_chip_without_a_published_launch_figure_pays_none():
-    assert get_chip("h800").kernel_launch is None
-    assert _step("llama-2-7b", chip="h800", graphs=False).breakdown_ms["launch"] == 0
+def test_leaving_a_source_out_drops_its_tables():
+    h800 = get_chip("h800")
+    assert km.gemm_efficiency(h800, "fp8", 64, exclude=frozenset({"deepgemm"})) is None
+    assert km.attention_efficiency(h800, "decode", exclude=frozenset({"flashmla"})) is None
+    # an efficiency whose only measurement is excluded falls back to the spec sheet itself
+    assert defaults(frozenset({"cloudmatrix-paper"})).gemm == 1.0
+    day6 = next(p for p in validation.points()["point"] if p["source_id"] == "deepseek-day6")
+    assert {"deepseek-day6", "deepep", "deepgemm", "flashmla"} <= validation.excluded_for(day6)
 
 
-def test_each_tp_all_reduce_pays_the_collective_latency():
-    tp4 = _step("llama-3.1-70b", chips=4, batch=16).breakdown_ms
-    assert tp4["collective_latency"] == pytest.approx(2 * 80 * ALL_REDUCE_S * 1e3)  # two per layer
-    assert _step("llama-3.1-8b").breakdown_ms["collective_latency"] == 0  # TP1: no collective
+def test_serving_steady_state_by_hand():
+    cost, d = _deploy("llama-3.1-8b", batch=1)
+    r = serving.serve(cost, d, 1024, 256, concurrency=32)
+    t_d = evaluate(cost, replace(d, batch=32, context=1024 + 128)).tpot_ms  # decode at the mean context
+    t_p = evaluate(cost, replace(d, batch=32, phase="prefill", prompt_len=1024)).ttft_ms  # the cohort's prefills
+    t_1 = evaluate(cost, replace(d, batch=1, phase="prefill", prompt_len=1024)).ttft_ms
+    assert r.output_tokens_per_s == pytest.approx(32 * 256 / ((t_p + 256 * t_d) / 1e3))
+    assert r.tpot_ms == pytest.approx(t_d + t_p / 256)
+    assert r.ttft_ms == pytest.approx(t_1 + t_d)
+    # a request rate is the concurrency Little's law gives back
+    q = serving.serve(cost, d, 1024, 256, request_rate=r.requests_per_s)
+    assert q.concurrency == pytest.approx(r.requests_per_s * (q.ttft_ms + 255 * q.tpot_ms) / 1e3, rel=1e-2)
 
 
-def test_ep_all_to_all_latency_only_inside_the_scale_up_domain():
-    kw = dict(strategy="ep", batch=8, context=1024, redundant_experts=0)
-    inside = _step("deepseek-v3", chips=8, **kw).breakdown_ms
-    assert inside["collective_latency"] == pytest.approx(2 * 58 * ALL_REDUCE_S * 1e3)  # dispatch + combine
-    # across HGX nodes DeepEP's decode traffic rides the NICs, whose per-collective latency is not catalogued
-    assert _step("deepseek-v3", chips=16, **kw).breakdown_ms["collective_latency"] == 0
+def test_serving_errors_are_clear():
+    cost, d = _deploy("llama-3.1-405b", batch=1)
+    with pytest.raises(ModelchipError, match="weights alone"):
+        serving.serve(cost, d, 128, 128)
+    cost, d = _deploy("llama-3.1-8b", batch=1)
+    with pytest.raises(ModelchipError, match="fit"):
+        serving.serve(cost, d, 128, 128, concurrency=10 ** 6)
+    with pytest.raises(ModelchipError, match="not both"):
+        serving.serve(cost, d, 128, 128, concurrency=4, request_rate=1)
+    with pytest.raises(ModelchipError, match="capacity"):
+        serving.serve(cost, d, 128, 128, request_rate=1e9)
 
 
-def test_fixed_cost_figures_carry_sources():
-    launch = get_chip("h100").kernel_launch
-    latency = systems()["hgx-h100"].scale_up_latency
-    assert launch.value == LAUNCH_S and latency.value == ALL_REDUCE_S
-    for system in systems().values():
-        for name, fig in system.figures().items():
-            assert fig.source and fig.tag in TAGS, f"{system.id} {name}"
-    assert "HolisticTraceAnalysis" in launch.source
-    assert latency.tag == "D" and "PR #24111" in latency.source
-
-
-def test_only_the_tensorrt_llm_v05_points_run_without_graphs():
-    eager = {p["id"] for p in validation.points()["point"] if not p.get("graphs", True)}
-    assert eager == {"trtllm-v05-h100-llama7b-b64", "trtllm-v05-h100-llama70b-b64-tp4"}
-
-
-def test_predict_no_graphs_flag(capsys):
-    args = ["predict", "--model", "llama-2-7b", "--chip", "h100", "--chips", "1", "--strategy", "tp", "--batch",
-            "64", "--context", "192", "--json"]
+def test_predict_serve_cli(capsys):
+    args = ["predict", "--model", "llama-3.1-8b", "--chip", "h100", "--chips", "1", "--strategy", "tp", "--phase",
+            "serve", "--input-len", "1024", "--output-len", "256", "--concurrency", "8", "--json"]
     assert main(args) == 0
-    graphed = json.loads(capsys.readouterr().out)
-    assert main([*args, "--no-graphs"]) == 0
-    eager = json.loads(capsys.readouterr().out)
-    assert graphed["breakdown_ms"]["launch"] == 0
-    assert eager["breakdown_ms"]["launch"] == pytest.approx(388 * LAUNCH_S * 1e3)
-    assert eager["tpot_ms"] > graphed["tpot_ms"]
+    out = json.loads(capsys.readouterr().out)
+    assert out["phase"] == "serve" and out["concurrency"] == 8 and out["ttft_ms"] > 0 and out["tpot_ms"] > 0
+    assert main(args[:-1] + ["--batch", "4"]) == 2
+    assert "not --batch" in capsys.readouterr().err
+
+
+def test_one_sequence_on_tp8():
+    # a fractional batch spreads one sequence over the TP group
+    p = _step("llama-3.1-70b", "h100", chips=8, batch=1 / 8, context=2048)
+    assert p.feasible and p.tokens_per_s_per_chip * 8 == pytest.approx(1e3 / p.tpot_ms)

@@ -48,8 +48,9 @@ def test_ep_communication_follows_the_network():
 
 
 def test_ep_all_to_all_matches_deepseeks_arithmetic():
-    # DeepSeek ISCA'25: (1 B + 2 B) x tokens x experts x 7K / bandwidth per layer; 8 routed experts, 40 GB/s
-    p = evaluate(_dsv3(), _d(batch=32))
+    # DeepSeek ISCA'25: (1 B + 2 B) x tokens x experts x 7K / bandwidth per layer; 8 routed experts, 40 GB/s.
+    # The bandwidth path is what a chip without a dispatch/combine benchmark takes: leave the benchmarks out
+    p = evaluate(_dsv3(), _d(batch=32, exclude=frozenset({"deepep", "pplx-kernels"})))
     per_layer = 3 * 32 * 8 * 7168 / 40e9
     assert p.breakdown_ms["communication"] == pytest.approx(58 * per_layer * 1e3, rel=1e-6)
 
@@ -177,9 +178,10 @@ def test_validation_table_is_published_and_current():
 
 
 def test_kernels_between_matmuls_follow_their_byte_counts():
-    # hand arithmetic for Llama-3.1-8B (H 4096, I 14336, 32 layers, vocab 128256) on H100 at 0.84 of 3.35 TB/s
+    # hand arithmetic for Llama-3.1-8B (H 4096, I 14336, 32 layers, vocab 128256) on H100 at 84.1% of 3.35 TB/s
+    # (the memory-bound operator efficiency of CloudMatrix's Table 8)
     cost = model_cost(load_model("llama-3.1-8b"), PREC)
-    bw = 3.35e12 * 0.84
+    bw = 3.35e12 * 0.841
     tp1 = evaluate(cost, _d("h100", chips=1, strategy="tp", batch=256, context=1024)).breakdown_ms
     assert tp1["norms"] == pytest.approx(256 * 32 * 8 * 4096 * 2 / bw * 1e3)
     assert tp1["act_fn"] == pytest.approx(256 * 32 * 3 * 14336 * 2 / bw * 1e3)

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 
 from modelchip.cli import common
+from modelchip.cost import serving
 from modelchip.cost.deploy import STRATEGIES, Deployment, best_batch_for_slo, evaluate
 from modelchip.cost.efficiency import defaults, parse_overrides
 from modelchip.cost.model_cost import model_cost
@@ -21,7 +22,9 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="preset id, config.json, checkpoint dir or hub id")
     p.add_argument("--system", default=None, help="system id (default: the chip's usual system; see `chips --systems`)")
     p.add_argument("--context", type=int, default=4096, help="KV length per sequence for decode (default 4096)")
-    p.add_argument("--phase", default="decode", choices=["decode", "prefill"])
+    p.add_argument("--phase", default="decode", choices=["decode", "prefill", "serve"],
+                   help="decode or prefill: one step; serve: a stream of requests (needs --input-len, --output-len; "
+                        "predict only)")
     p.add_argument("--prompt-len", type=int, default=0, help="prompt tokens per sequence (prefill)")
     p.add_argument("--cached-prefix", type=int, default=0, metavar="TOKENS",
                    help="prefill: leading prompt tokens per sequence already in a prefix cache; attention reads "
@@ -55,10 +58,19 @@ def register(sub) -> None:
     p.add_argument("--strategy", required=True, help="tp, ep or afd")
     p.add_argument("--attn-chips", type=int, default=0, help="AFD: attention chips")
     p.add_argument("--ffn-chips", type=int, default=0, help="AFD: FFN chips")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--batch", type=int, help="sequences per chip (per attention chip under AFD)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--batch", type=float, help="sequences per chip (per attention chip under AFD); a fraction spreads "
+                                              "one sequence over chips (0.125: one sequence on TP8)")
     g.add_argument("--tpot-slo-ms", type=float, help="pick the largest batch meeting this TPOT")
     add_deployment_args(p)
+    s = p.add_argument_group("serving (--phase serve)")
+    s.add_argument("--input-len", type=int, default=0, help="prompt tokens per request")
+    s.add_argument("--output-len", type=int, default=0, help="output tokens per request")
+    s.add_argument("--concurrency", type=float, default=0,
+                   help="requests in flight in the whole deployment (default: as many as fit, the engine's "
+                        "maximum load)")
+    s.add_argument("--request-rate", type=float, default=0,
+                   help="requests per second arriving (instead of --concurrency)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -90,6 +102,10 @@ def build(args, chip_id: str, chips: int, strategy: str, batch: int, attn: int =
 def run(args) -> int:
     if args.attn_chips > args.chips or args.ffn_chips > args.chips:
         raise ModelchipError(f"more attention/FFN chips than --chips ({args.chips})")
+    if args.phase == "serve":
+        return _serve(args)
+    if args.batch is None and args.tpot_slo_ms is None:
+        raise ModelchipError("give --batch or --tpot-slo-ms (or --phase serve with --input-len and --output-len)")
     cost, d = build(args, args.chip, args.chips, args.strategy, args.batch or 1, args.attn_chips, args.ffn_chips)
     p = best_batch_for_slo(cost, d, args.tpot_slo_ms) if args.tpot_slo_ms else evaluate(cost, d)
     out = {"model": args.model, "chip": d.chip.id, "system": d.system.id if d.system else None, "chips": d.chips,
@@ -110,4 +126,34 @@ def run(args) -> int:
         ["bound by", p.bound],
     ], title=f"{args.model} on {d.chips} x {d.chip.id} ({d.strategy}, {d.phase}, context {d.context})"))
     print(render(["op group", "ms per step"], [[k, f"{v:.3f}"] for k, v in p.breakdown_ms.items()]))
+    return 0
+
+
+def _serve(args) -> int:
+    if args.batch is not None or args.tpot_slo_ms is not None:
+        raise ModelchipError("--phase serve takes --concurrency or --request-rate, not --batch or --tpot-slo-ms")
+    args.phase = "decode"  # build() makes the decode deployment; serving derives its prefill from it
+    cost, d = build(args, args.chip, args.chips, args.strategy, 1, args.attn_chips, args.ffn_chips)
+    r = serving.serve(cost, d, args.input_len, args.output_len, concurrency=args.concurrency,
+                      request_rate=args.request_rate)
+    out = {"model": args.model, "chip": d.chip.id, "system": d.system.id if d.system else None, "chips": d.chips,
+           "strategy": d.strategy, "phase": "serve", "input_len": args.input_len, "output_len": args.output_len,
+           **r.as_dict()}
+    if args.json:
+        common.print_json(out)
+        return 0
+    if not r.feasible:
+        print(f"INFEASIBLE: {r.reason}")
+    print(render(["quantity", "value"], [
+        ["requests in flight", f"{r.concurrency:,.1f}"],
+        ["sequences per chip", f"{r.batch_per_chip:,.2f}"],
+        ["output tokens/s (deployment)", f"{r.output_tokens_per_s:,.0f}"],
+        ["output tokens/s per chip", f"{r.output_tokens_per_s_per_chip:,.0f}"],
+        ["input tokens/s per chip", f"{r.input_tokens_per_s_per_chip:,.0f}"],
+        ["requests/s", f"{r.requests_per_s:,.2f}"],
+        ["TTFT ms", f"{r.ttft_ms:.1f}"],
+        ["TPOT ms", f"{r.tpot_ms:.2f}"],
+    ], title=f"{args.model} on {d.chips} x {d.chip.id} ({d.strategy}, serving {args.input_len} in / "
+             f"{args.output_len} out)"))
+    print(render(["decode step op group", "ms"], [[k, f"{v:.3f}"] for k, v in r.decode.breakdown_ms.items()]))
     return 0

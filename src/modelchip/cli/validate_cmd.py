@@ -10,57 +10,53 @@ from modelchip.cost import validation
 HEADER = """# Validation: predictions against published measured deployments
 
 Written by `modelchip validate --write docs/validation.md`. Each row is a measured result from
-`src/modelchip/spec/catalog/deployments.toml` (sources in the reference deployments.md), predicted from its
-setup by `modelchip predict`'s step-time model with default efficiencies. Nothing in the model is fitted to
-these points; setup figures a source leaves out are listed as assumed.
+`src/modelchip/spec/catalog/deployments.toml`, predicted from its published setup by the step-time model
+(`modelchip predict`; serving points by `--phase serve`). Nothing in the model is fitted to these points; setup
+figures a source leaves out are listed as assumed. Errors are predicted speed over measured speed less one
+(+: the model is too fast), for rates and times alike.
+
+Two errors per point: **in-sample** uses the whole catalog; **leave-one-source-out (LOSO)** predicts each
+source's points from a catalog without the measured kernel, link and efficiency figures of that source and of
+the publications it lists as the same team's measurements of the same systems (DeepSeek's day-6 points lose
+DeepEP, DeepGEMM, FlashMLA and the V3 report's link figures; CloudMatrix's points lose its GEMM, MLA and EP
+tables). Spec-sheet peaks, bandwidths and capacities stay. Regimes: latency-bound where a chip holds at most
+16 sequences per step, else throughput-bound; decode, prefill and serving apart.
 
 """
 
 NOTES = """
+## What is missing where the model misses
 
-## Where the misses come from
+Every miss stays in the table. The mechanisms we believe are missing, by group:
 
-- The two TensorRT-LLM v0.5 fixed-batch points (batch 64: 64 sequences on one GPU for LLaMA 7B, 16 per GPU
-  for LLaMA 70B on TP4) carry little work per step, so fixed costs decide them. Both are now costed from
-  published figures: gptSessionBenchmark takes CUDA graphs only with the opt-in `--enable_cuda_graph` and
-  the published commands for these runs omit it (`graphs = false` on the points), so each of the step's op
-  calls pays H100's catalog launch cost (5 us, the low end of the 5-20 us CPU-side launch time in Meta's
-  HolisticTraceAnalysis docs; a generic CUDA figure, not an H100 measurement): 388 kernels, 1.9 ms per 7B
-  step, and 964 kernels, 4.8 ms per 70B step. Each TP all-reduce also pays the HGX-H100 NVLink collective
-  latency (19 us, derived from vLLM's NCCL all-reduce timings on H100): 160 per 70B step, 3.0 ms. That takes
-  7B from +64% to +12% and 70B from +96% to +9% (with the collective latency alone, graphs kept: +64% and
-  +50%). The op list is the runtime's, not TensorRT-LLM's kernel list: it counts rotary and KV-cache writes
-  that TensorRT-LLM's attention plugin fuses and misses its FP8 quantize and residual-add kernels, and the
-  launch figure is a range the low end was taken from, so the agreement is not tight evidence.
-- The TensorRT-LLM maximum-load points are predicted 9-28% fast (the two Llama-70B TP2 points picked up the
-  all-reduce latency: 2048/2048 went from +20% to +9%, 128/128 from +27% to +25%; they keep graphs, the
-  default, as no source says otherwise). Counting the memory-bound kernels between the matmuls (two fused
-  add+RMSNorm per layer, SiLU-and-mul, logits written and read by sampling) took the worst of them,
-  Llama-8B 128/128, from +50% to +28%; the rest is most likely FP8 GEMM efficiency at these
-  shapes and engine scheduling, which no published operator figure in the catalog covers.
-- MLA prefill is costed in the expanded form engines run it in (vLLM, SGLang: latent decompressed, ordinary
-  multi-head attention), a third of the absorbed form's attention FLOPs. SGLang's three prefill points,
-  saturated benchmarks, land within 3%. DeepSeek's online prefill counts the tokens computed after on-disk
-  cache hits (56.3% of input tokens), so it is predicted with each prompt's first 56.3% as a cached prefix
-  (`--cached-prefix`): the computed tokens attend over the whole 4,989-token prompt, which takes the point
-  from +57% (costed as fresh prompts) to +47%. The rest is load: it is a 24-hour service average, and
-  DeepSeek moves nodes between inference and research with the load (278 nodes at peak, 226.75 on average
-  over the day, DeepSeek day 6), so part of the node-hours ran below saturation, by an amount not
-  published; the model predicts a saturated step and is not fitted to it. RTP-LLM's prefill (+21%) is the
-  same 4K-prompt EP32 setup as SGLang's 4K point, on H800 over RoCE and under a 1.6 s TTFT bound,
-  differences the model does not see.
-  (Costed absorbed, as before, and with fresh prompts, DeepSeek's, RTP-LLM's and SGLang's prefill points
-  read +24%, +2% and -4...-16%: right for the wrong reason.)
-- DeepSeek's online decode figure is a service average too (varying load), so a steady-state model reads
-  high on it.
-- Decode is predicted without compute/communication overlap (`--overlap` models ideal two-micro-batch
-  overlap); with it the decode points come out 1.6-2x too fast, so the published systems hide much less than
-  the ideal.
-- Against the targets: the median is under 15%, but not every point is within 30%: DeepSeek's online
-  prefill (+47%) stays out, for the reasons above. The fixed costs exist only where a figure is published:
-  no other chip has a launch figure and no other system a collective latency (zero there), EP all-to-all
-  across scale-up domains and AFD traffic carry none, and under the default `graphs = true` prefill steps,
-  which engines often run eagerly, pay no launches either.
+- **Small-batch decode on Blackwell and H20 (DeepSeek-R1 at batch 1: 5-12x too fast on B200, 1.6x on H20).**
+  A batch-1 step of a 61-layer MoE model on TP8 is a chain of some 1,200 small kernels and 122 all-reduces;
+  its time is set by the per-kernel floor inside a CUDA graph and by the all-reduce latency, not by bytes. The
+  catalog has the Hopper NVLink all-reduce latency (17 us, vLLM's NCCL timing) but no Blackwell one, and no
+  published per-kernel floor for graph-replayed kernels was found (searched: NVIDIA's CUDA Graphs posts,
+  HolisticTraceAnalysis, vLLM and SGLang profiles). Until one is measured, these points stay out.
+- **FP4 on Blackwell (Llama 70B/405B FP4 +40-86%, Qwen3-235B FP4 +210%, Maverick FP4 +117%).** No FP4 GEMM
+  benchmark per shape is in the catalog (cuBLAS 12.9 publishes ratios only), so FP4 matmuls run at the scalar
+  default of 0.77 of the FP4 peak; Blackwell FP8 has one small-M CUTLASS table (vLLM PR #20071).
+- **Aggregated serving with data-parallel attention (Qwen3-235B, Maverick, DeepSeek-R1 max-throughput:
+  +28-210%).** A prefill on one attention rank stalls every rank at the next expert all-to-all, and the
+  busiest expert rank sets the pace; no published figure gives either (SGLang's balancedness figures are
+  images), so neither is modelled.
+- **AMD MI300X (Llama 3.1 405B TP8, +141-170% at every batch).** No CDNA3 GEMM or attention benchmark is in
+  the catalog; the scalar defaults (measured on Ascend and Hopper) are far from vLLM-on-ROCm in 2024.
+- **Ascend 910C decode out of sample (+79-157% LOSO, +19-95% in-sample).** The CloudMatrix paper is the only
+  source of Ascend kernel figures; without it the 910C runs at the Hopper-derived defaults. In-sample the
+  small batches (8 and 24 per NPU) stay 1.9x fast: the per-layer fixed cost of its decode (874 us per layer at
+  batch 96, the paper's Figure 22) is not all bandwidth.
+- **Step-3 AFD on Hopper (+93-117%; 3A2F infeasible).** The paper does not name the GPU (H800 assumed). The
+  model pipelines attention, network and FFN ideally over three micro-batches; StepMesh's measured per-stage
+  budget (272 us per layer at 50 ms TPOT) suggests the stages do not overlap that well. The 3A2F point holds
+  6,048 sequences at 4K average context: memory is checked at the average, so it reads just out of memory.
+- **Setups that do not fit as published.** SGLang's GB200 prefill offloads weights to Grace memory (the model
+  has no host offload); two TensorRT-LLM v0.6 A100 static batches need more memory than the model's 10%
+  reserve allows (TensorRT-LLM reserves a fraction of the memory left after weights, not of the device).
+- **DeepSeek's online prefill (+41% in-sample)** is a 24-hour service average after 56.3% on-disk cache hits,
+  under varying load; the model predicts a saturated step (kept as before).
 """
 
 

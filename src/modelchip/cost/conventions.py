@@ -48,6 +48,8 @@ class Precision:
     (fp8, fp4), else bf16, as the paper does for A800 and 910B (8-bit weights and KV, BF16 compute).
     linear_state: the format of a linear-attention state (accumulated in fp32 by its kernels).
     honor_pins: keep KV formats a model's deployment fixes (e.g. MiniMax M1's BF16 full-attention KV).
+    attention_weight: the format of the attention projections and LM head where it differs from the FFN's
+    (FP8 or BF16 attention beside FP4 experts, as NVIDIA's FP4 DeepSeek-R1 checkpoint keeps it); '' = weight.
     """
 
     weight: str = "fp8"
@@ -55,25 +57,29 @@ class Precision:
     compute: str = "auto"
     linear_state: str = "fp32"
     honor_pins: bool = True
+    attention_weight: str = ""
 
     def __post_init__(self):
         for name in ("weight", "kv", "linear_state"):
             object.__setattr__(self, name, dtypes.canonical(getattr(self, name)))
+        if self.attention_weight:
+            object.__setattr__(self, "attention_weight", dtypes.canonical(self.attention_weight))
         if self.compute != "auto":
             object.__setattr__(self, "compute", dtypes.canonical(self.compute))
 
     def kv_bytes(self, pinned: str | None) -> float:
         return dtypes.nbytes(pinned if (pinned and self.honor_pins) else self.kv)
 
-    def compute_dtype(self, chip) -> str:
-        """The format the chip's math runs in for this deployment."""
+    def compute_dtype(self, chip, weight: str | None = None) -> str:
+        """The format the chip's math runs in for weights of `weight` (default: the deployment's)."""
+        weight = weight or self.weight
         if self.compute != "auto":
             return self.compute
-        if self.weight in ("fp8", "fp4") and chip.peak(self.weight):
-            return self.weight
-        if self.weight == "fp4" and chip.peak("fp8"):
+        if weight in ("fp8", "fp4") and chip.peak(weight):
+            return weight
+        if weight == "fp4" and chip.peak("fp8"):
             return "fp8"
-        if self.weight == "fp32" and chip.peak("fp32"):
+        if weight == "fp32" and chip.peak("fp32"):
             return "fp32"
         return "bf16"
 

@@ -10,9 +10,13 @@ Strategies (per-chip batch `batch`; per attention chip under AFD):
        chips (experts over F, dense FFN tensor-parallel over F); activations cross the network each layer
        (8-bit out, 16-bit back); micro-batches pipeline attention, network and FFN, so a layer costs its
        slowest stage.
-Fixed costs where the catalog has a published figure: each collective inside a scale-up domain pays the
-system's small-message latency on top of its bytes, and a step the engine does not capture in a graph
-(`graphs=False`) pays the chip's launch cost once per op call.
+Measured mechanisms (spec/catalog/kernels.toml, cost/kernel_model.py), where the chip's architecture has a
+benchmark: matmuls run at the roofline efficiency a GEMM benchmark measured at their M (grouped GEMMs for the
+routed experts), attention at its kernel's measured fraction of peak and bandwidth, decode expert dispatch and
+combine take the low-latency kernels' measured time, and each collective pays its link class's small-message
+latency; a step the engine does not capture in a graph (`graphs=False`) pays a launch per op call. Without a
+benchmark the scalar defaults of efficiency.toml apply. Attention projections may keep a wider format than the
+experts (Precision.attention_weight).
 A deployment that does not fit in memory is reported infeasible with the numbers, never estimated.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from modelchip.cost import kernel_model as km
 from modelchip.cost.conventions import Precision
 from modelchip.cost.efficiency import Efficiency, defaults
 from modelchip.cost.model_cost import ModelCost
@@ -46,7 +51,7 @@ class Deployment:
     chip: Chip
     chips: int
     strategy: str
-    batch: int
+    batch: float  # sequences per chip; a fraction spreads one sequence over chips (1/8: one sequence on TP8)
     context: int
     phase: str = "decode"
     prompt_len: int = 0
@@ -71,11 +76,13 @@ class Deployment:
     overhead_per_seq_s: float = 0.0  # per sequence per attention call
     overhead_per_step_s: float = 0.0  # host work of a step: batch metadata, sampling, bookkeeping
     overhead_per_seq_step_s: float = 0.0  # the same, per sequence in the batch
+    # source ids whose measured figures are left out (leave-one-source-out validation)
+    exclude: frozenset = frozenset()
 
     def check(self, cost: ModelCost) -> None:
         if self.strategy not in STRATEGIES:
             raise ModelchipError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
-        if self.chips < 1 or self.batch < 1 or self.context < 1:
+        if self.chips < 1 or not self.batch > 0 or self.context < 1:
             raise ModelchipError("chips, batch and context must be positive")
         if self.strategy == "afd":
             if self.attn_chips < 1 or self.ffn_chips < 1:
@@ -133,6 +140,27 @@ def _roofline(flops: float, nbytes: float, peak: float, bw: float, eff_c: float,
     return max(flops / (peak * eff_c), nbytes / (bw * eff_m))
 
 
+def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw: float, dtype: str,
+          grouped: bool = False) -> float:
+    """A matmul of `m` rows at the efficiency its architecture's GEMM benchmark measured at that M; without
+    one (or with a calibrated or user-set efficiency), at the scalar gemm and weight-streaming defaults."""
+    eff = d.efficiency
+    e = None if eff.explicit & {"gemm", "memory", "memory_by_tokens"} else \
+        km.gemm_efficiency(d.chip, dtype, m, grouped, d.exclude)
+    if e is None:
+        return _roofline(flops, nbytes, peak, bw, eff.gemm, eff.weight_memory(m))
+    return max(flops / peak, nbytes / bw) / e
+
+
+def _attention_eff(d: Deployment, phase: str) -> tuple[float, float]:
+    """(compute, memory) efficiency of the attention core: the architecture's measured kernel, else defaults."""
+    eff = d.efficiency
+    found = None if eff.explicit & {"attention_compute", "attention_memory"} else \
+        km.attention_efficiency(d.chip, phase, d.exclude)
+    compute, memory = found or (None, None)
+    return compute or eff.attention_compute, memory or (eff.attention_memory if phase == "decode" else eff.memory)
+
+
 def _activated(experts: int, top_k: int, tokens: float) -> float:
     """Expected experts hit at least once when `tokens` tokens each pick top_k of `experts` (balanced)."""
     return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
@@ -158,15 +186,23 @@ def _scale_up_domain(d: Deployment) -> int:
 def _links(d: Deployment, group: int) -> tuple[float, float, int]:
     """(scale-up B/s, scale-out B/s, chips per scale-up domain) for a group of `group` chips."""
     eff = d.efficiency
-    chip = d.chip
-    domain = _scale_up_domain(d)
-    up = (d.system.scale_up_bandwidth if d.system else None) or chip.scale_up.effective
-    out = (d.system.scale_out_bandwidth if d.system else None) or chip.scale_out.effective
-    up_measured = bool((d.system and d.system.scale_up.usable_bandwidth) or chip.scale_up.usable_bandwidth)
-    out_measured = bool((d.system and d.system.scale_out.usable_bandwidth) or chip.scale_out.usable_bandwidth)
-    up = (up or 0.0) * (1 if up_measured else eff.scale_up)
-    out = (out or 0.0) * (1 if out_measured else eff.scale_out)
-    return up, out, min(domain, group)
+    links = [x for x in ((d.system.scale_up, d.system.scale_out) if d.system else ()) ] + \
+        [d.chip.scale_up, d.chip.scale_out]
+    ups, outs = links[0::2], links[1::2]
+    up = _link_bandwidth(ups, eff.scale_up, d.exclude)
+    out = _link_bandwidth(outs, eff.scale_out, d.exclude)
+    return up, out, min(_scale_up_domain(d), group)
+
+
+def _link_bandwidth(links: list, efficiency: float, exclude: frozenset) -> float:
+    """The first measured usable bandwidth (system before chip) not from an excluded source, else the first
+    spec bandwidth times the default link efficiency; 0 where the catalog has neither."""
+    for link in links:
+        fig = link.usable_bandwidth
+        if fig and fig.source_id not in exclude:
+            return fig.value
+    spec = next((link.bandwidth.value for link in links if link.bandwidth), 0.0)
+    return spec * efficiency
 
 
 def _all_to_all(d: Deployment, group: int, bytes_out: float, spread: bool = False) -> float:
@@ -207,21 +243,25 @@ def _throughput_all_to_all(d: Deployment, group: int, tokens: float, top_k: int,
 
 
 def _collective_latency(d: Deployment, group: int) -> float:
-    """Fixed seconds of one collective among `group` chips inside a scale-up domain, where the catalog has a
-    measured small-message time. A group spanning domains goes over the NICs, for which it holds none (0)."""
-    if group <= 1 or group > _scale_up_domain(d):
+    """Fixed seconds of one collective among `group` chips: inside a scale-up domain the system's measured
+    small-message time, else its architecture's scale-up link class; across domains the scale-out link
+    class's. Zero where nothing is measured."""
+    if group <= 1:
         return 0.0
-    fig = d.system.scale_up_latency if d.system else d.chip.scale_up.collective_latency
-    return fig.value if fig else 0.0
+    if group <= _scale_up_domain(d):
+        fig = d.system.scale_up_latency if d.system else d.chip.scale_up.collective_latency
+        if fig and fig.source_id not in d.exclude:
+            return fig.value
+        return km.fixed("collective_latency", (f"{d.chip.arch}/scale-up",), d.exclude) or 0.0
+    return km.fixed("collective_latency", (f"{d.chip.arch}/scale-out",), d.exclude) or 0.0
 
 
 def _launch(cost: ModelCost, d: Deployment) -> float:
     """Seconds of kernel launches in a step not captured in a graph: one launch per op call of the model's op
-    list, at the chip's catalog launch cost (none where the catalog has no figure). A graph replays the step
-    with a single launch, so nothing is charged with graphs."""
-    if d.graphs or d.chip.kernel_launch is None:
+    list, at the architecture's measured launch cost (none where nothing is measured)."""
+    if d.graphs:
         return 0.0
-    return d.chip.kernel_launch.value * cost.op_calls()
+    return (km.fixed("kernel_launch", (d.chip.arch,), d.exclude) or 0.0) * cost.op_calls()
 
 
 def _all_reduce(d: Deployment, group: int, nbytes: float) -> float:
@@ -257,27 +297,33 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     # heads, so it does 1/tp of the instance's core FLOPs and reads 1/kv_shard of its cache (an MLA latent
     # cannot be split by heads, so every chip reads all of it)
     inst_tokens = tokens * tp
+    attn_c, attn_m = _attention_eff(d, d.phase)
     if decode:
         core_flops, kv_bytes = cost.decode_attention(d.context)
-        core = _roofline(core_flops * tokens, kv_bytes * b * tp / kv_shard, attn_peak, bw,
-                         eff.attention_compute, eff.attention_memory)
+        core = _roofline(core_flops * tokens, kv_bytes * b * tp / kv_shard, attn_peak, bw, attn_c, attn_m)
     else:
         core_flops, prefix_bytes = _prefill_core(cost, d.prompt_len, d.cached_prefix)
-        core = _roofline(core_flops * tokens, prefix_bytes * b * tp / kv_shard, attn_peak, bw,
-                         eff.attention_compute, eff.memory)
-    proj = _roofline(2 * inst_tokens * cost.attn_params / tp, cost.attn_params * wb / tp, peak, bw,
-                     eff.gemm, eff.weight_memory(inst_tokens))
+        core = _roofline(core_flops * tokens, prefix_bytes * b * tp / kv_shard, attn_peak, bw, attn_c, attn_m)
+    # attention projections and LM head may be kept in a wider format than the experts (BF16 or FP8
+    # attention beside FP4 experts)
+    attn_dtype = prec.attention_weight or prec.weight
+    awb = dtypes.nbytes(attn_dtype)
+    attn_peak_w = chip.peak(prec.compute_dtype(chip, attn_dtype)) or peak
+    attn_cdt = prec.compute_dtype(chip, attn_dtype)
+    cdt = prec.compute_dtype(chip)
+    proj = _gemm(d, 2 * inst_tokens * cost.attn_params / tp, cost.attn_params * awb / tp, inst_tokens, attn_peak_w,
+                 bw, attn_cdt)
     head_params = cost.lm_head_params or cost.embed_params
     out_tokens = b * tp * (q if decode else 1)  # prefill needs logits of the last token only
-    lm_head = _roofline(2 * out_tokens * head_params / tp, head_params * wb / tp, peak, bw, eff.gemm,
-                        eff.weight_memory(out_tokens))
+    lm_head = _gemm(d, 2 * out_tokens * head_params / tp, head_params * awb / tp, out_tokens, attn_peak_w, bw,
+                    attn_cdt)
 
     # FFN side, per FFN chip; under afd an FFN chip serves every attention chip's tokens
     ffn_tokens = inst_tokens * (attn_chips / ffn_group if d.strategy == "afd" else 1)
     dense_tp = tp if d.strategy == "tp" else (ffn_group if d.strategy == "afd" else 1)
     dense_tokens = ffn_tokens * (ffn_group if d.strategy == "afd" else 1)
-    dense = _roofline(2 * dense_tokens * cost.dense_params / dense_tp, cost.dense_params * wb / dense_tp, peak, bw,
-                      eff.gemm, eff.weight_memory(dense_tokens))
+    dense = _gemm(d, 2 * dense_tokens * cost.dense_params / dense_tp, cost.dense_params * wb / dense_tp,
+                  dense_tokens, peak, bw, cdt)
     moe_t = router = 0.0
     if moe:
         group_tokens = ffn_tokens * ep if d.strategy != "tp" else inst_tokens
@@ -285,9 +331,12 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         hit = _activated(moe.experts, moe.top_k, group_tokens) / max(ep, 1)
         shard = tp if d.strategy == "tp" else 1
         shared_tokens = ffn_tokens if d.strategy != "tp" else inst_tokens
-        flops = (2 * pairs * moe.expert_params + 2 * shared_tokens * moe.shared_params) / shard
-        nbytes = (hit * moe.expert_params + moe.shared_params) * wb / shard
-        moe_t = moe.layers * _roofline(flops, nbytes, peak, bw, eff.gemm, eff.memory)
+        # routed experts as one grouped GEMM of pairs/hit rows per expert, the shared expert as a dense one
+        routed = _gemm(d, 2 * pairs * moe.expert_params / shard, hit * moe.expert_params * wb / shard,
+                       pairs / max(hit, 1e-9), peak, bw, cdt, grouped=True)
+        shared = _gemm(d, 2 * shared_tokens * moe.shared_params / shard, moe.shared_params * wb / shard,
+                       shared_tokens, peak, bw, cdt) if moe.shared_params else 0.0
+        moe_t = moe.layers * (routed + shared)
         router = moe.layers * _roofline(2 * shared_tokens * moe.router_params / shard, moe.router_params * wb / shard,
                                         peak, bw, eff.gemm, eff.memory)
 
@@ -308,11 +357,18 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         comm = 2 * L * _all_reduce(d, tp, inst_tokens * act)
         comm_fixed = 2 * L * _collective_latency(d, tp)
     elif d.strategy == "ep" and moe:
-        comm_fixed = 2 * moe.layers * _collective_latency(d, ep)  # dispatch and combine
         per_token = moe.top_k * H * (1 + ACT_BYTES)
-        if decode:  # latency kernels: one message per routed expert, all over the NICs across domains
+        measured = km.ep_low_latency(chip.arch, ep, tokens, H, moe.top_k, d.exclude) if decode else None
+        if measured and measured[2]:  # the architecture's low-latency dispatch and combine, as benchmarked
+            comm = moe.layers * (measured[0] + measured[1])
+        elif measured:  # a measured latency floor, plus the bytes over the links
+            comm_fixed = moe.layers * (measured[0] + measured[1])
+            comm = moe.layers * _all_to_all(d, ep, tokens * per_token)
+        elif decode:  # latency kernels: one message per routed expert, all over the NICs across domains
+            comm_fixed = 2 * moe.layers * _collective_latency(d, ep)  # dispatch and combine
             comm = moe.layers * _all_to_all(d, ep, tokens * per_token)
         else:
+            comm_fixed = 2 * moe.layers * _collective_latency(d, ep)
             comm = moe.layers * _throughput_all_to_all(d, ep, tokens, moe.top_k, H * (1 + ACT_BYTES))
     elif d.strategy == "afd":
         # per layer an attention chip sends its tokens out (8-bit) and gets them back (16-bit); an FFN chip
@@ -348,7 +404,7 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     # memory per chip
     kv = b * tp * (d.context if decode else d.prompt_len) * cost.kv_bytes_per_token / kv_shard
     cap = chip.memory_capacity.value * (1 - eff.memory_reserved)
-    attn_w = (cost.attn_params + cost.attn_norm_params + cost.embed_params + cost.lm_head_params) * wb / tp
+    attn_w = (cost.attn_params + cost.attn_norm_params + cost.embed_params + cost.lm_head_params) * awb / tp
     expert_w = 0.0
     if moe:
         per_chip_experts = (moe.experts + d.redundant_experts) / max(ep, 1)

@@ -24,6 +24,8 @@ class Efficiency:
     # measured weight-streaming efficiency by rows per matmul ((rows, fraction), ...), from calibration;
     # empty: `memory` at every batch
     memory_by_tokens: tuple = ()
+    # names set by the user or a calibration profile: these win over the measured kernel tables
+    explicit: frozenset = frozenset()
 
     def weight_memory(self, tokens: float) -> float:
         """Efficiency of streaming weights through a matmul of `tokens` rows (log-interpolated table)."""
@@ -50,17 +52,30 @@ class Efficiency:
                 continue
             if not 0 < value <= 1:
                 raise ModelchipError(f"efficiency {key} must be in (0, 1], got {value}")
-        return replace(self, **items)
+        return replace(self, **items, explicit=self.explicit | frozenset(items))
 
 
 @cache
-def sources() -> dict[str, dict]:
-    return tomllib.loads(resources.files("modelchip.spec").joinpath("catalog", "efficiency.toml").read_text())
+def sources() -> dict[str, list[dict]]:
+    """Each efficiency's measurements, preferred first (a name may list several, from different sources)."""
+    data = tomllib.loads(resources.files("modelchip.spec").joinpath("catalog", "efficiency.toml").read_text())
+    return {k: v if isinstance(v, list) else [v] for k, v in data.items()}
+
+
+def chosen(name: str, exclude: frozenset[str] = frozenset()) -> dict | None:
+    """The measurement an efficiency takes: the first not from an excluded source (None: all excluded)."""
+    return next((m for m in sources()[name] if m.get("source_id") not in exclude), None)
 
 
 @cache
-def defaults() -> Efficiency:
-    return Efficiency(**{k: float(v["value"]) for k, v in sources().items()})
+def defaults(exclude: frozenset[str] = frozenset()) -> Efficiency:
+    """The catalog's efficiencies; with `exclude`, each from its first measurement outside those sources,
+    or 1.0 (the spec-sheet figure itself) where every measurement of it is excluded."""
+    values = {}
+    for name in sources():
+        m = chosen(name, exclude)
+        values[name] = float(m["value"]) if m else (0.0 if name == "memory_reserved" else 1.0)
+    return Efficiency(**values)
 
 
 def parse_overrides(items: list[str]) -> dict[str, float]:

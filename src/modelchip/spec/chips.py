@@ -22,6 +22,7 @@ class Figure:
     value: float
     source: str = ""
     tag: str = "UNVERIFIED"
+    source_id: str = ""  # a short name of the publication, for leave-one-source-out validation
 
     @property
     def verified(self) -> bool:
@@ -53,6 +54,9 @@ class Chip:
     name: str
     vendor: str
     kind: str = "gpu"
+    # the microarchitecture (NVIDIA Hopper, Ascend DaVinci): kernel efficiency tables measured on one chip of an
+    # architecture apply to its siblings (spec/catalog/kernels.toml)
+    arch: str = ""
     status: str = "ok"
     notes: str = ""
     flops: dict[str, Figure] = field(default_factory=dict)
@@ -62,8 +66,6 @@ class Chip:
     scale_out: Link = Link()
     tdp: Figure | None = None
     price: Figure | None = None  # USD per hour
-    # seconds each kernel launch adds to a step the engine does not capture in a graph, where published
-    kernel_launch: Figure | None = None
 
     def peak(self, dtype: str) -> float | None:
         """Dense peak FLOP/s for a compute dtype; bf16 and fp16 stand in for each other when one is missing."""
@@ -89,7 +91,7 @@ class Chip:
         """Every figure by a readable name, for listings and for flagging UNVERIFIED ones."""
         out = {f"flops.{k}": v for k, v in self.flops.items()}
         memory = {"memory.capacity": self.memory_capacity, "memory.bandwidth": self.memory_bandwidth}
-        rest = {"power.tdp": self.tdp, "price.usd_per_hour": self.price, "overhead.kernel_launch": self.kernel_launch}
+        rest = {"power.tdp": self.tdp, "price.usd_per_hour": self.price}
         out.update({k: v for k, v in memory.items() if v is not None})
         out |= self.scale_up.figures("scale_up") | self.scale_out.figures("scale_out")
         return out | {k: v for k, v in rest.items() if v is not None}
@@ -142,7 +144,7 @@ def _figure(raw, where: str) -> Figure | None:
     tag = str(raw.get("tag", "UNVERIFIED"))
     if tag not in TAGS:
         raise ModelchipError(f"{where}: tag {tag!r} is not one of {', '.join(TAGS)}")
-    return Figure(float(raw["value"]), str(raw.get("source", "")), tag)
+    return Figure(float(raw["value"]), str(raw.get("source", "")), tag, str(raw.get("source_id", "")))
 
 
 def _link(raw: dict | None, where: str) -> Link:
@@ -164,6 +166,7 @@ def chip_from_toml(data: dict, where: str = "chip") -> Chip:
             name=data.get("name", data["id"]),
             vendor=data.get("vendor", ""),
             kind=data.get("kind", "gpu"),
+            arch=str(data.get("arch", "")),
             status=data.get("status", "ok"),
             notes=data.get("notes", ""),
             flops=flops,
@@ -173,7 +176,6 @@ def chip_from_toml(data: dict, where: str = "chip") -> Chip:
             scale_out=_link(data.get("scale_out"), f"{where}.scale_out"),
             tdp=_figure(data.get("power", {}).get("tdp"), f"{where}.power.tdp"),
             price=_figure(data.get("price", {}).get("usd_per_hour"), f"{where}.price.usd_per_hour"),
-            kernel_launch=_figure(data.get("overhead", {}).get("kernel_launch"), f"{where}.overhead.kernel_launch"),
         )
     except KeyError as exc:
         raise ModelchipError(f"{where} is missing field {exc.args[0]!r}") from exc

@@ -1,0 +1,128 @@
+"""Kernel efficiencies and fixed times looked up in the measured tables (spec/catalog/kernels.toml),
+InferSim-style: a GEMM of M rows on a chip runs at the roofline efficiency its architecture's benchmark
+measured at that M (log-interpolated between measured M, clamped at the ends), an attention kernel at the
+fraction of peak and bandwidth its benchmark reached, and collectives pay their measured latency.
+
+Every lookup takes `exclude`, a set of source ids left out (leave-one-source-out validation); a lookup that
+finds nothing returns None, and the caller falls back to the scalar defaults of efficiency.toml.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from functools import cache
+
+from modelchip.spec import dtypes
+from modelchip.spec.chips import Chip, get_chip
+from modelchip.spec.kernels import GemmTable, kernel_catalog
+
+NONE: frozenset[str] = frozenset()
+
+
+def log_interp(points: list[tuple[float, float]], x: float) -> float:
+    """y at x on a curve given at sorted xs, linear in log x between points, flat beyond the ends."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x <= x1:
+            return y0 + (y1 - y0) * math.log(x / x0) / math.log(x1 / x0)
+    return points[-1][1]
+
+
+@cache
+def _gemm_curve(table: GemmTable) -> tuple[tuple[float, float], ...]:
+    """(M, roofline efficiency) per measured M: for each row the achieved fraction of the measuring chip's
+    peak or of its bandwidth, whichever bounds the shape (a roofline-bound kernel reaches one of them), the
+    median over the shapes measured at that M."""
+    ref = get_chip(table.measured_on)
+    peak, bw = ref.peak(table.dtype), ref.bandwidth
+    by_m: dict[float, list[float]] = {}
+    for m, _n, _k, tflops, gbps in table.rows:
+        by_m.setdefault(m, []).append(min(1.0, max(tflops * 1e12 / peak, gbps * 1e9 / bw)))
+    return tuple((m, statistics.median(v)) for m, v in sorted(by_m.items()))
+
+
+def gemm_table(chip: Chip, dtype: str, grouped: bool, exclude: frozenset[str] = NONE) -> GemmTable | None:
+    """The benchmark that covers this chip's architecture and compute dtype (grouped MoE GEMMs prefer a
+    grouped benchmark and fall back to a dense one)."""
+    dtype = dtypes.canonical(dtype)
+    tables = [t for t in kernel_catalog().gemm
+              if chip.arch and chip.arch in t.arch and t.dtype == dtype and t.source_id not in exclude]
+    tables.sort(key=lambda t: t.grouped != grouped)
+    return tables[0] if tables else None
+
+
+def gemm_efficiency(chip: Chip, dtype: str, m: float, grouped: bool = False,
+                    exclude: frozenset[str] = NONE) -> float | None:
+    """Roofline efficiency of an M-row GEMM: max(FLOPs / peak, bytes / bandwidth) / this = its time."""
+    table = gemm_table(chip, dtype, grouped, exclude)
+    return log_interp(list(_gemm_curve(table)), max(m, 1.0)) if table else None
+
+
+def attention_efficiency(chip: Chip, phase: str,
+                         exclude: frozenset[str] = NONE) -> tuple[float | None, float | None] | None:
+    """(fraction of BF16 peak, fraction of bandwidth) the architecture's measured attention kernel reaches;
+    either is None where the benchmark does not measure it."""
+    for fig in kernel_catalog().attention:
+        if chip.arch and chip.arch in fig.arch and fig.phase == phase and fig.source_id not in exclude:
+            ref = get_chip(fig.measured_on)
+            compute = fig.compute_fraction or (fig.tflops * 1e12 / ref.peak("bf16") if fig.tflops else None)
+            memory = fig.memory_fraction or (fig.gbps * 1e9 / ref.bandwidth if fig.gbps else None)
+            return (min(1.0, compute) if compute else None), (min(1.0, memory) if memory else None)
+    return None
+
+
+def fixed(name: str, keys: tuple[str, ...], exclude: frozenset[str] = NONE) -> float | None:
+    """The first catalogued figure `name` that applies to one of `keys` (an architecture, a link class), in
+    the order of `keys`; None where nothing is measured."""
+    figs = [f for f in kernel_catalog().fixed if f.name == name and f.source_id not in exclude]
+    for key in keys:
+        for f in figs:
+            if key in f.applies:
+                return f.value
+    return None
+
+
+def ep_low_latency(arch: str, ep: int, tokens: float, hidden: int, top_k: int,
+                   exclude: frozenset[str] = NONE) -> tuple[float, float, bool] | None:
+    """(dispatch s, combine s, whether bandwidth is included) of one MoE layer's low-latency all-to-all over
+    `ep` ranks with `tokens` tokens per rank, from every benchmark of the architecture (the fastest published
+    kernel at each EP size and token count, as engines pick it; log-interpolated between EP sizes).
+
+    With two or more token counts the time is linear in tokens between them (a fixed latency plus a per-token
+    part scaled by the message size hidden x top_k relative to the benchmark's). With one count of at least 32
+    tokens, the time scales with tokens from it; with only a smaller count it is a latency floor, and the
+    caller adds the bytes over the link (bandwidth not included)."""
+    rows: dict[tuple[float, float], tuple[float, float]] = {}
+    scale = 1.0
+    for table in kernel_catalog().ep_latency:
+        if arch not in table.arch or table.source_id in exclude:
+            continue
+        scale = hidden * top_k / (table.hidden * table.top_k)
+        for e, t, dispatch, combine in table.rows:
+            old = rows.get((e, t), (float("inf"), float("inf")))
+            rows[(e, t)] = (min(old[0], dispatch), min(old[1], combine))
+    if not rows or ep <= 1:
+        return None
+    counts = sorted({t for _, t in rows})
+    at = []
+    for t in counts:
+        pts = sorted((e, v) for (e, tt), v in rows.items() if tt == t)
+        at.append((t, log_interp([(e, v[0]) for e, v in pts], ep), log_interp([(e, v[1]) for e, v in pts], ep)))
+    if len(at) == 1:
+        t0, d0, c0 = at[0]
+        if t0 < 32:
+            return d0 * 1e-6, c0 * 1e-6, False
+        f = max(tokens, 1.0) / t0 * scale
+        return d0 * f * 1e-6, c0 * f * 1e-6, True
+    (t0, d0, c0), (t1, d1, c1) = at[0], at[-1]
+    out = []
+    for y0, y1 in ((d0, d1), (c0, c1)):
+        slope = (y1 - y0) / (t1 - t0)
+        out.append((max(y0 - slope * t0, 0.0) + slope * max(tokens, 1.0) * scale) * 1e-6)
+    return out[0], out[1], True
+
+
+def source_ids() -> set[str]:
+    return kernel_catalog().source_ids()

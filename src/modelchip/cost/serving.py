@@ -1,0 +1,100 @@
+"""Serving mode: a deployment under a load of requests with `input_len` prompt and `output_len` output tokens,
+as engine benchmarks (vLLM's benchmark_serving, trtllm-bench, SGLang's bench_serving) and MLPerf's
+Offline/Server scenarios measure it: throughput, TTFT and TPOT at a concurrency or a request rate.
+
+The engine keeps `concurrency` requests in flight per instance (or as many as fit, capped at the engine's
+batch limit). In steady state every request is prefilled once and decoded for `output_len` steps, so for the
+whole in-flight cohort one round costs its prefill plus `output_len` decode steps at the mean context
+(input + output / 2); a request's TPOT is its decode step plus its share of the prefills that interrupt it
+(the cohort's prefill spread over its output tokens), and its TTFT is its own prompt's prefill plus the
+decode step it waits behind. A request rate is turned into a concurrency by Little's law.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from modelchip.cost.deploy import Deployment, Prediction, evaluate, max_batch_by_memory
+from modelchip.cost.model_cost import ModelCost
+from modelchip.errors import ModelchipError
+
+ENGINE_MAX_BATCH = 2048  # sequences an engine schedules at once when nothing else is said (TensorRT-LLM's default)
+
+
+@dataclass
+class ServingPrediction:
+    feasible: bool
+    reason: str
+    concurrency: float  # requests in flight in the whole deployment
+    batch_per_chip: float
+    output_tokens_per_s: float  # whole deployment
+    output_tokens_per_s_per_chip: float
+    input_tokens_per_s_per_chip: float
+    requests_per_s: float
+    ttft_ms: float
+    tpot_ms: float
+    decode: Prediction
+    prefill: Prediction
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("decode", "prefill")}
+        out["decode_breakdown_ms"] = self.decode.breakdown_ms
+        out["prefill_breakdown_ms"] = self.prefill.breakdown_ms
+        return out
+
+
+def _sequences_per_chip(d: Deployment) -> int:
+    """Chips a sequence's batch is counted on: every chip for tp and ep, the attention chips under afd."""
+    return d.attn_chips if d.strategy == "afd" else d.chips
+
+
+def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concurrency: float = 0,
+          request_rate: float = 0, max_batch: int = ENGINE_MAX_BATCH) -> ServingPrediction:
+    """Steady-state serving of the deployment; see the module docstring. `concurrency` and `request_rate`
+    count the whole deployment; with neither, the engine fills memory (maximum-load throughput)."""
+    if input_len < 1 or output_len < 1:
+        raise ModelchipError("serving needs positive --input-len and --output-len")
+    if concurrency < 0 or request_rate < 0:
+        raise ModelchipError("--concurrency and --request-rate must be positive")
+    if concurrency and request_rate:
+        raise ModelchipError("give --concurrency or --request-rate, not both")
+    per = _sequences_per_chip(d)
+    fit = max_batch_by_memory(cost, replace(d, phase="decode", context=input_len + output_len))
+    if fit == 0:
+        p = evaluate(cost, replace(d, batch=1, context=input_len + output_len))
+        raise ModelchipError(f"the weights alone do not fit: {p.reason}")
+    cap = min(fit, max(max_batch // d.chips, 1) if d.strategy == "tp" else max_batch)
+
+    def at(batch: float) -> ServingPrediction:
+        dec = evaluate(cost, replace(d, phase="decode", batch=batch, context=input_len + output_len // 2))
+        pre = evaluate(cost, replace(d, phase="prefill", batch=batch, prompt_len=input_len))
+        one = evaluate(cost, replace(d, phase="prefill", batch=min(batch, 1.0), prompt_len=input_len))
+        step, prefill = dec.tpot_ms, pre.ttft_ms
+        tpot = step + prefill / output_len
+        in_flight = batch * per
+        out_tps = in_flight * output_len / ((prefill + output_len * step) / 1e3)
+        ok = dec.feasible and pre.feasible
+        return ServingPrediction(ok, dec.reason or pre.reason, in_flight, batch, out_tps, out_tps / d.chips,
+                                 out_tps * input_len / output_len / d.chips, out_tps / output_len,
+                                 one.ttft_ms + step, tpot, dec, pre)
+
+    if concurrency:
+        batch = concurrency / per
+        if batch > cap:
+            raise ModelchipError(f"concurrency {concurrency:g} needs {batch:.1f} sequences per chip; "
+                                 f"{cap} fit (memory or the engine's batch limit)")
+        return at(batch)
+    if not request_rate:
+        return at(float(cap))
+    batch = 1.0 / per  # Little's law: in flight = rate x time in system, iterated to its fixed point
+    for _ in range(60):
+        p = at(batch)
+        want = request_rate * (p.ttft_ms + (output_len - 1) * p.tpot_ms) / 1e3 / per
+        if want > cap:
+            raise ModelchipError(f"{request_rate:g} requests/s is beyond this deployment's capacity "
+                                 f"({at(float(cap)).requests_per_s:.2f} requests/s at {cap} sequences per chip)")
+        if abs(want - batch) < 1e-3 * max(batch, 1e-3):
+            break
+        batch = max(want, 1.0 / per)
+    return at(batch)
+

@@ -1,0 +1,139 @@
+"""Measured kernel and collective tables (spec/catalog/kernels.toml): what real GEMM, attention and
+communication kernels reach on a chip, per shape, each table with the benchmark it was copied from.
+
+Spec-sheet peaks stay in the chip files; these are measurements of mechanisms, kept as published (TFLOPS,
+GB/s, microseconds), so the cost model turns them into efficiencies against the chip they were measured on.
+Every table and figure carries a `source_id` naming its publication, so validation can leave one source out.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from modelchip.errors import ModelchipError
+from modelchip.spec import dtypes
+from modelchip.spec.chips import TAGS
+
+
+@dataclass(frozen=True)
+class Sourced:
+    source: str
+    tag: str
+    source_id: str
+
+
+@dataclass(frozen=True)
+class GemmTable(Sourced):
+    """A GEMM benchmark: rows of (M, N, K, achieved TFLOPS, achieved GB/s) on `measured_on`."""
+
+    id: str
+    arch: tuple[str, ...]
+    dtype: str
+    grouped: bool  # MoE grouped GEMM (M = tokens per expert) rather than one dense matmul
+    measured_on: str
+    rows: tuple[tuple[float, float, float, float, float], ...]
+
+
+@dataclass(frozen=True)
+class AttentionFigure(Sourced):
+    """The best a named attention kernel reaches on `measured_on`: compute-bound TFLOPS and memory-bound GB/s,
+    or the fractions of peak and bandwidth where the source publishes those (0: not measured)."""
+
+    id: str
+    arch: tuple[str, ...]
+    phase: str
+    measured_on: str
+    tflops: float = 0.0
+    gbps: float = 0.0
+    compute_fraction: float = 0.0
+    memory_fraction: float = 0.0
+
+
+@dataclass(frozen=True)
+class EpLatencyTable(Sourced):
+    """Low-latency expert-parallel dispatch and combine per MoE layer: rows of (EP ranks, tokens per rank,
+    dispatch us, combine us) for tokens of `hidden` values routed to `top_k` experts."""
+
+    id: str
+    arch: tuple[str, ...]
+    hidden: int
+    top_k: int
+    rows: tuple[tuple[float, float, float, float], ...]
+
+
+@dataclass(frozen=True)
+class Fixed(Sourced):
+    """A fixed time or ratio of one mechanism, for the architectures or link classes in `applies`."""
+
+    id: str
+    name: str
+    applies: tuple[str, ...]
+    value: float
+    unit: str
+
+
+@dataclass(frozen=True)
+class KernelCatalog:
+    gemm: tuple[GemmTable, ...]
+    attention: tuple[AttentionFigure, ...]
+    ep_latency: tuple[EpLatencyTable, ...]
+    fixed: tuple[Fixed, ...]
+
+    def source_ids(self) -> set[str]:
+        return {x.source_id for group in (self.gemm, self.attention, self.ep_latency, self.fixed) for x in group}
+
+
+def _sourced(raw: dict, where: str) -> dict:
+    for key in ("source", "tag", "source_id"):
+        if not raw.get(key):
+            raise ModelchipError(f"{where}: every kernel table needs {key!r}")
+    if raw["tag"] not in TAGS:
+        raise ModelchipError(f"{where}: tag {raw['tag']!r} is not one of {', '.join(TAGS)}")
+    return {"source": str(raw["source"]), "tag": str(raw["tag"]), "source_id": str(raw["source_id"])}
+
+
+def _arch(raw: dict) -> tuple[str, ...]:
+    arch = raw.get("arch", ())
+    return (arch,) if isinstance(arch, str) else tuple(arch)
+
+
+def parse(data: dict) -> KernelCatalog:
+    gemm, attention, ep, fixed = [], [], [], []
+    for i, raw in enumerate(data.get("gemm", [])):
+        where = f"kernels.toml gemm[{i}] {raw.get('id', '')}"
+        rows = tuple(tuple(float(x) for x in r) for r in raw.get("rows", []))
+        if not rows or any(len(r) != 5 or min(r) <= 0 for r in rows):
+            raise ModelchipError(f"{where}: rows must be positive [M, N, K, TFLOPS, GB/s]")
+        gemm.append(GemmTable(id=raw["id"], arch=_arch(raw), dtype=dtypes.canonical(raw["dtype"]),
+                              grouped=bool(raw.get("grouped", False)), measured_on=raw["measured_on"],
+                              rows=rows, **_sourced(raw, where)))
+    for i, raw in enumerate(data.get("attention", [])):
+        where = f"kernels.toml attention[{i}] {raw.get('id', '')}"
+        nums = {k: float(raw.get(k, 0.0)) for k in ("tflops", "gbps", "compute_fraction", "memory_fraction")}
+        if not (nums["tflops"] or nums["compute_fraction"]) or min(nums.values()) < 0:
+            raise ModelchipError(f"{where}: needs a positive tflops or compute_fraction")
+        attention.append(AttentionFigure(id=raw["id"], arch=_arch(raw), phase=raw.get("phase", "decode"),
+                                         measured_on=raw["measured_on"], **nums, **_sourced(raw, where)))
+    for i, raw in enumerate(data.get("ep_latency", [])):
+        where = f"kernels.toml ep_latency[{i}] {raw.get('id', '')}"
+        rows = tuple(tuple(float(x) for x in r) for r in raw["rows"])
+        if not rows or any(len(r) != 4 or min(r) <= 0 for r in rows):
+            raise ModelchipError(f"{where}: rows must be positive [EP ranks, tokens per rank, dispatch us, combine us]")
+        ep.append(EpLatencyTable(id=raw["id"], arch=_arch(raw), hidden=int(raw["hidden"]),
+                                 top_k=int(raw["top_k"]), rows=tuple(sorted(rows)), **_sourced(raw, where)))
+    for i, raw in enumerate(data.get("fixed", [])):
+        where = f"kernels.toml fixed[{i}] {raw.get('id', '')}"
+        if float(raw["value"]) < 0:
+            raise ModelchipError(f"{where}: value must be non-negative")
+        fixed.append(Fixed(id=raw["id"], name=raw["name"], applies=_arch({"arch": raw["applies"]}),
+                           value=float(raw["value"]), unit=str(raw["unit"]), **_sourced(raw, where)))
+    return KernelCatalog(tuple(gemm), tuple(attention), tuple(ep), tuple(fixed))
+
+
+@cache
+def kernel_catalog() -> KernelCatalog:
+    text = resources.files("modelchip.spec").joinpath("catalog", "kernels.toml").read_text()
+    return parse(tomllib.loads(text))

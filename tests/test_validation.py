@@ -1,0 +1,50 @@
+"""The planner against published measured deployments: the error may not silently get worse, and every
+point and measured figure names where it comes from."""
+
+import re
+
+from modelchip.cost import validation
+from modelchip.cost.efficiency import sources as efficiency_sources
+from modelchip.spec.kernels import kernel_catalog
+
+CITED = re.compile(r"https?://|arXiv \d{4}\.\d{4,5}")
+
+
+def test_validation_error_bounds():
+    res = validation.run()
+    ins, loso = res["in_sample"], res["leave_one_source_out"]
+    # coverage the issue asks for: points, independent sources, chips (of which non-NVIDIA)
+    assert res["count"] >= 71 and res["sources"] >= 12 and res["chips"] >= 9
+    assert {"ascend-910c", "mi300x"} <= {r["chip"] for r in res["rows"]}
+    # today's errors (docs/validation.md); lower these as mechanisms land, never raise them
+    assert ins["median_abs_error"] <= 0.40 and ins["within_30"] >= 34
+    assert loso["median_abs_error"] <= 0.51 and loso["within_30"] >= 31
+    # leaving a source out can only take information away: no point is predicted better on average
+    assert loso["median_abs_error"] >= ins["median_abs_error"]
+
+
+def test_points_name_declared_sources():
+    declared = set(validation.sources())
+    for p in validation.points()["point"]:
+        assert p["source_id"] in declared, p["id"]
+        assert p["metric"] in validation.METRICS, p["id"]
+    for sid, s in validation.sources().items():
+        assert CITED.search(s["title"]), sid
+
+
+def test_measured_figures_cite_primary_sources():
+    cat = kernel_catalog()
+    for group in (cat.gemm, cat.attention, cat.ep_latency, cat.fixed):
+        for item in group:
+            assert CITED.search(item.source), item.id
+    for name, items in efficiency_sources().items():
+        for m in items:
+            assert CITED.search(m["source"]) and m["source_id"], name
+
+
+def test_regimes_cover_batch_1_to_over_1000_per_chip():
+    points = validation.points()["point"]
+    per_chip = [p.get("batch") or p.get("concurrency", 0) / p["chips"] for p in points]
+    assert min(x for x in per_chip if x) <= 1 and max(per_chip) > 1000
+    assert {validation.regime(p) for p in points} >= {"decode/latency", "decode/throughput", "prefill",
+                                                         "serve/latency", "serve/throughput"}
