@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from modelchip.cli.main import main
-from modelchip.cost import validation
+from modelchip.cost import serving, validation
 from modelchip.cost.conventions import Precision
 from modelchip.cost.deploy import Deployment, best_batch_for_slo, evaluate, max_batch_by_memory
 from modelchip.cost.model_cost import model_cost
-from modelchip.cost.planner import Candidate, pareto_frontier, plan
+from modelchip.cost.planner import BATCHES, Candidate, pareto_frontier, plan
 from modelchip.cost.systems import system_for
 from modelchip.errors import ModelchipError
 from modelchip.spec import load_model
@@ -191,3 +191,26 @@ def test_kernels_between_matmuls_follow_their_byte_counts():
     assert tp4["norms"] == pytest.approx(tp1["norms"])
     assert tp4["act_fn"] == pytest.approx(tp1["act_fn"] / 4)
     assert tp4["sampling"] == pytest.approx(tp1["sampling"] / 4)
+
+
+def test_plan_searches_serving_loads():
+    cost = model_cost(load_model("llama-3.1-70b"), PREC)
+    base = [_d("h200", chips=n, strategy="tp", batch=1) for n in (1, 2, 4)]
+    res = plan(cost, base, tpot_slo_ms=40, ttft_slo_ms=2000, serve=(1024, 512))
+    assert res.best and res.evaluated > 20
+    for c in res.feasible:
+        assert c.tpot_ms <= 40 and c.ttft_ms <= 2000
+    # the best candidate is exactly the serving prediction at its load
+    best = res.best
+    d = next(x for x in base if x.chips == best.chips)
+    s = serving.serve(cost, d, 1024, 512, concurrency=best.batch * best.chips)
+    assert best.tokens_per_s_per_chip == pytest.approx(s.output_tokens_per_s_per_chip)
+    assert best.tpot_ms == pytest.approx(s.tpot_ms)
+    # a load one step up the batch grid misses the TPOT target or does not fit
+    higher = [b for b in BATCHES if b > best.batch]
+    if higher:
+        try:
+            up = serving.serve(cost, d, 1024, 512, concurrency=higher[0] * best.chips)
+            assert up.tpot_ms > 40 or up.output_tokens_per_s_per_chip <= best.tokens_per_s_per_chip
+        except ModelchipError:
+            pass

@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--objective", default="throughput", choices=["throughput", "cost"],
                    help="maximise tokens/s per chip, or minimise USD per 1M tokens")
     add_deployment_args(p)
+    p.add_argument("--input-len", type=int, default=0, help="--phase serve: prompt tokens per request")
+    p.add_argument("--output-len", type=int, default=0, help="--phase serve: output tokens per request")
     p.add_argument("--top", type=int, default=10, help="configurations to list (default 10)")
     p.add_argument("--out", default=None,
                    help=f"HTML report path (default {DEFAULT_REPORT}; with --json only if given)")
@@ -44,6 +46,13 @@ def run(args) -> int:
     start = time.perf_counter()
     if args.profile:  # the search runs on the profiled chip alone
         args.chip_ids = args.chip_ids[:1]
+    serve = None
+    if args.phase == "serve":
+        if args.input_len < 1 or args.output_len < 1:
+            raise ModelchipError("plan --phase serve needs positive --input-len and --output-len")
+        serve, args.phase = (args.input_len, args.output_len), "decode"
+    elif args.phase != "decode":
+        raise ModelchipError("plan searches decode steps (--phase decode) or serving loads (--phase serve)")
     cached, args.cached_prefix = args.cached_prefix, 0  # the search is over decode; the prefix applies to TTFT
     if cached and not 0 < cached < args.prompt_len:
         raise ModelchipError(f"--cached-prefix {cached} needs a longer --prompt-len (got {args.prompt_len}): at "
@@ -63,7 +72,7 @@ def run(args) -> int:
         if cost is None:
             raise ModelchipError("nothing to search: give at least one chip, count and strategy")
         results.append(planner.plan(cost, base, args.tpot_slo_ms, args.ttft_slo_ms, prompt_len=args.prompt_len,
-                                    cached_prefix=cached, objective=args.objective))
+                                    cached_prefix=cached, objective=args.objective, serve=serve))
     result = planner.merge(results, args.objective)
     seconds = time.perf_counter() - start
     out = {
@@ -73,6 +82,7 @@ def run(args) -> int:
         "top": [asdict(c) for c in result.best_per_config[: args.top]],
         "rejected": result.rejected, "rejected_examples": result.examples,
         "targets": {"tpot_ms": args.tpot_slo_ms, "ttft_ms": args.ttft_slo_ms, "objective": args.objective},
+        "serve": {"input_len": serve[0], "output_len": serve[1]} if serve else None,
     }
     report = None
     if args.out or not args.json:

@@ -30,8 +30,16 @@ def log_interp(points: list[tuple[float, float]], x: float) -> float:
     return points[-1][1]
 
 
-@cache
-def _gemm_curve(table: GemmTable) -> tuple[tuple[float, float], ...]:
+def _gemm_curve(table: GemmTable) -> list[tuple[float, float]]:
+    if table.id not in _CURVES:  # keyed by id: hashing the rows on every lookup would dominate a plan
+        _CURVES[table.id] = _measure_curve(table)
+    return _CURVES[table.id]
+
+
+_CURVES: dict[str, list[tuple[float, float]]] = {}
+
+
+def _measure_curve(table: GemmTable) -> list[tuple[float, float]]:
     """(M, roofline efficiency) per measured M: for each row the achieved fraction of the measuring chip's
     peak or of its bandwidth, whichever bounds the shape (a roofline-bound kernel reaches one of them), the
     median over the shapes measured at that M."""
@@ -40,15 +48,19 @@ def _gemm_curve(table: GemmTable) -> tuple[tuple[float, float], ...]:
     by_m: dict[float, list[float]] = {}
     for m, _n, _k, tflops, gbps in table.rows:
         by_m.setdefault(m, []).append(min(1.0, max(tflops * 1e12 / peak, gbps * 1e9 / bw)))
-    return tuple((m, statistics.median(v)) for m, v in sorted(by_m.items()))
+    return [(m, statistics.median(v)) for m, v in sorted(by_m.items())]
 
 
 def gemm_table(chip: Chip, dtype: str, grouped: bool, exclude: frozenset[str] = NONE) -> GemmTable | None:
     """The benchmark that covers this chip's architecture and compute dtype (grouped MoE GEMMs prefer a
     grouped benchmark and fall back to a dense one)."""
-    dtype = dtypes.canonical(dtype)
+    return _gemm_table(chip.arch, dtypes.canonical(dtype), grouped, exclude)
+
+
+@cache
+def _gemm_table(arch: str, dtype: str, grouped: bool, exclude: frozenset[str]) -> GemmTable | None:
     tables = [t for t in kernel_catalog().gemm
-              if chip.arch and chip.arch in t.arch and t.dtype == dtype and t.source_id not in exclude]
+              if arch and arch in t.arch and t.dtype == dtype and t.source_id not in exclude]
     tables.sort(key=lambda t: t.grouped != grouped)
     return tables[0] if tables else None
 
@@ -57,7 +69,7 @@ def gemm_efficiency(chip: Chip, dtype: str, m: float, grouped: bool = False,
                     exclude: frozenset[str] = NONE) -> float | None:
     """Roofline efficiency of an M-row GEMM: max(FLOPs / peak, bytes / bandwidth) / this = its time."""
     table = gemm_table(chip, dtype, grouped, exclude)
-    return log_interp(list(_gemm_curve(table)), max(m, 1.0)) if table else None
+    return log_interp(_gemm_curve(table), max(m, 1.0)) if table else None
 
 
 def attention_efficiency(chip: Chip, phase: str,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
+from modelchip.cost import serving
 from modelchip.cost.deploy import Deployment, evaluate
 from modelchip.cost.model_cost import ModelCost
 from modelchip.errors import ModelchipError
@@ -61,9 +62,14 @@ def _configs(base: list[Deployment]) -> list[Deployment]:
 
 
 def plan(cost: ModelCost, base: list[Deployment], tpot_slo_ms: float | None, ttft_slo_ms: float | None = None,
-         prompt_len: int = 0, objective: str = "throughput", cached_prefix: int = 0) -> PlanResult:
+         prompt_len: int = 0, objective: str = "throughput", cached_prefix: int = 0,
+         serve: tuple[int, int] | None = None) -> PlanResult:
     """Evaluate every configuration at every batch size in BATCHES; see PlanResult. TTFT is one `prompt_len`
-    prompt's prefill, of which `cached_prefix` tokens come from a prefix cache."""
+    prompt's prefill, of which `cached_prefix` tokens come from a prefix cache. With `serve` = (input, output)
+    tokens per request, each batch is a serving load (cost/serving.py): TPOT and TTFT are the stream's, with
+    prefills mixed in, and throughput counts output tokens."""
+    if serve:
+        return _plan_serving(cost, base, tpot_slo_ms, ttft_slo_ms, objective, *serve)
     if objective not in ("throughput", "cost"):
         raise ModelchipError("objective must be 'throughput' or 'cost'")
     feasible, rejected, examples, per_config = [], Counter(), {}, []
@@ -140,3 +146,52 @@ def pareto_frontier(points: list[Candidate]) -> list[Candidate]:
             frontier.append(c)
             best = c.tokens_per_s_per_chip
     return frontier
+
+
+def _plan_serving(cost: ModelCost, base: list[Deployment], tpot_slo_ms: float | None, ttft_slo_ms: float | None,
+                  objective: str, input_len: int, output_len: int) -> PlanResult:
+    feasible, rejected, examples, per_config = [], Counter(), {}, []
+    evaluated = 0
+    for d in _configs(base):
+        best_here = None
+        try:
+            fit = serving.memory_fit(cost, d, input_len, output_len)
+        except ModelchipError as exc:
+            rejected["invalid"] += 1
+            examples.setdefault("invalid", f"{d.chips} x {d.chip.id} {d.strategy}: {exc}")
+            continue
+        per = d.attn_chips if d.strategy == "afd" else d.chips
+        for b in BATCHES:
+            evaluated += 1
+            if b > fit:
+                rejected["memory"] += 1
+                examples.setdefault("memory", f"{d.chips} x {d.chip.id} {d.strategy} batch {b}: {fit} sequences "
+                                              f"of {input_len + output_len} tokens fit per chip")
+                break
+            try:
+                s = serving.serve(cost, d, input_len, output_len, concurrency=b * per, fit=fit)
+            except ModelchipError as exc:  # beyond the engine's batch limit
+                rejected["memory"] += 1
+                examples.setdefault("memory", f"{d.chips} x {d.chip.id} {d.strategy} batch {b}: {exc}")
+                break
+            if tpot_slo_ms and s.tpot_ms > tpot_slo_ms:
+                rejected["tpot"] += 1
+                examples.setdefault("tpot", f"{d.chips} x {d.chip.id} {d.strategy} batch {b}: TPOT {s.tpot_ms:.1f} ms")
+                continue
+            if ttft_slo_ms and s.ttft_ms > ttft_slo_ms:
+                rejected["ttft"] += 1
+                examples.setdefault("ttft", f"{d.chips} x {d.chip.id} {d.strategy} batch {b}: TTFT {s.ttft_ms:.1f} ms")
+                continue
+            price = d.chip.usd_per_hour
+            usd = price / 3600 / s.output_tokens_per_s_per_chip * 1e6 if price else None
+            c = Candidate(d.precision.kv, d.chip.id, d.chips, d.strategy, d.attn_chips, d.ffn_chips, b, s.tpot_ms,
+                          s.ttft_ms, s.output_tokens_per_s_per_chip, usd, s.decode.memory_gb_per_chip,
+                          s.decode.breakdown_ms)
+            feasible.append(c)
+            if best_here is None or _score(c, objective) > _score(best_here, objective):
+                best_here = c
+        if best_here:
+            per_config.append(best_here)
+    best = max(feasible, key=lambda c: _score(c, objective), default=None)
+    return PlanResult(evaluated, feasible, best, pareto_frontier(feasible), dict(rejected), examples,
+                      sorted(per_config, key=lambda c: -_score(c, objective)))

@@ -49,9 +49,10 @@ def _sequences_per_chip(d: Deployment) -> int:
 
 
 def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concurrency: float = 0,
-          request_rate: float = 0, max_batch: int = ENGINE_MAX_BATCH) -> ServingPrediction:
+          request_rate: float = 0, max_batch: int = ENGINE_MAX_BATCH, fit: int | None = None) -> ServingPrediction:
     """Steady-state serving of the deployment; see the module docstring. `concurrency` and `request_rate`
-    count the whole deployment; with neither, the engine fills memory (maximum-load throughput)."""
+    count the whole deployment; with neither, the engine fills memory (maximum-load throughput). `fit`: the
+    sequences per chip that fit in memory, where the caller has it (a search reuses it across batches)."""
     if input_len < 1 or output_len < 1:
         raise ModelchipError("serving needs positive --input-len and --output-len")
     if concurrency < 0 or request_rate < 0:
@@ -59,7 +60,8 @@ def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concu
     if concurrency and request_rate:
         raise ModelchipError("give --concurrency or --request-rate, not both")
     per = _sequences_per_chip(d)
-    fit = max_batch_by_memory(cost, replace(d, phase="decode", context=input_len + output_len))
+    if fit is None:
+        fit = memory_fit(cost, d, input_len, output_len)
     if fit == 0:
         p = evaluate(cost, replace(d, batch=1, context=input_len + output_len))
         raise ModelchipError(f"the weights alone do not fit: {p.reason}")
@@ -98,3 +100,8 @@ def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concu
         batch = max(want, 1.0 / per)
     return at(batch)
 
+
+
+def memory_fit(cost: ModelCost, d: Deployment, input_len: int, output_len: int) -> int:
+    """Sequences per chip whose KV cache for a whole request (input + output tokens) fits beside the weights."""
+    return max_batch_by_memory(cost, replace(d, phase="decode", context=input_len + output_len))
