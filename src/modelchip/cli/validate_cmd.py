@@ -29,34 +29,32 @@ NOTES = """
 
 Every miss stays in the table. The mechanisms we believe are missing, by group:
 
-- **Small-batch decode on Blackwell and H20 (DeepSeek-R1 at batch 1: 5-12x too fast on B200, 1.6x on H20).**
-  A batch-1 step of a 61-layer MoE model on TP8 is a chain of some 1,200 small kernels and 122 all-reduces;
-  its time is set by the per-kernel floor inside a CUDA graph and by the all-reduce latency, not by bytes. The
-  catalog has the Hopper NVLink all-reduce latency (17 us, vLLM's NCCL timing) but no Blackwell one, and no
-  published per-kernel floor for graph-replayed kernels was found (searched: NVIDIA's CUDA Graphs posts,
-  HolisticTraceAnalysis, vLLM and SGLang profiles). Until one is measured, these points stay out.
-- **FP4 on Blackwell (Llama 70B/405B FP4 +40-86%, Qwen3-235B FP4 +210%, Maverick FP4 +117%).** No FP4 GEMM
-  benchmark per shape is in the catalog (cuBLAS 12.9 publishes ratios only), so FP4 matmuls run at the scalar
-  default of 0.77 of the FP4 peak; Blackwell FP8 has one small-M CUTLASS table (vLLM PR #20071).
-- **Aggregated serving with data-parallel attention (Qwen3-235B, Maverick, DeepSeek-R1 max-throughput:
-  +28-210%).** A prefill on one attention rank stalls every rank at the next expert all-to-all, and the
-  busiest expert rank sets the pace; no published figure gives either (SGLang's balancedness figures are
-  images), so neither is modelled.
-- **AMD MI300X (Llama 3.1 405B TP8, +141-170% at every batch).** No CDNA3 GEMM or attention benchmark is in
-  the catalog; the scalar defaults (measured on Ascend and Hopper) are far from vLLM-on-ROCm in 2024.
-- **Ascend 910C decode out of sample (+79-157% LOSO, +19-95% in-sample).** The CloudMatrix paper is the only
-  source of Ascend kernel figures; without it the 910C runs at the Hopper-derived defaults. In-sample the
-  small batches (8 and 24 per NPU) stay 1.9x fast: the per-layer fixed cost of its decode (874 us per layer at
-  batch 96, the paper's Figure 22) is not all bandwidth.
-- **Step-3 AFD on Hopper (+93-117%; 3A2F infeasible).** The paper does not name the GPU (H800 assumed). The
-  model pipelines attention, network and FFN ideally over three micro-batches; StepMesh's measured per-stage
-  budget (272 us per layer at 50 ms TPOT) suggests the stages do not overlap that well. The 3A2F point holds
-  6,048 sequences at 4K average context: memory is checked at the average, so it reads just out of memory.
+- **Ascend 910C out of sample (+77-154% LOSO; +17-25% in-sample at batch 96-128, +86-92% at 8-24).** The
+  CloudMatrix paper is the only source of Ascend kernel figures (GEMM, MLA, EP dispatch); left out, the 910C
+  runs at the scalar defaults and bytes over its UB links. In-sample the small batches stay 1.9x fast: the
+  per-layer fixed cost of its decode is not covered by any Ascend graph-mode or kernel-floor measurement.
+- **Step-3 AFD on Hopper (+67-85%; 3A2F out of memory).** The paper does not name the GPU (H800 assumed). The
+  model pipelines attention, network and FFN ideally over three micro-batches and charges the network bytes
+  only; its MFA attention runs at FlashAttention-3's efficiency, where the paper's own Table 9 measures MFA
+  layers about 2x slower at these shapes. The 3A2F point holds 6,048 sequences at 4K average context: memory
+  is checked at that average for every sequence, so it reads just out of memory.
+- **Blackwell FP4 dense GEMMs (Llama 70B FP4 on B200/GB200 -21 to -42%, Maverick -29%).** The only FP4
+  per-shape benchmarks are vLLM's untuned CUTLASS configs, FlashInfer's one autotuned shape and torchao's
+  squares; TensorRT-LLM's own FP4 kernels are faster than their median.
+- **Aggregated serving with data-parallel attention (Qwen3-235B FP4 +45%, FP8 +30%).** The attention-DP
+  balance (TensorRT-LLM blog 10) and the EP32 expert imbalance (blog 4) are measured on DeepSeek; Qwen3's
+  128-expert top-8 routing at EP8 has no published imbalance figure, so its experts are charged as balanced.
+- **DeepSeek-R1 batch 1 on B200 without MTP (+39%).** The kernel floor (3.77 us per op call) is derived from
+  H100; Blackwell's all-reduce latency is not in the catalog.
 - **Setups that do not fit as published.** SGLang's GB200 prefill offloads weights to Grace memory (the model
   has no host offload); two TensorRT-LLM v0.6 A100 static batches need more memory than the model's 10%
-  reserve allows (TensorRT-LLM reserves a fraction of the memory left after weights, not of the device).
-- **DeepSeek's online prefill (+41% in-sample)** is a 24-hour service average after 56.3% on-disk cache hits,
-  under varying load; the model predicts a saturated step (kept as before).
+  reserve allows (the batch-60 one more than the 80 GB the A100 has at FP16 KV, so the page's setup must differ
+  from what it states).
+- **DeepSeek's online prefill (+37% in-sample)** is a 24-hour service average after 56.3% on-disk cache hits,
+  under varying load; the model predicts a saturated step. DeepSeek's profile decode (-30% out of sample)
+  loses DeepEP's measured kernels and falls back to bytes over the NICs.
+- **TensorRT-LLM v0.5's 128-token TTFT on A100 (+60%)**: a 16 ms first token where the model's prefill and
+  kernel floor give 10 ms; eager launches are charged only to steps marked without graphs.
 """
 
 

@@ -33,6 +33,7 @@ from modelchip.spec import dtypes
 from modelchip.spec.chips import Chip, System
 
 STRATEGIES = ("tp", "ep", "afd")
+MOE_BALANCE = ("eplb", "static", "ideal")
 ACT_BYTES = 2.0  # activations and combine traffic in BF16
 # Memory-bound kernels between the matmuls, counted as a fused production engine runs them (TensorRT-LLM,
 # SGLang and vLLM fuse the residual add into RMSNorm and SiLU into the multiply): per layer two add+RMSNorm
@@ -78,6 +79,11 @@ class Deployment:
     overhead_per_seq_step_s: float = 0.0  # the same, per sequence in the batch
     # source ids whose measured figures are left out (leave-one-source-out validation)
     exclude: frozenset = frozenset()
+    # expert placement: "eplb" (rebalanced, with any redundant replicas), "static" (no rebalancing) or "ideal"
+    # (perfectly even routing, as published profiles simulate); the busiest rank's measured excess applies
+    moe_balance: str = "eplb"
+    # mean / max tokens per data-parallel attention rank (1: even); serving sets the measured figure
+    attention_balance: float = 1.0
 
     def check(self, cost: ModelCost) -> None:
         if self.strategy not in STRATEGIES:
@@ -98,6 +104,10 @@ class Deployment:
                                  "experts (add --redundant-experts to place replicas)")
         if self.strategy == "tp" and cost.kv_heads > 1 and self.chips > cost.kv_heads and self.chips % cost.kv_heads:
             raise ModelchipError(f"TP degree {self.chips} does not divide or fit the {cost.kv_heads} K/V heads")
+        if self.moe_balance not in MOE_BALANCE:
+            raise ModelchipError(f"unknown MoE balance {self.moe_balance!r}; choose from {', '.join(MOE_BALANCE)}")
+        if not 0 < self.attention_balance <= 1:
+            raise ModelchipError(f"attention balance must be in (0, 1], got {self.attention_balance}")
         if self.mtp < 0 or not 0 <= self.mtp_acceptance <= 1:
             raise ModelchipError("--mtp must be >= 0 and --mtp-acceptance in [0, 1]")
         if self.phase == "prefill" and self.prompt_len < 1:
@@ -264,6 +274,15 @@ def _launch(cost: ModelCost, d: Deployment) -> float:
     return (km.fixed("kernel_launch", (d.chip.arch,), d.exclude) or 0.0) * cost.op_calls()
 
 
+def _kernel_floor(cost: ModelCost, d: Deployment) -> float:
+    """Seconds a graph-replayed step spends beyond its kernels' roofline time, per op call: launch inside the
+    graph, ramp-up and tail of kernels too small to reach peak (measured for a whole batch-1 step, so it is
+    what keeps small-batch decode above its weight-read time)."""
+    if not d.graphs:
+        return 0.0  # outside a graph the launch cost (_launch) is paid instead
+    return (km.fixed("graph_kernel", (d.chip.arch,), d.exclude) or 0.0) * cost.op_calls()
+
+
 def _all_reduce(d: Deployment, group: int, nbytes: float) -> float:
     if group <= 1:
         return 0.0
@@ -324,7 +343,7 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     dense_tokens = ffn_tokens * (ffn_group if d.strategy == "afd" else 1)
     dense = _gemm(d, 2 * dense_tokens * cost.dense_params / dense_tp, cost.dense_params * wb / dense_tp,
                   dense_tokens, peak, bw, cdt)
-    moe_t = router = 0.0
+    moe_t = router = imbalance = 0.0
     if moe:
         group_tokens = ffn_tokens * ep if d.strategy != "tp" else inst_tokens
         pairs = group_tokens * moe.top_k / max(ep, 1)  # token-expert pairs landing on this chip
@@ -337,6 +356,10 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         shared = _gemm(d, 2 * shared_tokens * moe.shared_params / shard, moe.shared_params * wb / shard,
                        shared_tokens, peak, bw, cdt) if moe.shared_params else 0.0
         moe_t = moe.layers * (routed + shared)
+        # the busiest expert-parallel rank sets the pace: routed work grows by its measured max/mean load
+        if ep > 1 and d.moe_balance != "ideal":
+            ratio = km.fixed("moe_imbalance", (d.moe_balance,), d.exclude, ranks=ep)
+            imbalance = moe.layers * routed * ((ratio or 1.0) - 1.0)
         router = moe.layers * _roofline(2 * shared_tokens * moe.router_params / shard, moe.router_params * wb / shard,
                                         peak, bw, eff.gemm, eff.memory)
 
@@ -384,8 +407,12 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     host = (d.overhead_per_op_s * cost.op_calls() + d.overhead_per_seq_s * L * b * tp
             + d.overhead_per_step_s + d.overhead_per_seq_step_s * b * tp)
     launch = _launch(cost, d)
+    floor = _kernel_floor(cost, d)
     attn_side = proj + core + lm_head + norms + sampling
-    ffn_side = dense + moe_t + router + act_fn
+    # data-parallel attention ranks wait for the busiest one at the next expert all-to-all
+    dp_wait = attn_side * (1 / d.attention_balance - 1) if d.strategy == "ep" else 0.0
+    attn_side += dp_wait
+    ffn_side = dense + moe_t + imbalance + router + act_fn
     comm_total = comm + comm_fixed
     if d.strategy == "afd":
         per_layer = max(attn_side / L, comm / L, ffn_side / L)
@@ -419,10 +446,11 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         mem = {"weights": (attn_w + expert_w + dense_w) / 1e9, "kv_cache": kv / 1e9}
         used = attn_w + expert_w + dense_w + kv
     mem["usable"] = cap / 1e9
-    step += host + launch
+    step += host + launch + floor
     breakdown = {"attention_proj": proj, "attention_core": core, "lm_head": lm_head, "norms": norms,
-                 "sampling": sampling, "dense_ffn": dense, "moe": moe_t, "router": router, "act_fn": act_fn,
-                 "communication": comm, "collective_latency": comm_fixed, "host_overhead": host, "launch": launch}
+                 "sampling": sampling, "dense_ffn": dense, "moe": moe_t, "moe_imbalance": imbalance,
+                 "router": router, "act_fn": act_fn, "dp_attention_wait": dp_wait, "communication": comm,
+                 "collective_latency": comm_fixed, "host_overhead": host, "launch": launch, "kernel_floor": floor}
     breakdown = {k: v * 1e3 for k, v in breakdown.items()}
     if used > cap:
         return Prediction(False, f"out of memory: needs {used / 1e9:.1f} GB per chip, {cap / 1e9:.1f} GB usable "

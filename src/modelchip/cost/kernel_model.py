@@ -30,46 +30,48 @@ def log_interp(points: list[tuple[float, float]], x: float) -> float:
     return points[-1][1]
 
 
-def _gemm_curve(table: GemmTable) -> list[tuple[float, float]]:
-    if table.id not in _CURVES:  # keyed by id: hashing the rows on every lookup would dominate a plan
-        _CURVES[table.id] = _measure_curve(table)
-    return _CURVES[table.id]
+def _curve(tables: tuple[GemmTable, ...]) -> list[tuple[float, float]]:
+    key = tuple(t.id for t in tables)
+    if key not in _CURVES:  # keyed by ids: hashing the rows on every lookup would dominate a plan
+        _CURVES[key] = _measure_curve(tables)
+    return _CURVES[key]
 
 
-_CURVES: dict[str, list[tuple[float, float]]] = {}
+_CURVES: dict[tuple[str, ...], list[tuple[float, float]]] = {}
 
 
-def _measure_curve(table: GemmTable) -> list[tuple[float, float]]:
-    """(M, roofline efficiency) per measured M: for each row the achieved fraction of the measuring chip's
-    peak or of its bandwidth, whichever bounds the shape (a roofline-bound kernel reaches one of them), the
-    median over the shapes measured at that M."""
-    ref = get_chip(table.measured_on)
-    peak, bw = ref.peak(table.dtype), ref.bandwidth
+def _measure_curve(tables: tuple[GemmTable, ...]) -> list[tuple[float, float]]:
+    """(M, roofline efficiency) per measured M: for each row the achieved fraction of its measuring chip's
+    peak or bandwidth, whichever bounds the shape (a roofline-bound kernel reaches one of them), the median over
+    every shape measured at that M in the architecture's benchmarks."""
     by_m: dict[float, list[float]] = {}
-    for m, _n, _k, tflops, gbps in table.rows:
-        by_m.setdefault(m, []).append(min(1.0, max(tflops * 1e12 / peak, gbps * 1e9 / bw)))
+    for table in tables:
+        ref = get_chip(table.measured_on)
+        peak, bw = ref.peak(table.dtype), ref.bandwidth
+        for m, _n, _k, tflops, gbps in table.rows:
+            by_m.setdefault(m, []).append(min(1.0, max(tflops * 1e12 / peak, gbps * 1e9 / bw)))
     return [(m, statistics.median(v)) for m, v in sorted(by_m.items())]
 
 
-def gemm_table(chip: Chip, dtype: str, grouped: bool, exclude: frozenset[str] = NONE) -> GemmTable | None:
-    """The benchmark that covers this chip's architecture and compute dtype (grouped MoE GEMMs prefer a
-    grouped benchmark and fall back to a dense one)."""
-    return _gemm_table(chip.arch, dtypes.canonical(dtype), grouped, exclude)
+def gemm_tables(chip: Chip, dtype: str, grouped: bool, exclude: frozenset[str] = NONE) -> tuple[GemmTable, ...]:
+    """The benchmarks that cover this chip's architecture and compute dtype: grouped MoE GEMMs take the grouped
+    benchmarks where there are any, else the dense ones."""
+    return _gemm_tables(chip.arch, dtypes.canonical(dtype), grouped, exclude)
 
 
 @cache
-def _gemm_table(arch: str, dtype: str, grouped: bool, exclude: frozenset[str]) -> GemmTable | None:
+def _gemm_tables(arch: str, dtype: str, grouped: bool, exclude: frozenset[str]) -> tuple[GemmTable, ...]:
     tables = [t for t in kernel_catalog().gemm
               if arch and arch in t.arch and t.dtype == dtype and t.source_id not in exclude]
-    tables.sort(key=lambda t: t.grouped != grouped)
-    return tables[0] if tables else None
+    same = tuple(t for t in tables if t.grouped == grouped)
+    return same or tuple(tables)
 
 
 def gemm_efficiency(chip: Chip, dtype: str, m: float, grouped: bool = False,
                     exclude: frozenset[str] = NONE) -> float | None:
     """Roofline efficiency of an M-row GEMM: max(FLOPs / peak, bytes / bandwidth) / this = its time."""
-    table = gemm_table(chip, dtype, grouped, exclude)
-    return log_interp(_gemm_curve(table), max(m, 1.0)) if table else None
+    tables = gemm_tables(chip, dtype, grouped, exclude)
+    return log_interp(_curve(tables), max(m, 1.0)) if tables else None
 
 
 def attention_efficiency(chip: Chip, phase: str,
@@ -85,10 +87,12 @@ def attention_efficiency(chip: Chip, phase: str,
     return None
 
 
-def fixed(name: str, keys: tuple[str, ...], exclude: frozenset[str] = NONE) -> float | None:
+def fixed(name: str, keys: tuple[str, ...], exclude: frozenset[str] = NONE, ranks: int = 0) -> float | None:
     """The first catalogued figure `name` that applies to one of `keys` (an architecture, a link class), in
-    the order of `keys`; None where nothing is measured."""
-    figs = [f for f in kernel_catalog().fixed if f.name == name and f.source_id not in exclude]
+    the order of `keys`, at `ranks` ranks (figures measured at scale apply from their `min_ranks` up); None
+    where nothing is measured."""
+    figs = [f for f in kernel_catalog().fixed
+            if f.name == name and f.source_id not in exclude and ranks >= f.min_ranks]
     for key in keys:
         for f in figs:
             if key in f.applies:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from modelchip.cost import kernel_model as km
 from modelchip.cost.deploy import Deployment, Prediction, evaluate, max_batch_by_memory
 from modelchip.cost.model_cost import ModelCost
 from modelchip.errors import ModelchipError
@@ -60,6 +61,9 @@ def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concu
     if concurrency and request_rate:
         raise ModelchipError("give --concurrency or --request-rate, not both")
     per = _sequences_per_chip(d)
+    if d.strategy == "ep":  # aggregated serving: data-parallel attention ranks get uneven prefill and decode work
+        balance = km.fixed("dp_attention_balance", ("aggregated",), d.exclude)
+        d = replace(d, attention_balance=balance or 1.0)
     if fit is None:
         fit = memory_fit(cost, d, input_len, output_len)
     if fit == 0:

@@ -83,7 +83,7 @@ def deployment(p: dict, exclude: frozenset[str] = frozenset()) -> tuple:
                    attn_chips=p.get("attn_chips", 0), ffn_chips=p.get("ffn_chips", 0),
                    precision=precision, mtp=p.get("mtp", 0), mtp_acceptance=acceptance(p),
                    redundant_experts=p.get("redundant_experts", 0), system=system_for(chip, p.get("system")),
-                   graphs=p.get("graphs", True), exclude=exclude,
+                   graphs=p.get("graphs", True), exclude=exclude, moe_balance=p.get("moe_balance", "eplb"),
                    efficiency=defaults(exclude))
     return cost, d
 

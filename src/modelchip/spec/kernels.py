@@ -73,6 +73,7 @@ class Fixed(Sourced):
     applies: tuple[str, ...]
     value: float
     unit: str
+    min_ranks: int = 0  # applies from this many ranks up (a ratio measured at that scale)
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,8 @@ def parse(data: dict) -> KernelCatalog:
     for i, raw in enumerate(data.get("attention", [])):
         where = f"kernels.toml attention[{i}] {raw.get('id', '')}"
         nums = {k: float(raw.get(k, 0.0)) for k in ("tflops", "gbps", "compute_fraction", "memory_fraction")}
-        if not (nums["tflops"] or nums["compute_fraction"]) or min(nums.values()) < 0:
-            raise ModelchipError(f"{where}: needs a positive tflops or compute_fraction")
+        if not any(nums.values()) or min(nums.values()) < 0:
+            raise ModelchipError(f"{where}: needs a positive tflops, gbps, compute_fraction or memory_fraction")
         attention.append(AttentionFigure(id=raw["id"], arch=_arch(raw), phase=raw.get("phase", "decode"),
                                          measured_on=raw["measured_on"], **nums, **_sourced(raw, where)))
     for i, raw in enumerate(data.get("ep_latency", [])):
@@ -129,7 +130,8 @@ def parse(data: dict) -> KernelCatalog:
         if float(raw["value"]) < 0:
             raise ModelchipError(f"{where}: value must be non-negative")
         fixed.append(Fixed(id=raw["id"], name=raw["name"], applies=_arch({"arch": raw["applies"]}),
-                           value=float(raw["value"]), unit=str(raw["unit"]), **_sourced(raw, where)))
+                           value=float(raw["value"]), unit=str(raw["unit"]), min_ranks=int(raw.get("min_ranks", 0)),
+                           **_sourced(raw, where)))
     return KernelCatalog(tuple(gemm), tuple(attention), tuple(ep), tuple(fixed))
 
 
