@@ -12,10 +12,11 @@ import pytest
 from modelchip.cli.main import main
 from modelchip.cost import kernel_model as km
 from modelchip.cost import serving, validation
+from modelchip.cost.attention_layers import attention_kind, layer_efficiency
 from modelchip.cost.conventions import Precision
 from modelchip.cost.deploy import Deployment, evaluate
 from modelchip.cost.efficiency import defaults
-from modelchip.cost.model_cost import model_cost
+from modelchip.cost.model_cost import OPS_PER_ATTENTION, model_cost
 from modelchip.cost.systems import system_for
 from modelchip.errors import ModelchipError
 from modelchip.spec import load_model
@@ -214,3 +215,19 @@ def test_aggregated_serving_waits_for_the_busiest_attention_rank():
     assert b["dp_attention_wait"] == pytest.approx(attn * (1 / 0.5411 - 1))
     # a decode-only (disaggregated) step is not charged
     assert evaluate(cost, replace(d, batch=64, context=1500)).breakdown_ms["dp_attention_wait"] == 0
+
+
+def test_attention_layer_measurements_are_reproduced():
+    # Step-3 paper, Table 9: one MFA layer of Step-3 at 8K context, 4 H800s holding 256 sequences with
+    # data-parallel attention, takes 281 us; MLA (DeepSeek-V3) on H20 takes 1,252 us
+    for model, chip, us in (("step3", "h800", 281), ("deepseek-v3", "h20", 1252)):
+        prec = Precision(weight="fp8", kv="bf16")
+        cost = model_cost(load_model(model), prec)
+        c = get_chip(chip)
+        p = evaluate(cost, Deployment(chip=c, chips=4, strategy="ep", batch=64, context=8192, precision=prec,
+                                      moe_balance="ideal"))
+        layer = (p.breakdown_ms["attention_proj"] + p.breakdown_ms["attention_core"]) / cost.layers
+        floor = p.breakdown_ms["kernel_floor"] / cost.op_calls() * OPS_PER_ATTENTION[attention_kind(cost.spec)]
+        assert (layer + floor) * 1e3 == pytest.approx(us, rel=1e-6)
+    # only the measured chips: an H100 running MLA keeps FlashMLA's H800 figures
+    assert layer_efficiency("h100", "mla", 8192) is None

@@ -33,11 +33,13 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   CloudMatrix paper is the only source of Ascend kernel figures (GEMM, MLA, EP dispatch); left out, the 910C
   runs at the scalar defaults and bytes over its UB links. In-sample the small batches stay 1.9x fast: the
   per-layer fixed cost of its decode is not covered by any Ascend graph-mode or kernel-floor measurement.
-- **Step-3 AFD on Hopper (+67-85%; 3A2F out of memory).** The paper does not name the GPU (H800 assumed). The
-  model pipelines attention, network and FFN ideally over three micro-batches and charges the network bytes
-  only; its MFA attention runs at FlashAttention-3's efficiency, where the paper's own Table 9 measures MFA
-  layers about 2x slower at these shapes. The 3A2F point holds 6,048 sequences at 4K average context: memory
-  is checked at that average for every sequence, so it reads just out of memory.
+- **Step-3 AFD on Hopper (+68-87%; 3A2F out of memory).** The paper does not name the GPU (H800 assumed).
+  Its measured TPOT is 47.5 ms (6,144 sequences at 4,039 tokens/s per GPU over 32 GPUs); the model gives
+  about 28 ms. The attention stage is not the gap: the paper's own Table 9 (in the catalog) measures MFA layers
+  close to their roofline. The model pipelines attention, network and FFN over three micro-batches and charges
+  StepMesh's traffic as bytes only; a per-layer network latency between attention and FFN instances is not
+  measured in any source we found. The 3A2F point holds 6,048 sequences at 4K average context: memory is
+  checked at that average for every sequence, so it reads just out of memory.
 - **Blackwell FP4 dense GEMMs (Llama 70B FP4 on B200/GB200 -21 to -42%, Maverick -29%).** The only FP4
   per-shape benchmarks are vLLM's untuned CUTLASS configs, FlashInfer's one autotuned shape and torchao's
   squares; TensorRT-LLM's own FP4 kernels are faster than their median.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from modelchip.cost import attention_layers
 from modelchip.cost import kernel_model as km
 from modelchip.cost.conventions import Precision
 from modelchip.cost.efficiency import Efficiency, defaults
@@ -162,11 +163,18 @@ def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw:
     return max(flops / peak, nbytes / bw) / e
 
 
-def _attention_eff(d: Deployment, phase: str) -> tuple[float, float]:
-    """(compute, memory) efficiency of the attention core: the architecture's measured kernel, else defaults."""
+def _attention_eff(d: Deployment, phase: str, cost: ModelCost) -> tuple[float, float]:
+    """(compute, memory) efficiency of the attention core: a measured attention layer of this kind on this chip
+    (decode), else the architecture's measured kernel, else the defaults."""
     eff = d.efficiency
-    found = None if eff.explicit & {"attention_compute", "attention_memory"} else \
-        km.attention_efficiency(d.chip, phase, d.exclude)
+    if eff.explicit & {"attention_compute", "attention_memory"}:
+        found = None
+    else:
+        layer = attention_layers.layer_efficiency(d.chip.id, attention_layers.attention_kind(cost.spec),
+                                                  d.context, d.exclude) if phase == "decode" else None
+        if layer:
+            return layer, layer
+        found = km.attention_efficiency(d.chip, phase, d.exclude)
     compute, memory = found or (None, None)
     return compute or eff.attention_compute, memory or (eff.attention_memory if phase == "decode" else eff.memory)
 
@@ -316,7 +324,7 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     # heads, so it does 1/tp of the instance's core FLOPs and reads 1/kv_shard of its cache (an MLA latent
     # cannot be split by heads, so every chip reads all of it)
     inst_tokens = tokens * tp
-    attn_c, attn_m = _attention_eff(d, d.phase)
+    attn_c, attn_m = _attention_eff(d, d.phase, cost)
     if decode:
         core_flops, kv_bytes = cost.decode_attention(d.context)
         core = _roofline(core_flops * tokens, kv_bytes * b * tp / kv_shard, attn_peak, bw, attn_c, attn_m)

@@ -65,6 +65,19 @@ class EpLatencyTable(Sourced):
 
 
 @dataclass(frozen=True)
+class AttentionLayerTable(Sourced):
+    """Measured time of one decode step of one attention layer (projections included): rows of (model, chip,
+    context, microseconds) with `gpus` GPUs holding `batch` sequences, attention split by `strategy`."""
+
+    id: str
+    gpus: int
+    batch: int
+    strategy: str
+    weight_dtype: tuple[tuple[str, str], ...]  # (chip, dtype) of the projections
+    rows: tuple[tuple[str, str, int, float], ...]
+
+
+@dataclass(frozen=True)
 class Fixed(Sourced):
     """A fixed time or ratio of one mechanism, for the architectures or link classes in `applies`."""
 
@@ -82,9 +95,11 @@ class KernelCatalog:
     attention: tuple[AttentionFigure, ...]
     ep_latency: tuple[EpLatencyTable, ...]
     fixed: tuple[Fixed, ...]
+    attention_layer: tuple[AttentionLayerTable, ...] = ()
 
     def source_ids(self) -> set[str]:
-        return {x.source_id for group in (self.gemm, self.attention, self.ep_latency, self.fixed) for x in group}
+        groups = (self.gemm, self.attention, self.ep_latency, self.fixed, self.attention_layer)
+        return {x.source_id for group in groups for x in group}
 
 
 def _sourced(raw: dict, where: str) -> dict:
@@ -132,7 +147,17 @@ def parse(data: dict) -> KernelCatalog:
         fixed.append(Fixed(id=raw["id"], name=raw["name"], applies=_arch({"arch": raw["applies"]}),
                            value=float(raw["value"]), unit=str(raw["unit"]), min_ranks=int(raw.get("min_ranks", 0)),
                            **_sourced(raw, where)))
-    return KernelCatalog(tuple(gemm), tuple(attention), tuple(ep), tuple(fixed))
+    layers = []
+    for i, raw in enumerate(data.get("attention_layer", [])):
+        where = f"kernels.toml attention_layer[{i}] {raw.get('id', '')}"
+        rows = tuple((str(m), str(c), int(n), float(us)) for m, c, n, us in raw["rows"])
+        if not rows or any(n <= 0 or us <= 0 for _, _, n, us in rows) or raw.get("strategy") not in ("ep", "tp"):
+            raise ModelchipError(f"{where}: rows must be [model, chip, context > 0, us > 0], strategy ep or tp")
+        layers.append(AttentionLayerTable(id=raw["id"], gpus=int(raw["gpus"]), batch=int(raw["batch"]),
+                                          strategy=raw["strategy"],
+                                          weight_dtype=tuple(sorted(raw.get("weight_dtype", {}).items())),
+                                          rows=rows, **_sourced(raw, where)))
+    return KernelCatalog(tuple(gemm), tuple(attention), tuple(ep), tuple(fixed), tuple(layers))
 
 
 @cache
