@@ -84,8 +84,9 @@ def test_mtp_helps_where_a_step_is_bound_by_memory_not_by_token_count():
     assert mtp.tpot_ms < base.tpot_ms / 1.4
     # where every token costs network time (EP, comm-bound), drafts buy little
     comm = dict(redundant_experts=32, chips=144, batch=128)
+    # (DeepEP's measured dispatch has a fixed part, so the second token per sequence is not quite full price)
     assert evaluate(_dsv3(), _d(**comm, mtp=1, mtp_acceptance=0.8)).tokens_per_s_per_chip < \
-        1.1 * evaluate(_dsv3(), _d(**comm)).tokens_per_s_per_chip
+        1.2 * evaluate(_dsv3(), _d(**comm)).tokens_per_s_per_chip
 
 
 def test_out_of_memory_is_reported_not_estimated():
