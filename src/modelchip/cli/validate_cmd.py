@@ -29,10 +29,12 @@ NOTES = """
 
 Every miss stays in the table. The mechanisms we believe are missing, by group:
 
-- **Ascend 910C out of sample (+77-154% LOSO; +17-25% in-sample at batch 96-128, +86-92% at 8-24).** The
-  CloudMatrix paper is the only source of Ascend kernel figures (GEMM, MLA, EP dispatch); left out, the 910C
-  runs at the scalar defaults and bytes over its UB links. In-sample the small batches stay 1.9x fast: the
-  per-layer fixed cost of its decode is not covered by any Ascend graph-mode or kernel-floor measurement.
+- **Ascend 910C at small batch (+86-92% in-sample, +95-108% out of sample at 8 and 24 sequences per NPU).**
+  Both Ascend dispatch/combine benchmarks (CANN EP in the CloudMatrix paper, DeepEP-Ascend) are measured at
+  128 tokens per rank only, so the model scales them down with the tokens; the fixed floor of a small
+  dispatch, measured on Hopper (pplx-kernels), is not measured on Ascend, and neither is a kernel floor for
+  Ascend's graph mode. Out of sample the 910C also loses the CloudMatrix GEMM and MLA figures (the scalar
+  defaults apply).
 - **Step-3 AFD on Hopper (+68-87%; 3A2F out of memory).** The paper does not name the GPU (H800 assumed).
   Its measured TPOT is 47.5 ms (6,144 sequences at 4,039 tokens/s per GPU over 32 GPUs); the model gives
   about 28 ms. The attention stage is not the gap: the paper's own Table 9 (in the catalog) measures MFA layers
