@@ -231,3 +231,24 @@ def test_attention_layer_measurements_are_reproduced():
         assert (layer + floor) * 1e3 == pytest.approx(us, rel=1e-6)
     # only the measured chips: an H100 running MLA keeps FlashMLA's H800 figures
     assert layer_efficiency("h100", "mla", 8192) is None
+
+
+def test_tensorrt_llm_gives_the_kv_cache_a_fraction_of_the_memory_the_weights_leave():
+    vllm = _step("llama-2-7b", "a100", batch=8, context=2176, precision=Precision(weight="bf16", kv="bf16"))
+    trt = _step("llama-2-7b", "a100", batch=8, context=2176, precision=Precision(weight="bf16", kv="bf16"),
+                engine="tensorrt-llm")
+    weights = vllm.memory_gb["weights"]
+    assert vllm.memory_gb["usable"] == pytest.approx(80 * 0.9)  # vLLM: 90% of the device
+    # TensorRT-LLM (KvCacheConfig.free_gpu_memory_fraction = 0.9): 90% of what the weights leave
+    assert trt.memory_gb["usable"] == pytest.approx(weights + (80 - weights) * 0.9)
+    assert max_fit("llama-2-7b", engine="tensorrt-llm") > max_fit("llama-2-7b")
+    override = _step("llama-2-7b", "a100", batch=8, context=2176, precision=Precision(weight="bf16", kv="bf16"),
+                     engine="tensorrt-llm", kv_free_fraction=0.5)
+    assert override.memory_gb["usable"] == pytest.approx(weights + (80 - weights) * 0.5)
+
+
+def max_fit(model: str, **kw) -> int:
+    from modelchip.cost.deploy import max_batch_by_memory
+
+    return max_batch_by_memory(*_deploy(model, "a100", context=2176, precision=Precision(weight="bf16", kv="bf16"),
+                                        **kw))

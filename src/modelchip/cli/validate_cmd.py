@@ -51,9 +51,9 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
 - **DeepSeek-R1 batch 1 on B200 without MTP (+39%).** The kernel floor (3.77 us per op call) is derived from
   H100; Blackwell's all-reduce latency is not in the catalog.
 - **Setups that do not fit as published.** SGLang's GB200 prefill offloads weights to Grace memory (the model
-  has no host offload); two TensorRT-LLM v0.6 A100 static batches need more memory than the model's 10%
-  reserve allows (the batch-60 one more than the 80 GB the A100 has at FP16 KV, so the page's setup must differ
-  from what it states).
+  has no host offload). TensorRT-LLM v0.6's A100 LLaMA-7B batch of 60 at 128 + 2,048 tokens needs 68 GB of
+  FP16 KV cache beside 13.5 GB of weights, more than an 80 GB A100 holds, so the page's setup must differ from
+  what it states (the batch-52 row fits under TensorRT-LLM's memory policy and lands at -5%).
 - **DeepSeek's online prefill (+37% in-sample)** is a 24-hour service average after 56.3% on-disk cache hits,
   under varying load; the model predicts a saturated step. DeepSeek's profile decode (-30% out of sample)
   loses DeepEP's measured kernels and falls back to bytes over the NICs.

@@ -85,6 +85,10 @@ class Deployment:
     moe_balance: str = "eplb"
     # mean / max tokens per data-parallel attention rank (1: even); serving sets the measured figure
     attention_balance: float = 1.0
+    # the serving engine, where its memory policy is catalogued (tensorrt-llm: the KV cache gets a fraction of
+    # the memory the weights leave); otherwise the device keeps efficiency.memory_reserved back
+    engine: str = ""
+    kv_free_fraction: float = 0.0  # the run's own setting of that fraction, where published (0: the default)
 
     def check(self, cost: ModelCost) -> None:
         if self.strategy not in STRATEGIES:
@@ -453,6 +457,11 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     else:
         mem = {"weights": (attn_w + expert_w + dense_w) / 1e9, "kv_cache": kv / 1e9}
         used = attn_w + expert_w + dense_w + kv
+    weights_w = used - kv
+    kv_fraction = d.kv_free_fraction or (km.fixed("kv_free_memory_fraction", (d.engine,), d.exclude)
+                                         if d.engine else None)
+    if kv_fraction and d.strategy != "afd":  # the KV cache gets a fraction of what the weights leave
+        cap = weights_w + (chip.memory_capacity.value - weights_w) * kv_fraction
     mem["usable"] = cap / 1e9
     step += host + launch + floor
     breakdown = {"attention_proj": proj, "attention_core": core, "lm_head": lm_head, "norms": norms,
@@ -461,8 +470,10 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
                  "collective_latency": comm_fixed, "host_overhead": host, "launch": launch, "kernel_floor": floor}
     breakdown = {k: v * 1e3 for k, v in breakdown.items()}
     if used > cap:
+        policy = (f"KV cache limited to {kv_fraction:.0%} of the memory the weights leave" if kv_fraction else
+                  f"{chip.memory_capacity.value / 1e9:.0f} GB less {eff.memory_reserved:.0%} reserved")
         return Prediction(False, f"out of memory: needs {used / 1e9:.1f} GB per chip, {cap / 1e9:.1f} GB usable "
-                          f"({chip.memory_capacity.value / 1e9:.0f} GB less {eff.memory_reserved:.0%} reserved)",
+                          f"({policy})",
                           None, None, b, None, used / 1e9, mem, breakdown, None, "memory")
     sequences = b * (attn_chips if d.strategy == "afd" else d.chips)  # sequences in flight on the deployment
     if decode:
