@@ -31,6 +31,14 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
                         "their KV, nothing computes them, and prefill throughput counts computed tokens only")
     p.add_argument("--weight-dtype", default="fp8", help="fp8 (default), int8, bf16, fp4 ...")
     p.add_argument("--kv-dtype", default="bf16", help="bf16 (default), fp8, ...")
+    p.add_argument("--attention-weight-dtype", default="",
+                   help="keep attention projections and the LM head in this format (e.g. bf16 beside fp4 experts)")
+    p.add_argument("--moe-balance", default="eplb", choices=["eplb", "static", "ideal"],
+                   help="expert placement: rebalanced (eplb, default), static, or ideal (even routing, as published "
+                        "profiles simulate); the busiest rank's measured excess applies from 32 ranks up")
+    p.add_argument("--engine", default="", choices=["", "tensorrt-llm"],
+                   help="serving engine whose memory policy applies (tensorrt-llm: the KV cache takes 90%% of the "
+                        "memory the weights leave); default: 10%% of the device kept back, as vLLM does")
     p.add_argument("--mtp", type=int, default=0, help="multi-token-prediction draft tokens per step")
     p.add_argument("--mtp-acceptance", type=float, default=0.0, help="acceptance rate of each draft token")
     p.add_argument("--redundant-experts", type=int, default=0, help="extra expert replicas placed for balance")
@@ -79,7 +87,8 @@ def build(args, chip_id: str, chips: int, strategy: str, batch: int, attn: int =
     if strategy not in STRATEGIES:
         raise ModelchipError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     spec = load_model(args.model, args.sets)
-    precision = common.Precision(weight=args.weight_dtype, kv=args.kv_dtype)
+    precision = common.Precision(weight=args.weight_dtype, kv=args.kv_dtype,
+                                 attention_weight=getattr(args, "attention_weight_dtype", ""))
     chip = get_chip(chip_id)
     if args.price is not None:
         chip = chip.with_price(args.price)
@@ -91,6 +100,7 @@ def build(args, chip_id: str, chips: int, strategy: str, batch: int, attn: int =
                    precision=precision, mtp=args.mtp, mtp_acceptance=args.mtp_acceptance,
                    redundant_experts=args.redundant_experts, overlap=args.overlap, microbatches=args.microbatches,
                    system=system_for(chip, args.system), graphs=args.graphs,
+                   moe_balance=getattr(args, "moe_balance", "eplb"), engine=getattr(args, "engine", ""),
                    efficiency=defaults().override(parse_overrides(args.efficiency)))
     if getattr(args, "profile", None):
         d = apply_profile(d, args.profile)
