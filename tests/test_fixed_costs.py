@@ -12,7 +12,7 @@ import pytest
 from modelchip.cli.main import main
 from modelchip.cost import kernel_model as km
 from modelchip.cost import serving, validation
-from modelchip.cost.attention_layers import attention_kind, layer_efficiency
+from modelchip.cost.attention_layers import layer_efficiency
 from modelchip.cost.conventions import Precision
 from modelchip.cost.deploy import Deployment, evaluate
 from modelchip.cost.efficiency import defaults
@@ -227,7 +227,7 @@ def test_attention_layer_measurements_are_reproduced():
         p = evaluate(cost, Deployment(chip=c, chips=4, strategy="ep", batch=64, context=8192, precision=prec,
                                       moe_balance="ideal"))
         layer = (p.breakdown_ms["attention_proj"] + p.breakdown_ms["attention_core"]) / cost.layers
-        floor = p.breakdown_ms["kernel_floor"] / cost.op_calls() * OPS_PER_ATTENTION[attention_kind(cost.spec)]
+        floor = p.breakdown_ms["kernel_floor"] / cost.op_calls() * OPS_PER_ATTENTION[cost.attention_kind]
         assert (layer + floor) * 1e3 == pytest.approx(us, rel=1e-6)
     # only the measured chips: an H100 running MLA keeps FlashMLA's H800 figures
     assert layer_efficiency("h100", "mla", 8192) is None

@@ -6,7 +6,6 @@ efficiency on an H20 at 128 heads)."""
 
 from __future__ import annotations
 
-from collections import Counter
 from functools import cache
 
 from modelchip.cost import kernel_model as km
@@ -16,11 +15,6 @@ from modelchip.cost.model_cost import OPS_PER_ATTENTION, model_cost
 from modelchip.spec import load_model
 from modelchip.spec.chips import get_chip
 from modelchip.spec.kernels import kernel_catalog
-
-
-def attention_kind(spec) -> str:
-    """The attention kind most of a model's layers use."""
-    return Counter(layer.attention.kind for layer in spec.layers).most_common(1)[0][0]
 
 
 def layer_efficiency(chip_id: str, kind: str, context: int, exclude: frozenset[str] = frozenset()) -> float | None:
@@ -41,9 +35,9 @@ def _curves(exclude: frozenset[str]) -> dict[tuple[str, str], list[tuple[float, 
         dtypes = dict(table.weight_dtype)
         for model, chip_id, context, us in table.rows:
             spec = load_model(model)
-            kind = attention_kind(spec)
             precision = Precision(weight=dtypes.get(chip_id, "fp8"), kv="bf16")
             cost = model_cost(spec, precision)
+            kind = cost.attention_kind
             chip = get_chip(chip_id)
             # the core at its roofline: attention efficiencies set to 1 (the GEMM tables still apply)
             eff = defaults(exclude).override({"attention_compute": 1.0, "attention_memory": 1.0})

@@ -174,7 +174,7 @@ def _attention_eff(d: Deployment, phase: str, cost: ModelCost) -> tuple[float, f
     if eff.explicit & {"attention_compute", "attention_memory"}:
         found = None
     else:
-        layer = attention_layers.layer_efficiency(d.chip.id, attention_layers.attention_kind(cost.spec),
+        layer = attention_layers.layer_efficiency(d.chip.id, cost.attention_kind,
                                                   d.context, d.exclude) if phase == "decode" else None
         if layer:
             return layer, layer

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from modelchip.cost import accounting, attention, ffn
 from modelchip.cost.conventions import EXACT, Precision
@@ -47,6 +46,9 @@ class ModelCost:
     layer_op_calls: int  # backend op calls of one forward over all layers (runtime/models/decoder.py)
     spec: ModelSpec = field(repr=False)
     precision: Precision = field(repr=False)
+    attention_kind: str = "gqa"  # the kind most layers use
+    # attention accounting per (context, phase), memoised here: hashing the spec per lookup would dominate a plan
+    _memo: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     def op_calls(self) -> int:
         """Backend op calls of one step: the layers, plus embedding, final norm, LM head and sampling."""
@@ -54,17 +56,18 @@ class ModelCost:
 
     def decode_attention(self, context: int) -> tuple[float, float]:
         """(core FLOPs, cache bytes read) per decoded token at `context` (exact convention)."""
-        return _attention(self.spec, self.precision, context, "decode")
+        return self._accounted(context, "decode")
 
     def prefill_attention(self, prompt: int) -> tuple[float, float]:
         """(core FLOPs, cache bytes written) per prompt token of a `prompt`-token prefill."""
-        return _attention(self.spec, self.precision, prompt, "prefill")
+        return self._accounted(prompt, "prefill")
 
-
-@lru_cache(maxsize=4096)
-def _attention(spec: ModelSpec, precision: Precision, context: int, phase: str) -> tuple[float, float]:
-    acc = accounting.account(spec, context, phase, precision, EXACT)
-    return acc.attention_flops, acc.kv_bytes
+    def _accounted(self, tokens: int, phase: str) -> tuple[float, float]:
+        key = (tokens, phase)
+        if key not in self._memo:
+            acc = accounting.account(self.spec, tokens, phase, self.precision, EXACT)
+            self._memo[key] = (acc.attention_flops, acc.kv_bytes)
+        return self._memo[key]
 
 
 def model_cost(spec: ModelSpec, precision: Precision) -> ModelCost:
@@ -96,4 +99,5 @@ def model_cost(spec: ModelSpec, precision: Precision) -> ModelCost:
         lm_head_params=0 if spec.tie_word_embeddings else spec.vocab_size * H, kv_heads=min(kv_heads),
         kv_bytes_per_token=accounting.account(spec, 1, precision=precision).kv_cache_bytes_per_token,
         layer_op_calls=calls, spec=spec, precision=precision,
+        attention_kind=Counter(layer.attention.kind for layer in spec.layers).most_common(1)[0][0],
     )
