@@ -252,3 +252,13 @@ def max_fit(model: str, **kw) -> int:
 
     return max_batch_by_memory(*_deploy(model, "a100", context=2176, precision=Precision(weight="bf16", kv="bf16"),
                                         **kw))
+
+
+def test_chips_lists_the_measurements_it_applies(capsys):
+    assert main(["chips", "h20", "--json"]) == 0
+    kernels = json.loads(capsys.readouterr().out)["measured_kernels"]
+    ids = {k["id"] for k in kernels}
+    assert {"deepgemm-fp8-dense-h800", "flashmla-h800", "step3-table9-dp"} <= ids
+    assert all(k["source"] and k["tag"] for k in kernels)
+    assert main(["chips", "mtt-s4000", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["measured_kernels"] == []

@@ -6,6 +6,7 @@ from modelchip.cli import common
 from modelchip.errors import unknown
 from modelchip.report.text import render, si
 from modelchip.spec.chips import chips, get_chip, systems
+from modelchip.spec.kernels import kernel_catalog
 
 
 def register(sub) -> None:
@@ -28,7 +29,27 @@ def chip_json(c) -> dict:
         "figures": {k: _fig(v) for k, v in c.figures().items()},
         "scale_up_link": c.scale_up.name, "scale_out_link": c.scale_out.name,
         "unverified": [k for k, v in c.figures().items() if not v.verified],
+        "arch": c.arch, "measured_kernels": measured_kernels(c),
     }
+
+
+def measured_kernels(c) -> list[dict]:
+    """The kernel and collective measurements (spec/catalog/kernels.toml) the planner applies to this chip."""
+    cat = kernel_catalog()
+    out = []
+    for mechanism, group in (("gemm", cat.gemm), ("attention", cat.attention), ("ep dispatch/combine", cat.ep_latency)):
+        for t in group:
+            if c.arch and c.arch in t.arch:
+                out.append({"mechanism": mechanism, "id": t.id, "measured_on": getattr(t, "measured_on", ""),
+                            "tag": t.tag, "source": t.source})
+    for t in cat.attention_layer:
+        if any(chip == c.id for _, chip, _, _ in t.rows):
+            out.append({"mechanism": "attention layer", "id": t.id, "measured_on": c.id, "tag": t.tag,
+                        "source": t.source})
+    for f in cat.fixed:
+        if c.arch and any(a.split("/")[0] == c.arch for a in f.applies):
+            out.append({"mechanism": f.name, "id": f.id, "measured_on": "", "tag": f.tag, "source": f.source})
+    return out
 
 
 def system_json(s) -> dict:
@@ -96,4 +117,11 @@ def _show(args) -> int:
                  [[k, f"{v.value:.4g}", v.tag, v.source] for k, v in c.figures().items()]))
     if c.notes:
         print(c.notes)
+    kernels = measured_kernels(c)
+    if kernels:
+        print(f"\nMeasured kernels the planner applies ({c.arch or 'no architecture'}; spec/catalog/kernels.toml):")
+        print(render(["mechanism", "table", "measured on", "tag"],
+                     [[k["mechanism"], k["id"], k["measured_on"], k["tag"]] for k in kernels]))
+    else:
+        print("\nNo measured kernel tables apply: the planner uses efficiency.toml's defaults for this chip.")
     return 0
