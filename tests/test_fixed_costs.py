@@ -73,7 +73,7 @@ def test_only_the_tensorrt_llm_v05_points_run_without_graphs():
 
 
 def test_predict_no_graphs_flag(capsys):
-    args = ["predict", "--model", "llama-2-7b", "--chip", "h100", "--chips", "1", "--strategy", "tp", "--batch",
+    args = ["predict", "--model", "llama-2-7b", "--chip", "h100", "--num-chips", "1", "--strategy", "tp", "--batch",
             "64", "--context", "192", "--json"]
     assert main(args) == 0
     graphed = json.loads(capsys.readouterr().out)

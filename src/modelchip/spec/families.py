@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from modelchip.errors import ModelchipError
 from modelchip.spec.model import AttentionSpec, FFNSpec, LayerSpec, ModelSpec
+from modelchip.spec.validate import validate
 
 _REQUIRED = object()
 
@@ -54,10 +55,18 @@ class Config:
         return dict(scaling)
 
 
+def _heads(c: Config) -> int:
+    heads = int(c.get("num_attention_heads"))
+    if heads <= 0:  # checked here: head_dim defaults to hidden_size // heads
+        raise ModelchipError(f"num_attention_heads is {heads}; it must be a positive integer")
+    return heads
+
+
 def _gqa(c: Config, *, qk_norm: bool = False, qkv_bias: bool = False, o_bias: bool = False,
          window: int = 0) -> AttentionSpec:
-    heads = int(c.get("num_attention_heads"))
-    kv_heads = int(c.get("num_key_value_heads", heads) or heads)
+    heads = _heads(c)
+    kv_heads = c.get("num_key_value_heads", None)  # absent or null: MHA (0 is an error, not a default)
+    kv_heads = heads if kv_heads is None else int(kv_heads)
     head_dim = int(c.get("head_dim", None) or c.get("hidden_size") // heads)
     return AttentionSpec(
         kind="gqa",
@@ -220,7 +229,7 @@ def deepseek_v3(c: Config, name: str) -> ModelSpec:
 
 def step3(c: Config, name: str) -> ModelSpec:
     """Step-3 text model: MFA attention (low-rank query, `num_attention_groups` shared K/V heads) + MoE."""
-    heads = int(c.get("num_attention_heads"))
+    heads = _heads(c)
     head_dim = int(c.get("head_dim", None) or c.get("hidden_size") // heads)
     attn = AttentionSpec(
         kind="mfa",
@@ -431,8 +440,9 @@ def read(config: dict, name: str = "") -> ModelSpec:
             f"unsupported model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
         )
     try:
-        return reader(Config(data, model_type), name or str(config.get("_name_or_path", model_type)))
-    except (TypeError, ValueError) as exc:
+        spec = reader(Config(data, model_type), name or str(config.get("_name_or_path", model_type)))
+        return validate(spec, FIELD_ALIASES.get(model_type))
+    except (TypeError, ValueError, OverflowError) as exc:
         if isinstance(exc, ModelchipError):
             raise
         raise ModelchipError(f"config.json of model_type {model_type!r} has a malformed field: {exc}") from exc
