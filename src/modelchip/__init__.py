@@ -7,7 +7,7 @@ __all__ = ["LLM", "__version__"]
 def __getattr__(name: str):
     # the runtime needs torch; the cost model does not, so load it only when asked for
     if name == "LLM":
-        from modelchip.runtime.llm import LLM
+        from modelchip.llm import LLM
 
         return LLM
     raise AttributeError(f"module 'modelchip' has no attribute {name!r}")

@@ -29,7 +29,29 @@ def available() -> dict[str, Callable]:
 
 
 class Ops:
-    """What model code calls: each contract op bound to the backend, or to the reference with a count."""
+    """What model code calls: each contract op bound to the backend, or to the reference with a count.
+
+    Each op is an attribute typed with its contract signature (contract.Backend documents them) and bound once
+    here, so a call costs what a call to the backend's own method costs.
+    """
+
+    name: str
+    device: torch.device
+    backend: object
+    fallbacks: Counter[str]
+    prepares_weights: bool
+    prepare_linear: Callable[[torch.Tensor], object]
+    embedding: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    linear: Callable[..., torch.Tensor]  # (x, weight or prepared handle, bias=None)
+    batched_linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    rotary_embedding: Callable[..., torch.Tensor]  # (x, cos, sin, interleaved=False)
+    silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
+    write_kv: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+    paged_attention: Callable[..., torch.Tensor]  # (q, k_cache, v_cache, meta, scale, v_dim=None, window=0)
+    moe_route: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (logits, top_k, scoring, norm_topk_prob, ...)
+    moe_experts: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    sample: Callable[..., torch.Tensor]  # (logits, temperature, top_p, top_k, generator=None)
 
     def __init__(self, backend, reference: ReferenceBackend):
         self.backend = backend

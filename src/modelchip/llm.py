@@ -1,10 +1,13 @@
-"""`LLM`: load a model once, then get logits, generate text, or chat. The stable Python API.
+"""`LLM`: the Python entry point. A model loaded by the runtime, generating through the serving engine.
 
     from modelchip import LLM
     llm = LLM("smollm2-135m", backend="reference", device="cpu", dtype="float32")
     llm.logits([1, 2, 3])                         # [3, vocab] float32
     llm.generate(["Hello"], max_tokens=16)        # [Generation(text=..., token_ids=[...])]
     llm.chat([{"role": "user", "content": "What is the capital of France?"}])
+
+It sits above the engine (as nano-vllm's LLM does): the runtime loads and runs the model, the engine schedules
+requests over it, and this file only puts the two together.
 """
 
 from __future__ import annotations
@@ -13,24 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from modelchip.engine import EngineConfig, LLMEngine, SamplingParams
 from modelchip.errors import ModelchipError
-from modelchip.runtime.backends import get_backend
-from modelchip.runtime.kv_cache import KVCache
-from modelchip.runtime.loaders.resolve import resolve
-from modelchip.runtime.loaders.weights import load_weights
-from modelchip.runtime.models.decoder import FAMILIES, DecoderLM
-from modelchip.spec import families
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
-
-def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ModelchipError(f"unsupported dtype {dtype!r}; choose from float32, bfloat16, float16")
-    return DTYPES[dtype]
+from modelchip.runtime.loaded_model import LoadedModel
 
 
 @dataclass
@@ -41,66 +29,7 @@ class Generation:
     prompt_token_ids: list[int] = field(default_factory=list)
 
 
-class LLM:
-    def __init__(self, model: str, backend: str = "reference", device: str = "cpu",
-                 dtype: str | torch.dtype = "float32", allow_pickle: bool = False, block_size: int = 16):
-        self.dtype = torch_dtype(dtype)
-        self.ops = get_backend(backend, device)
-        self.device = self.ops.device
-        found = resolve(model, allow_pickle=allow_pickle)
-        model_type = families.text_config(found.config)[1]
-        if model_type not in FAMILIES:
-            raise ModelchipError(f"the runtime cannot run model_type {model_type!r} (the cost model can); "
-                                 f"supported: {', '.join(sorted(FAMILIES))}")
-        self.spec = families.read(found.config, str(model))
-        self.config = found.config
-        self.tokenizer = found.tokenizer
-        self.source = found.source
-        with torch.inference_mode():
-            self.model = DecoderLM(self.ops, self.spec, self.dtype)
-            self.ignored_tensors = load_weights(self.model, found.tensors)
-            # as loaded, before the backend re-lays linear weights out (a tied LM head is listed once)
-            self.parameter_bytes = {n: p.numel() * p.element_size() for n, p in self.model.named_parameters()}
-            self.model.prepare_weights()
-        self.block_size = block_size
-        self.layouts = self.model.cache_layouts()
-        self.eos_ids = set(getattr(self.tokenizer, "eos_token_ids", None) or ())
-        eos = found.config.get("eos_token_id")
-        self.eos_ids |= set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-
-    @property
-    def vocab_size(self) -> int:
-        return self.spec.vocab_size
-
-    # -- input checks -----------------------------------------------------------------------------------
-    def _token_ids(self, prompt) -> list[int]:
-        if isinstance(prompt, str):
-            if not prompt:
-                raise ModelchipError("empty prompt")
-            if self.tokenizer is None:
-                raise ModelchipError(f"{self.source} has no tokenizer; pass token ids instead of text")
-            ids = self.tokenizer.encode(prompt)
-        else:
-            ids = [int(t) for t in prompt]
-        if not ids:
-            raise ModelchipError("empty prompt")
-        bad = [t for t in ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ModelchipError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
-        return ids
-
-    # -- forward passes ---------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def logits(self, token_ids: list[int]) -> torch.Tensor:
-        """Logits [len, vocab] (float32) of one full forward over `token_ids`."""
-        from modelchip.engine.model_runner import build_batch
-
-        ids = self._token_ids(token_ids)
-        blocks = -(-len(ids) // self.block_size)
-        cache = KVCache(self.layouts, blocks, self.block_size, self.dtype, self.device)
-        x, positions, meta = build_batch([ids], [0], [list(range(blocks))], self.block_size, self.device)
-        return self.model.logits(self.model(x, positions, meta, cache.layers))
-
+class LLM(LoadedModel):
     @torch.inference_mode()
     def generate(self, prompts: list, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int = 0, seed: int | None = None, stop: list[str] | None = None) -> list[Generation]:
@@ -116,11 +45,9 @@ class LLM:
         if stop and self.tokenizer is None:
             raise ModelchipError("stop strings need a tokenizer")
         limit = self.spec.max_position_embeddings
-        prompt_ids = [self._token_ids(p) for p in prompts]
+        prompt_ids = [self.encode_prompt(p) for p in prompts]
         if limit and any(len(ids) + max_tokens > limit for ids in prompt_ids):
             raise ModelchipError(f"prompt + max_tokens exceeds the model's context of {limit} tokens")
-        from modelchip.engine import EngineConfig, LLMEngine, SamplingParams
-
         # A cache sized for every request in full and a budget for every prompt in one step: all prompts are
         # prefilled together and nothing is ever preempted, so a batch runs as one static batch would.
         blocks = sum(-(-(len(ids) + max_tokens) // self.block_size) for ids in prompt_ids)
