@@ -1,7 +1,7 @@
 """modelchip: model-chip co-design for LLM inference."""
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "__version__"]
+__all__ = ["LLM", "SamplingParams", "__version__"]
 
 
 def __getattr__(name: str):
@@ -10,4 +10,8 @@ def __getattr__(name: str):
         from modelchip.llm import LLM
 
         return LLM
+    if name == "SamplingParams":  # `from modelchip import LLM, SamplingParams`, as with vLLM
+        from modelchip.engine.sampling_params import SamplingParams
+
+        return SamplingParams
     raise AttributeError(f"module 'modelchip' has no attribute {name!r}")
