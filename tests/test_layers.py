@@ -86,3 +86,33 @@ print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+BLOCK_RUNTIME = "import sys\nfor m in ('torch', 'safetensors', 'tokenizers', 'jinja2'):\n    sys.modules[m] = None\n"
+
+
+def test_planner_runs_without_the_runtime_extra():
+    """`pip install modelchip` (no runtime extra) runs the planner: its commands work with torch, safetensors,
+    tokenizers and jinja2 all unimportable."""
+    code = BLOCK_RUNTIME + """
+import contextlib, io
+from modelchip.cli.main import main
+with contextlib.redirect_stdout(io.StringIO()):
+    for argv in (["compare", "--models", "step3", "--chips", "h800", "--json"], ["chips", "--json"],
+                 ["models", "deepseek-v3", "--json"], ["kv", "step3", "--json"], ["validate", "--json"]):
+        assert main(argv) == 0, argv
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("argv", [["generate", "--model", "smollm2-135m", "--prompt", "hi"],
+                                  ["calibrate", "--out", "never-written.json"]])
+def test_runtime_commands_name_the_missing_extra(argv, tmp_path):
+    code = BLOCK_RUNTIME + f"from modelchip.cli.main import main\nsys.exit(main({argv!r}))\n"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert "modelchip[runtime]" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    code = BLOCK_RUNTIME + "from modelchip import LLM\n"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "modelchip[runtime]" in p.stderr, p.stderr
