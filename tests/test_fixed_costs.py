@@ -157,7 +157,7 @@ def test_serving_errors_are_clear():
 
 
 def test_predict_serve_cli(capsys):
-    args = ["predict", "--model", "llama-3.1-8b", "--chip", "h100", "--chips", "1", "--strategy", "tp", "--phase",
+    args = ["predict", "--model", "llama-3.1-8b", "--chip", "h100", "--num-chips", "1", "--strategy", "tp", "--phase",
             "serve", "--input-len", "1024", "--output-len", "256", "--concurrency", "8", "--json"]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)

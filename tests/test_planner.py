@@ -106,7 +106,7 @@ def test_slo_search_picks_the_largest_batch_that_meets_it():
 @pytest.mark.parametrize("kw,message", [
     (dict(strategy="xp"), "unknown strategy"),
     (dict(chips=100), "does not divide the 256"),
-    (dict(strategy="afd", chips=16, attn_chips=200, ffn_chips=8), "must equal --chips"),
+    (dict(strategy="afd", chips=16, attn_chips=200, ffn_chips=8), "must equal --num-chips"),
     (dict(strategy="afd"), "afd needs"),
     (dict(mtp=1, mtp_acceptance=1.5), "mtp"),
 ])
@@ -136,7 +136,7 @@ def run(*args):
 
 
 def test_predict_json_contract():
-    p = run("predict", "--model", "deepseek-v3", "--chip", "h800", "--chips", "144", "--strategy", "ep",
+    p = run("predict", "--model", "deepseek-v3", "--chip", "h800", "--num-chips", "144", "--strategy", "ep",
             "--redundant-experts", "32", "--tpot-slo-ms", "50", "--context", "4096", "--mtp", "1",
             "--mtp-acceptance", "0.85", "--json")
     assert p.returncode == 0, p.stderr
@@ -145,16 +145,16 @@ def test_predict_json_contract():
                 "breakdown_ms"):
         assert key in out
     assert out["feasible"] and out["tpot_ms"] <= 50
-    pre = json.loads(run("predict", "--model", "deepseek-v3", "--chip", "h800", "--chips", "32", "--strategy",
+    pre = json.loads(run("predict", "--model", "deepseek-v3", "--chip", "h800", "--num-chips", "32", "--strategy",
                          "ep", "--batch", "4", "--phase", "prefill", "--prompt-len", "4096", "--json").stdout)
     assert pre["ttft_ms"] > 0
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--strategy", "zz", "--chips", "8", "--batch", "1"], "unknown strategy"),
-    (["--strategy", "afd", "--chips", "8", "--attn-chips", "12", "--ffn-chips", "2", "--batch", "1"],
+    (["--strategy", "zz", "--num-chips", "8", "--batch", "1"], "unknown strategy"),
+    (["--strategy", "afd", "--num-chips", "8", "--attn-chips", "12", "--ffn-chips", "2", "--batch", "1"],
      "more attention"),
-    (["--strategy", "ep", "--chips", "12", "--batch", "1"], "does not divide"),
+    (["--strategy", "ep", "--num-chips", "12", "--batch", "1"], "does not divide"),
 ])
 def test_predict_errors(args, message, capsys):
     assert main(["predict", "--model", "deepseek-v3", "--chip", "h800", *args]) == 2

@@ -74,7 +74,7 @@ def test_cached_prefix_is_a_prefill_setting():
 
 
 def test_predict_and_plan_take_cached_prefix(capsys, tmp_path):
-    args = ["predict", "--model", MODEL, "--chip", "h100", "--chips", "1", "--strategy", "tp", "--batch", "2",
+    args = ["predict", "--model", MODEL, "--chip", "h100", "--num-chips", "1", "--strategy", "tp", "--batch", "2",
             "--phase", "prefill", "--prompt-len", "4096", "--context", "4096", "--json"]
     assert main([*args, "--cached-prefix", "3072"]) == 0
     with_cache = json.loads(capsys.readouterr().out)

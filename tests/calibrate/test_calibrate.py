@@ -36,7 +36,7 @@ def test_profile_is_a_catalog_chip_with_measured_figures(profile):
 
 def test_predict_with_profile(profile):
     p = subprocess.run([sys.executable, "-m", "modelchip", "predict", "--profile", str(profile), "--model",
-                        "smollm2-135m", "--chips", "1", "--strategy", "tp", "--batch", "4", "--context", "256",
+                        "smollm2-135m", "--num-chips", "1", "--strategy", "tp", "--batch", "4", "--context", "256",
                         "--weight-dtype", "fp32", "--kv-dtype", "fp32", "--json"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)

@@ -70,6 +70,46 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "rope_theta": 10000.0, "rope_interleave": True, "tie_word_embeddings": False,
         "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
                          "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}}},
+    # ---- config switches, each turned on (transformers applies them; so must the runtime)
+    # attention_bias (q/k/v AND o_proj biases) and mlp_bias (gate/up/down biases)
+    "llama_bias": {"cls": "LlamaForCausalLM", "config": "LlamaConfig", "seed": 21, "kwargs": {
+        "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 96, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
+        "attention_bias": True, "mlp_bias": True}},
+    # sliding window of 8 on every layer (prompts of 16-64 tokens: most keys fall outside it)
+    "mistral_sliding": {"cls": "MistralForCausalLM", "config": "MistralConfig", "seed": 22, "kwargs": {
+        "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 96, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "sliding_window": 8,
+        "tie_word_embeddings": False}},
+    "mixtral_sliding": {"cls": "MixtralForCausalLM", "config": "MixtralConfig", "seed": 23, "kwargs": {
+        "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 96, "num_local_experts": 4, "num_experts_per_tok": 2, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "sliding_window": 8, "tie_word_embeddings": False}},
+    # use_sliding_window from max_window_layers=1: layer 0 global, layer 1 slides over 8 tokens
+    "qwen2_sliding": {"cls": "Qwen2ForCausalLM", "config": "Qwen2Config", "seed": 24, "kwargs": {
+        "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 96, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "use_sliding_window": True,
+        "sliding_window": 8, "max_window_layers": 1, "tie_word_embeddings": False}},
+    # attention_bias with QK-norm, and sliding layers from layer_types (layer 1 of 2)
+    "qwen3_bias_sliding": {"cls": "Qwen3ForCausalLM", "config": "Qwen3Config", "seed": 25, "kwargs": {
+        "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 16, "intermediate_size": 96, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "attention_bias": True, "use_sliding_window": True, "sliding_window": 8,
+        "layer_types": ["full_attention", "sliding_attention"], "tie_word_embeddings": False}},
+    # attention_bias and use_sliding_window (every layer) in the MoE variant
+    "qwen3_moe_bias_sliding": {"cls": "Qwen3MoeForCausalLM", "config": "Qwen3MoeConfig", "seed": 26, "kwargs": {
+        "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 16, "intermediate_size": 96, "moe_intermediate_size": 32, "num_experts": 4,
+        "num_experts_per_tok": 2, "norm_topk_prob": True, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "attention_bias": True, "use_sliding_window": True, "sliding_window": 8, "tie_word_embeddings": False}},
+    # attention_bias on MLA: biases on q_a_proj, kv_a_proj_with_mqa and o_proj
+    "deepseek_v3_bias": {"cls": "DeepseekV3ForCausalLM", "config": "DeepseekV3Config", "seed": 27, "kwargs": {
+        "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "intermediate_size": 128, "moe_intermediate_size": 32, "n_routed_experts": 4, "num_experts_per_tok": 2,
+        "n_group": 1, "topk_group": 1, "n_shared_experts": 1, "routed_scaling_factor": 1.0,
+        "first_k_dense_replace": 1, "norm_topk_prob": True, "q_lora_rank": 32, "kv_lora_rank": 32,
+        "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 16, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0, "rope_interleave": True, "attention_bias": True, "tie_word_embeddings": False}},
 }
 SHARDED = {"llama_sharded": "llama"}  # sharded copy -> the family whose model (same weights) it saves
 SHARD_SIZE = "200KB"

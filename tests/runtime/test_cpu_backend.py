@@ -73,7 +73,7 @@ def test_model_passes_prepared_handles_and_keeps_router_and_tied_embedding_plain
     assert prepared > 0 and not any(n.endswith(("qkv_proj", "o_proj", "gate_up_proj", "down_proj")) for n in names)
     assert "layers.1.mlp.gate" in names  # the router: read as float32, never prepared
     ids = torch.tensor([3, 1, 4, 1, 5])
-    from modelchip.engine.model_runner import build_batch
+    from modelchip.runtime.batch import build_batch
     from modelchip.runtime.kv_cache import KVCache
 
     outs = []

@@ -182,6 +182,19 @@ def test_batch_gives_same_tokens_as_alone(hf_family, hf_checkpoint):
     assert alone_b == want_b, f"{hf_family} (9-token prompt): " + divergence(ckpt, b, alone_b, want_b)
 
 
+def test_parameter_count_matches_transformers(hf_family, hf_checkpoint):
+    """The cost model's parameter count of the saved config.json (biases and switches included) is the number
+    of weights transformers builds from it."""
+    from modelchip.cost import accounting
+    from modelchip.spec import families
+
+    ckpt = hf_checkpoint(hf_family)
+    want = sum(p.numel() for p in ckpt.model.parameters())
+    want += sum(b.numel() for n, b in ckpt.model.named_buffers() if n.endswith("e_score_correction_bias"))
+    spec = families.read(json.loads((ckpt.path / "config.json").read_text()), hf_family)
+    assert accounting.params(spec).total == want
+
+
 # ---------------------------------------------------------------------------------------------------- checkpoints
 
 
@@ -391,3 +404,79 @@ def test_safetensors_preferred_over_pickle(hf_checkpoint, tmp_path, torch_load_c
     got = load(path).logits(ids).detach().cpu()
     assert torch_load_calls == []
     assert (got - hf_logits(ckpt.model, ids)).abs().max().item() <= LOGITS_ATOL
+
+
+# ---------------------------------------------------------------------------------------------------- switches
+
+
+SWITCH_FAMILIES = ["llama_bias", "mistral_sliding", "mixtral_sliding", "qwen2_sliding", "qwen3_bias_sliding",
+                   "qwen3_moe_bias_sliding", "deepseek_v3_bias"]
+
+
+@pytest.mark.parametrize("name", SWITCH_FAMILIES)
+def test_switches_on_cpu_backend(name, hf_checkpoint):
+    """The fast backend honours the same switches (biases through its packed matmul, windows in its kernels)."""
+    ckpt = hf_checkpoint(name)
+    ids = token_ids(64, seed=1000, vocab=vocab_of(ckpt))
+    got = LLM(str(ckpt.path), backend="cpu", device="cpu", dtype="float32").logits(ids).detach().cpu()
+    diff = (got - hf_logits(ckpt.model, ids)).abs().max().item()
+    assert diff <= LOGITS_ATOL, f"{name} on the cpu backend: max |logits - transformers| = {diff:.3g}"
+
+
+@pytest.mark.parametrize(("name", "tensor", "shape"), [
+    ("llama", "model.layers.0.self_attn.o_proj.bias", (64,)),  # a bias the config does not switch on
+    ("qwen2", "model.layers.1.self_attn.o_proj.bias", (64,)),  # Qwen2 has q/k/v biases only
+    ("llama", "model.layers.0.mlp.down_proj.weight_scale_inv", (1, 1)),  # a quantization scale
+    ("llama", "model.layers.2.input_layernorm.weight", (64,)),  # a layer beyond num_hidden_layers
+])
+def test_unused_tensor_is_named(name, tensor, shape, hf_checkpoint, tmp_path):
+    """A checkpoint tensor with no place in the model fails the load, naming it (it was silently dropped)."""
+    path = copy_checkpoint(hf_checkpoint(name), tmp_path)
+    edit_tensors(path, lambda tensors: tensors.update({tensor: torch.ones(shape)}))
+    message = refused(lambda: load(path), path)
+    assert tensor in message, message
+
+
+def test_ignorable_tensors_load(hf_checkpoint, tmp_path):
+    """The documented exceptions: rotary inv_freq caches, and a saved copy of a tied head."""
+    ckpt = hf_checkpoint("llama_tied")
+    path = copy_checkpoint(ckpt, tmp_path)
+    extra = {"model.layers.0.self_attn.rotary_emb.inv_freq": torch.ones(8),
+             "lm_head.weight": ckpt.model.get_input_embeddings().weight.detach().clone()}
+    edit_tensors(path, lambda tensors: tensors.update(extra))
+    llm = load(path)
+    assert sorted(llm.ignored_tensors) == sorted(extra)
+    ids = token_ids(64, seed=1100, vocab=vocab_of(ckpt))
+    assert (llm.logits(ids).detach().cpu() - hf_logits(ckpt.model, ids)).abs().max().item() <= LOGITS_ATOL
+
+
+def test_deepseek_mtp_layers_are_skipped(hf_checkpoint, tmp_path):
+    """DeepSeek-V3's multi-token-prediction layer (numbered num_hidden_layers) is skipped when the config
+    declares it with num_nextn_predict_layers, and refused when it does not."""
+    ckpt = hf_checkpoint("deepseek_v3")
+    path = copy_checkpoint(ckpt, tmp_path)
+    mtp = "model.layers.3.eh_proj.weight"
+    edit_tensors(path, lambda tensors: tensors.update({mtp: torch.ones(64, 128)}))
+    edit_config(path, lambda config: config.update(num_nextn_predict_layers=0))
+    assert mtp in refused(lambda: load(path), path)
+    edit_config(path, lambda config: config.update(num_nextn_predict_layers=1))
+    llm = load(path)
+    assert llm.ignored_tensors == [mtp]
+    ids = token_ids(64, seed=1200, vocab=vocab_of(ckpt))
+    assert (llm.logits(ids).detach().cpu() - hf_logits(ckpt.model, ids)).abs().max().item() <= LOGITS_ATOL
+
+
+@pytest.mark.parametrize(("name", "field", "value"), [
+    ("llama", "hidden_act", "gelu"),
+    ("mistral_sliding", "attention_bias", True),  # transformers' Mistral ignores it, vLLM's applies it
+    ("qwen3", "mlp_bias", True),
+    ("llama", "quantization_config", {"quant_method": "fp8"}),
+    ("llama", "partial_rotary_factor", 0.5),
+    ("qwen3_bias_sliding", "layer_types", ["full_attention", "chunked_attention"]),
+    ("deepseek_v3", "scoring_func", "sqrtsoftplus"),
+])
+def test_unsupported_switch_is_named(name, field, value, hf_checkpoint, tmp_path):
+    path = copy_checkpoint(hf_checkpoint(name), tmp_path)
+    edit_config(path, lambda config: config.update({field: value}))
+    message = refused(lambda: load(path), path)
+    assert field in message, message

@@ -29,7 +29,7 @@ class DecodeHarness:
                                                                                           device=dev))
 
     def _run(self, new: int) -> None:
-        from modelchip.engine.model_runner import build_batch
+        from modelchip.runtime.batch import build_batch
 
         batch = [toks[-new:] for toks in self.tokens]
         ids, pos, meta = build_batch(batch, [len(t) - new for t in self.tokens], self.blocks, self.bs,

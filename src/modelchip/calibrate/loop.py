@@ -7,7 +7,7 @@ from modelchip.cost.conventions import Precision
 from modelchip.cost.deploy import Deployment, evaluate
 from modelchip.cost.model_cost import model_cost
 from modelchip.cost.profile import apply_profile
-from modelchip.runtime.llm import LLM
+from modelchip.llm import LLM
 from modelchip.spec import families
 
 _LOADED: dict[tuple, LLM] = {}

@@ -20,6 +20,9 @@ from modelchip.cli import (
 )
 from modelchip.errors import ModelchipError
 
+# what `pip install 'modelchip[runtime]'` adds; compare, predict, plan, models, kv, chips and validate need none
+RUNTIME_MODULES = ("torch", "safetensors", "tokenizers", "jinja2")
+
 COMMANDS = (compare_cmd, chips_cmd, models_cmd, generate_cmd, predict_cmd, plan_cmd, validate_cmd, calibrate_cmd,
             serve_cmd, conformance_cmd)
 
@@ -44,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in RUNTIME_MODULES:
+            raise
+        print(f"modelchip {args.command}: error: this command runs models, which needs the runtime extra "
+              f"(missing module {exc.name!r}): pip install 'modelchip[runtime]'", file=sys.stderr)
+        return 2
     except ModelchipError as exc:
         print(f"modelchip {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 
 from modelchip.cli import common
@@ -62,7 +63,10 @@ def register(sub) -> None:
                        description="Roofline step time per op group with efficiencies, plus TP all-reduce, EP "
                                    "all-to-all and AFD traffic; an infeasible deployment is reported as such.")
     p.add_argument("--chip", default="h100", help="chip id (see `modelchip chips`; ignored with --profile)")
-    p.add_argument("--chips", type=int, required=True, help="chips in the deployment")
+    n = p.add_mutually_exclusive_group(required=True)
+    n.add_argument("--num-chips", type=int, dest="num_chips", metavar="N", help="chips in the deployment")
+    n.add_argument("--chips", type=int, dest="num_chips_deprecated", metavar="N",
+                   help="deprecated alias of --num-chips (a count here; in compare, --chips is a list of chip ids)")
     p.add_argument("--strategy", required=True, help="tp, ep or afd")
     p.add_argument("--attn-chips", type=int, default=0, help="AFD: attention chips")
     p.add_argument("--ffn-chips", type=int, default=0, help="AFD: FFN chips")
@@ -93,7 +97,7 @@ def build(args, chip_id: str, chips: int, strategy: str, batch: int, attn: int =
     if args.price is not None:
         chip = chip.with_price(args.price)
     if strategy == "afd" and attn + ffn != chips:
-        raise ModelchipError(f"--attn-chips ({attn}) + --ffn-chips ({ffn}) must equal --chips ({chips})")
+        raise ModelchipError(f"--attn-chips ({attn}) + --ffn-chips ({ffn}) must equal --num-chips ({chips})")
     d = Deployment(chip=chip, chips=chips, strategy=strategy, batch=batch or 1, context=args.context,
                    phase=args.phase, prompt_len=args.prompt_len, cached_prefix=args.cached_prefix,
                    attn_chips=attn, ffn_chips=ffn,
@@ -110,13 +114,19 @@ def build(args, chip_id: str, chips: int, strategy: str, batch: int, attn: int =
 
 
 def run(args) -> int:
-    if args.attn_chips > args.chips or args.ffn_chips > args.chips:
-        raise ModelchipError(f"more attention/FFN chips than --chips ({args.chips})")
+    if args.num_chips is None:
+        print("modelchip predict: --chips N is deprecated (compare's --chips lists chip ids); use --num-chips N",
+              file=sys.stderr)
+        args.num_chips = args.num_chips_deprecated
+    if args.num_chips < 1:
+        raise ModelchipError(f"--num-chips must be at least 1, got {args.num_chips}")
+    if args.attn_chips > args.num_chips or args.ffn_chips > args.num_chips:
+        raise ModelchipError(f"more attention/FFN chips than --num-chips ({args.num_chips})")
     if args.phase == "serve":
         return _serve(args)
     if args.batch is None and args.tpot_slo_ms is None:
         raise ModelchipError("give --batch or --tpot-slo-ms (or --phase serve with --input-len and --output-len)")
-    cost, d = build(args, args.chip, args.chips, args.strategy, args.batch or 1, args.attn_chips, args.ffn_chips)
+    cost, d = build(args, args.chip, args.num_chips, args.strategy, args.batch or 1, args.attn_chips, args.ffn_chips)
     p = best_batch_for_slo(cost, d, args.tpot_slo_ms) if args.tpot_slo_ms else evaluate(cost, d)
     out = {"model": args.model, "chip": d.chip.id, "system": d.system.id if d.system else None, "chips": d.chips,
            "strategy": d.strategy, "context": d.context, "phase": d.phase, **p.as_dict()}
@@ -143,7 +153,7 @@ def _serve(args) -> int:
     if args.batch is not None or args.tpot_slo_ms is not None:
         raise ModelchipError("--phase serve takes --concurrency or --request-rate, not --batch or --tpot-slo-ms")
     args.phase = "decode"  # build() makes the decode deployment; serving derives its prefill from it
-    cost, d = build(args, args.chip, args.chips, args.strategy, 1, args.attn_chips, args.ffn_chips)
+    cost, d = build(args, args.chip, args.num_chips, args.strategy, 1, args.attn_chips, args.ffn_chips)
     r = serving.serve(cost, d, args.input_len, args.output_len, concurrency=args.concurrency,
                       request_rate=args.request_rate)
     out = {"model": args.model, "chip": d.chip.id, "system": d.system.id if d.system else None, "chips": d.chips,

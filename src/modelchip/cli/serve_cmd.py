@@ -70,7 +70,7 @@ def run(args) -> int:
 
     from modelchip.engine import EngineConfig, LLMEngine
     from modelchip.engine.async_engine import AsyncEngine
-    from modelchip.runtime.llm import LLM
+    from modelchip.llm import LLM
     from modelchip.serve.app import ServerState, create_app
 
     if args.api_key is not None and not args.api_key.strip():

@@ -1,4 +1,4 @@
-"""Drive a DecoderLM through the paged KV cache the way runtime/llm.py does: a chunked prefill, a prefill
+"""Drive a DecoderLM through the paged KV cache the way the engine does: a chunked prefill, a prefill
 batched with the next chunk, then batched greedy decode steps, with blocks handed out in shuffled order."""
 
 from __future__ import annotations

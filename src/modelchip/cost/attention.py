@@ -38,8 +38,12 @@ def projection_weights(a: AttentionSpec, hidden: int) -> int:
 def params(a: AttentionSpec, hidden: int) -> int:
     """All parameters of the block: projections, biases, and the norms inside it."""
     n = projection_weights(a, hidden)
-    if a.qkv_bias:
+    if a.qkv_bias and a.kind == "mla":  # q_a_proj (a full-rank q_proj has none) and kv_a_proj_with_mqa
+        n += a.q_lora_rank + a.kv_lora_rank + a.qk_rope_head_dim
+    elif a.qkv_bias:
         n += a.num_heads * a.head_dim + a.num_kv_heads * (a.head_dim + a.v_head_dim)
+    if a.o_bias:
+        n += hidden
     if a.qk_norm:
         n += 2 * a.head_dim
     if a.kind in ("mfa", "mfa-kr", "mla") and a.q_lora_rank:

@@ -100,7 +100,7 @@ class Deployment:
                 raise ModelchipError("afd needs --attn-chips and --ffn-chips, both positive")
             if self.attn_chips + self.ffn_chips != self.chips:
                 raise ModelchipError(f"attention chips ({self.attn_chips}) + FFN chips ({self.ffn_chips}) must "
-                                     f"equal --chips ({self.chips})")
+                                     f"equal --num-chips ({self.chips})")
         ep = self.expert_parallel
         slots = cost.moe.experts + self.redundant_experts if cost.moe else 0
         if cost.moe and ep > 1 and slots % ep:

@@ -23,7 +23,7 @@ def router_weights(f: FFNSpec, hidden: int) -> int:
 def params(f: FFNSpec, hidden: int) -> int:
     """All parameters of the block: every expert, shared experts, router (and its correction bias)."""
     if f.kind == "dense":
-        return 3 * hidden * f.intermediate_size
+        return 3 * hidden * f.intermediate_size + (2 * f.intermediate_size + hidden if f.bias else 0)
     n = 3 * hidden * (f.num_experts * f.intermediate_size + f.shared_intermediate_size)
     return n + router_weights(f, hidden) + (f.num_experts if f.router_bias else 0)
 

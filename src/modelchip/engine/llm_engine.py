@@ -1,6 +1,6 @@
 """`LLMEngine`: requests in, token and text deltas out, one scheduler step at a time.
 
-    engine = LLMEngine(LLM("smollm2-135m"))
+    engine = LLMEngine(LLM("smollm2-135m"))         # or any runtime LoadedModel
     engine.add_request("a", "Once upon a time", SamplingParams(max_tokens=32, temperature=0))
     while engine.has_unfinished_requests():
         for out in engine.step():
@@ -25,6 +25,7 @@ from modelchip.engine.scheduler import Scheduler, SchedulerConfig
 from modelchip.engine.sequence import Sequence
 from modelchip.errors import ModelchipError
 from modelchip.runtime.kv_cache import KVCache
+from modelchip.runtime.loaded_model import LoadedModel
 
 SEED_MASK = (1 << 64) - 1
 
@@ -64,7 +65,9 @@ class RequestOutput:
 
 
 class LLMEngine:
-    def __init__(self, llm, config: EngineConfig | None = None):
+    """Requests over one `LoadedModel` (an `LLM` is one too)."""
+
+    def __init__(self, llm: LoadedModel, config: EngineConfig | None = None):
         self.llm = llm
         self.config = config = config or EngineConfig()
         self.block_size = bs = config.block_size or llm.block_size
@@ -89,7 +92,7 @@ class LLMEngine:
         if request_id in self.requests:
             raise ModelchipError(f"request id {request_id!r} is already in use")
         params.validate()
-        ids = self.llm._token_ids(prompt)
+        ids = self.llm.encode_prompt(prompt)
         if len(ids) + params.max_tokens > self.max_model_len:
             raise ModelchipError(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                                  f"context of {self.max_model_len} tokens")

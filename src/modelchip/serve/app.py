@@ -261,7 +261,7 @@ def _completion_prompts(state: ServerState, req: CompletionRequest) -> list[list
     out = []
     for one in prompts:
         try:
-            out.append(state.llm._token_ids(one))
+            out.append(state.llm.encode_prompt(one))
         except ModelchipError as exc:
             raise APIError(f"Invalid prompt: {exc}", param="prompt", code="invalid_prompt") from None
     return out

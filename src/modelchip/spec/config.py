@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
 from modelchip.errors import ModelchipError, unknown
-from modelchip.spec import dtypes, families, overrides
+from modelchip.spec import dtypes, families, gguf_config, overrides
 from modelchip.spec.model import ModelSpec
+from modelchip.spec.validate import validate
 
 
 @dataclass(frozen=True)
@@ -85,14 +87,27 @@ def load_config(ref: str) -> tuple[dict, str, str]:
         if not path.is_file():
             raise ModelchipError(f"directory {ref!r} has no config.json")
     if path.is_file():
+        if path.suffix == ".gguf" or gguf_config.is_gguf(path):
+            return gguf_config.read_config(path), path.stem, str(path)
         try:
             name = path.parent.name if path.name == "config.json" else path.stem
             return json.loads(path.read_text()), name, str(path)
-        except json.JSONDecodeError as exc:
-            raise ModelchipError(f"{path} is not valid JSON: {exc}") from exc
-    if ref.count("/") == 1 and not ref.startswith((".", "/")) and not path.suffix:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelchipError(f"{path} is neither a config.json (not valid JSON: {exc}) nor a GGUF file") \
+                from exc
+    if is_hub_id(ref):
         return _from_hub(ref), ref.split("/")[1], f"https://huggingface.co/{ref}"
     raise unknown("model", ref, table)
+
+
+# owner/name as the hub spells repo ids: letters, digits, '-', '_', '.' (so Qwen/Qwen3-0.6B is one)
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+_FILE_SUFFIXES = (".json", ".gguf", ".safetensors", ".bin")
+
+
+def is_hub_id(ref: str) -> bool:
+    """True for what can only be a hub repo id (owner/name); a missing local file path is not one."""
+    return bool(_HUB_ID.fullmatch(ref)) and not ref.endswith(_FILE_SUFFIXES) and ".." not in ref
 
 
 def _from_hub(repo_id: str) -> dict:
@@ -135,7 +150,7 @@ def load_model(ref: str, sets: list[str] | tuple[str, ...] = ()) -> ModelSpec:
     pinned = presets()[base].pinned_kv_dtype.get("global_attention") if base in presets() else None
     if pinned:
         spec = pin_kv_dtype(spec, pinned)
-    spec = overrides.apply_spec(spec, spec_level)
+    spec = validate(overrides.apply_spec(spec, spec_level), families.FIELD_ALIASES.get(spec.family))
     if items and "attention" not in spec_level:
         spec = replace(spec, name=f"{name} [{', '.join(items)}]")
     return replace(spec, source=source)

@@ -7,9 +7,11 @@ says which one is missing when a config is incomplete.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from modelchip.errors import ModelchipError
 from modelchip.spec.model import AttentionSpec, FFNSpec, LayerSpec, ModelSpec
+from modelchip.spec.validate import validate
 
 _REQUIRED = object()
 
@@ -53,9 +55,18 @@ class Config:
         return dict(scaling)
 
 
-def _gqa(c: Config, *, qk_norm: bool = False, qkv_bias: bool = False, window: int = 0) -> AttentionSpec:
+def _heads(c: Config) -> int:
     heads = int(c.get("num_attention_heads"))
-    kv_heads = int(c.get("num_key_value_heads", heads) or heads)
+    if heads <= 0:  # checked here: head_dim defaults to hidden_size // heads
+        raise ModelchipError(f"num_attention_heads is {heads}; it must be a positive integer")
+    return heads
+
+
+def _gqa(c: Config, *, qk_norm: bool = False, qkv_bias: bool = False, o_bias: bool = False,
+         window: int = 0) -> AttentionSpec:
+    heads = _heads(c)
+    kv_heads = c.get("num_key_value_heads", None)  # absent or null: MHA (0 is an error, not a default)
+    kv_heads = heads if kv_heads is None else int(kv_heads)
     head_dim = int(c.get("head_dim", None) or c.get("hidden_size") // heads)
     return AttentionSpec(
         kind="gqa",
@@ -65,12 +76,51 @@ def _gqa(c: Config, *, qk_norm: bool = False, qkv_bias: bool = False, window: in
         v_head_dim=head_dim,
         qk_norm=qk_norm,
         qkv_bias=qkv_bias,
+        o_bias=o_bias,
         window=window,
     )
 
 
-def _dense(width: int) -> FFNSpec:
-    return FFNSpec(kind="dense", intermediate_size=int(width))
+def _dense(width: int, bias: bool = False) -> FFNSpec:
+    return FFNSpec(kind="dense", intermediate_size=int(width), bias=bias)
+
+
+def _attention_bias(c: Config) -> bool:
+    """Llama, Qwen3, Qwen3-MoE and DeepSeek-V3 put a bias on every attention projection when it is true."""
+    return bool(c.get("attention_bias", False))
+
+
+def _windows(c: Config, num_layers: int) -> list[int]:
+    """Each layer's sliding window (0: global), as transformers applies the family's fields.
+
+    Mistral and Mixtral slide every layer when sliding_window is set. Qwen2/Qwen3(-MoE) slide only with
+    use_sliding_window: Qwen3-MoE every layer, Qwen2/Qwen3 the layers `layer_types` marks (by default those
+    from max_window_layers on).
+    """
+    if c.model_type in ("mistral", "mixtral"):
+        return [int(c.get("sliding_window", None) or 0)] * num_layers
+    if c.model_type not in ("qwen2", "qwen3", "qwen3_moe") or not c.get("use_sliding_window", False):
+        return [0] * num_layers
+    window = int(c.get("sliding_window"))
+    if window < 1:
+        raise ModelchipError(f"config.json sets use_sliding_window but sliding_window is {window}")
+    if c.model_type == "qwen3_moe":
+        return [window] * num_layers
+    types = c.get("layer_types", None)
+    if types is None:
+        start = int(c.get("max_window_layers", 0) or 0)
+        return [window if i >= start else 0 for i in range(num_layers)]
+    if len(types) != num_layers:
+        raise ModelchipError(f"layer_types has {len(types)} entries but num_hidden_layers is {num_layers}")
+    unknown_types = sorted(set(types) - {"full_attention", "sliding_attention"})
+    if unknown_types:
+        raise ModelchipError(f"layer_types entry {unknown_types[0]!r} is not supported for model_type "
+                             f"{c.model_type!r} (full_attention, sliding_attention)")
+    return [window if t == "sliding_attention" else 0 for t in types]
+
+
+def _windowed(attn: AttentionSpec, window: int) -> AttentionSpec:
+    return replace(attn, window=window) if window else attn
 
 
 def _spec(c: Config, layers: list[LayerSpec], name: str, **extra) -> ModelSpec:
@@ -95,17 +145,18 @@ def _spec(c: Config, layers: list[LayerSpec], name: str, **extra) -> ModelSpec:
 
 def llama(c: Config, name: str) -> ModelSpec:
     """llama, mistral, qwen2, qwen3 and other dense GQA decoders."""
-    attn = _gqa(c, qk_norm=c.model_type == "qwen3", qkv_bias=c.model_type == "qwen2"
-                or bool(c.get("attention_bias", False)))
-    if c.model_type == "mistral" and c.get("sliding_window", None):
-        attn = AttentionSpec(**{**attn.__dict__, "window": int(c.get("sliding_window"))})
-    ffn = _dense(c.get("intermediate_size"))
-    return _spec(c, [LayerSpec(attn, ffn)] * int(c.get("num_hidden_layers")), name)
+    mt = c.model_type
+    bias = mt in ("llama", "qwen3") and _attention_bias(c)  # Qwen2: q/k/v biases always, o_proj none
+    attn = _gqa(c, qk_norm=mt == "qwen3", qkv_bias=mt == "qwen2" or bias, o_bias=bias)
+    ffn = _dense(c.get("intermediate_size"), bias=mt == "llama" and bool(c.get("mlp_bias", False)))
+    num_layers = int(c.get("num_hidden_layers"))
+    return _spec(c, [LayerSpec(_windowed(attn, w), ffn) for w in _windows(c, num_layers)], name)
 
 
 def qwen3_moe(c: Config, name: str) -> ModelSpec:
     """qwen2_moe / qwen3_moe: MoE every `decoder_sparse_step` layers except `mlp_only_layers`."""
-    attn = _gqa(c, qk_norm=c.model_type == "qwen3_moe", qkv_bias=c.model_type == "qwen2_moe")
+    bias = c.model_type == "qwen3_moe" and _attention_bias(c)
+    attn = _gqa(c, qk_norm=c.model_type == "qwen3_moe", qkv_bias=c.model_type == "qwen2_moe" or bias, o_bias=bias)
     shared = int(c.get("shared_expert_intermediate_size", 0) or 0)
     moe = FFNSpec(
         kind="moe",
@@ -118,14 +169,15 @@ def qwen3_moe(c: Config, name: str) -> ModelSpec:
     step = int(c.get("decoder_sparse_step", 1) or 1)
     dense_only = set(c.get("mlp_only_layers", []) or [])
     layers = []
-    for i in range(int(c.get("num_hidden_layers"))):
+    num_layers = int(c.get("num_hidden_layers"))
+    for i, window in enumerate(_windows(c, num_layers)):
         is_moe = i not in dense_only and moe.num_experts > 0 and (i + 1) % step == 0
-        layers.append(LayerSpec(attn, moe if is_moe else _dense(c.get("intermediate_size"))))
+        layers.append(LayerSpec(_windowed(attn, window), moe if is_moe else _dense(c.get("intermediate_size"))))
     return _spec(c, layers, name)
 
 
 def mixtral(c: Config, name: str) -> ModelSpec:
-    attn = _gqa(c)
+    attn = _gqa(c, window=int(c.get("sliding_window", None) or 0))
     moe = FFNSpec(
         kind="moe",
         intermediate_size=int(c.get("intermediate_size")),
@@ -147,6 +199,8 @@ def deepseek_v3(c: Config, name: str) -> ModelSpec:
         q_lora_rank=int(c.get("q_lora_rank", 0) or 0),
         kv_lora_rank=int(c.get("kv_lora_rank")),
         qk_rope_head_dim=rope,
+        qkv_bias=_attention_bias(c),
+        o_bias=_attention_bias(c),
     )
     moe_width = int(c.get("moe_intermediate_size"))
     moe = FFNSpec(
@@ -175,7 +229,7 @@ def deepseek_v3(c: Config, name: str) -> ModelSpec:
 
 def step3(c: Config, name: str) -> ModelSpec:
     """Step-3 text model: MFA attention (low-rank query, `num_attention_groups` shared K/V heads) + MoE."""
-    heads = int(c.get("num_attention_heads"))
+    heads = _heads(c)
     head_dim = int(c.get("head_dim", None) or c.get("hidden_size") // heads)
     attn = AttentionSpec(
         kind="mfa",
@@ -386,8 +440,9 @@ def read(config: dict, name: str = "") -> ModelSpec:
             f"unsupported model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
         )
     try:
-        return reader(Config(data, model_type), name or str(config.get("_name_or_path", model_type)))
-    except (TypeError, ValueError) as exc:
+        spec = reader(Config(data, model_type), name or str(config.get("_name_or_path", model_type)))
+        return validate(spec, FIELD_ALIASES.get(model_type))
+    except (TypeError, ValueError, OverflowError) as exc:
         if isinstance(exc, ModelchipError):
             raise
         raise ModelchipError(f"config.json of model_type {model_type!r} has a malformed field: {exc}") from exc

@@ -36,7 +36,8 @@ class AttentionSpec:
     qk_rope_head_dim: int = 0  # MLA only: the decoupled RoPE part of the key
     window: int = 0  # chunked / sliding attention span in tokens; 0 = global
     qk_norm: bool = False
-    qkv_bias: bool = False
+    qkv_bias: bool = False  # biases on the input projections (q/k/v; MLA: q_a_proj and kv_a_proj_with_mqa)
+    o_bias: bool = False  # bias on the output projection (attention_bias in Llama, Qwen3 and DeepSeek-V3)
     output_gate: bool = False  # linear attention with a sigmoid gate on its output (MiniMax)
     kv_dtype: str | None = None  # pinned cache dtype when a model's deployment fixes it (None: the user's choice)
 
@@ -60,6 +61,7 @@ class FFNSpec:
     topk_group: int = 1
     routed_scaling_factor: float = 1.0
     router_bias: bool = False  # e_score_correction_bias (DeepSeek) or similar
+    bias: bool = False  # biases on gate, up and down projections (Llama's mlp_bias; dense only)
 
 
 @dataclass(frozen=True)

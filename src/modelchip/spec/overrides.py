@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import replace
 
 from modelchip.errors import ModelchipError, near
@@ -59,8 +60,23 @@ def apply(config: dict, items: list[str] | tuple[str, ...]) -> tuple[dict, dict]
             close = near(key, choices)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ModelchipError(f"cannot override {key!r}: model_type {model_type!r} config has no such field{hint}")
+        _check_type(key, target.get(leaf), value)
         target[leaf] = value
     return config, spec_level
+
+
+def _check_type(key: str, old, new) -> None:
+    """A number stays a number: finite, and whole where the config has a whole number (heads, sizes; JSON
+    cannot tell an integer field from a real one written without a fraction, so 1.5e6 passes for rope_theta)."""
+    if old is None or new is None or isinstance(old, bool) or not isinstance(old, int | float):
+        return
+    number = isinstance(new, int | float) and not isinstance(new, bool)
+    if not number or not math.isfinite(new):
+        raise ModelchipError(f"cannot override {key!r} with {new!r}: it must be a finite number (the config has "
+                             f"{old!r})")
+    if isinstance(old, int) and new != int(new):
+        raise ModelchipError(f"cannot override {key!r} with {new!r}: it must be a whole number (the config has "
+                             f"{old!r})")
 
 
 def _walk(data: dict, dotted: str) -> tuple[dict, str]:

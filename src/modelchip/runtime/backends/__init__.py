@@ -29,7 +29,29 @@ def available() -> dict[str, Callable]:
 
 
 class Ops:
-    """What model code calls: each contract op bound to the backend, or to the reference with a count."""
+    """What model code calls: each contract op bound to the backend, or to the reference with a count.
+
+    Each op is an attribute typed with its contract signature (contract.Backend documents them) and bound once
+    here, so a call costs what a call to the backend's own method costs.
+    """
+
+    name: str
+    device: torch.device
+    backend: object
+    fallbacks: Counter[str]
+    prepares_weights: bool
+    prepare_linear: Callable[[torch.Tensor], object]
+    embedding: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    linear: Callable[..., torch.Tensor]  # (x, weight or prepared handle, bias=None)
+    batched_linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    rotary_embedding: Callable[..., torch.Tensor]  # (x, cos, sin, interleaved=False)
+    silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
+    write_kv: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+    paged_attention: Callable[..., torch.Tensor]  # (q, k_cache, v_cache, meta, scale, v_dim=None, window=0)
+    moe_route: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (logits, top_k, scoring, norm_topk_prob, ...)
+    moe_experts: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    sample: Callable[..., torch.Tensor]  # (logits, temperature, top_p, top_k, generator=None)
 
     def __init__(self, backend, reference: ReferenceBackend):
         self.backend = backend
@@ -67,8 +89,36 @@ def _unchanged(weight: torch.Tensor) -> torch.Tensor:
     return weight
 
 
+# torch's own accelerator modules, each with is_available() and device_count(); other device types come
+# from plugins (torch_npu, ...) whose backends check their own devices
+_ACCELERATORS = ("cuda", "xpu", "mps")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The torch device `device` names, or a ModelchipError saying why this machine cannot use it (rather
+    than the assertion torch raises at the first tensor on a build without that device)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelchipError(f"{str(device)!r} is not a torch device ({exc})") from exc
+    if dev.type not in _ACCELERATORS:
+        return dev
+    module = getattr(torch, dev.type)
+    if not module.is_available():
+        built = dev.type != "cuda" or torch.version.cuda or torch.version.hip
+        why = (f"this torch build ({torch.__version__}) has no CUDA support" if not built
+               else f"torch {torch.__version__} sees no {dev.type} device on this machine")
+        raise ModelchipError(f"device {str(device)!r} is not available: {why}; use --device cpu, or install a "
+                             f"torch build for this accelerator")
+    if dev.index is not None and dev.index >= module.device_count():
+        raise ModelchipError(f"device {str(device)!r} does not exist: this machine has {module.device_count()} "
+                             f"{dev.type} device(s)")
+    return dev
+
+
 def get_backend(name: str = "reference", device: str | torch.device = "cpu") -> Ops:
     """Instantiate a backend by name for a torch device, wrapped so missing ops fall back visibly."""
+    device = check_device(device)
     factories = available()
     if name not in factories:
         raise unknown("backend", name, factories)

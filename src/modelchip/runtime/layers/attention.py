@@ -40,6 +40,7 @@ class GQAAttention(Layer):
         self.qkv_proj = self.p(sum(self.split), hidden)  # q, k and v stacked: one matmul reads x once
         self.o_proj = self.p(hidden, h * d)
         self.qkv_bias = self.p(sum(self.split)) if a.qkv_bias else None
+        self.o_bias = self.p(hidden) if a.o_bias else None
         self.q_norm = RMSNorm(ops, d, eps, dtype) if a.qk_norm else None
         self.k_norm = RMSNorm(ops, d, eps, dtype) if a.qk_norm else None
         self.scale = d ** -0.5
@@ -56,13 +57,15 @@ class GQAAttention(Layer):
         ops.write_kv(cache[0], k, meta.slot_mapping)
         ops.write_kv(cache[1], v, meta.slot_mapping)
         o = ops.paged_attention(q, cache[0], cache[1], meta, self.scale, window=a.window)
-        return ops.linear(o.reshape(t, -1), self.o_proj)
+        return ops.linear(o.reshape(t, -1), self.o_proj, self.o_bias)
 
     def slots(self, prefix: str) -> dict[str, Slot]:
         out = stacked_slots(prefix, ("q_proj", "k_proj", "v_proj"), "weight", self.qkv_proj, self.split)
         out[f"{prefix}.o_proj.weight"] = Slot(self.o_proj)
         if self.a.qkv_bias:
             out |= stacked_slots(prefix, ("q_proj", "k_proj", "v_proj"), "bias", self.qkv_bias, self.split)
+        if self.a.o_bias:
+            out[f"{prefix}.o_proj.bias"] = Slot(self.o_bias)
         if self.q_norm is not None:
             out.update(self.q_norm.slots(f"{prefix}.q_norm") | self.k_norm.slots(f"{prefix}.k_norm"))
         return out
@@ -116,6 +119,10 @@ class MLAAttention(Layer):
         super().__init__(ops, dtype)
         self.a, self.rope, self.interleaved = a, rope, interleaved_rope
         h, r_kv, rope_d, nope, v = a.num_heads, a.kv_lora_rank, a.qk_rope_head_dim, a.qk_nope_head_dim, a.v_head_dim
+        # attention_bias: biases on q_a_proj, kv_a_proj_with_mqa and o_proj (as transformers' DeepseekV3)
+        self.q_a_bias = self.p(a.q_lora_rank) if a.q_lora_rank and a.qkv_bias else None
+        self.kv_a_bias = self.p(r_kv + rope_d) if a.qkv_bias else None
+        self.o_bias = self.p(hidden) if a.o_bias else None
         if a.q_lora_rank:
             self.q_a_proj = self.p(a.q_lora_rank, hidden)
             self.q_a_layernorm = RMSNorm(ops, a.q_lora_rank, eps, dtype)
@@ -133,12 +140,12 @@ class MLAAttention(Layer):
         a, ops, t = self.a, self.ops, x.shape[0]
         h, r_kv, nope = a.num_heads, a.kv_lora_rank, a.qk_nope_head_dim
         if a.q_lora_rank:
-            q = ops.linear(self.q_a_layernorm(ops.linear(x, self.q_a_proj)), self.q_b_proj)
+            q = ops.linear(self.q_a_layernorm(ops.linear(x, self.q_a_proj, self.q_a_bias)), self.q_b_proj)
         else:
             q = ops.linear(x, self.q_proj)
         q = q.view(t, h, a.head_dim)
         q_nope, q_pe = q[..., :nope], q[..., nope:]
-        kv = ops.linear(x, self.kv_a_proj_with_mqa)
+        kv = ops.linear(x, self.kv_a_proj_with_mqa, self.kv_a_bias)
         latent, k_pe = self.kv_a_layernorm(kv[:, :r_kv]), kv[:, None, r_kv:]
         cos, sin = self.rope(positions)
         q_pe = ops.rotary_embedding(q_pe, cos, sin, interleaved=self.interleaved)
@@ -148,12 +155,14 @@ class MLAAttention(Layer):
         ops.write_kv(cache[0], torch.cat([latent[:, None], k_pe], dim=-1), meta.slot_mapping)
         o = ops.paged_attention(torch.cat([q_latent, q_pe], dim=-1), cache[0], None, meta, self.scale, v_dim=r_kv)
         o = ops.batched_linear(o, w[:, nope:])  # [t, h, v]
-        return ops.linear(o.reshape(t, -1), self.o_proj)
+        return ops.linear(o.reshape(t, -1), self.o_proj, self.o_bias)
 
     def slots(self, prefix: str) -> dict[str, Slot]:
         names = ["kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
         names += ["q_a_proj", "q_b_proj"] if self.a.q_lora_rank else ["q_proj"]
         out = {f"{prefix}.{n}.weight": Slot(getattr(self, n)) for n in names}
+        biases = {"q_a_proj": self.q_a_bias, "kv_a_proj_with_mqa": self.kv_a_bias, "o_proj": self.o_bias}
+        out |= {f"{prefix}.{n}.bias": Slot(b) for n, b in biases.items() if b is not None}
         out |= self.kv_a_layernorm.slots(f"{prefix}.kv_a_layernorm")
         if self.a.q_lora_rank:
             out |= self.q_a_layernorm.slots(f"{prefix}.q_a_layernorm")

@@ -16,23 +16,31 @@ class GatedMLP(Layer):
 
     LINEAR_WEIGHTS = ("gate_up_proj", "down_proj")
 
-    def __init__(self, ops, hidden: int, width: int, dtype: torch.dtype):
+    def __init__(self, ops, hidden: int, width: int, dtype: torch.dtype, bias: bool = False):
         super().__init__(ops, dtype)
         self.width = width
         self.gate_up_proj = self.p(2 * width, hidden)
         self.down_proj = self.p(hidden, width)
+        self.gate_up_bias = self.p(2 * width) if bias else None  # Llama's mlp_bias
+        self.down_bias = self.p(hidden) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ops.linear(self.ops.silu_and_mul(self.ops.linear(x, self.gate_up_proj)), self.down_proj)
+        gate_up = self.ops.linear(x, self.gate_up_proj, self.gate_up_bias)
+        return self.ops.linear(self.ops.silu_and_mul(gate_up), self.down_proj, self.down_bias)
 
     def slots(self, prefix: str, names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")) -> dict:
         gate, up, down = names
         w = self.width
-        return {
+        out = {
             f"{prefix}.{gate}.weight": Slot(self.gate_up_proj, (slice(0, w),)),
             f"{prefix}.{up}.weight": Slot(self.gate_up_proj, (slice(w, 2 * w),)),
             f"{prefix}.{down}.weight": Slot(self.down_proj),
         }
+        if self.down_bias is not None:
+            out |= {f"{prefix}.{gate}.bias": Slot(self.gate_up_bias, (slice(0, w),)),
+                    f"{prefix}.{up}.bias": Slot(self.gate_up_bias, (slice(w, 2 * w),)),
+                    f"{prefix}.{down}.bias": Slot(self.down_bias)}
+        return out
 
 
 class MoE(Layer):

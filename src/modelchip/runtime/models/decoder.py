@@ -13,6 +13,7 @@ from modelchip.runtime.layers.base import Layer, Slot, prepare_linear_weights
 from modelchip.runtime.layers.ffn import GatedMLP, MoE
 from modelchip.runtime.layers.norm import RMSNorm
 from modelchip.runtime.layers.rotary import RotaryEmbedding
+from modelchip.runtime.models.switches import check_supported
 from modelchip.spec.model import LayerSpec, ModelSpec
 
 # model_type -> checkpoint naming flavour
@@ -52,7 +53,7 @@ class DecoderLayer(Layer):
         else:
             raise ModelchipError(f"the runtime has no {a.kind!r} attention")
         dense = f.kind == "dense"
-        self.mlp = GatedMLP(ops, hidden, f.intermediate_size, dtype) if dense else MoE(ops, hidden, f, dtype)
+        self.mlp = GatedMLP(ops, hidden, f.intermediate_size, dtype, f.bias) if dense else MoE(ops, hidden, f, dtype)
 
     def forward(self, h, positions, meta, cache):
         h = h + self.self_attn(self.input_layernorm(h), positions, meta, cache)
@@ -78,6 +79,7 @@ class DecoderLM(Layer):
             raise ModelchipError(
                 f"the runtime cannot run model_type {spec.family!r} (the cost model can); runtime families: "
                 + ", ".join(sorted(FAMILIES)))
+        check_supported(spec.config, spec.family)
         self.spec = spec
         ropes: dict[int, RotaryEmbedding] = {}
         for layer in spec.layers:
