@@ -112,3 +112,74 @@ def test_build_dir_is_per_torch_and_cpu(monkeypatch, tmp_path):
     first = cpu_kernels.build_dir()
     monkeypatch.setattr(cpu_kernels, "_cpu_flags", lambda: "flags : other")
     assert first.parent == tmp_path / "cpu_kernels" and cpu_kernels.build_dir() != first
+
+
+def _bad_attention_inputs():
+    """(what is wrong, keyword overrides, message): one valid decode batch of two sequences, then one fault each."""
+    k, v, meta = _paged([5, 9], 4, 2, 16, 16, torch.float32, True)  # 2 + 3 blocks of the cache's 8
+    good = {"q": torch.randn(2, 4, 16), "k": k, "v": v, "v_dim": 0, "tables": meta.block_tables,
+            "lens": meta.context_lens, "window": 0}
+    tables = meta.block_tables
+    return good, [
+        ("query wider than the cache row", {"q": torch.randn(2, 4, 32)}, "queries are 32 wide but cache rows 16"),
+        ("context past the block table", {"lens": torch.tensor([5, 13])}, "context length 13 but its block table"),
+        ("block id past the cache", {"tables": tables.clone().index_put_((torch.tensor(1), torch.tensor(2)),
+                                                                         torch.tensor(8))},
+         "reads block 8 .* cache has 8 blocks"),
+        ("padding id inside the context", {"tables": tables.clone().index_put_((torch.tensor(0), torch.tensor(1)),
+                                                                               torch.tensor(-1))},
+         "reads block -1"),
+        ("empty context", {"lens": torch.tensor([0, 9])}, "context length 0; need >= 1"),
+        ("table rows per sequence", {"tables": tables[:1]}, "2 queries, 1 block table rows"),
+        ("float block table", {"tables": tables.float()}, "block_tables must hold integers"),
+        ("q and cache dtypes", {"q": torch.randn(2, 4, 16).bfloat16()}, "q is BFloat16, the cache Float"),
+        ("heads and groups", {"q": torch.randn(2, 3, 16)}, "3 query heads are not a multiple of 2"),
+        ("value cache shape", {"v": v[:, :2]}, "v_cache .* does not match k_cache"),
+        ("value width", {"v": None, "v_dim": 17}, "value width 17 outside the cache row of 16"),
+        ("negative window", {"window": -1}, "window must be >= 0"),
+    ]
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", range(12))
+def test_decode_attention_refuses_bad_metadata_before_reading(case):
+    good, cases = _bad_attention_inputs()
+    assert len(cases) == 12
+    _, change, message = cases[case]
+    args = {**good, **change}
+    KERNELS.decode_attention(good["q"], good["k"], good["v"], 0, good["tables"], good["lens"], 0.25, 0)  # the base runs
+    with pytest.raises(RuntimeError, match=message):
+        KERNELS.decode_attention(args["q"], args["k"], args["v"], args["v_dim"], args["tables"], args["lens"], 0.25,
+                                 args["window"])
+
+
+@needs_kernels
+def test_backend_passes_the_kernels_error_through():
+    k, v, meta = _paged([5, 9], 4, 2, 16, 16, torch.float32, True)
+    meta = AttentionMetadata(meta.query_start_loc, torch.tensor([5, 40]), meta.block_tables, meta.slot_mapping, 4)
+    with pytest.raises(RuntimeError, match="context length 40"):
+        CPUBackend().paged_attention(torch.randn(2, 4, 16), k, v, meta, 0.25)
+
+
+@needs_kernels
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda K: K.rms_norm(torch.randn(3, 8), torch.ones(7), 1e-6), "weight has 7 elements for rows of 8"),
+    (lambda K: K.rms_norm(torch.randn(3, 0), torch.ones(0), 1e-6), "rows of at least one element"),
+    (lambda K: K.rms_norm(torch.ones(3, 8, dtype=torch.long), torch.ones(8), 1e-6), "x must be floating point"),
+    (lambda K: K.rotary(torch.randn(3, 2, 8), torch.randn(3, 4), torch.randn(2, 4)), r"cos and sin must be \[T, d/2\]"),
+    (lambda K: K.rotary(torch.randn(3, 2, 7), torch.randn(3, 3), torch.randn(3, 3)), "even d"),
+    (lambda K: K.rotary(torch.randn(3, 2, 8), torch.randn(12), torch.randn(3, 4)), r"cos and sin must be \[T, d/2\]"),
+    (lambda K: K.silu_and_mul(torch.randn(3, 7)), "last dim must be even and positive"),
+    (lambda K: K.silu_and_mul(torch.randn(3, 0)), "last dim must be even and positive"),
+    (lambda K: K.write_kv(torch.zeros(4, 8, 2, 16), torch.randn(3, 2, 16), torch.tensor([1, 2])), "2 slots for 3 rows"),
+    (lambda K: K.write_kv(torch.zeros(4, 8, 2, 16), torch.randn(3, 2, 15), torch.tensor([1, 2, 3])),
+     "do not split into rows of the cache's 32 elements"),
+    (lambda K: K.write_kv(torch.zeros(4, 8, 2, 16), torch.randn(3, 32).bfloat16(), torch.tensor([1, 2, 3])),
+     "values are BFloat16, the cache Float"),
+    (lambda K: K.write_kv(torch.zeros(0, 8, 2, 16), torch.randn(1, 32), torch.tensor([0])), "at least one slot"),
+    (lambda K: K.write_kv(torch.zeros(4, 8, 2, 16), torch.randn(1, 32), torch.tensor([0.5])),
+     "slot_mapping must hold integers"),
+])
+def test_kernels_refuse_bad_shapes_with_a_message(call, message):
+    with pytest.raises(RuntimeError, match=message):
+        call(KERNELS)

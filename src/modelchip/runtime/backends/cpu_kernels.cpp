@@ -146,6 +146,25 @@ int64_t grain(int64_t work_per_item, int64_t threshold = 1 << 15) {
   return std::max<int64_t>(1, threshold / std::max<int64_t>(1, work_per_item));
 }
 
+// Every kernel below reads raw pointers, so each argument is checked before any memory is touched: a wrong
+// shape or index must come back to Python as an error naming it, never as a crash or as garbage.
+void check_cpu(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is missing");
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " is on ", t.device(), "; these kernels run on the CPU");
+}
+
+void check_float(const char* op, const char* name, const at::Tensor& t) {
+  check_cpu(op, name, t);
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be floating point, not ", t.scalar_type());
+}
+
+void check_index(const char* op, const char* name, const at::Tensor& t, int64_t dims) {
+  check_cpu(op, name, t);
+  TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), op, ": ", name,
+              " must hold integers, not ", t.scalar_type());
+  TORCH_CHECK(t.dim() == dims, op, ": ", name, " must be ", dims, "-D, got ", t.dim(), "-D");
+}
+
 template <typename T>
 void rms_norm_impl(const at::Tensor& x, const at::Tensor& w, double eps, at::Tensor& out) {
   const int64_t d = x.size(-1), rows = x.numel() / d;
@@ -168,6 +187,9 @@ void rms_norm_impl(const at::Tensor& x, const at::Tensor& w, double eps, at::Ten
 }
 
 at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w_in, double eps) {
+  check_float("rms_norm", "x", x_in);
+  check_float("rms_norm", "weight", w_in);
+  TORCH_CHECK(x_in.dim() >= 1 && x_in.size(-1) > 0, "rms_norm: x must have rows of at least one element");
   TORCH_CHECK(x_in.size(-1) == w_in.numel(), "rms_norm: weight has ", w_in.numel(), " elements for rows of ",
               x_in.size(-1));
   const at::Tensor x = x_in.contiguous();
@@ -206,9 +228,14 @@ void rotary_impl(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& s
 }
 
 at::Tensor rotary(const at::Tensor& x_in, const at::Tensor& cos_in, const at::Tensor& sin_in) {
-  TORCH_CHECK(x_in.dim() == 3 && x_in.size(2) % 2 == 0, "rotary: x must be [T, heads, even d]");
-  TORCH_CHECK(cos_in.size(0) == x_in.size(0) && cos_in.size(1) * 2 == x_in.size(2),
-              "rotary: cos/sin must be [T, d/2]");
+  check_float("rotary", "x", x_in);
+  check_float("rotary", "cos", cos_in);
+  check_float("rotary", "sin", sin_in);
+  TORCH_CHECK(x_in.dim() == 3 && x_in.size(2) % 2 == 0, "rotary: x must be [T, heads, even d], got ", x_in.sizes());
+  for (const at::Tensor* t : {&cos_in, &sin_in})
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == x_in.size(0) && t->size(1) * 2 == x_in.size(2),
+                "rotary: cos and sin must be [T, d/2] = [", x_in.size(0), ", ", x_in.size(2) / 2, "], got ",
+                t->sizes());
   const at::Tensor x = x_in.stride(2) == 1 ? x_in : x_in.contiguous();  // rows may stay strided (a q/k/v split)
   const at::Tensor cos = cos_in.to(at::kFloat).contiguous(), sin = sin_in.to(at::kFloat).contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
@@ -237,7 +264,9 @@ void silu_and_mul_impl(const at::Tensor& gu, at::Tensor& out) {
 }
 
 at::Tensor silu_and_mul(const at::Tensor& gu_in) {
-  TORCH_CHECK(gu_in.size(-1) % 2 == 0, "silu_and_mul: last dim must be even");
+  check_float("silu_and_mul", "gate_up", gu_in);
+  TORCH_CHECK(gu_in.dim() >= 1 && gu_in.size(-1) > 0 && gu_in.size(-1) % 2 == 0,
+              "silu_and_mul: last dim must be even and positive, got ", gu_in.sizes());
   const at::Tensor gu = gu_in.contiguous();
   auto sizes = gu.sizes().vec();
   sizes.back() /= 2;
@@ -249,10 +278,19 @@ at::Tensor silu_and_mul(const at::Tensor& gu_in) {
 
 // Store each new token's row at its flat cache slot (a row may be a strided view: a q/k/v split)
 void write_kv(at::Tensor& cache, const at::Tensor& values, const at::Tensor& slots_in) {
+  check_cpu("write_kv", "cache", cache);
+  check_cpu("write_kv", "values", values);
+  check_index("write_kv", "slot_mapping", slots_in, 1);
+  TORCH_CHECK(cache.dim() >= 3 && cache.size(0) > 0 && cache.size(1) > 0,
+              "write_kv: cache must be [blocks, block_size, ...] with at least one slot, got ", cache.sizes());
   TORCH_CHECK(cache.is_contiguous(), "write_kv: cache must be contiguous");
-  TORCH_CHECK(values.scalar_type() == cache.scalar_type(), "write_kv: values and cache dtypes differ");
+  TORCH_CHECK(values.scalar_type() == cache.scalar_type(), "write_kv: values are ", values.scalar_type(),
+              ", the cache ", cache.scalar_type());
   const int64_t row = cache.numel() / (cache.size(0) * cache.size(1)), capacity = cache.size(0) * cache.size(1);
-  TORCH_CHECK(values.numel() == values.size(0) * row, "write_kv: values rows do not match the cache row");
+  TORCH_CHECK(values.dim() >= 1 && values.numel() == values.size(0) * row, "write_kv: values ", values.sizes(),
+              " do not split into rows of the cache's ", row, " elements");
+  TORCH_CHECK(slots_in.size(0) == values.size(0), "write_kv: ", slots_in.size(0), " slots for ", values.size(0),
+              " rows");
   const at::Tensor v = values.reshape({values.size(0), row});
   TORCH_CHECK(v.stride(1) == 1, "write_kv: values rows must be contiguous");
   const at::Tensor slots = slots_in.to(at::kLong).contiguous();
@@ -429,18 +467,53 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& kc, const T* v
 at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k_cache, const c10::optional<at::Tensor>& v_cache,
                             int64_t v_dim, const at::Tensor& block_tables, const at::Tensor& context_lens,
                             double scale, int64_t window) {
-  TORCH_CHECK(q_in.dim() == 3 && k_cache.dim() == 4, "decode_attention: q [S, h, d], k_cache [blocks, bs, g, d]");
-  TORCH_CHECK(q_in.size(1) % k_cache.size(2) == 0, "decode_attention: heads must be a multiple of K/V groups");
+  check_float("decode_attention", "q", q_in);
+  check_float("decode_attention", "k_cache", k_cache);
+  check_index("decode_attention", "block_tables", block_tables, 2);
+  check_index("decode_attention", "context_lens", context_lens, 1);
+  TORCH_CHECK(q_in.dim() == 3 && k_cache.dim() == 4, "decode_attention: q must be [S, heads, d] and k_cache "
+              "[blocks, block_size, groups, d], got ", q_in.sizes(), " and ", k_cache.sizes());
+  const int64_t seqs = q_in.size(0), num_blocks = k_cache.size(0), bs = k_cache.size(1);
+  TORCH_CHECK(k_cache.size(2) > 0 && q_in.size(1) % k_cache.size(2) == 0, "decode_attention: ", q_in.size(1),
+              " query heads are not a multiple of ", k_cache.size(2), " K/V groups");
+  TORCH_CHECK(q_in.size(2) == k_cache.size(3), "decode_attention: queries are ", q_in.size(2),
+              " wide but cache rows ", k_cache.size(3));
   TORCH_CHECK(k_cache.stride(3) == 1, "decode_attention: cache rows must be contiguous");
-  TORCH_CHECK(q_in.scalar_type() == k_cache.scalar_type(), "decode_attention: q and cache dtypes differ");
-  const at::Tensor q = q_in.contiguous();
-  const at::Tensor tables = block_tables.to(at::kLong).contiguous(), lens = context_lens.to(at::kLong).contiguous();
-  TORCH_CHECK(tables.size(0) == q.size(0) && lens.size(0) == q.size(0), "decode_attention: one query per sequence");
+  TORCH_CHECK(q_in.scalar_type() == k_cache.scalar_type(), "decode_attention: q is ", q_in.scalar_type(),
+              ", the cache ", k_cache.scalar_type());
+  TORCH_CHECK(block_tables.size(0) == seqs && context_lens.size(0) == seqs, "decode_attention: ", seqs,
+              " queries, ", block_tables.size(0), " block table rows and ", context_lens.size(0),
+              " context lengths (one each per sequence)");
+  TORCH_CHECK(window >= 0, "decode_attention: window must be >= 0, got ", window);
   const bool separate = v_cache.has_value();
   const at::Tensor& vc = separate ? *v_cache : k_cache;
+  if (separate) {
+    check_float("decode_attention", "v_cache", vc);
+    TORCH_CHECK(vc.dim() == 4 && vc.size(0) == num_blocks && vc.size(1) == bs && vc.size(2) == k_cache.size(2),
+                "decode_attention: v_cache ", vc.sizes(), " does not match k_cache ", k_cache.sizes());
+    TORCH_CHECK(vc.scalar_type() == k_cache.scalar_type(), "decode_attention: v_cache is ", vc.scalar_type(),
+                ", k_cache ", k_cache.scalar_type());
+  }
   TORCH_CHECK(vc.stride(3) == 1, "decode_attention: cache rows must be contiguous");
   const int64_t dv = separate ? vc.size(3) : v_dim;
-  TORCH_CHECK(dv > 0 && dv <= vc.size(3), "decode_attention: bad value width ", dv);
+  TORCH_CHECK(dv > 0 && dv <= vc.size(3), "decode_attention: value width ", dv, " outside the cache row of ",
+              vc.size(3));
+  const at::Tensor q = q_in.contiguous();
+  const at::Tensor tables = block_tables.to(at::kLong).contiguous(), lens = context_lens.to(at::kLong).contiguous();
+  // every length and every block a query will read, checked before the kernel reads any of them
+  const int64_t* tp = tables.data_ptr<int64_t>();
+  const int64_t* lp = lens.data_ptr<int64_t>();
+  const int64_t width = tables.size(1);
+  for (int64_t s = 0; s < seqs; ++s) {
+    TORCH_CHECK(lp[s] >= 1, "decode_attention: sequence ", s, " has context length ", lp[s], "; need >= 1");
+    TORCH_CHECK(lp[s] <= width * bs, "decode_attention: sequence ", s, " has context length ", lp[s],
+                " but its block table holds ", width, " blocks of ", bs, " tokens");
+    const int64_t first = window > 0 ? std::max<int64_t>(0, lp[s] - window) : 0;
+    for (int64_t b = first / bs; b <= (lp[s] - 1) / bs; ++b)
+      TORCH_CHECK(tp[s * width + b] >= 0 && tp[s * width + b] < num_blocks, "decode_attention: sequence ", s,
+                  " reads block ", tp[s * width + b], " (table entry ", b, ") but the cache has ", num_blocks,
+                  " blocks");
+  }
   const int64_t vstr[3] = {vc.stride(0), vc.stride(1), vc.stride(2)};
   at::Tensor out = at::empty({q.size(0), q.size(1), dv}, q.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "decode_attention", [&] {

@@ -99,6 +99,7 @@ void blocks(const uint16_t* x, int64_t m, int64_t k2, const uint16_t* w, const f
 #endif  // MODELCHIP_LINEAR_BF16
 
 at::Tensor pack_linear_bf16(const at::Tensor& weight) {
+  TORCH_CHECK(weight.device().is_cpu(), "pack_linear_bf16: weight is on ", weight.device(), ", not the CPU");
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16,
               "pack_linear_bf16: weight must be a 2-D bfloat16 tensor [out, in]");
   const int64_t n = weight.size(0), k = weight.size(1);
@@ -111,6 +112,7 @@ at::Tensor pack_linear_bf16(const at::Tensor& weight) {
 at::Tensor linear_bf16(const at::Tensor& x_in, const at::Tensor& blocked, int64_t n,
                        const c10::optional<at::Tensor>& bias_in) {
 #if MODELCHIP_LINEAR_BF16
+  TORCH_CHECK(x_in.device().is_cpu() && blocked.device().is_cpu(), "linear_bf16: x and weight must be on the CPU");
   TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kBFloat16, "linear_bf16: x must be [rows, in] bfloat16");
   TORCH_CHECK(blocked.dim() == 4 && blocked.size(2) == kBlock && blocked.size(3) == 2 &&
               blocked.scalar_type() == at::kBFloat16 && blocked.is_contiguous(),
@@ -124,6 +126,7 @@ at::Tensor linear_bf16(const at::Tensor& x_in, const at::Tensor& blocked, int64_
   if (x.size(1) != 2 * k2) x = at::constant_pad_nd(x, {0, 1});  // an odd width: the padded weight column is 0
   at::Tensor bias;
   if (bias_in.has_value() && bias_in->defined()) {
+    TORCH_CHECK(bias_in->device().is_cpu(), "linear_bf16: bias must be on the CPU");
     TORCH_CHECK(bias_in->numel() == n, "linear_bf16: bias has ", bias_in->numel(), " elements for ", n, " outputs");
     bias = at::zeros({blocks_n * kBlock}, x.options().dtype(at::kFloat));
     bias.narrow(0, 0, n).copy_(*bias_in);
