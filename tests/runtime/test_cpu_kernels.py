@@ -1,6 +1,7 @@
 """The cpu backend's fused C++ kernels against the eager PyTorch ops they replace: the same roundings (equal
 results for norm, rotary, SiLU-and-mul and cache writes), decode attention read from the paged cache against
-the gathered-and-masked SDPA path, and a visible count when the kernels are off."""
+the gathered-and-masked SDPA path, each in every copy of the loops this CPU can run (AVX-512, AVX2, baseline),
+bad metadata refused with a message, and a visible count when the kernels are off."""
 
 import pytest
 
@@ -25,7 +26,7 @@ def _eager() -> CPUBackend:
 @needs_kernels
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [1, 5, 33])
-def test_norm_rotary_silu_match_eager_roundings(dtype, rows):
+def test_norm_rotary_silu_match_eager_roundings(dtype, rows, isa):
     g = torch.Generator().manual_seed(rows)
     fused, eager = CPUBackend(), _eager()
     x = (torch.randn(rows, 96, generator=g) * 3).to(dtype)
@@ -90,7 +91,7 @@ def _paged(seqs_ctx, block_size, groups, dk, dv, dtype, separate_v, seed=0):
     (4, 1, 64, 64, False, 0, [70, 5]),             # the register kernel on values read from K
 ])
 def test_decode_attention_from_paged_cache_matches_gathered_sdpa(dtype, heads, groups, dk, dv, separate_v, window,
-                                                                 ctx):
+                                                                 ctx, isa):
     k, v, meta = _paged(ctx, 4, groups, dk, dv, dtype, separate_v)
     q = torch.randn(len(ctx), heads, dk, generator=torch.Generator().manual_seed(1)).to(dtype)
     v_dim = None if separate_v else dv
@@ -107,11 +108,19 @@ def test_kernels_can_be_turned_off_and_say_so(monkeypatch):
     assert module is None and "MODELCHIP_CPU_KERNELS=0" in why
 
 
-def test_build_dir_is_per_torch_and_cpu(monkeypatch, tmp_path):
-    monkeypatch.setenv("MODELCHIP_CACHE", str(tmp_path))
+def test_build_dir_follows_the_sources_not_the_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("MODELCHIP_CACHE", str(tmp_path / "cache"))
     first = cpu_kernels.build_dir()
-    monkeypatch.setattr(cpu_kernels, "_cpu_flags", lambda: "flags : other")
-    assert first.parent == tmp_path / "cpu_kernels" and cpu_kernels.build_dir() != first
+    assert first.parent == tmp_path / "cache" / "cpu_kernels" and cpu_kernels.build_dir() == first
+    copies = []
+    for path in cpu_kernels.SOURCES + cpu_kernels.HEADERS:  # the same sources elsewhere: the same build
+        copies.append(tmp_path / path.name)
+        copies[-1].write_bytes(path.read_bytes())
+    monkeypatch.setattr(cpu_kernels, "SOURCES", copies[:-1])
+    monkeypatch.setattr(cpu_kernels, "HEADERS", copies[-1:])
+    assert cpu_kernels.build_dir() == first
+    copies[-1].write_text(copies[-1].read_text() + "\n// edited\n")  # an edited header: a new build
+    assert cpu_kernels.build_dir() != first
 
 
 def _bad_attention_inputs():

@@ -1,7 +1,7 @@
 """`LLM`: load a model once, then get logits, generate text, or chat. The stable Python API.
 
     from modelchip import LLM
-    llm = LLM("smollm2-135m", backend="reference", device="cpu", dtype="float32")
+    llm = LLM("smollm2-135m")                     # the fastest backend and dtype for the device, said on stderr
     llm.logits([1, 2, 3])                         # [3, vocab] float32
     llm.generate(["Hello"], max_tokens=16)        # [Generation(text=..., token_ids=[...])]
     llm.chat([{"role": "user", "content": "What is the capital of France?"}])
@@ -15,6 +15,7 @@ import torch
 
 from modelchip.errors import ModelchipError
 from modelchip.runtime.backends import get_backend
+from modelchip.runtime.backends.defaults import announce, default_backend_and_dtype
 from modelchip.runtime.kv_cache import KVCache
 from modelchip.runtime.loaders.resolve import resolve
 from modelchip.runtime.loaders.weights import load_weights
@@ -42,8 +43,11 @@ class Generation:
 
 
 class LLM:
-    def __init__(self, model: str, backend: str = "reference", device: str = "cpu",
-                 dtype: str | torch.dtype = "float32", allow_pickle: bool = False, block_size: int = 16):
+    def __init__(self, model: str, backend: str | None = None, device: str = "cpu",
+                 dtype: str | torch.dtype | None = None, allow_pickle: bool = False, block_size: int = 16):
+        if backend is None or dtype is None:  # the fastest for the device (backends/defaults.py), said in one line
+            backend, dtype, why = default_backend_and_dtype(device, backend, dtype)
+            announce(why)
         self.dtype = torch_dtype(dtype)
         self.ops = get_backend(backend, device)
         self.device = self.ops.device

@@ -1,11 +1,13 @@
 """The CPU backend: the reference backend's ops, with linear weights laid out once for a fast matmul.
 
 A matmul over weights kept [out, in] (nn.Linear's layout) streams them well under memory bandwidth on x86.
-float32 weights, and bfloat16 ones on CPUs without AVX512-BF16 or with AMX, are packed once into oneDNN's
-blocked layout (bfloat16 1.4-1.6x faster than plain at every row count, float32 3.3x at one row on a Zen 4
-EPYC; BENCHMARKS.md). On AVX512-BF16 CPUs without AMX, bfloat16 weights go to pair blocks for the fused
-kernels' own matmul (cpu_linear_bf16.cpp): at one row it reads weights near memory bandwidth without oneDNN's
-~10 us per call, and it matches oneDNN from there up to prefill sizes. Either way the weight is kept once.
+float32 weights, and bfloat16 ones on CPUs without AVX512-BF16, are packed once into oneDNN's blocked layout
+(bfloat16 1.4-1.6x faster than plain at every row count, float32 3.3x at one row on a Zen 4 EPYC;
+BENCHMARKS.md). On AVX512-BF16 CPUs, bfloat16 weights go to pair blocks for the fused kernels' own matmul
+(cpu_linear_bf16.cpp): at one row it reads weights near memory bandwidth without oneDNN's ~10 us per call, and
+it matches oneDNN from there up to prefill sizes. On CPUs that also have AMX, oneDNN's AMX tiles stay the
+default until pair blocks are measured against them on such a machine (`benchmarks/bench_linear.py` measures
+both; MODELCHIP_BF16_MATMUL=pairs or =onednn overrides the choice). Either way the weight is kept once.
 
 At decode sizes a step is per-op dispatch as much as matmuls, so RMSNorm, rotary, SiLU-and-mul, cache writes
 and decode attention run as fused C++ kernels (cpu_kernels.cpp, built once per machine) that keep the
@@ -18,6 +20,7 @@ op is the reference's.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass
 
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 
 from modelchip.errors import ModelchipError
 from modelchip.runtime.backends import cpu_kernels
+from modelchip.runtime.backends.cpu_features import has_amx_bf16
 from modelchip.runtime.backends.reference import ReferenceBackend, decode_blocks, gather_blocks, visible
 from modelchip.runtime.contract import AttentionMetadata
 
@@ -42,6 +46,24 @@ class PackedLinear:
     out_features: int
 
 
+def bf16_matmul(kernels) -> str:
+    """Which matmul bfloat16 weights get: "bf16-pairs" (the kernels' own, where the CPU has AVX512-BF16) or
+    "onednn"; on AMX CPUs oneDNN's tiles until measured otherwise. MODELCHIP_BF16_MATMUL=pairs|onednn decides
+    instead (how an AMX machine measures both through the whole model)."""
+    has_pairs = bool(getattr(kernels, "has_linear_bf16", False))
+    forced = os.environ.get("MODELCHIP_BF16_MATMUL", "")
+    if forced == "onednn":
+        return "onednn"
+    if forced == "pairs":
+        if not has_pairs:
+            raise ModelchipError("MODELCHIP_BF16_MATMUL=pairs, but the pair-blocked matmul cannot run here "
+                                 "(no AVX512-BF16, or the kernels are not built)")
+        return "bf16-pairs"
+    if forced:
+        raise ModelchipError(f"MODELCHIP_BF16_MATMUL={forced!r}: choose pairs or onednn, or leave it unset")
+    return "bf16-pairs" if has_pairs and not has_amx_bf16() else "onednn"
+
+
 class CPUBackend(ReferenceBackend):
     name = "cpu"
 
@@ -56,8 +78,7 @@ class CPUBackend(ReferenceBackend):
             self.pack_dtypes.add(torch.bfloat16)
         self.fallbacks: Counter[str] = Counter()  # weights left unpacked, eager ops, by reason (conformance shows it)
         self.kernels, self.kernels_missing = cpu_kernels.load()
-        # which matmul bfloat16 weights get: the kernels' own where the CPU has AVX512-BF16 and no AMX
-        self.bf16_linear = "bf16-pairs" if getattr(self.kernels, "has_linear_bf16", False) else "onednn"
+        self.bf16_linear = bf16_matmul(self.kernels)
         # per-step tables, rebuilt when a new step's tensors arrive (every layer of a step shares them)
         self._rope: tuple = (None, None, None)
         self._plan: tuple = (None, {}, None, 0)

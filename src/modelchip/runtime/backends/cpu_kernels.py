@@ -1,9 +1,11 @@
 """Builds and loads the cpu backend's fused C++ kernels (cpu_kernels.cpp, cpu_linear_bf16.cpp) once per machine.
 
-They are compiled on first use with torch's extension builder and the machine's C++ compiler, for this CPU's
-instruction set, into a cache keyed by torch version and CPU flags (a home directory shared between different
-CPUs gets one build each). Without a compiler, or with MODELCHIP_CPU_KERNELS=0, the backend runs the same ops
-in eager PyTorch and says why in its fallback count.
+They are compiled on first use with torch's extension builder and the machine's C++ compiler into a cache keyed
+by torch and Python version, architecture and the sources. No -march flag: the loops are compiled once per
+instruction set with function-level targets (AVX-512, AVX2, baseline; the bfloat16 matmul for AVX512-BF16)
+and the module picks by CPUID when it loads, so one build serves every x86 CPU and each runs the widest copy
+it has (`isa()` says which). Without a compiler, or with MODELCHIP_CPU_KERNELS=0, the backend runs the same
+ops in eager PyTorch and says why in its fallback count.
 """
 
 from __future__ import annotations
@@ -18,23 +20,23 @@ from types import ModuleType
 import torch
 
 SOURCES = [Path(__file__).with_name(name) for name in ("cpu_kernels.cpp", "cpu_linear_bf16.cpp")]
+HEADERS = [Path(__file__).with_name("cpu_kernels_isa.h")]
 _loaded: tuple[ModuleType | None, str] | None = None
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def _sources_digest() -> str:
+    digest = hashlib.sha256()
+    for path in SOURCES + HEADERS:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def build_dir() -> Path:
+    """Where this torch, Python, architecture and these sources build (the CPU itself does not matter: the build
+    carries a copy per instruction set)."""
     root = Path(os.environ.get("MODELCHIP_CACHE", Path.home() / ".cache" / "modelchip"))
-    key = hashlib.sha256(f"{torch.__version__}|{sys.version}|{_cpu_flags()}".encode()).hexdigest()[:12]
-    return root / "cpu_kernels" / key
+    key = f"{torch.__version__}|{sys.version}|{platform.machine()}|{_sources_digest()}"
+    return root / "cpu_kernels" / hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def load() -> tuple[ModuleType | None, str]:
@@ -58,7 +60,7 @@ def _build() -> tuple[ModuleType | None, str]:
     if not any(directory.glob("*.so")):
         print("modelchip: compiling the cpu backend's kernels for this machine (once, under a minute)...",
               file=sys.stderr, flush=True)
-    flags = ["-O3", "-march=native" if machine in ("x86_64", "amd64") else "-mcpu=native"]
+    flags = ["-O3", "-Wno-psabi"]  # psabi: 64-byte vectors passed between the baseline copy's own functions
     if sys.platform.startswith("linux"):  # torch's parallel_for splits work only when built with OpenMP
         flags.append("-fopenmp")
     try:
