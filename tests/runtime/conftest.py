@@ -194,3 +194,11 @@ def isa(request, kernels):
     kernels.set_isa(request.param)
     yield request.param
     kernels.set_isa(best)
+
+
+@pytest.fixture(scope="session")
+def bf16_kernels(kernels):
+    """The kernels, where this CPU runs their AVX512-BF16 matmul."""
+    if not kernels.has_linear_bf16:
+        pytest.skip("this CPU has no AVX512-BF16 for the pair-blocked matmul")
+    return kernels

@@ -3,6 +3,11 @@ results for norm, rotary, SiLU-and-mul and cache writes), decode attention read 
 the gathered-and-masked SDPA path, each in every copy of the loops this CPU can run (AVX-512, AVX2, baseline),
 bad metadata refused with a message, and a visible count when the kernels are off."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -12,8 +17,7 @@ from modelchip.runtime.backends.cpu import CPUBackend  # noqa: E402
 from modelchip.runtime.backends.reference import ReferenceBackend  # noqa: E402
 from modelchip.runtime.contract import AttentionMetadata  # noqa: E402
 
-KERNELS, WHY = cpu_kernels.load()
-needs_kernels = pytest.mark.skipif(KERNELS is None, reason=f"cpu kernels not built here: {WHY}")
+needs_kernels = pytest.mark.usefixtures("kernels")  # built once per session on first use, not at collection
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -151,14 +155,14 @@ def _bad_attention_inputs():
 
 @needs_kernels
 @pytest.mark.parametrize("case", range(12))
-def test_decode_attention_refuses_bad_metadata_before_reading(case):
+def test_decode_attention_refuses_bad_metadata_before_reading(case, kernels):
     good, cases = _bad_attention_inputs()
     assert len(cases) == 12
     _, change, message = cases[case]
     args = {**good, **change}
-    KERNELS.decode_attention(good["q"], good["k"], good["v"], 0, good["tables"], good["lens"], 0.25, 0)  # the base runs
+    kernels.decode_attention(good["q"], good["k"], good["v"], 0, good["tables"], good["lens"], 0.25, 0)  # the base runs
     with pytest.raises(RuntimeError, match=message):
-        KERNELS.decode_attention(args["q"], args["k"], args["v"], args["v_dim"], args["tables"], args["lens"], 0.25,
+        kernels.decode_attention(args["q"], args["k"], args["v"], args["v_dim"], args["tables"], args["lens"], 0.25,
                                  args["window"])
 
 
@@ -189,6 +193,43 @@ def test_backend_passes_the_kernels_error_through():
     (lambda K: K.write_kv(torch.zeros(4, 8, 2, 16), torch.randn(1, 32), torch.tensor([0.5])),
      "slot_mapping must hold integers"),
 ])
-def test_kernels_refuse_bad_shapes_with_a_message(call, message):
+def test_kernels_refuse_bad_shapes_with_a_message(call, message, kernels):
     with pytest.raises(RuntimeError, match=message):
-        call(KERNELS)
+        call(kernels)
+
+
+def test_a_failed_build_is_remembered_with_its_reason(monkeypatch, tmp_path):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("MODELCHIP_CACHE", str(tmp_path))
+    monkeypatch.delenv("MODELCHIP_CPU_KERNELS", raising=False)
+    calls = []
+
+    def broken(**kwargs):
+        calls.append(kwargs["build_directory"])
+        raise RuntimeError("Error building extension 'modelchip_cpu_kernels':\n[1/3] c++ -c cpu_kernels.cpp\n"
+                           "cpu_kernels.cpp:3:1: error: 'bar' was not declared in this scope\n"
+                           "ninja: build stopped: subcommand failed.")
+
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    module, why = cpu_kernels._build()
+    assert module is None and "error: 'bar' was not declared" in why and len(calls) == 1
+    assert cpu_kernels.failure_marker().parent == Path(calls[0])
+    module, why = cpu_kernels._build()  # what the next process does: read the reason, do not compile again
+    assert module is None and len(calls) == 1
+    assert "'bar' was not declared" in why and "MODELCHIP_CPU_KERNELS=rebuild" in why
+    monkeypatch.setenv("MODELCHIP_CPU_KERNELS", "rebuild")
+    cpu_kernels._build()
+    assert len(calls) == 2
+    monkeypatch.delenv("MODELCHIP_CPU_KERNELS")
+    cpu_kernels.failure_marker().unlink()  # the other way to retry
+    cpu_kernels._build()
+    assert len(calls) == 3
+
+
+def test_collecting_the_tests_builds_nothing(tmp_path):
+    env = {**os.environ, "MODELCHIP_CACHE": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider",
+                          str(Path(__file__).parent)], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert not (tmp_path / "cpu_kernels").exists(), "collection started a kernel build"
