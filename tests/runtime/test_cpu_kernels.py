@@ -233,3 +233,40 @@ def test_collecting_the_tests_builds_nothing(tmp_path):
                           str(Path(__file__).parent)], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert not (tmp_path / "cpu_kernels").exists(), "collection started a kernel build"
+
+
+def _mixed_step(dtype, window):
+    """One step as the engine builds it: a prompt prefilled whole, a decode, and a later chunk of a prompt."""
+    g = torch.Generator().manual_seed(5)
+    ctx, new = [7, 20, 33], [7, 1, 5]
+    k, v, meta = _paged(ctx, 4, 2, 64, 64, dtype, True, seed=3)
+    starts = torch.tensor([0, *torch.tensor(new).cumsum(0).tolist()])
+    meta = AttentionMetadata(starts, meta.context_lens, meta.block_tables, torch.zeros(sum(new), dtype=torch.long), 4)
+    q = torch.randn(sum(new), 6, 64, generator=g).to(dtype)
+    return q, k, v, meta, window
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", [0, 6])
+def test_prefill_and_mixed_steps_match_per_sequence_sdpa(dtype, window):
+    q, k, v, meta, window = _mixed_step(dtype, window)
+    got = CPUBackend().paged_attention(q, k, v, meta, 0.125, window=window).float()
+    want = _eager().paged_attention(q, k, v, meta, 0.125, window=window).float()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert torch.allclose(got, want, rtol=tol, atol=tol), (got - want).abs().max()
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_query_gets_the_same_bits_alone_as_in_its_step(dtype):
+    # batch invariance at the op: each query token run as a one-token step over its own context
+    q, k, v, meta, _ = _mixed_step(dtype, 0)
+    together = CPUBackend().paged_attention(q, k, v, meta, 0.125)
+    starts, lens = meta.query_start_loc.tolist(), meta.context_lens.tolist()
+    for s in range(meta.num_seqs):
+        for t in range(starts[s], starts[s + 1]):
+            ctx = lens[s] - (starts[s + 1] - 1 - t)
+            alone = AttentionMetadata(torch.tensor([0, 1]), torch.tensor([ctx]), meta.block_tables[s:s + 1],
+                                      torch.zeros(1, dtype=torch.long), 4)
+            assert torch.equal(CPUBackend().paged_attention(q[t:t + 1], k, v, alone, 0.125), together[t:t + 1])

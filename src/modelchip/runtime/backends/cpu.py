@@ -10,12 +10,13 @@ default until pair blocks are measured against them on such a machine (`benchmar
 both; MODELCHIP_BF16_MATMUL=pairs or =onednn overrides the choice). Either way the weight is kept once.
 
 At decode sizes a step is per-op dispatch as much as matmuls, so RMSNorm, rotary, SiLU-and-mul, cache writes
-and decode attention run as fused C++ kernels (cpu_kernels.cpp, built once per machine) that keep the
-reference's roundings; decode attention reads the paged cache in place, with no gathered copy or mask. Where
-the kernels cannot be built these ops run in eager PyTorch (decode attention through the fused
-scaled-dot-product attention over blocks gathered once per step; bfloat16 matmuls through oneDNN), and
-`fallbacks` says why. Prefill attention runs through scaled-dot-product attention per sequence; every other
-op is the reference's.
+and attention run as fused C++ kernels (cpu_kernels.cpp, built once per machine) that keep the reference's
+roundings; attention reads the paged cache in place, with no gathered copy or mask, and treats every query
+token, prefill or decode, as a decode over its own context, so a token's result never depends on its batch.
+Where the kernels cannot be built these ops run in eager PyTorch (decode attention through the fused
+scaled-dot-product attention over blocks gathered once per step, prefill per sequence; bfloat16 matmuls
+through oneDNN), and `fallbacks` says why; that path is not batch-invariant. Every other op is the
+reference's.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class CPUBackend(ReferenceBackend):
         # per-step tables, rebuilt when a new step's tensors arrive (every layer of a step shares them)
         self._rope: tuple = (None, None, None)
         self._plan: tuple = (None, {}, None, 0)
+        self._per_query: tuple = (None, None, None)
 
     def prepare_linear(self, weight: torch.Tensor) -> torch.Tensor | PackedLinear:
         if weight.dim() != 2 or weight.dtype not in self.pack_dtypes:
@@ -154,9 +156,9 @@ class CPUBackend(ReferenceBackend):
                         meta: AttentionMetadata, scale: float, v_dim: int | None = None,
                         window: int = 0) -> torch.Tensor:
         heads, groups = q.shape[1], k_cache.shape[2]
-        if q.shape[0] == meta.num_seqs and not self._eager():  # decode, read from the paged cache in place
-            return self.kernels.decode_attention(q, k_cache, v_cache, v_dim or 0, meta.block_tables,
-                                                 meta.context_lens, scale, window)
+        if not self._eager():  # every query, prefill or decode, read from the paged cache in place
+            tables, lens = self._queries(meta, q.shape[0])
+            return self.kernels.decode_attention(q, k_cache, v_cache, v_dim or 0, tables, lens, scale, window)
         if q.shape[0] == meta.num_seqs:  # decode: one query per sequence, all sequences in one call
             tables, length, mask = self._decode_plan(meta, window, q.dtype)
             k, v = gather_blocks(k_cache, v_cache, tables, length, v_dim)  # [S, L, g, d]
@@ -178,6 +180,24 @@ class CPUBackend(ReferenceBackend):
                                                v.transpose(0, 1), attn_mask=mask, scale=scale, enable_gqa=True)
             out.append(o.transpose(0, 1))  # [n, h, dv]
         return torch.cat(out, dim=0)
+
+    def _queries(self, meta: AttentionMetadata, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query token as a decode of its own: its sequence's block table row and its own context length
+        (the tokens up to and including itself), built once per step. The kernel's arithmetic for a query then
+        depends on that query and its context alone, so its result is the same bits whether it runs alone, in
+        any batch, next to prefills or in any prefill chunk: greedy output is batch-invariant. (Prefill through
+        scaled-dot-product attention, as before, gave prompt tokens other roundings than decode, and decodes
+        sharing a step with a prefill took that path too.)"""
+        if self._per_query[0] is not meta:
+            if tokens == meta.num_seqs:  # decode: already one query per sequence
+                self._per_query = (meta, meta.block_tables, meta.context_lens)
+            else:
+                counts = meta.query_start_loc.diff()
+                seq = torch.repeat_interleave(torch.arange(meta.num_seqs), counts)
+                from_end = meta.query_start_loc[1:].index_select(0, seq) - 1 - torch.arange(tokens)
+                lens = meta.context_lens.index_select(0, seq) - from_end
+                self._per_query = (meta, meta.block_tables.index_select(0, seq), lens)
+        return self._per_query[1], self._per_query[2]
 
     def _decode_plan(self, meta: AttentionMetadata, window: int,
                      dtype: torch.dtype) -> tuple[torch.Tensor, int, torch.Tensor]:
