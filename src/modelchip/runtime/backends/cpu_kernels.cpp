@@ -28,13 +28,13 @@
 
 // One copy of the loops per target. GCC's target pragma covers every function defined in the region, lambdas
 // and template instantiations included; clang takes the same through `attribute push`.
+#define MC_STR(x) #x
 #if MC_X86 && defined(__clang__)
-#define MC_TARGET_BEGIN(isa) _Pragma("clang attribute push(__attribute__((target(" #isa "))), apply_to = function)")
+#define MC_TARGET_BEGIN(isa) _Pragma(MC_STR(clang attribute push(__attribute__((target(isa))), apply_to = function)))
 #define MC_TARGET_END _Pragma("clang attribute pop")
 #elif MC_X86
 #define MC_TARGET_BEGIN(isa) _Pragma("GCC push_options") _Pragma(MC_STR(GCC target(isa)))
 #define MC_TARGET_END _Pragma("GCC pop_options")
-#define MC_STR(x) #x
 #endif
 
 #if MC_X86
