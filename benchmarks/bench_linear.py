@@ -1,9 +1,11 @@
 """Benchmark: one decode step's matmuls (every linear weight of a model, once) at decode-to-prefill row counts,
 through each weight layout the cpu backend can use, in one run, same weights, same thread count.
 
-Layouts: the cpu backend's pair-blocked bfloat16 matmul (cpu_linear_bf16.cpp, where the CPU has AVX512-BF16
-and no AMX), oneDNN's packed weights, and `F.linear` on plain [out, in] weights. Per row count: milliseconds for
-the whole set (median of --repeat), the weights' read rate, and each layout's ratio against oneDNN packed.
+Layouts: the cpu backend's pair-blocked bfloat16 matmul (cpu_linear_bf16.cpp, wherever the CPU has
+AVX512-BF16: on an AMX machine this is the measurement that decides whether pair blocks or oneDNN's AMX
+tiles should be the default there), oneDNN's packed weights, and `F.linear` on plain [out, in] weights. Per
+row count: milliseconds for the whole set (median of --repeat), the weights' read rate, and each layout's ratio
+against oneDNN packed.
 Not a timed unit test; record the JSON it prints in BENCHMARKS.md.
 
     python benchmarks/bench_linear.py                       # smollm2-135m, bfloat16, rows 1 2 4 16 64 256 512
@@ -88,7 +90,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "linear-layouts", "model": args.model, "dtype": "bfloat16", "matmuls": len(shapes),
         "weight_mb": round(weight_bytes / 1e6, 1), "threads": args.threads,
-        "pair_blocked": "available" if "bf16_pairs" in layouts else f"unavailable ({why or 'no AVX512-BF16, or AMX'})",
+        "pair_blocked": "available" if "bf16_pairs" in layouts else f"unavailable ({why or 'no AVX512-BF16'})",
         "machine": machine() + f", torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d %H:%M"), "results": results,
     }, indent=1))

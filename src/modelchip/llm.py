@@ -1,7 +1,7 @@
 """`LLM`: the Python entry point. A model loaded by the runtime, generating through the serving engine.
 
     from modelchip import LLM, SamplingParams
-    llm = LLM("smollm2-135m", backend="reference", device="cpu", dtype="float32")
+    llm = LLM("smollm2-135m")              # the fastest backend and dtype for the device, said on stderr
     llm.logits([1, 2, 3])                                        # [3, vocab] float32
     outputs = llm.generate("Hello", SamplingParams(max_tokens=16, temperature=0))   # as with vLLM
     outputs[0].outputs[0].text, outputs[0].text                  # vLLM's shape, and a shortcut
@@ -62,9 +62,11 @@ class Generation:
 class LLM(LoadedModel):
     """A model on this machine for offline generation, called as vLLM's `LLM` is.
 
-    LLM(model, backend="reference", device="cpu", dtype="float32", allow_pickle=False, block_size=16)
+    LLM(model, backend=None, device="cpu", dtype=None, allow_pickle=False, block_size=16)
 
     model: an alias (`smollm2-135m`), a `.gguf` file, an HF checkpoint directory, or a hub id.
+    backend, dtype: None picks the fastest built-in pair for the device and says which on stderr
+      (runtime/backends/defaults.py: on a CPU the `cpu` backend, bfloat16 where the CPU has AVX512-BF16 or AMX).
     backend: `reference` (plain PyTorch on any device; what every other backend is checked against), `cpu`
       (weights packed once for the matmul, fused C++ kernels; the fast path on CPUs), or a plugin's name.
     device: a torch device (`cpu`, `cuda:0`, a plugin's `npu:0`); one this torch cannot use is refused.

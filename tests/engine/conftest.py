@@ -179,6 +179,11 @@ def start_server():
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
     pytest.importorskip("httpx")
+    # a server runs the cpu backend by default: its kernels are built here, once (or found in the cache), so
+    # that no server spends its start-up timeout compiling them
+    from modelchip.runtime.backends import cpu_kernels
+
+    cpu_kernels.load()
     started: list[Server] = []
 
     def start(model: str, *args: str, **kwargs) -> Server:

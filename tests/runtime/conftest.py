@@ -209,3 +209,36 @@ def hf_checkpoint(tmp_path_factory):
 def pytest_generate_tests(metafunc):
     if "hf_family" in metafunc.fixturenames:
         metafunc.parametrize("hf_family", PARITY_FAMILIES)
+
+
+@pytest.fixture(scope="session")
+def kernels():
+    """The cpu backend's fused kernels, built (or found in the cache) on first use in the session, not at
+    collection; tests that need them skip, saying why, where they cannot be built."""
+    pytest.importorskip("torch")
+    from modelchip.runtime.backends import cpu_kernels
+
+    module, why = cpu_kernels.load()
+    if module is None:
+        pytest.skip(f"cpu kernels not built here: {why}")
+    return module
+
+
+@pytest.fixture(params=["avx512", "avx2", "baseline"])
+def isa(request, kernels):
+    """Each copy of the kernels' loops this CPU can run, in turn (restored after the test)."""
+    best = kernels.best_isa
+    order = ["baseline", "avx2", "avx512"]
+    if order.index(request.param) > order.index(best):
+        pytest.skip(f"this CPU runs {best} at most")
+    kernels.set_isa(request.param)
+    yield request.param
+    kernels.set_isa(best)
+
+
+@pytest.fixture(scope="session")
+def bf16_kernels(kernels):
+    """The kernels, where this CPU runs their AVX512-BF16 matmul."""
+    if not kernels.has_linear_bf16:
+        pytest.skip("this CPU has no AVX512-BF16 for the pair-blocked matmul")
+    return kernels

@@ -6,12 +6,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from modelchip.runtime.backends import cpu_kernels  # noqa: E402
 from modelchip.runtime.backends.cpu import CPUBackend, PackedLinear  # noqa: E402
 
-KERNELS, WHY = cpu_kernels.load()
-HAS = KERNELS is not None and KERNELS.has_linear_bf16
-needs_bf16 = pytest.mark.skipif(not HAS, reason=f"no AVX512-BF16 matmul in this build: {WHY or 'not this CPU'}")
+needs_bf16 = pytest.mark.usefixtures("bf16_kernels")  # built once per session on first use, not at collection
 
 
 def _case(n, k, rows, seed):
@@ -34,36 +31,36 @@ def _within_bf16_rounding(got, w, x, bias):
 @pytest.mark.parametrize(("n", "k"), [(96, 64), (37, 51), (16, 2), (1, 1), (200, 33), (64, 1536)])
 @pytest.mark.parametrize("rows", [0, 1, 5, 6, 7, 13, 64])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_matches_float64_product(n, k, rows, with_bias):
+def test_matches_float64_product(n, k, rows, with_bias, bf16_kernels):
     w, x, b = _case(n, k, rows, seed=n * 1000 + k + rows)
     bias = b if with_bias else None
-    got = KERNELS.linear_bf16(x, KERNELS.pack_linear_bf16(w), n, bias)
+    got = bf16_kernels.linear_bf16(x, bf16_kernels.pack_linear_bf16(w), n, bias)
     assert got.dtype == torch.bfloat16 and got.shape == (rows, n)
     assert _within_bf16_rounding(got, w, x, bias)
 
 
 @needs_bf16
-def test_a_rows_result_does_not_depend_on_its_batch():
+def test_a_rows_result_does_not_depend_on_its_batch(bf16_kernels):
     # the engine's greedy outputs must not change with who else is in the batch
     w, x, _ = _case(300, 576, 23, seed=1)
-    blocked = KERNELS.pack_linear_bf16(w)
-    together = KERNELS.linear_bf16(x, blocked, 300)
+    blocked = bf16_kernels.pack_linear_bf16(w)
+    together = bf16_kernels.linear_bf16(x, blocked, 300)
     for i in (0, 5, 6, 22):
-        assert torch.equal(together[i:i + 1], KERNELS.linear_bf16(x[i:i + 1], blocked, 300))
+        assert torch.equal(together[i:i + 1], bf16_kernels.linear_bf16(x[i:i + 1], blocked, 300))
 
 
 @needs_bf16
-def test_shapes_that_do_not_fit_are_refused():
+def test_shapes_that_do_not_fit_are_refused(bf16_kernels):
     w, x, _ = _case(40, 64, 3, seed=2)
-    blocked = KERNELS.pack_linear_bf16(w)
+    blocked = bf16_kernels.pack_linear_bf16(w)
     with pytest.raises(RuntimeError, match="input features"):
-        KERNELS.linear_bf16(x[:, :32], blocked, 40)
+        bf16_kernels.linear_bf16(x[:, :32], blocked, 40)
     with pytest.raises(RuntimeError, match="outputs do not match"):
-        KERNELS.linear_bf16(x, blocked, 64)
+        bf16_kernels.linear_bf16(x, blocked, 64)
     with pytest.raises(RuntimeError, match="bias has 3 elements"):
-        KERNELS.linear_bf16(x, blocked, 40, torch.zeros(3, dtype=torch.bfloat16))
+        bf16_kernels.linear_bf16(x, blocked, 40, torch.zeros(3, dtype=torch.bfloat16))
     with pytest.raises(RuntimeError, match="bfloat16"):
-        KERNELS.linear_bf16(x.float(), blocked, 40)
+        bf16_kernels.linear_bf16(x.float(), blocked, 40)
 
 
 @needs_bf16

@@ -37,12 +37,21 @@ def add_sets(p: argparse.ArgumentParser) -> None:
                         "(repeatable; applies to every model; per model: --models step3:attention=mha)")
 
 
-def add_runtime(p: argparse.ArgumentParser, dtype: bool = True) -> None:
-    """Where a command runs a model: backend, device and (optionally) dtype."""
-    p.add_argument("--backend", default="reference",
-                   help="backend name, built-in or a modelchip.backends entry point (default reference)")
+def add_runtime(p: argparse.ArgumentParser, dtype: bool = True, fastest: bool = False) -> None:
+    """Where a command runs a model: backend, device and (optionally) dtype. With `fastest`, an unset backend or
+    dtype is left None for `LLM` to pick the fastest for the device (and say which)."""
+    if fastest:
+        p.add_argument("--backend", default=None,
+                       help="backend name, built-in or a modelchip.backends entry point (default: the fastest for "
+                            "the device, cpu on a CPU; reference to check against the reference)")
+    else:
+        p.add_argument("--backend", default="reference",
+                       help="backend name, built-in or a modelchip.backends entry point (default reference)")
     p.add_argument("--device", default="cpu", help="torch device for the backend (default cpu)")
-    if dtype:
+    if dtype and fastest:
+        p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bfloat16 on a CPU "
+                                                     "with AVX512-BF16 or AMX, else float32)")
+    elif dtype:
         p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
 
 

@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    common.add_runtime(p)
+    common.add_runtime(p, fastest=True)
     p.add_argument("--json", action="store_true", help='print {"text": ..., "token_ids": [...]}')
     p.set_defaults(func=run)
 
@@ -46,6 +46,7 @@ def run(args) -> int:
         return 0
     print(out.text)
     n = len(out.token_ids)
-    print(f"[{args.model} on {llm.ops.name}/{args.device} {args.dtype}: load {loaded - start:.1f} s, "
+    dtype = str(llm.dtype).removeprefix("torch.")
+    print(f"[{args.model} on {llm.ops.name}/{args.device} {dtype}: load {loaded - start:.1f} s, "
           f"{n} tokens in {done - loaded:.1f} s ({n / max(done - loaded, 1e-9):.1f} tok/s)]", file=sys.stderr)
     return 0

@@ -25,7 +25,7 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--api-key", default=os.environ.get("MODELCHIP_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on every request (default: $MODELCHIP_API_KEY)")
-    common.add_runtime(p)
+    common.add_runtime(p, fastest=True)
     g = p.add_argument_group("engine")
     g.add_argument("--max-model-len", type=int, default=None,
                    help="tokens per request, prompt plus output (default: the model's context, capped by the cache)")
@@ -90,7 +90,8 @@ def run(args) -> int:
     app = create_app(state)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"modelchip serve: {state.model_name} on {llm.ops.name}/{args.device} {args.dtype}, "
+    print(f"modelchip serve: {state.model_name} on {llm.ops.name}/{args.device} "
+          f"{str(llm.dtype).removeprefix('torch.')}, "
           f"context {engine.max_model_len}, {engine.block_manager.num_blocks} KV blocks of {engine.block_size}; "
           f"listening on http://{shown}:{port}/v1", flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level in ("info", "debug"),

@@ -10,6 +10,7 @@ import torch
 
 from modelchip.errors import ModelchipError
 from modelchip.runtime.backends import get_backend
+from modelchip.runtime.backends.defaults import announce, default_backend_and_dtype
 from modelchip.runtime.batch import build_batch
 from modelchip.runtime.kv_cache import KVCache
 from modelchip.runtime.loaders.resolve import resolve
@@ -32,8 +33,11 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
 class LoadedModel:
     """`model` (alias, .gguf, checkpoint dir or hub id) loaded strictly onto `backend` on `device`."""
 
-    def __init__(self, model: str, backend: str = "reference", device: str = "cpu",
-                 dtype: str | torch.dtype = "float32", allow_pickle: bool = False, block_size: int = 16):
+    def __init__(self, model: str, backend: str | None = None, device: str = "cpu",
+                 dtype: str | torch.dtype | None = None, allow_pickle: bool = False, block_size: int = 16):
+        if backend is None or dtype is None:  # the fastest for the device (backends/defaults.py), said in one line
+            backend, dtype, why = default_backend_and_dtype(device, backend, dtype)
+            announce(why)
         self.dtype = torch_dtype(dtype)
         self.ops = get_backend(backend, device)
         self.device = self.ops.device

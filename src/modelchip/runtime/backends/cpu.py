@@ -1,23 +1,27 @@
 """The CPU backend: the reference backend's ops, with linear weights laid out once for a fast matmul.
 
 A matmul over weights kept [out, in] (nn.Linear's layout) streams them well under memory bandwidth on x86.
-float32 weights, and bfloat16 ones on CPUs without AVX512-BF16 or with AMX, are packed once into oneDNN's
-blocked layout (bfloat16 1.4-1.6x faster than plain at every row count, float32 3.3x at one row on a Zen 4
-EPYC; BENCHMARKS.md). On AVX512-BF16 CPUs without AMX, bfloat16 weights go to pair blocks for the fused
-kernels' own matmul (cpu_linear_bf16.cpp): at one row it reads weights near memory bandwidth without oneDNN's
-~10 us per call, and it matches oneDNN from there up to prefill sizes. Either way the weight is kept once.
+float32 weights, and bfloat16 ones on CPUs without AVX512-BF16, are packed once into oneDNN's blocked layout
+(bfloat16 1.4-1.6x faster than plain at every row count, float32 3.3x at one row on a Zen 4 EPYC;
+BENCHMARKS.md). On AVX512-BF16 CPUs, bfloat16 weights go to pair blocks for the fused kernels' own matmul
+(cpu_linear_bf16.cpp): at one row it reads weights near memory bandwidth without oneDNN's ~10 us per call, and
+it matches oneDNN from there up to prefill sizes. On CPUs that also have AMX, oneDNN's AMX tiles stay the
+default until pair blocks are measured against them on such a machine (`benchmarks/bench_linear.py` measures
+both; MODELCHIP_BF16_MATMUL=pairs or =onednn overrides the choice). Either way the weight is kept once.
 
 At decode sizes a step is per-op dispatch as much as matmuls, so RMSNorm, rotary, SiLU-and-mul, cache writes
-and decode attention run as fused C++ kernels (cpu_kernels.cpp, built once per machine) that keep the
-reference's roundings; decode attention reads the paged cache in place, with no gathered copy or mask. Where
-the kernels cannot be built these ops run in eager PyTorch (decode attention through the fused
-scaled-dot-product attention over blocks gathered once per step; bfloat16 matmuls through oneDNN), and
-`fallbacks` says why. Prefill attention runs through scaled-dot-product attention per sequence; every other
-op is the reference's.
+and attention run as fused C++ kernels (cpu_kernels.cpp, built once per machine) that keep the reference's
+roundings; attention reads the paged cache in place, with no gathered copy or mask, and treats every query
+token, prefill or decode, as a decode over its own context, so a token's result never depends on its batch.
+Where the kernels cannot be built these ops run in eager PyTorch (decode attention through the fused
+scaled-dot-product attention over blocks gathered once per step, prefill per sequence; bfloat16 matmuls
+through oneDNN), and `fallbacks` says why; that path is not batch-invariant. Every other op is the
+reference's.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass
 
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 
 from modelchip.errors import ModelchipError
 from modelchip.runtime.backends import cpu_kernels
+from modelchip.runtime.backends.cpu_features import has_amx_bf16
 from modelchip.runtime.backends.reference import ReferenceBackend, decode_blocks, gather_blocks, visible
 from modelchip.runtime.contract import AttentionMetadata
 
@@ -42,6 +47,24 @@ class PackedLinear:
     out_features: int
 
 
+def bf16_matmul(kernels) -> str:
+    """Which matmul bfloat16 weights get: "bf16-pairs" (the kernels' own, where the CPU has AVX512-BF16) or
+    "onednn"; on AMX CPUs oneDNN's tiles until measured otherwise. MODELCHIP_BF16_MATMUL=pairs|onednn decides
+    instead (how an AMX machine measures both through the whole model)."""
+    has_pairs = bool(getattr(kernels, "has_linear_bf16", False))
+    forced = os.environ.get("MODELCHIP_BF16_MATMUL", "")
+    if forced == "onednn":
+        return "onednn"
+    if forced == "pairs":
+        if not has_pairs:
+            raise ModelchipError("MODELCHIP_BF16_MATMUL=pairs, but the pair-blocked matmul cannot run here "
+                                 "(no AVX512-BF16, or the kernels are not built)")
+        return "bf16-pairs"
+    if forced:
+        raise ModelchipError(f"MODELCHIP_BF16_MATMUL={forced!r}: choose pairs or onednn, or leave it unset")
+    return "bf16-pairs" if has_pairs and not has_amx_bf16() else "onednn"
+
+
 class CPUBackend(ReferenceBackend):
     name = "cpu"
 
@@ -56,11 +79,11 @@ class CPUBackend(ReferenceBackend):
             self.pack_dtypes.add(torch.bfloat16)
         self.fallbacks: Counter[str] = Counter()  # weights left unpacked, eager ops, by reason (conformance shows it)
         self.kernels, self.kernels_missing = cpu_kernels.load()
-        # which matmul bfloat16 weights get: the kernels' own where the CPU has AVX512-BF16 and no AMX
-        self.bf16_linear = "bf16-pairs" if getattr(self.kernels, "has_linear_bf16", False) else "onednn"
+        self.bf16_linear = bf16_matmul(self.kernels)
         # per-step tables, rebuilt when a new step's tensors arrive (every layer of a step shares them)
         self._rope: tuple = (None, None, None)
         self._plan: tuple = (None, {}, None, 0)
+        self._per_query: tuple = (None, None, None)
 
     def prepare_linear(self, weight: torch.Tensor) -> torch.Tensor | PackedLinear:
         if weight.dim() != 2 or weight.dtype not in self.pack_dtypes:
@@ -133,9 +156,9 @@ class CPUBackend(ReferenceBackend):
                         meta: AttentionMetadata, scale: float, v_dim: int | None = None,
                         window: int = 0) -> torch.Tensor:
         heads, groups = q.shape[1], k_cache.shape[2]
-        if q.shape[0] == meta.num_seqs and not self._eager():  # decode, read from the paged cache in place
-            return self.kernels.decode_attention(q, k_cache, v_cache, v_dim or 0, meta.block_tables,
-                                                 meta.context_lens, scale, window)
+        if not self._eager():  # every query, prefill or decode, read from the paged cache in place
+            tables, lens = self._queries(meta, q.shape[0])
+            return self.kernels.decode_attention(q, k_cache, v_cache, v_dim or 0, tables, lens, scale, window)
         if q.shape[0] == meta.num_seqs:  # decode: one query per sequence, all sequences in one call
             tables, length, mask = self._decode_plan(meta, window, q.dtype)
             k, v = gather_blocks(k_cache, v_cache, tables, length, v_dim)  # [S, L, g, d]
@@ -157,6 +180,24 @@ class CPUBackend(ReferenceBackend):
                                                v.transpose(0, 1), attn_mask=mask, scale=scale, enable_gqa=True)
             out.append(o.transpose(0, 1))  # [n, h, dv]
         return torch.cat(out, dim=0)
+
+    def _queries(self, meta: AttentionMetadata, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query token as a decode of its own: its sequence's block table row and its own context length
+        (the tokens up to and including itself), built once per step. The kernel's arithmetic for a query then
+        depends on that query and its context alone, so its result is the same bits whether it runs alone, in
+        any batch, next to prefills or in any prefill chunk: greedy output is batch-invariant. (Prefill through
+        scaled-dot-product attention, as before, gave prompt tokens other roundings than decode, and decodes
+        sharing a step with a prefill took that path too.)"""
+        if self._per_query[0] is not meta:
+            if tokens == meta.num_seqs:  # decode: already one query per sequence
+                self._per_query = (meta, meta.block_tables, meta.context_lens)
+            else:
+                counts = meta.query_start_loc.diff()
+                seq = torch.repeat_interleave(torch.arange(meta.num_seqs), counts)
+                from_end = meta.query_start_loc[1:].index_select(0, seq) - 1 - torch.arange(tokens)
+                lens = meta.context_lens.index_select(0, seq) - from_end
+                self._per_query = (meta, meta.block_tables.index_select(0, seq), lens)
+        return self._per_query[1], self._per_query[2]
 
     def _decode_plan(self, meta: AttentionMetadata, window: int,
                      dtype: torch.dtype) -> tuple[torch.Tensor, int, torch.Tensor]:

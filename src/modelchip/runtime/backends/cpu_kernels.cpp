@@ -5,254 +5,176 @@
 // keeps in the activation dtype is rounded to it here too), so results stay within the conformance tolerances
 // and greedy text does not drift. Float32 accumulation everywhere. Built once per machine by cpu_kernels.py,
 // together with the bfloat16 matmul (cpu_linear_bf16.cpp), which registers into the same module.
+//
+// This file checks arguments and allocates; the loops are in cpu_kernels_isa.h, compiled here once per
+// instruction set with function-level targets (no -march flag), and one copy is chosen by CPUID when the
+// module loads: the build is the same on every x86 CPU, and runs the widest vectors each one has.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define MC_X86 1
+#endif
+
+// One copy of the loops per target. GCC's target pragma covers every function defined in the region, lambdas
+// and template instantiations included; clang takes the same through `attribute push`.
+#define MC_STR(x) #x
+#if MC_X86 && defined(__clang__)
+#define MC_TARGET_BEGIN(isa) _Pragma(MC_STR(clang attribute push(__attribute__((target(isa))), apply_to = function)))
+#define MC_TARGET_END _Pragma("clang attribute pop")
+#elif MC_X86
+#define MC_TARGET_BEGIN(isa) _Pragma("GCC push_options") _Pragma(MC_STR(GCC target(isa)))
+#define MC_TARGET_END _Pragma("GCC pop_options")
+#endif
+
+#if MC_X86
+MC_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,bmi2")
+namespace mc_avx512 {
+#include "cpu_kernels_isa.h"
+}  // namespace mc_avx512
+MC_TARGET_END
+MC_TARGET_BEGIN("avx2,fma,f16c,bmi2")
+namespace mc_avx2 {
+#include "cpu_kernels_isa.h"
+}  // namespace mc_avx2
+MC_TARGET_END
+#endif
+namespace mc_base {
+#include "cpu_kernels_isa.h"
+}  // namespace mc_base
 
 namespace {
 
-constexpr int kLanes = 16;  // floats per vfloat below
+// Which copy of the loops runs: the widest this CPU and its OS support (__builtin_cpu_supports reads CPUID and
+// checks that the OS saves the wide registers), unless set_isa narrowed it (tests run every copy that way).
+enum class Isa { base, avx2, avx512 };
 
-template <typename T>
-inline float f32(T v) { return static_cast<float>(v); }
-
-// a product or sum as eager PyTorch gives it in dtype T: computed in float, rounded to T
-template <typename T>
-inline float rnd(float v) { return static_cast<float>(static_cast<T>(v)); }
-
-// 16 floats in one register (GCC/Clang vector extension: AVX-512 on x86 where built for it, two or four
-// narrower registers elsewhere), so dot products and sums stay in SIMD without intrinsics
-typedef float vfloat __attribute__((vector_size(64)));
-typedef uint16_t vhalf __attribute__((vector_size(32)));
-typedef uint32_t vuint __attribute__((vector_size(64)));
-typedef int32_t vint __attribute__((vector_size(64)));
-
-template <typename T>
-inline vfloat load16(const T* p) {
-  vfloat v;
-  for (int l = 0; l < kLanes; ++l) v[l] = f32(p[l]);
-  return v;
-}
-
-template <>
-inline vfloat load16<float>(const float* p) {
-  vfloat v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-template <>
-inline vfloat load16<c10::BFloat16>(const c10::BFloat16* p) {  // bfloat16 is float32's top half
-  vhalf h;
-  std::memcpy(&h, p, sizeof h);
-  vuint w = __builtin_convertvector(h, vuint) << 16;
-  vfloat v;
-  std::memcpy(&v, &w, sizeof v);
-  return v;
-}
-
-template <typename T>
-inline vfloat loadn(const T* p, int64_t n) {  // a row's last, partial chunk reads as zeros past its end
-  if (n >= kLanes) return load16(p);
-  vfloat v = {};
-  for (int64_t l = 0; l < n; ++l) v[l] = f32(p[l]);
-  return v;
-}
-
-inline float hsum(vfloat v) {  // four shuffle-and-add steps in registers, not sixteen dependent scalar adds
-#if defined(__clang__)
-  v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-  v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
-  v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
-  v += __builtin_shufflevector(v, v, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0);
-#else
-  v += __builtin_shuffle(v, vint{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-  v += __builtin_shuffle(v, vint{4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3});
-  v += __builtin_shuffle(v, vint{2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1});
-  v += __builtin_shuffle(v, vint{1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0});
+Isa detect_isa() {
+#if MC_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("bmi2"))
+    return Isa::avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
+    return Isa::avx2;
 #endif
-  return v[0];
+  return Isa::base;
 }
 
-// exp for softmax without a libm call (std::exp was most of a decode attention's time), for one float or 16
-// lanes (the scalar loop over it does not vectorize, so the register kernel calls the vector form).
-// 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-7 Taylor: relative error < 2e-7.
-inline float pow2i(float n) {  // 2^n for an integral n in the normal range, built in the exponent bits
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return scale;
+const Isa kBestIsa = detect_isa();
+Isa chosen_isa = kBestIsa;
+
+const char* isa_name(Isa isa) { return isa == Isa::avx512 ? "avx512" : isa == Isa::avx2 ? "avx2" : "baseline"; }
+
+std::string isa() { return isa_name(chosen_isa); }
+
+void set_isa(const std::string& name) {
+  const Isa want = name == "avx512" ? Isa::avx512 : name == "avx2" ? Isa::avx2 : name == "baseline" ? Isa::base
+                                                                                                   : kBestIsa;
+  TORCH_CHECK(name == isa_name(want), "set_isa: unknown instruction set '", name,
+              "'; choose avx512, avx2 or baseline");
+  TORCH_CHECK(want <= kBestIsa, "set_isa: this CPU runs ", isa_name(kBestIsa), " at most, not ", name);
+  chosen_isa = want;
 }
 
-inline vfloat pow2i(vfloat n) {
-  const vint bits = (__builtin_convertvector(n, vint) + 127) << 23;
-  vfloat scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return scale;
-}
-
-template <typename V>
-inline V exp_clamped(V x) {  // x in [-87.3, 88.3]
-  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
-  const V n = (x * 1.44269504f + shifter) - shifter;
-  const V r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
-  V p = r * (1.0f / 5040) + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  return p * pow2i(n);
-}
-
-inline float fast_exp(float x) { return exp_clamped(std::min(88.3f, std::max(-87.3f, x))); }
-
-inline vfloat fast_exp16(vfloat x) {
-  const vfloat lo = vfloat{} - 87.3f, hi = vfloat{} + 88.3f;
-  x = x < lo ? lo : x;
-  return exp_clamped(x > hi ? hi : x);
-}
-
-// softmax's numerator in place, in float32 as the eager path computes it: row[i] = exp(row[i] - max);
-// returns the sum, which the caller divides by
-inline float exp_shifted(float* row, int64_t n) {
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, row[i]);
-  float sum = 0;
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    vfloat e;
-    std::memcpy(&e, row + i, sizeof e);
-    e = fast_exp16(e - mx);
-    std::memcpy(row + i, &e, sizeof e);
-    sum += hsum(e);
+#if MC_X86
+#define MC_ISA_CALL(fn, ...)                                             \
+  switch (chosen_isa) {                                                  \
+    case Isa::avx512: mc_avx512::fn(__VA_ARGS__); break;                 \
+    case Isa::avx2: mc_avx2::fn(__VA_ARGS__); break;                     \
+    default: mc_base::fn(__VA_ARGS__); break;                            \
   }
-  for (; i < n; ++i) {
-    row[i] = fast_exp(row[i] - mx);
-    sum += row[i];
-  }
-  return sum;
+#else
+#define MC_ISA_CALL(fn, ...) mc_base::fn(__VA_ARGS__)
+#endif
+
+
+// Every kernel below reads raw pointers, so each argument is checked before any memory is touched: a wrong
+// shape or index must come back to Python as an error naming it, never as a crash or as garbage.
+void check_cpu(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is missing");
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " is on ", t.device(), "; these kernels run on the CPU");
 }
 
-// rows whose work is below this run on the calling thread: waking the pool costs more than they do
-int64_t grain(int64_t work_per_item, int64_t threshold = 1 << 15) {
-  return std::max<int64_t>(1, threshold / std::max<int64_t>(1, work_per_item));
+void check_float(const char* op, const char* name, const at::Tensor& t) {
+  check_cpu(op, name, t);
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be floating point, not ", t.scalar_type());
 }
 
-template <typename T>
-void rms_norm_impl(const at::Tensor& x, const at::Tensor& w, double eps, at::Tensor& out) {
-  const int64_t d = x.size(-1), rows = x.numel() / d;
-  const T* xp = x.data_ptr<T>();
-  const T* wp = w.data_ptr<T>();
-  T* op = out.data_ptr<T>();
-  at::parallel_for(0, rows, grain(d), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const T* x = xp + r * d;
-      vfloat squares = {};
-      for (int64_t c = 0; c < d; c += kLanes) {
-        const vfloat v = loadn(x + c, d - c);
-        squares += v * v;
-      }
-      const float inv = 1.0f / std::sqrt(hsum(squares) / static_cast<float>(d) + static_cast<float>(eps));
-      // Llama's order: normalise in float32, round to the activation dtype, then multiply by the weight
-      for (int64_t i = 0; i < d; ++i) op[r * d + i] = static_cast<T>(f32(wp[i]) * rnd<T>(f32(x[i]) * inv));
-    }
-  });
+void check_index(const char* op, const char* name, const at::Tensor& t, int64_t dims) {
+  check_cpu(op, name, t);
+  TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), op, ": ", name,
+              " must hold integers, not ", t.scalar_type());
+  TORCH_CHECK(t.dim() == dims, op, ": ", name, " must be ", dims, "-D, got ", t.dim(), "-D");
 }
 
 at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w_in, double eps) {
+  check_float("rms_norm", "x", x_in);
+  check_float("rms_norm", "weight", w_in);
+  TORCH_CHECK(x_in.dim() >= 1 && x_in.size(-1) > 0, "rms_norm: x must have rows of at least one element");
   TORCH_CHECK(x_in.size(-1) == w_in.numel(), "rms_norm: weight has ", w_in.numel(), " elements for rows of ",
               x_in.size(-1));
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = w_in.to(x.scalar_type()).contiguous();
   at::Tensor out = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rms_norm",
-                                  [&] { rms_norm_impl<scalar_t>(x, w, eps, out); });
+  MC_ISA_CALL(rms_norm_run, x, w, eps, out);
   return out;
-}
-
-// half-split rotary: out = x1 c - x2 s | x2 c + x1 s, each product and the sum rounded as eager does them
-template <typename T>
-void rotary_impl(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& out) {
-  const int64_t t_n = x.size(0), heads = x.size(1), d = x.size(2), half = d / 2;
-  const int64_t xs0 = x.stride(0), xs1 = x.stride(1);
-  const T* xp = x.data_ptr<T>();
-  const float* cp = cos.data_ptr<float>();
-  const float* sp = sin.data_ptr<float>();
-  T* op = out.data_ptr<T>();
-  at::parallel_for(0, t_n, grain(heads * d), [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const float* c = cp + t * half;
-      const float* s = sp + t * half;
-      for (int64_t h = 0; h < heads; ++h) {
-        const T* xr = xp + t * xs0 + h * xs1;
-        T* o = op + (t * heads + h) * d;
-        for (int64_t i = 0; i < half; ++i) {
-          const float ci = rnd<T>(c[i]), si = rnd<T>(s[i]);
-          const float x1 = f32(xr[i]), x2 = f32(xr[i + half]);
-          o[i] = static_cast<T>(rnd<T>(x1 * ci) - rnd<T>(x2 * si));
-          o[i + half] = static_cast<T>(rnd<T>(x2 * ci) + rnd<T>(x1 * si));
-        }
-      }
-    }
-  });
 }
 
 at::Tensor rotary(const at::Tensor& x_in, const at::Tensor& cos_in, const at::Tensor& sin_in) {
-  TORCH_CHECK(x_in.dim() == 3 && x_in.size(2) % 2 == 0, "rotary: x must be [T, heads, even d]");
-  TORCH_CHECK(cos_in.size(0) == x_in.size(0) && cos_in.size(1) * 2 == x_in.size(2),
-              "rotary: cos/sin must be [T, d/2]");
+  check_float("rotary", "x", x_in);
+  check_float("rotary", "cos", cos_in);
+  check_float("rotary", "sin", sin_in);
+  TORCH_CHECK(x_in.dim() == 3 && x_in.size(2) % 2 == 0, "rotary: x must be [T, heads, even d], got ", x_in.sizes());
+  for (const at::Tensor* t : {&cos_in, &sin_in})
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == x_in.size(0) && t->size(1) * 2 == x_in.size(2),
+                "rotary: cos and sin must be [T, d/2] = [", x_in.size(0), ", ", x_in.size(2) / 2, "], got ",
+                t->sizes());
   const at::Tensor x = x_in.stride(2) == 1 ? x_in : x_in.contiguous();  // rows may stay strided (a q/k/v split)
   const at::Tensor cos = cos_in.to(at::kFloat).contiguous(), sin = sin_in.to(at::kFloat).contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rotary",
-                                  [&] { rotary_impl<scalar_t>(x, cos, sin, out); });
+  MC_ISA_CALL(rotary_run, x, cos, sin, out);
   return out;
 }
 
-// silu(gate) * up, rounded as eager's two ops round; the exp is fast_exp so the loop vectorizes
-template <typename T>
-void silu_and_mul_impl(const at::Tensor& gu, at::Tensor& out) {
-  const int64_t width = out.size(-1), rows = out.numel() / width;
-  const T* gp = gu.data_ptr<T>();
-  T* op = out.data_ptr<T>();
-  at::parallel_for(0, rows, grain(width), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const T* g = gp + r * 2 * width;
-      const T* u = g + width;
-      T* o = op + r * width;
-      for (int64_t i = 0; i < width; ++i) {
-        const float gi = f32(g[i]);
-        o[i] = static_cast<T>(rnd<T>(gi / (1.0f + fast_exp(-gi))) * f32(u[i]));
-      }
-    }
-  });
-}
-
 at::Tensor silu_and_mul(const at::Tensor& gu_in) {
-  TORCH_CHECK(gu_in.size(-1) % 2 == 0, "silu_and_mul: last dim must be even");
+  check_float("silu_and_mul", "gate_up", gu_in);
+  TORCH_CHECK(gu_in.dim() >= 1 && gu_in.size(-1) > 0 && gu_in.size(-1) % 2 == 0,
+              "silu_and_mul: last dim must be even and positive, got ", gu_in.sizes());
   const at::Tensor gu = gu_in.contiguous();
   auto sizes = gu.sizes().vec();
   sizes.back() /= 2;
   at::Tensor out = at::empty(sizes, gu.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gu.scalar_type(), "silu_and_mul",
-                                  [&] { silu_and_mul_impl<scalar_t>(gu, out); });
+  MC_ISA_CALL(silu_and_mul_run, gu, out);
   return out;
 }
 
 // Store each new token's row at its flat cache slot (a row may be a strided view: a q/k/v split)
 void write_kv(at::Tensor& cache, const at::Tensor& values, const at::Tensor& slots_in) {
+  check_cpu("write_kv", "cache", cache);
+  check_cpu("write_kv", "values", values);
+  check_index("write_kv", "slot_mapping", slots_in, 1);
+  TORCH_CHECK(cache.dim() >= 3 && cache.size(0) > 0 && cache.size(1) > 0,
+              "write_kv: cache must be [blocks, block_size, ...] with at least one slot, got ", cache.sizes());
   TORCH_CHECK(cache.is_contiguous(), "write_kv: cache must be contiguous");
-  TORCH_CHECK(values.scalar_type() == cache.scalar_type(), "write_kv: values and cache dtypes differ");
+  TORCH_CHECK(values.scalar_type() == cache.scalar_type(), "write_kv: values are ", values.scalar_type(),
+              ", the cache ", cache.scalar_type());
   const int64_t row = cache.numel() / (cache.size(0) * cache.size(1)), capacity = cache.size(0) * cache.size(1);
-  TORCH_CHECK(values.numel() == values.size(0) * row, "write_kv: values rows do not match the cache row");
+  TORCH_CHECK(values.dim() >= 1 && values.numel() == values.size(0) * row, "write_kv: values ", values.sizes(),
+              " do not split into rows of the cache's ", row, " elements");
+  TORCH_CHECK(slots_in.size(0) == values.size(0), "write_kv: ", slots_in.size(0), " slots for ", values.size(0),
+              " rows");
   const at::Tensor v = values.reshape({values.size(0), row});
   TORCH_CHECK(v.stride(1) == 1, "write_kv: values rows must be contiguous");
   const at::Tensor slots = slots_in.to(at::kLong).contiguous();
@@ -266,187 +188,59 @@ void write_kv(at::Tensor& cache, const at::Tensor& values, const at::Tensor& slo
   }
 }
 
-#if defined(__clang__)
-#define MC_SHUFFLE2(x, y, ...) __builtin_shufflevector(x, y, __VA_ARGS__)
-#else
-#define MC_SHUFFLE2(x, y, ...) __builtin_shuffle(x, y, vint{__VA_ARGS__})
-#endif
-
-// out[t] = sum of a[t]'s lanes for 16 vectors at once: four rounds of pairing halves (30 shuffles, 15 adds)
-// where sixteen separate hsums would take 64 of each
-inline vfloat hsum16(const vfloat* a) {
-  vfloat t[8], u[4], v[2];
-  for (int k = 0; k < 8; ++k)  // [x 8 partials | y 8 partials]
-    t[k] = MC_SHUFFLE2(a[2 * k], a[2 * k + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-           MC_SHUFFLE2(a[2 * k], a[2 * k + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  for (int k = 0; k < 4; ++k)  // four tokens x 4 partials
-    u[k] = MC_SHUFFLE2(t[2 * k], t[2 * k + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
-           MC_SHUFFLE2(t[2 * k], t[2 * k + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-  for (int k = 0; k < 2; ++k)  // eight tokens x 2 partials
-    v[k] = MC_SHUFFLE2(u[2 * k], u[2 * k + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
-           MC_SHUFFLE2(u[2 * k], u[2 * k + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
-  return MC_SHUFFLE2(v[0], v[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
-         MC_SHUFFLE2(v[0], v[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-}
-
-// One sequence's K/V group when key and value widths are CH and VCH whole 16-lane chunks (64 or 128 for most
-// models): rows, partial sums and accumulators then live in registers. Heads run one after another over row
-// pointers found once per item (each row stays in L1 for the next head), so no per-token division either.
-template <typename T, int CH, int VCH>
-void attend_group(const T* q, int64_t per_group, const T* const* krows, const T* const* vrows, int64_t n,
-                  float sc, float* scores, T* out) {
-  for (int64_t j = 0; j < per_group; ++j) {
-    vfloat qv[CH];
-    for (int c = 0; c < CH; ++c) qv[c] = load16(q + j * CH * kLanes + c * kLanes);
-    int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes) {  // sixteen keys, their sums reduced together
-      vfloat dots[kLanes];
-      for (int t = 0; t < kLanes; ++t) {
-        dots[t] = qv[0] * load16(krows[i + t]);
-        for (int c = 1; c < CH; ++c) dots[t] += qv[c] * load16(krows[i + t] + c * kLanes);
-      }
-      const vfloat r = sc * hsum16(dots);
-      std::memcpy(scores + i, &r, sizeof r);
-    }
-    for (; i < n; ++i) {
-      vfloat dot = qv[0] * load16(krows[i]);
-      for (int c = 1; c < CH; ++c) dot += qv[c] * load16(krows[i] + c * kLanes);
-      scores[i] = sc * hsum(dot);
-    }
-    const float inv = 1.0f / exp_shifted(scores, n);
-    vfloat acc[VCH] = {};
-    for (int64_t i = 0; i < n; ++i) {
-      const float w = scores[i] * inv;
-      for (int c = 0; c < VCH; ++c) acc[c] += w * load16(vrows[i] + c * kLanes);
-    }
-    T* o = out + j * VCH * kLanes;
-    for (int c = 0; c < VCH; ++c)
-      for (int l = 0; l < kLanes; ++l) o[c * kLanes + l] = static_cast<T>(acc[c][l]);
-  }
-}
-
-template <typename T>
-using GroupKernel = void (*)(const T*, int64_t, const T* const*, const T* const*, int64_t, float, float*, T*);
-
-template <typename T, int CH>
-GroupKernel<T> group_kernel_v(int64_t vch) {
-  switch (vch) {
-    case 4: return attend_group<T, CH, 4>;
-    case 8: return attend_group<T, CH, 8>;
-    default: return nullptr;
-  }
-}
-
-// the register kernel for these widths, or nullptr (MLA's 576-wide latent rows, odd widths: the loop below)
-template <typename T>
-GroupKernel<T> group_kernel(int64_t dk, int64_t dv) {
-  if (dk % kLanes || dv % kLanes) return nullptr;
-  switch (dk / kLanes) {
-    case 4: return group_kernel_v<T, 4>(dv / kLanes);
-    case 8: return group_kernel_v<T, 8>(dv / kLanes);
-    default: return nullptr;
-  }
-}
-
-// Decode attention read straight from the paged cache: no gathered copy of K/V, no padding, no mask tensor.
-// One work item is one sequence's K/V group: its h/g query heads share every K and V row they read.
-template <typename T>
-void decode_attention_impl(const at::Tensor& q, const at::Tensor& kc, const T* vbase, int64_t dv,
-                           const int64_t* vstr, const at::Tensor& tables, const at::Tensor& lens, double scale,
-                           int64_t window, at::Tensor& out) {
-  const int64_t seqs = q.size(0), heads = q.size(1), dk = q.size(2);
-  const int64_t groups = kc.size(2), per_group = heads / groups, bs = kc.size(1);
-  const int64_t ks0 = kc.stride(0), ks1 = kc.stride(1), ks2 = kc.stride(2);
-  const T* qp = q.data_ptr<T>();
-  const T* kp = kc.data_ptr<T>();
-  const int64_t* tp = tables.data_ptr<int64_t>();
-  const int64_t* lp = lens.data_ptr<int64_t>();
-  const int64_t tstride = tables.size(1);
-  int64_t longest = 0;
-  for (int64_t s = 0; s < seqs; ++s) longest = std::max(longest, lp[s]);
-  T* op = out.data_ptr<T>();
-  const float sc = static_cast<float>(scale);
-  const GroupKernel<T> fast = group_kernel<T>(dk, dv);
-  at::parallel_for(0, seqs * groups, grain(longest * per_group * (dk + dv)), [&](int64_t begin, int64_t end) {
-    const int64_t chunks = (dk + kLanes - 1) / kLanes, vchunks = (dv + kLanes - 1) / kLanes;
-    std::vector<vfloat> qv(per_group * chunks), dots(per_group), acc(per_group * vchunks);
-    std::vector<float> scores;
-    std::vector<const T*> krows, vrows;
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t s = item / groups, g = item % groups, ctx = lp[s];
-      const int64_t first = window > 0 ? std::max<int64_t>(0, ctx - window) : 0, n = ctx - first;
-      if (fast != nullptr) {
-        krows.resize(n);
-        vrows.resize(n);
-        for (int64_t p = first; p < ctx;) {  // block by block: one table lookup per block, not per token
-          const int64_t block = tp[s * tstride + p / bs], end_p = std::min(ctx, (p / bs + 1) * bs);
-          const T* k0 = kp + block * ks0 + g * ks2;
-          const T* v0 = vbase + block * vstr[0] + g * vstr[2];
-          for (; p < end_p; ++p) {
-            krows[p - first] = k0 + (p % bs) * ks1;
-            vrows[p - first] = v0 + (p % bs) * vstr[1];
-          }
-        }
-        scores.resize(n);
-        fast(qp + (s * heads + g * per_group) * dk, per_group, krows.data(), vrows.data(), n, sc, scores.data(),
-             op + (s * heads + g * per_group) * dv);
-        continue;
-      }
-      for (int64_t j = 0; j < per_group; ++j)
-        for (int64_t c = 0; c < chunks; ++c)
-          qv[j * chunks + c] = loadn(qp + (s * heads + g * per_group + j) * dk + c * kLanes, dk - c * kLanes);
-      scores.assign(per_group * n, 0.0f);
-      for (int64_t p = first; p < ctx; ++p) {  // every head of the group against one key row, read once
-        const T* row = kp + tp[s * tstride + p / bs] * ks0 + (p % bs) * ks1 + g * ks2;
-        for (int64_t j = 0; j < per_group; ++j) dots[j] = vfloat{};
-        for (int64_t c = 0; c < chunks; ++c) {
-          const vfloat kv = loadn(row + c * kLanes, dk - c * kLanes);
-          for (int64_t j = 0; j < per_group; ++j) dots[j] += qv[j * chunks + c] * kv;
-        }
-        for (int64_t j = 0; j < per_group; ++j) scores[j * n + p - first] = sc * hsum(dots[j]);
-      }
-      for (int64_t j = 0; j < per_group; ++j) {  // softmax per head
-        float* row = scores.data() + j * n;
-        const float inv = 1.0f / exp_shifted(row, n);
-        for (int64_t i = 0; i < n; ++i) row[i] *= inv;
-      }
-      std::fill(acc.begin(), acc.end(), vfloat{});
-      for (int64_t p = first; p < ctx; ++p) {
-        const T* row = vbase + tp[s * tstride + p / bs] * vstr[0] + (p % bs) * vstr[1] + g * vstr[2];
-        for (int64_t c = 0; c < vchunks; ++c) {
-          const vfloat vv = loadn(row + c * kLanes, dv - c * kLanes);
-          for (int64_t j = 0; j < per_group; ++j) acc[j * vchunks + c] += scores[j * n + p - first] * vv;
-        }
-      }
-      for (int64_t j = 0; j < per_group; ++j) {
-        T* o = op + (s * heads + g * per_group + j) * dv;
-        for (int64_t i = 0; i < dv; ++i) o[i] = static_cast<T>(acc[j * vchunks + i / kLanes][i % kLanes]);
-      }
-    }
-  });
-}
-
 at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k_cache, const c10::optional<at::Tensor>& v_cache,
                             int64_t v_dim, const at::Tensor& block_tables, const at::Tensor& context_lens,
                             double scale, int64_t window) {
-  TORCH_CHECK(q_in.dim() == 3 && k_cache.dim() == 4, "decode_attention: q [S, h, d], k_cache [blocks, bs, g, d]");
-  TORCH_CHECK(q_in.size(1) % k_cache.size(2) == 0, "decode_attention: heads must be a multiple of K/V groups");
+  check_float("decode_attention", "q", q_in);
+  check_float("decode_attention", "k_cache", k_cache);
+  check_index("decode_attention", "block_tables", block_tables, 2);
+  check_index("decode_attention", "context_lens", context_lens, 1);
+  TORCH_CHECK(q_in.dim() == 3 && k_cache.dim() == 4, "decode_attention: q must be [S, heads, d] and k_cache "
+              "[blocks, block_size, groups, d], got ", q_in.sizes(), " and ", k_cache.sizes());
+  const int64_t seqs = q_in.size(0), num_blocks = k_cache.size(0), bs = k_cache.size(1);
+  TORCH_CHECK(k_cache.size(2) > 0 && q_in.size(1) % k_cache.size(2) == 0, "decode_attention: ", q_in.size(1),
+              " query heads are not a multiple of ", k_cache.size(2), " K/V groups");
+  TORCH_CHECK(q_in.size(2) == k_cache.size(3), "decode_attention: queries are ", q_in.size(2),
+              " wide but cache rows ", k_cache.size(3));
   TORCH_CHECK(k_cache.stride(3) == 1, "decode_attention: cache rows must be contiguous");
-  TORCH_CHECK(q_in.scalar_type() == k_cache.scalar_type(), "decode_attention: q and cache dtypes differ");
-  const at::Tensor q = q_in.contiguous();
-  const at::Tensor tables = block_tables.to(at::kLong).contiguous(), lens = context_lens.to(at::kLong).contiguous();
-  TORCH_CHECK(tables.size(0) == q.size(0) && lens.size(0) == q.size(0), "decode_attention: one query per sequence");
+  TORCH_CHECK(q_in.scalar_type() == k_cache.scalar_type(), "decode_attention: q is ", q_in.scalar_type(),
+              ", the cache ", k_cache.scalar_type());
+  TORCH_CHECK(block_tables.size(0) == seqs && context_lens.size(0) == seqs, "decode_attention: ", seqs,
+              " queries, ", block_tables.size(0), " block table rows and ", context_lens.size(0),
+              " context lengths (one each per sequence)");
+  TORCH_CHECK(window >= 0, "decode_attention: window must be >= 0, got ", window);
   const bool separate = v_cache.has_value();
   const at::Tensor& vc = separate ? *v_cache : k_cache;
+  if (separate) {
+    check_float("decode_attention", "v_cache", vc);
+    TORCH_CHECK(vc.dim() == 4 && vc.size(0) == num_blocks && vc.size(1) == bs && vc.size(2) == k_cache.size(2),
+                "decode_attention: v_cache ", vc.sizes(), " does not match k_cache ", k_cache.sizes());
+    TORCH_CHECK(vc.scalar_type() == k_cache.scalar_type(), "decode_attention: v_cache is ", vc.scalar_type(),
+                ", k_cache ", k_cache.scalar_type());
+  }
   TORCH_CHECK(vc.stride(3) == 1, "decode_attention: cache rows must be contiguous");
   const int64_t dv = separate ? vc.size(3) : v_dim;
-  TORCH_CHECK(dv > 0 && dv <= vc.size(3), "decode_attention: bad value width ", dv);
+  TORCH_CHECK(dv > 0 && dv <= vc.size(3), "decode_attention: value width ", dv, " outside the cache row of ",
+              vc.size(3));
+  const at::Tensor q = q_in.contiguous();
+  const at::Tensor tables = block_tables.to(at::kLong).contiguous(), lens = context_lens.to(at::kLong).contiguous();
+  // every length and every block a query will read, checked before the kernel reads any of them
+  const int64_t* tp = tables.data_ptr<int64_t>();
+  const int64_t* lp = lens.data_ptr<int64_t>();
+  const int64_t width = tables.size(1);
+  for (int64_t s = 0; s < seqs; ++s) {
+    TORCH_CHECK(lp[s] >= 1, "decode_attention: sequence ", s, " has context length ", lp[s], "; need >= 1");
+    TORCH_CHECK(lp[s] <= width * bs, "decode_attention: sequence ", s, " has context length ", lp[s],
+                " but its block table holds ", width, " blocks of ", bs, " tokens");
+    const int64_t first = window > 0 ? std::max<int64_t>(0, lp[s] - window) : 0;
+    for (int64_t b = first / bs; b <= (lp[s] - 1) / bs; ++b)
+      TORCH_CHECK(tp[s * width + b] >= 0 && tp[s * width + b] < num_blocks, "decode_attention: sequence ", s,
+                  " reads block ", tp[s * width + b], " (table entry ", b, ") but the cache has ", num_blocks,
+                  " blocks");
+  }
   const int64_t vstr[3] = {vc.stride(0), vc.stride(1), vc.stride(2)};
   at::Tensor out = at::empty({q.size(0), q.size(1), dv}, q.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "decode_attention", [&] {
-    decode_attention_impl<scalar_t>(q, k_cache, vc.data_ptr<scalar_t>(), dv, vstr, tables, lens, scale, window,
-                                    out);
-  });
+  MC_ISA_CALL(decode_attention_run, q, k_cache, vc, dv, vstr, tables, lens, scale, window, out);
   return out;
 }
 
@@ -461,4 +255,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up");
   m.def("write_kv", &write_kv, "store rows at flat cache slots, in place");
   m.def("decode_attention", &decode_attention, "decode attention over the paged KV cache");
+  m.def("isa", &isa, "the instruction set whose copy of the loops runs: avx512, avx2 or baseline");
+  m.def("set_isa", &set_isa, "run another copy of the loops (one this CPU supports); for tests and benchmarks");
+  m.attr("best_isa") = isa_name(kBestIsa);
 }

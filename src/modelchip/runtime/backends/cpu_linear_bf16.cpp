@@ -1,4 +1,6 @@
-// bfloat16 linear for CPUs with AVX512-BF16 (and no AMX, where oneDNN's tile kernels are the better choice).
+// bfloat16 linear for CPUs with AVX512-BF16. Compiled on every x86 build with function-level targets (no -march
+// flag) and used only where CPUID says the CPU has the instructions (has_linear_bf16), so AMX Xeons run and
+// test it too; whether the backend prefers it to oneDNN's AMX tiles there is the backend's choice (cpu.py).
 //
 // oneDNN's packed bfloat16 matmul spends ~10 us per call outside the arithmetic: at decode a small model's step
 // is ~120 calls on weights of 0.6-3.5 MB, so that is most of a millisecond, and its one-row matmuls stream
@@ -18,9 +20,13 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512BF16__) && !defined(__AMX_BF16__)
+// GCC 10 and clang 9 are the first to know the AVX512-BF16 intrinsics
+#if (defined(__x86_64__) || defined(_M_X64)) && \
+    ((defined(__clang__) && __clang_major__ >= 9) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 10))
 #define MODELCHIP_LINEAR_BF16 1
+#include <cpuid.h>
 #include <immintrin.h>
+#define MC_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #endif
 
 namespace {
@@ -29,11 +35,25 @@ constexpr int64_t kBlock = 16;  // output features per block: one float32 accumu
 
 #if MODELCHIP_LINEAR_BF16
 
+// CPUID leaf 7 sub-leaf 1, EAX bit 5: AVX512_BF16; __builtin_cpu_supports("avx512f") also checks that the OS
+// saves the 512-bit registers
+bool cpu_has_avx512_bf16() {
+  __builtin_cpu_init();
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+      !__builtin_cpu_supports("avx512vl") || !__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx))
+    return false;
+  return (eax >> 5) & 1;
+}
+
+const bool kHasBf16 = cpu_has_avx512_bf16();
+
 constexpr int kRowTile = 6;    // rows per micro-kernel: 6 x 4 accumulators + 4 weight registers of 32
 constexpr int kBlockTile = 4;  // output blocks per micro-kernel
 
 // rows [0, MT) of x ([rows, 2 k2]) times output blocks [b0, b0 + R) of w -> y ([rows, n])
 template <int MT, int R>
+MC_BF16_TARGET
 void tile(const uint16_t* x, int64_t k2, const uint16_t* w, const float* bias, uint16_t* y, int64_t n,
           int64_t b0) {
   __m512 acc[MT][R];
@@ -68,6 +88,7 @@ void tile(const uint16_t* x, int64_t k2, const uint16_t* w, const float* bias, u
 }
 
 template <int R>
+MC_BF16_TARGET
 void rows(const uint16_t* x, int64_t m, int64_t k2, const uint16_t* w, const float* bias, uint16_t* y, int64_t n,
           int64_t b0) {
   int64_t i = 0;
@@ -85,6 +106,7 @@ void rows(const uint16_t* x, int64_t m, int64_t k2, const uint16_t* w, const flo
 }
 
 // output blocks [b, e) for rows [0, m): in groups of kBlockTile, the last group narrower
+MC_BF16_TARGET
 void blocks(const uint16_t* x, int64_t m, int64_t k2, const uint16_t* w, const float* bias, uint16_t* y,
             int64_t n, int64_t b, int64_t e) {
   for (; b + kBlockTile <= e; b += kBlockTile) rows<kBlockTile>(x, m, k2, w, bias, y, n, b);
@@ -99,6 +121,7 @@ void blocks(const uint16_t* x, int64_t m, int64_t k2, const uint16_t* w, const f
 #endif  // MODELCHIP_LINEAR_BF16
 
 at::Tensor pack_linear_bf16(const at::Tensor& weight) {
+  TORCH_CHECK(weight.device().is_cpu(), "pack_linear_bf16: weight is on ", weight.device(), ", not the CPU");
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16,
               "pack_linear_bf16: weight must be a 2-D bfloat16 tensor [out, in]");
   const int64_t n = weight.size(0), k = weight.size(1);
@@ -111,6 +134,8 @@ at::Tensor pack_linear_bf16(const at::Tensor& weight) {
 at::Tensor linear_bf16(const at::Tensor& x_in, const at::Tensor& blocked, int64_t n,
                        const c10::optional<at::Tensor>& bias_in) {
 #if MODELCHIP_LINEAR_BF16
+  TORCH_CHECK(kHasBf16, "linear_bf16: this CPU has no AVX512-BF16 (see has_linear_bf16)");
+  TORCH_CHECK(x_in.device().is_cpu() && blocked.device().is_cpu(), "linear_bf16: x and weight must be on the CPU");
   TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kBFloat16, "linear_bf16: x must be [rows, in] bfloat16");
   TORCH_CHECK(blocked.dim() == 4 && blocked.size(2) == kBlock && blocked.size(3) == 2 &&
               blocked.scalar_type() == at::kBFloat16 && blocked.is_contiguous(),
@@ -124,6 +149,7 @@ at::Tensor linear_bf16(const at::Tensor& x_in, const at::Tensor& blocked, int64_
   if (x.size(1) != 2 * k2) x = at::constant_pad_nd(x, {0, 1});  // an odd width: the padded weight column is 0
   at::Tensor bias;
   if (bias_in.has_value() && bias_in->defined()) {
+    TORCH_CHECK(bias_in->device().is_cpu(), "linear_bf16: bias must be on the CPU");
     TORCH_CHECK(bias_in->numel() == n, "linear_bf16: bias has ", bias_in->numel(), " elements for ", n, " outputs");
     bias = at::zeros({blocks_n * kBlock}, x.options().dtype(at::kFloat));
     bias.narrow(0, 0, n).copy_(*bias_in);
@@ -157,7 +183,8 @@ at::Tensor linear_bf16(const at::Tensor& x_in, const at::Tensor& blocked, int64_
   });
   return out;
 #else
-  TORCH_CHECK(false, "linear_bf16: this build has no AVX512-BF16 matmul (see has_linear_bf16)");
+  TORCH_CHECK(false, "linear_bf16: this build has no AVX512-BF16 matmul (not x86-64, or a compiler older than "
+              "GCC 10 / clang 9; see has_linear_bf16)");
   return x_in;
 #endif
 }
@@ -166,7 +193,7 @@ at::Tensor linear_bf16(const at::Tensor& x_in, const at::Tensor& blocked, int64_
 
 void register_linear_bf16(pybind11::module& m) {
 #if MODELCHIP_LINEAR_BF16
-  m.attr("has_linear_bf16") = true;
+  m.attr("has_linear_bf16") = kHasBf16;
 #else
   m.attr("has_linear_bf16") = false;
 #endif
