@@ -27,7 +27,7 @@ def ids(n: int, seed: int) -> list[int]:
 @pytest.fixture(scope="module")
 def llama(hf_checkpoint):
     ckpt = hf_checkpoint("llama")
-    return ckpt, LLM(str(ckpt.path))
+    return ckpt, LLM(str(ckpt.path), backend="reference", dtype="float32")  # checked against transformers in float32
 
 
 def test_positional_sampling_params_and_single_prompts(llama):
