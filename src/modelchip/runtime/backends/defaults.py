@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from modelchip.runtime.backends import check_device
 from modelchip.runtime.backends.cpu_features import has_amx_bf16, has_avx512_bf16
 
 
@@ -20,7 +21,7 @@ def default_backend_and_dtype(device: str | torch.device = "cpu", backend: str |
                               dtype: str | torch.dtype | None = None) -> tuple[str, str | torch.dtype, str]:
     """(backend, dtype, why) for `device`, keeping whichever of `backend` and `dtype` the caller gave. `why` is
     one line for the user, saying what was chosen and on what grounds."""
-    dev = torch.device(device)
+    dev = check_device(device)  # a clear error for a device this torch cannot use, before choosing
     chosen_backend = backend or ("cpu" if dev.type == "cpu" and torch.backends.mkldnn.is_available() else "reference")
     if dtype is not None:
         chosen_dtype, reason = dtype, "as asked"
