@@ -39,14 +39,15 @@ NOTES = """
   Llama-8B 128/128, from +50% to +28%; the rest is most likely FP8 GEMM efficiency at these
   shapes and engine scheduling, which no published operator figure in the catalog covers.
 - MLA prefill is costed in the expanded form engines run it in (vLLM, SGLang: latent decompressed, ordinary
-  multi-head attention), a third of the absorbed form's attention FLOPs. SGLang's three prefill points,
-  saturated benchmarks, land within 3%. DeepSeek's online prefill counts the tokens computed after on-disk
+  multi-head attention), a third of the absorbed form's attention FLOPs (kv_b counted once per token,
+  as the projection it is). SGLang's three prefill points,
+  saturated benchmarks, land within 5%. DeepSeek's online prefill counts the tokens computed after on-disk
   cache hits (56.3% of input tokens), so it is predicted with each prompt's first 56.3% as a cached prefix
   (`--cached-prefix`): the computed tokens attend over the whole 4,989-token prompt, which takes the point
-  from +57% (costed as fresh prompts) to +47%. The rest is load: it is a 24-hour service average, and
+  from +60% (costed as fresh prompts) to +50%. The rest is load: it is a 24-hour service average, and
   DeepSeek moves nodes between inference and research with the load (278 nodes at peak, 226.75 on average
   over the day, DeepSeek day 6), so part of the node-hours ran below saturation, by an amount not
-  published; the model predicts a saturated step and is not fitted to it. RTP-LLM's prefill (+21%) is the
+  published; the model predicts a saturated step and is not fitted to it. RTP-LLM's prefill (+24%) is the
   same 4K-prompt EP32 setup as SGLang's 4K point, on H800 over RoCE and under a 1.6 s TTFT bound,
   differences the model does not see.
   (Costed absorbed, as before, and with fresh prompts, DeepSeek's, RTP-LLM's and SGLang's prefill points
@@ -57,7 +58,7 @@ NOTES = """
   overlap); with it the decode points come out 1.6-2x too fast, so the published systems hide much less than
   the ideal.
 - Against the targets: the median is under 15%, but not every point is within 30%: DeepSeek's online
-  prefill (+47%) stays out, for the reasons above. The fixed costs exist only where a figure is published:
+  prefill (+50%) stays out, for the reasons above. The fixed costs exist only where a figure is published:
   no other chip has a launch figure and no other system a collective latency (zero there), EP all-to-all
   across scale-up domains and AFD traffic carry none, and under the default `graphs = true` prefill steps,
   which engines often run eagerly, pay no launches either.
