@@ -64,7 +64,7 @@ def test_fixed_cost_figures_carry_sources():
         for name, fig in system.figures().items():
             assert fig.source and fig.tag in TAGS, f"{system.id} {name}"
     assert "HolisticTraceAnalysis" in launch.source
-    assert latency.tag == "D" and "PR #24111" in latency.source
+    assert latency.tag == "D" and "vllm-project/vllm/pull/24111" in latency.source
 
 
 def test_only_the_tensorrt_llm_v05_points_run_without_graphs():
