@@ -33,6 +33,7 @@ def _browser() -> str | None:
     return next((b for b in map(shutil.which, BROWSERS) if b), None)
 
 
+@pytest.mark.slow  # starts a browser
 def test_charts_render_in_headless_chromium(html, tmp_path):
     browser = _browser()
     if browser is None:

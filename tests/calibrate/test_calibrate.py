@@ -23,6 +23,7 @@ def profile(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # runs `modelchip calibrate`
 def test_profile_is_a_catalog_chip_with_measured_figures(profile):
     # (efficiencies are clamped into (0, 1] and overheads floored by the code itself: bounds on them could not
     # fail, so what is checked is that the profile reads back as a chip and says where its figures came from)
@@ -37,6 +38,7 @@ def test_profile_is_a_catalog_chip_with_measured_figures(profile):
     assert data["measurements"]["unsteady"] == sorted(k for k, v in spreads.items() if v["spread"] > MAX_SPREAD)
 
 
+@pytest.mark.slow  # runs `modelchip calibrate`
 def test_predict_with_profile(profile):
     p = subprocess.run([sys.executable, "-m", "modelchip", "predict", "--profile", str(profile), "--model",
                         "smollm2-135m", "--chips", "1", "--strategy", "tp", "--batch", "4", "--context", "256",
@@ -66,6 +68,7 @@ def test_bad_profile(tmp_path):
         defaults().override({"speed": 0.5})
 
 
+@pytest.mark.slow  # runs `modelchip calibrate`
 def test_weight_streaming_is_taken_for_the_weight_dtype(profile):
     # a backend streams bf16 and fp32 weights at their own rates; a bf16 prediction must use the bf16 table
     data = json.loads(profile.read_text())

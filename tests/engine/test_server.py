@@ -14,6 +14,8 @@ import pytest
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
+pytestmark = pytest.mark.slow  # every test here starts a server or talks to one
+
 SMOLLM2 = "smollm2-135m"
 LOAD_REQUESTS = 64
 LOAD_MAX_TOKENS = 6
