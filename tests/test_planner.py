@@ -123,7 +123,8 @@ def test_plan_rejects_with_reasons():
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "modelchip", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "modelchip", *args], capture_output=True, text=True,
+                          timeout=1800)  # hang guard, not a speed check
 
 
 def test_predict_json_contract():
