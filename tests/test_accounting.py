@@ -71,11 +71,16 @@ def test_bad_phase():
 
 
 def test_mla_prefill_runs_expanded_and_decode_absorbed():
-    # engines decompress MLA for prefill (multi-head attention over 192-wide keys and 128-wide values, plus
-    # kv_b applied to each prompt token's 512-wide latent) and stay absorbed for decode (latent 512 + 64)
+    # engines decompress MLA for prefill: kv_b turns each prompt token's 512-wide latent into 128 heads of
+    # 128-wide no-rope keys and 128-wide values once (a projection: in the linear FLOPs, not the core), then
+    # multi-head attention over 192-wide keys and 128-wide values; decode stays absorbed (latent 512 + 64),
+    # where kv_b's two halves multiply the query and the output instead: the same linear FLOPs
     spec = load_model("deepseek-v3")
     pre = accounting.account(spec, 4095, phase="prefill", convention=EXACT)
-    per_layer = 2 * 128 * 2048 * (192 + 128) + 2 * 512 * 128 * (128 + 128)
-    assert pre.attention_flops == pytest.approx(61 * per_layer)
+    assert pre.attention_flops == pytest.approx(61 * 2 * 128 * 2048 * (192 + 128))
+    q = 7168 * 1536 + 1536 * 128 * 192  # q_a, q_b
+    kv_a, kv_b, o = 7168 * (512 + 64), 512 * 128 * (128 + 128), 128 * 128 * 7168
+    assert pre.linear_flops == 61 * 2 * (q + kv_a + kv_b + o)
     dec = accounting.account(spec, 4096, convention=EXACT)
     assert dec.attention_flops == pytest.approx(61 * 2 * 128 * 4096 * (576 + 512))
+    assert dec.linear_flops == pre.linear_flops

@@ -1,5 +1,10 @@
 """The chip and system catalog: required entries, the paper's Table 4, sources and tags, bad data."""
 
+import json
+import re
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from modelchip.errors import ModelchipError
@@ -68,3 +73,62 @@ def test_bad_figure_is_rejected():
         catalog.chip_from_toml({"id": "x", "flops": {"bf16": {"value": 1, "tag": "maybe"}}})
     with pytest.raises(ModelchipError, match="value"):
         catalog.chip_from_toml({"id": "x", "flops": {"bf16": 1e14}})
+
+
+# -- every source resolves ----------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "src" / "modelchip" / "spec"
+URL = re.compile(r"https?://[^\s)]+")
+ARXIV = re.compile(r"arXiv[: ]?\d{4}\.\d{4,5}", re.IGNORECASE)
+REPO_PATH = re.compile(r"[\w.-]+(?:/[\w.-]+)+\.\w+")
+NOTES = re.compile(r"reference [\w-]+\.md")  # the project's private notes: not in the repository, cited by nobody
+def _sources(obj):
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key == "source" and isinstance(value, str):
+                yield value
+            else:
+                yield from _sources(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _sources(value)
+
+
+def _catalog_sources():
+    for path in sorted(DATA.rglob("*.toml")) + sorted(DATA.rglob("*.json")):
+        data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+        if path.name == "deployments.toml":
+            # a measured point's `source` describes the setup; its citation is its [[source]] entry's title
+            declared = {src["id"]: src["title"] for src in data["source"]}
+            for point in data["point"]:
+                yield path, declared.get(point.get("source_id"), point["source"])
+            continue
+        for source in _sources(data):
+            yield path, source
+
+
+def _resolves(source: str) -> bool:
+    if NOTES.search(source):
+        return False
+    return bool(URL.search(source) or ARXIV.search(source)
+                or any((REPO / p).is_file() for p in REPO_PATH.findall(source)))
+
+
+def test_every_catalog_source_resolves():
+    found = list(_catalog_sources())
+    read = {path.parent.name if path.parent.name != "catalog" else path.name for path, _ in found}
+    assert {"chips", "systems", "presets", "efficiency.toml", "deployments.toml"} <= read  # all were read
+    bad = [f"{path.relative_to(DATA)}: {source[:100]}" for path, source in found if not _resolves(source)]
+    assert not bad, "sources without a URL, an arXiv id or a path in the repository:\n" + "\n".join(bad)
+
+
+def test_resolution_rules():
+    # what counts as a resolvable citation, on made-up strings
+    assert _resolves("NVIDIA H100 (https://www.nvidia.com/en-us/data-center/h100/): 989 TFLOPS")
+    assert _resolves("Step-3 paper (arXiv 2507.19427) Table 4")
+    assert _resolves("docs/validation.md, the DeepSeek rows")
+    assert not _resolves("NVIDIA datasheet (reference hardware.md): 80 GB")
+    assert not _resolves("reference hardware.md: see https://example.com")
+    assert not _resolves("DeepSeek-V3 technical report: 160 GB/s")
+    assert not _resolves("docs/no-such-file.md")

@@ -33,6 +33,7 @@ def _browser() -> str | None:
     return next((b for b in map(shutil.which, BROWSERS) if b), None)
 
 
+@pytest.mark.slow  # starts a browser
 def test_charts_render_in_headless_chromium(html, tmp_path):
     browser = _browser()
     if browser is None:
@@ -44,10 +45,10 @@ def test_charts_render_in_headless_chromium(html, tmp_path):
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([browser, *flags, "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+                         capture_output=True, text=True, timeout=1800).stdout  # hang guard
     # the page's own script counts charts whose marks got a non-zero size from layout
     assert 'data-charts-rendered="4"' in dom, dom[-500:]
     shot = tmp_path / "report.png"
     subprocess.run([browser, *flags, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120)
+                   capture_output=True, timeout=1800)  # hang guard
     assert shot.exists() and shot.stat().st_size > 20_000  # a blank page compresses to a few KB

@@ -25,6 +25,7 @@ def _failed_ops(report) -> set[str]:
     return {r.op for r in report.ops if not r.passed}
 
 
+@pytest.mark.slow  # every op case and every family in every dtype
 def test_reference_backend_passes_everything():
     report = run("reference")
     assert report.passed, report.failures
@@ -136,6 +137,7 @@ def test_prepared_weights_are_checked_apart_from_plain_ones(register):
     assert not report.families[0].passed  # every weight of a model goes through prepare_linear
 
 
+@pytest.mark.slow  # every op case, four families in two dtypes
 def test_cpu_backend_passes_everything():
     # families: GQA with biases, sliding window + MoE, MLA + grouped routing, MFA
     report = run("cpu", dtypes=["float32", "bfloat16"], families=["qwen2", "mixtral", "deepseek_v3", "step3_text"])

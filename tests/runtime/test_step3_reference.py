@@ -312,6 +312,7 @@ def test_runtime_logits_match_float64_reference(ckpt, reference, llm):
     )
 
 
+@pytest.mark.slow  # a greedy generation loop on both implementations
 def test_runtime_greedy_through_kv_cache_matches_reference(ckpt, llm):
     expected, gaps = reference_greedy(ckpt.gen_prompt, ckpt.weights, ckpt.cfg, GEN_TOKENS)
     # A float32 runtime can only be held to the float64 argmax where the top two logits are well apart.

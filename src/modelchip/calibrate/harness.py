@@ -8,8 +8,16 @@ import time
 
 import torch
 
+from modelchip.calibrate import microbench
 from modelchip.runtime.kv_cache import KVCache
 from modelchip.spec import families
+
+WARMUP_STEPS = 3
+
+
+def steps_needed(timed: int) -> int:
+    """Decode steps `time_decode(timed)` may run: warm-up plus every attempt (the cache must hold them)."""
+    return WARMUP_STEPS + timed * microbench.ATTEMPTS
 
 
 class DecodeHarness:
@@ -44,13 +52,50 @@ class DecodeHarness:
         self._run(len(self.tokens[0]))
 
     @torch.inference_mode()
-    def time_decode(self, steps: int) -> float:
-        """Mean seconds per decode step over `steps` steps (after one warm-up step)."""
-        self._run(1)
-        start = time.perf_counter()
-        for _ in range(steps):
+    def time_decode(self, steps: int, name: str | None = None) -> float:
+        """Median seconds of a decode step over `steps` steps, each timed alone after three warm-up steps, so
+        a step slowed by other work on the machine moves the result no more than an ordinary one; steps that
+        spread too far are timed again (microbench.steady_samples). The cache must hold the extra steps."""
+        for _ in range(WARMUP_STEPS):
             self._run(1)
-        return (time.perf_counter() - start) / steps
+
+        def take() -> list[float]:
+            times = []
+            for _ in range(steps):
+                t = time.perf_counter()
+                self._run(1)
+                times.append(time.perf_counter() - t)
+            return times
+
+        return microbench.steady_samples(take, name).seconds
+
+
+@torch.inference_mode()
+def time_interleaved(harnesses: dict, steps: int) -> dict:
+    """Median seconds of a decode step of each harness, their steps taken in turn (one of each, `steps`
+    times), so load that comes and goes on the machine falls on all of them alike and differences between
+    them (what the calibration derives per-op and per-sequence costs from) stay steady. Timed again while any
+    of them spreads too far (microbench.MAX_SPREAD, within RETRY_BUDGET_S), keeping the steadiest attempt;
+    each is logged by its key."""
+    for h in harnesses.values():
+        for _ in range(WARMUP_STEPS):
+            h._run(1)
+    best: tuple | None = None
+    start = time.perf_counter()
+    for attempt in range(1, microbench.ATTEMPTS + 1):
+        times: dict = {key: [] for key in harnesses}
+        for _ in range(steps):
+            for key, h in harnesses.items():
+                t = time.perf_counter()
+                h._run(1)
+                times[key].append(time.perf_counter() - t)
+        worst = max(microbench.spread(v) for v in times.values())
+        if best is None or worst < best[0]:
+            best = (worst, times, attempt)
+        if worst <= microbench.MAX_SPREAD or time.perf_counter() - start > microbench.RETRY_BUDGET_S:
+            break
+    _, times, _ = best  # `attempt` stays the number of attempts made
+    return {key: microbench.log_timing(str(key), v, attempt) for key, v in times.items()}
 
 
 def tiny_model(ops, dtype: torch.dtype = torch.float32, layers: int = 1):

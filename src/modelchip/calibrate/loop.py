@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelchip.calibrate.harness import DecodeHarness
+from modelchip.calibrate.harness import DecodeHarness, steps_needed
 from modelchip.cost.conventions import Precision
 from modelchip.cost.deploy import Deployment, evaluate
 from modelchip.cost.model_cost import model_cost
@@ -23,11 +23,12 @@ def _llm(model: str, backend: str, device: str, dtype: str) -> LLM:
 
 def measure(model: str, batch: int, context: int, steps: int, backend: str = "reference", device: str = "cpu",
             dtype: str = "float32") -> float:
-    """Decode tokens/s at `batch` sequences of `context` tokens: mean over `steps` timed decode steps."""
+    """Decode tokens/s at `batch` sequences of `context` tokens: over the median of `steps` timed decode steps
+    (retimed when they spread; see DecodeHarness.time_decode)."""
     llm = _llm(model, backend, device, dtype)
-    h = DecodeHarness(llm.model, batch, context, steps + 2)
+    h = DecodeHarness(llm.model, batch, context, steps_needed(steps))
     h.prefill()
-    return batch / h.time_decode(steps)
+    return batch / h.time_decode(steps, name=f"bench batch {batch}")
 
 
 def predict(model: str, profile: str, batch: int, context: int, dtype: str = "float32") -> float:

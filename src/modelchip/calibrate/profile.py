@@ -33,6 +33,8 @@ def _device_memory(device: torch.device) -> float:
 def calibrate(backend: str = "reference", device: str = "cpu", progress: Callable[[str], None] = print) -> dict:
     ops = get_backend(backend, device)
     dev = ops.device
+    microbench.take_log()  # start a fresh log of this calibration's timings
+    load_before = os.getloadavg()[0]
     stamp = time.strftime("%Y-%m-%d")
     src = f"modelchip calibrate, backend {backend} on {dev}, {stamp}"
     gemm = {}
@@ -58,21 +60,29 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
     per_op_alone = microbench.op_overhead(ops)
     per_seq = max((t_many - t_one) / 15, 0.0)
     progress("host cost of a decode step (toy models of 1 and 4 layers, 1 and 16 sequences)")
-    from modelchip.calibrate.harness import DecodeHarness, tiny_model
+    from modelchip.calibrate.harness import DecodeHarness, steps_needed, time_interleaved, tiny_model
 
-    steps, calls = {}, {}
+    harnesses, calls = {}, {}
     for layers in (1, 4):
         toy = tiny_model(ops, layers=layers)
         calls[layers] = model_cost(toy.spec, Precision()).op_calls()
         for n in (1, 16):
-            h = DecodeHarness(toy, n, 16, 40)
+            h = DecodeHarness(toy, n, 16, steps_needed(30))
             h.prefill()
-            steps[layers, n] = h.time_decode(30)
+            harnesses[f"toy step {layers} layers {n} seqs"] = h
+    # the four toy models step in turn: the costs below are differences between them, which a burst of load
+    # falling on one and not the others would distort
+    timed = time_interleaved(harnesses, 30)
+    steps = {(layers, n): timed[f"toy step {layers} layers {n} seqs"].seconds for layers in (1, 4) for n in (1, 16)}
     # An op inside a model costs more than the same op timed alone in a hot loop (the model's glue between
     # calls, colder caches): the per-call cost is what three more layers add, per op call they make.
     per_op = max((steps[4, 1] - steps[1, 1] - 3 * per_seq) / (calls[4] - calls[1]), per_op_alone)
     step_fixed = max(steps[1, 1] - calls[1] * per_op - per_seq, 0.0)
     step_per_seq = max((steps[1, 16] - steps[1, 1]) / 15 - per_seq, 0.0)
+    timings = microbench.take_log()
+    unsteady = sorted(name for name, t in timings.items() if not t.steady)
+    if unsteady:
+        progress(f"still unsteady after {microbench.ATTEMPTS} attempts (machine busy?): {', '.join(unsteady)}")
     peaks = {name: max(v for key, v in gemm.items() if key.startswith(name)) for name in DTYPES}
     base = defaults()
     profile = {
@@ -80,8 +90,12 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
         "name": f"{platform.processor() or platform.machine()} ({dev}, {backend} backend, {torch.get_num_threads()} "
                 f"threads)",
         "vendor": "measured", "kind": dev.type, "status": "ok",
-        "notes": "Measured by modelchip calibrate: peaks are the best GEMM throughput reached, bandwidth the best "
-                 "read rate; efficiencies are measured fractions of those.",
+        "notes": "Measured by modelchip calibrate: each timing is the median of repeated rounds, retaken when "
+                 f"they spread by more than {microbench.MAX_SPREAD:.0%} (interquartile range / median); peaks are "
+                 "the best GEMM throughput reached, bandwidth the best read rate; efficiencies are measured "
+                 "fractions of those. "
+                 + (f"Still unsteady after {microbench.ATTEMPTS} attempts, so less trustworthy: "
+                    f"{', '.join(unsteady)}." if unsteady else "Every timing was steady."),
         "flops": {name: {"value": v, "source": f"{src}: best GEMM over {len(GEMM_SHAPES)} shapes", "tag": "D"}
                   for name, v in peaks.items()},
         "memory": {
@@ -108,9 +122,16 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
         "measurements": {"gemm_flops": gemm, "read_bandwidth": read_bw, "weight_streaming_bandwidth": stream,
                          "attention_decode_s": {"4x4096": t_long, "1x16": t_one, "16x16": t_many},
                          "op_call_alone_s": per_op_alone, "op_call_in_model_s": per_op,
-                         "toy_step_s": {f"{layers} layers, {n} seqs": t for (layers, n), t in steps.items()}},
+                         "toy_step_s": {f"{layers} layers, {n} seqs": t for (layers, n), t in steps.items()},
+                         # per timing: relative spread of its rounds, and how many attempts it took
+                         "spread": {name: {"spread": round(t.spread, 4), "rounds": t.rounds, "attempts": t.attempts}
+                                    for name, t in timings.items()},
+                         "unsteady": unsteady},
         "calibrated": {"date": stamp, "backend": backend, "device": str(dev), "torch": torch.__version__,
-                       "threads": torch.get_num_threads(), "fallbacks": ops.fallback_report()},
+                       "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                       # runnable processes (1-minute average) before and after: above the CPU count, other
+                       # work was competing for the cores while this was measured
+                       "load_average": [load_before, os.getloadavg()[0]], "fallbacks": ops.fallback_report()},
     }
     return profile
 

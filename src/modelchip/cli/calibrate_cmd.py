@@ -17,6 +17,9 @@ def register(sub) -> None:
                                    "attention decode and per-op overhead, written as a chip profile that compare, "
                                    "predict and plan read with --profile.")
     common.add_runtime(p, dtype=False)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads torch may use (default torch's: one per core); on a machine other work "
+                        "keeps busy, 1 avoids threads stalling on each other at every op")
     p.add_argument("--out", default="profile.json", help="profile path (default profile.json)")
     p.add_argument("--json", action="store_true", help="print the profile")
     p.set_defaults(func=run_calibrate)
@@ -31,6 +34,9 @@ def register(sub) -> None:
     b.add_argument("--steps", type=int, default=32, help="decode steps to time (default 32)")
     common.add_runtime(b)
     b.add_argument("--profile", default=None, help="a profile from `modelchip calibrate` to predict with")
+    b.add_argument("--threads", type=int, default=None,
+                   help="CPU threads torch may use (default: the profile's, so the run matches its calibration; "
+                        "without a profile torch's default)")
     b.add_argument("--json", action="store_true", help="print the rows as JSON")
     b.set_defaults(func=run_bench)
 
@@ -38,6 +44,7 @@ def register(sub) -> None:
 def run_calibrate(args) -> int:
     from modelchip.calibrate.profile import calibrate
 
+    _set_threads(args.threads)
     start = time.perf_counter()
     profile = calibrate(args.backend, args.device, progress=lambda m: print(f"  {m}", file=sys.stderr))
     profile["calibrated"]["seconds"] = time.perf_counter() - start
@@ -54,18 +61,30 @@ def run_calibrate(args) -> int:
         ["per op call", f"{o['per_op_s'] * 1e6:.1f} us"],
         ["per sequence per attention call", f"{o['per_seq_s'] * 1e6:.1f} us"],
     ], title=f"{profile['name']}"))
+    unsteady = profile["measurements"]["unsteady"]
+    if unsteady:
+        print(f"\nStill unsteady after repeated attempts (a busy machine?): {', '.join(unsteady)}")
     print(f"\nProfile: {Path(args.out).resolve()}  ({profile['calibrated']['seconds']:.0f} s)")
     return 0
 
 
 def run_bench(args) -> int:
+    from modelchip.calibrate import microbench
     from modelchip.calibrate.loop import measure, predict
 
+    threads = args.threads
+    if threads is None and args.profile:
+        threads = json.loads(Path(args.profile).read_text()).get("calibrated", {}).get("threads")
+    _set_threads(threads)
     rows = []
     for batch in args.batch:
         print(f"  batch {batch}...", file=sys.stderr)
         measured = measure(args.model, batch, args.context, args.steps, args.backend, args.device, args.dtype)
-        row = {"batch": batch, "context": args.context, "measured_tokens_per_s": measured}
+        timing = microbench.take_log()[f"bench batch {batch}"]
+        # the spread of the timed steps (interquartile range / median) and how many attempts it took to get
+        # steady steps: a result that stayed unsteady was measured on a disturbed machine
+        row = {"batch": batch, "context": args.context, "measured_tokens_per_s": measured,
+               "spread": timing.spread, "attempts": timing.attempts}
         if args.profile:
             predicted = predict(args.model, args.profile, batch, args.context + args.steps // 2, args.dtype)
             row |= {"predicted_tokens_per_s": predicted, "error": predicted / measured - 1}
@@ -73,9 +92,18 @@ def run_bench(args) -> int:
     if args.json:
         common.print_json({"model": args.model, "backend": args.backend, "device": args.device, "rows": rows})
         return 0
-    headers = ["batch", "context", "measured tok/s"] + (["predicted tok/s", "error"] if args.profile else [])
-    print(render(headers, [[r["batch"], r["context"], f"{r['measured_tokens_per_s']:.1f}"]
+    headers = ["batch", "context", "measured tok/s", "step spread"] + (["predicted tok/s", "error"] if args.profile
+                                                                        else [])
+    print(render(headers, [[r["batch"], r["context"], f"{r['measured_tokens_per_s']:.1f}",
+                            f"{100 * r['spread']:.0f}%" + ("" if r["attempts"] == 1 else f" ({r['attempts']} tries)")]
                            + ([f"{r['predicted_tokens_per_s']:.1f}", f"{100 * r['error']:+.1f}%"]
                               if args.profile else []) for r in rows],
                  title=f"{args.model} decode on {args.backend}/{args.device} {args.dtype}"))
     return 0
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)

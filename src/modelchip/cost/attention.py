@@ -99,13 +99,14 @@ def core_flops(a: AttentionSpec, tokens: float, conv: Convention, phase: str = "
     MLA has two forms and engines pick per phase (vLLM's MLA backends, SGLang): decode runs absorbed (scores
     and values over the cached latent: least data moved); prefill decompresses each prompt token's latent
     through kv_b once and runs ordinary multi-head attention over d_nope + d_rope keys and d_v values (a
-    third of the absorbed FLOPs per attended token for DeepSeek-V3)."""
+    third of the absorbed FLOPs per attended token for DeepSeek-V3). Either way kv_b's FLOPs are the
+    projection's (`linear_flops`): absorbed, its two halves multiply the query and the output; expanded, it
+    decompresses the token's latent. So the core is the attention alone in both."""
     h = a.num_heads
     if a.kind == "linear":
         return conv.linear_state_flops * state_elements(a)
     if a.kind == "mla" and phase == "prefill":
-        decompress = 2 * a.kv_lora_rank * h * (a.qk_nope_head_dim + a.v_head_dim)
-        return 2 * h * tokens * (a.head_dim + a.v_head_dim) + decompress
+        return 2 * h * tokens * (a.head_dim + a.v_head_dim)
     if a.kind == "mla":  # absorbed: scores over the latent + rope part, values over the latent
         latent = a.kv_lora_rank + a.qk_rope_head_dim
         value_width = latent if conv.mla_values_full_latent else a.kv_lora_rank
