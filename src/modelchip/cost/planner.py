@@ -108,10 +108,18 @@ def plan(cost: ModelCost, base: list[Deployment], tpot_slo_ms: float | None, ttf
             c = Candidate(d.precision.kv, d.chip.id, d.chips, d.strategy, d.attn_chips, d.ffn_chips, b, p.tpot_ms, ttft,
                           p.tokens_per_s_per_chip, p.usd_per_mtok, p.memory_gb_per_chip, p.breakdown_ms)
             feasible.append(c)
-            if best_here is None or _score(c, objective) > _score(best_here, objective):
-                best_here = c
+            best_here = _better(c, best_here, objective)
         if best_here:
             per_config.append(best_here)
+    return _result(evaluated, feasible, rejected, examples, per_config, objective)
+
+
+def _better(c: Candidate, best: Candidate | None, objective: str) -> Candidate:
+    return c if best is None or _score(c, objective) > _score(best, objective) else best
+
+
+def _result(evaluated: int, feasible: list[Candidate], rejected: Counter, examples: dict, per_config: list,
+            objective: str) -> PlanResult:
     best = max(feasible, key=lambda c: _score(c, objective), default=None)
     return PlanResult(evaluated, feasible, best, pareto_frontier(feasible), dict(rejected), examples,
                       sorted(per_config, key=lambda c: -_score(c, objective)))
@@ -188,10 +196,7 @@ def _plan_serving(cost: ModelCost, base: list[Deployment], tpot_slo_ms: float | 
                           s.ttft_ms, s.output_tokens_per_s_per_chip, usd, s.decode.memory_gb_per_chip,
                           s.decode.breakdown_ms)
             feasible.append(c)
-            if best_here is None or _score(c, objective) > _score(best_here, objective):
-                best_here = c
+            best_here = _better(c, best_here, objective)
         if best_here:
             per_config.append(best_here)
-    best = max(feasible, key=lambda c: _score(c, objective), default=None)
-    return PlanResult(evaluated, feasible, best, pareto_frontier(feasible), dict(rejected), examples,
-                      sorted(per_config, key=lambda c: -_score(c, objective)))
+    return _result(evaluated, feasible, rejected, examples, per_config, objective)

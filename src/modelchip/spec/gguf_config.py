@@ -30,11 +30,16 @@ def read_config(path: str | Path) -> dict:
     """The HF-style config.json of a GGUF file's model (architectures llama, qwen2, qwen3)."""
     path = Path(path)
     metadata, infos, _ = read_header(path)
+    check_architecture(path, metadata)
+    return config_from_header(path, metadata, {t.name: t.shape for t in infos})
+
+
+def check_architecture(path: Path, metadata: dict) -> None:
+    """Refuse a GGUF whose architecture the families here cannot read, naming it."""
     arch = metadata.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise ModelchipError(f"{path}: GGUF architecture {arch!r} is not supported; "
                              f"supported: {', '.join(ARCHITECTURES)}")
-    return config_from_header(path, metadata, {t.name: t.shape for t in infos})
 
 
 @dataclass(frozen=True)

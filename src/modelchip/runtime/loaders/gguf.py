@@ -16,7 +16,7 @@ import torch
 
 from modelchip.errors import ModelchipError
 from modelchip.runtime.tokenizer import Tokenizer
-from modelchip.spec.gguf_config import ARCHITECTURES, TensorInfo, config_from_header, read_header
+from modelchip.spec.gguf_config import ARCHITECTURES, TensorInfo, check_architecture, config_from_header, read_header
 
 __all__ = ["ARCHITECTURES", "GGUFCheckpoint", "SUPPORTED_TYPES", "TensorInfo", "load_gguf", "read_header"]
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
@@ -42,10 +42,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> GGUFCheck
     """Config, HF-named tensors (dequantized to `dtype`), tokenizer and raw metadata of a GGUF file."""
     path = Path(path)
     metadata, infos, data_start = read_header(path)
-    arch = metadata.get("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise ModelchipError(f"{path}: GGUF architecture {arch!r} is not supported; "
-                             f"supported: {', '.join(ARCHITECTURES)}")
+    check_architecture(path, metadata)
+    arch = metadata["general.architecture"]
     names = {t.name: _hf_name(path, t.name) for t in infos}
     for t in infos:  # refuse before dequantizing anything
         if t.type not in SUPPORTED_TYPES:
