@@ -207,12 +207,9 @@ def _scale_up_domain(d: Deployment) -> int:
 
 def _links(d: Deployment, group: int) -> tuple[float, float, int]:
     """(scale-up B/s, scale-out B/s, chips per scale-up domain) for a group of `group` chips."""
-    eff = d.efficiency
-    links = [x for x in ((d.system.scale_up, d.system.scale_out) if d.system else ()) ] + \
-        [d.chip.scale_up, d.chip.scale_out]
-    ups, outs = links[0::2], links[1::2]
-    up = _link_bandwidth(ups, eff.scale_up, d.exclude)
-    out = _link_bandwidth(outs, eff.scale_out, d.exclude)
+    systems = [d.system] if d.system else []
+    up = _link_bandwidth([s.scale_up for s in systems] + [d.chip.scale_up], d.efficiency.scale_up, d.exclude)
+    out = _link_bandwidth([s.scale_out for s in systems] + [d.chip.scale_out], d.efficiency.scale_out, d.exclude)
     return up, out, min(_scale_up_domain(d), group)
 
 
@@ -339,8 +336,8 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     # attention beside FP4 experts)
     attn_dtype = prec.attention_weight or prec.weight
     awb = dtypes.nbytes(attn_dtype)
-    attn_peak_w = chip.peak(prec.compute_dtype(chip, attn_dtype)) or peak
     attn_cdt = prec.compute_dtype(chip, attn_dtype)
+    attn_peak_w = chip.peak(attn_cdt) or peak
     cdt = prec.compute_dtype(chip)
     proj = _gemm(d, 2 * inst_tokens * cost.attn_params / tp, cost.attn_params * awb / tp, inst_tokens, attn_peak_w,
                  bw, attn_cdt)

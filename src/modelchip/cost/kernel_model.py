@@ -111,11 +111,10 @@ def ep_low_latency(arch: str, ep: int, tokens: float, hidden: int, top_k: int,
     tokens, the time scales with tokens from it; with only a smaller count it is a latency floor, and the
     caller adds the bytes over the link (bandwidth not included)."""
     rows: dict[tuple[float, float], tuple[float, float]] = {}
-    scale = 1.0
-    for table in kernel_catalog().ep_latency:
-        if arch not in table.arch or table.source_id in exclude:
-            continue
-        scale = hidden * top_k / (table.hidden * table.top_k)
+    tables = [t for t in kernel_catalog().ep_latency if arch in t.arch and t.source_id not in exclude]
+    # one message size per architecture (spec/kernels.py checks it), so the per-token part scales as one
+    scale = hidden * top_k / (tables[0].hidden * tables[0].top_k) if tables else 1.0
+    for table in tables:
         for e, t, dispatch, combine in table.rows:
             old = rows.get((e, t), (float("inf"), float("inf")))
             rows[(e, t)] = (min(old[0], dispatch), min(old[1], combine))
@@ -139,6 +138,3 @@ def ep_low_latency(arch: str, ep: int, tokens: float, hidden: int, top_k: int,
         out.append((max(y0 - slope * t0, 0.0) + slope * max(tokens, 1.0) * scale) * 1e-6)
     return out[0], out[1], True
 
-
-def source_ids() -> set[str]:
-    return kernel_catalog().source_ids()

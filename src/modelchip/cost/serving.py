@@ -71,10 +71,15 @@ def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concu
         raise ModelchipError(f"the weights alone do not fit: {p.reason}")
     cap = min(fit, max(max_batch // d.chips, 1) if d.strategy == "tp" else max_batch)
 
+    firsts: dict[float, Prediction] = {}  # one prompt's prefill (TTFT), the same for every batch of 1 or more
+
     def at(batch: float) -> ServingPrediction:
         dec = evaluate(cost, replace(d, phase="decode", batch=batch, context=input_len + output_len // 2))
         pre = evaluate(cost, replace(d, phase="prefill", batch=batch, prompt_len=input_len))
-        one = evaluate(cost, replace(d, phase="prefill", batch=min(batch, 1.0), prompt_len=input_len))
+        first = min(batch, 1.0)
+        if first not in firsts:
+            firsts[first] = evaluate(cost, replace(d, phase="prefill", batch=first, prompt_len=input_len))
+        one = firsts[first]
         step, prefill = dec.tpot_ms, pre.ttft_ms
         tpot = step + prefill / output_len
         in_flight = batch * per
@@ -103,7 +108,6 @@ def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concu
             break
         batch = max(want, 1.0 / per)
     return at(batch)
-
 
 
 def memory_fit(cost: ModelCost, d: Deployment, input_len: int, output_len: int) -> int:

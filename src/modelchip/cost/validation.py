@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import statistics
 import tomllib
-from dataclasses import replace
 from functools import cache
 from importlib import resources
 
@@ -38,16 +37,12 @@ LATENCY_BOUND_BATCH = 16  # sequences per chip at or below which a step is set b
 
 
 @cache
-def catalog() -> dict:
+def points() -> dict:
     return tomllib.loads(resources.files("modelchip.spec").joinpath("catalog", "deployments.toml").read_text())
 
 
-def points() -> dict:
-    return catalog()
-
-
 def sources() -> dict[str, dict]:
-    return {s["id"]: s for s in catalog().get("source", [])}
+    return {s["id"]: s for s in points().get("source", [])}
 
 
 def excluded_for(point: dict) -> frozenset[str]:
@@ -146,7 +141,7 @@ def _summary(errors: list[float]) -> dict:
 
 def run() -> dict:
     rows = []
-    for p in catalog()["point"]:
+    for p in points()["point"]:
         if p["metric"] not in METRICS:
             raise ModelchipError(f"deployments.toml {p['id']}: unknown metric {p['metric']!r}; "
                                  f"known: {', '.join(METRICS)}")
@@ -161,7 +156,7 @@ def run() -> dict:
     for r in rows:
         for key in groups:
             groups[key].setdefault(r[key if key != "source" else "source_id"], []).append(r)
-    return {"rows": rows, "skipped": catalog().get("skipped", []),
+    return {"rows": rows, "skipped": points().get("skipped", []),
             "in_sample": _summary([r["error"] for r in rows]),
             "leave_one_source_out": _summary([r["loso_error"] for r in rows]),
             "by": {key: {k: {"in_sample": _summary([r["error"] for r in v]),
@@ -205,5 +200,3 @@ def _summary_row(name: str, s: dict) -> str:
     return (f"| {name} | {100 * s['median_abs_error']:.1f}% | {100 * s['max_abs_error']:.1f}% "
             f"| {s['within_30']} of {s['count']} ({100 * s['share_within_30']:.0f}%) |")
 
-
-__all__ = ["run", "markdown", "predict_point", "points", "replace"]

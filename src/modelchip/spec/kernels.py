@@ -97,9 +97,6 @@ class KernelCatalog:
     fixed: tuple[Fixed, ...]
     attention_layer: tuple[AttentionLayerTable, ...] = ()
 
-    def source_ids(self) -> set[str]:
-        groups = (self.gemm, self.attention, self.ep_latency, self.fixed, self.attention_layer)
-        return {x.source_id for group in groups for x in group}
 
 
 def _sourced(raw: dict, where: str) -> dict:
@@ -140,6 +137,11 @@ def parse(data: dict) -> KernelCatalog:
             raise ModelchipError(f"{where}: rows must be positive [EP ranks, tokens per rank, dispatch us, combine us]")
         ep.append(EpLatencyTable(id=raw["id"], arch=_arch(raw), hidden=int(raw["hidden"]),
                                  top_k=int(raw["top_k"]), rows=tuple(sorted(rows)), **_sourced(raw, where)))
+    for a in {x for t in ep for x in t.arch}:
+        sizes = {(t.hidden, t.top_k) for t in ep if a in t.arch}
+        if len(sizes) > 1:  # merged per EP size and token count, so they must measure one message
+            raise ModelchipError(f"kernels.toml: the {a} ep_latency tables measure different messages "
+                                 f"(hidden, top_k) {sorted(sizes)}")
     for i, raw in enumerate(data.get("fixed", [])):
         where = f"kernels.toml fixed[{i}] {raw.get('id', '')}"
         if float(raw["value"]) < 0:
