@@ -93,6 +93,20 @@ def test_ep_decode_dispatch_and_combine_take_the_measured_kernels_time():
     assert p.breakdown_ms["collective_latency"] == 0  # the measured kernel time includes it
 
 
+def test_ascend_small_batch_dispatch_keeps_the_measured_latency_floor():
+    # DeepEP-Ascend's fused-MoE doc: 80 / 75 us at 32 tokens per rank (EP size not stated, so at every size);
+    # at EP8 with 128 tokens the fastest of CloudMatrix Table 6 (116 / 118) and DeepEP-Ascend (132 / 126).
+    # Linear in tokens between the two counts, so 4 tokens per rank keeps most of the 32-token time.
+    def line(y32, y128, tokens):
+        slope = (y128 - y32) / (128 - 32)
+        return y32 - slope * 32 + slope * tokens
+    p = _step("deepseek-v3", "ascend-910c", chips=8, strategy="ep", batch=4, context=1024, redundant_experts=0,
+              precision=Precision(weight="int8", kv="bf16"))
+    expected = 58 * (line(80, 116, 4) + line(75, 118, 4)) * 1e-3
+    assert p.breakdown_ms["communication"] == pytest.approx(expected, rel=1e-6)
+    assert expected > 58 * (116 + 118) * 4 / 128 * 1e-3 * 5  # not the bandwidth share of the 128-token time
+
+
 def test_ep_decode_without_a_benchmark_pays_bytes_over_the_links():
     p = _step("deepseek-v3", "mi300x", chips=8, strategy="ep", batch=8, context=1024, redundant_experts=0)
     per_token = 8 * 7168 * 3  # top-8, FP8 out and BF16 back
@@ -262,3 +276,31 @@ def test_chips_lists_the_measurements_it_applies(capsys):
     assert all(k["source"] and k["tag"] for k in kernels)
     assert main(["chips", "mtt-s4000", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["measured_kernels"] == []
+
+
+def test_weights_offloaded_to_host_memory_stream_behind_the_step():
+    # DeepSeek-V3 FP8 on 4 GB200 (SGLang's prefill instance): more weights than HBM, the rest in Grace memory
+    kw = dict(chips=4, strategy="ep", batch=8, phase="prefill", prompt_len=2000, context=1, redundant_experts=0,
+              precision=Precision(weight="fp8", kv="bf16"))
+    assert not _step("deepseek-v3", "gb200", **kw).feasible
+    p = _step("deepseek-v3", "gb200", weight_offload=True, **kw)
+    gb200 = get_chip("gb200")
+    offloaded = p.memory_gb["offloaded_weights"] * 1e9
+    assert offloaded + p.memory_gb_per_chip * 1e9 == pytest.approx(
+        evaluate(*_deploy("deepseek-v3", "gb200", **kw)).memory_gb_per_chip * 1e9)
+    # a 16K-token forward takes far longer than streaming the excess at 900 GB/s / 2 directions / 2 GPUs
+    stream_s = offloaded / (900e9 / 2 / 2)
+    assert gb200.host_link.effective == 900e9 / 4
+    assert stream_s * 1e3 < p.ttft_ms
+    assert p.breakdown_ms["weight_offload"] == 0
+    # decode of one sequence reads far less than it streams: the step waits for the link
+    d = _step("deepseek-v3", "gb200", weight_offload=True, **{**kw, "phase": "decode", "batch": 1, "context": 2000})
+    rest = sum(v for k, v in d.breakdown_ms.items() if k != "weight_offload")
+    assert d.breakdown_ms["weight_offload"] == pytest.approx(d.memory_gb["offloaded_weights"] * 1e9 / (900e9 / 4)
+                                                            * 1e3 - rest, rel=1e-6)
+
+
+def test_weight_offload_needs_a_host_link():
+    p = _step("deepseek-v3", "h100", chips=4, strategy="ep", batch=8, phase="prefill", prompt_len=2000, context=1,
+              redundant_experts=0, weight_offload=True)
+    assert not p.feasible and "no host link" in p.reason

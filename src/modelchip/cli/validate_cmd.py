@@ -29,12 +29,13 @@ NOTES = """
 
 Every miss stays in the table. The mechanisms we believe are missing, by group:
 
-- **Ascend 910C at small batch (+86-92% in-sample, +95-108% out of sample at 8 and 24 sequences per NPU).**
-  Both Ascend dispatch/combine benchmarks (CANN EP in the CloudMatrix paper, DeepEP-Ascend) are measured at
-  128 tokens per rank only, so the model scales them down with the tokens; the fixed floor of a small
-  dispatch, measured on Hopper (pplx-kernels), is not measured on Ascend, and neither is a kernel floor for
-  Ascend's graph mode. Out of sample the 910C also loses the CloudMatrix GEMM and MLA figures (the scalar
-  defaults apply).
+- **Ascend 910C decode (+25-58% in-sample, +30-65% out of sample) and prefill (+50%, +67%).** Dispatch and
+  combine now keep the small-batch floor DeepEP-Ascend's fused-MoE doc measures (80 / 75 us at 32 tokens per
+  rank), which took the 8-sequence point from +92% to +35%; the 24-sequence point (+58%) and the 96-128
+  sequence points (+25-35%) remain. CloudMatrix-Infer pipelines two micro-batches in decode by splitting the
+  910C's cube and vector cores between them; the model has no measurement of what that split costs each
+  stream, nor a kernel floor for Ascend's graph mode. Out of sample the 910C also loses the CloudMatrix GEMM
+  and MLA figures (the scalar defaults apply).
 - **Step-3 AFD on Hopper (+68-87%; 3A2F out of memory).** The paper does not name the GPU (H800 assumed).
   Its measured TPOT is 47.5 ms (6,144 sequences at 4,039 tokens/s per GPU over 32 GPUs); the model gives
   about 28 ms. The attention stage is not the gap: the paper's own Table 9 (in the catalog) measures MFA layers
@@ -50,10 +51,11 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   128-expert top-8 routing at EP8 has no published imbalance figure, so its experts are charged as balanced.
 - **DeepSeek-R1 batch 1 on B200 without MTP (+39%).** The kernel floor (3.77 us per op call) is derived from
   H100; Blackwell's all-reduce latency is not in the catalog.
-- **Setups that do not fit as published.** SGLang's GB200 prefill offloads weights to Grace memory (the model
-  has no host offload). TensorRT-LLM v0.6's A100 LLaMA-7B batch of 60 at 128 + 2,048 tokens needs 68 GB of
-  FP16 KV cache beside 13.5 GB of weights, more than an 80 GB A100 holds, so the page's setup must differ from
-  what it states (the batch-52 row fits under TensorRT-LLM's memory policy and lands at -5%).
+- **A setup that does not fit as published.** TensorRT-LLM v0.6's A100 LLaMA-7B batch of 60 at 128 + 2,048
+  tokens needs 68 GB of FP16 KV cache beside 13.5 GB of weights, more than an 80 GB A100 holds, so the page's
+  setup must differ from what it states (the batch-52 row fits under TensorRT-LLM's memory policy and lands at
+  -5%). SGLang's GB200 prefill instances, which did not fit before, offload weights to Grace memory as the post
+  says; with that mechanism (the excess streams over NVLink-C2C behind each forward) they land at -5% and -7%.
 - **DeepSeek's online prefill (+37% in-sample)** is a 24-hour service average after 56.3% on-disk cache hits,
   under varying load; the model predicts a saturated step. DeepSeek's profile decode (-30% out of sample)
   loses DeepEP's measured kernels and falls back to bytes over the NICs.

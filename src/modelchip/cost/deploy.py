@@ -89,6 +89,10 @@ class Deployment:
     # the memory the weights leave); otherwise the device keeps efficiency.memory_reserved back
     engine: str = ""
     kv_free_fraction: float = 0.0  # the run's own setting of that fraction, where published (0: the default)
+    # weights that do not fit stay in host memory and stream over the chip's host link every forward, prefetched
+    # a layer ahead (vLLM's --cpu-offload-gb, SGLang's weight offload on Grace): only the part of the stream the
+    # step's own work does not cover adds time
+    weight_offload: bool = False
 
     def check(self, cost: ModelCost) -> None:
         if self.strategy not in STRATEGIES:
@@ -461,10 +465,21 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         cap = weights_w + (chip.memory_capacity.value - weights_w) * kv_fraction
     mem["usable"] = cap / 1e9
     step += host + launch + floor
+    offload = 0.0
+    if d.weight_offload and used > cap and d.strategy != "afd":
+        problem = _offload_problem(chip, used - cap, weights_w)
+        if problem:
+            return Prediction(False, f"weight offload: {problem}", None, None, b, None, used / 1e9, mem, {}, None,
+                              "memory")
+        mem["offloaded_weights"] = (used - cap) / 1e9
+        offload = max(0.0, (used - cap) / chip.host_link.effective - step)
+        step += offload
+        used = cap
     breakdown = {"attention_proj": proj, "attention_core": core, "lm_head": lm_head, "norms": norms,
                  "sampling": sampling, "dense_ffn": dense, "moe": moe_t, "moe_imbalance": imbalance,
                  "router": router, "act_fn": act_fn, "dp_attention_wait": dp_wait, "communication": comm,
-                 "collective_latency": comm_fixed, "host_overhead": host, "launch": launch, "kernel_floor": floor}
+                 "collective_latency": comm_fixed, "host_overhead": host, "launch": launch, "kernel_floor": floor,
+                 "weight_offload": offload}
     breakdown = {k: v * 1e3 for k, v in breakdown.items()}
     if used > cap:
         policy = (f"KV cache limited to {kv_fraction:.0%} of the memory the weights leave" if kv_fraction else
@@ -482,6 +497,17 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     price = chip.usd_per_hour
     usd = price / 3600 / tokens_per_s * 1e6 if price else None
     return Prediction(True, "", tpot, ttft, b, tokens_per_s, used / 1e9, mem, breakdown, usd, bound)
+
+
+def _offload_problem(chip: Chip, excess: float, weights: float) -> str:
+    """Why `excess` bytes of weights cannot live in host memory ("" when they can)."""
+    if chip.host_link.effective is None or chip.host_memory is None:
+        return f"{chip.id} has no host link and host memory in the catalog"
+    if excess > weights:
+        return f"the KV cache alone does not fit ({(excess - weights) / 1e9:.1f} GB over)"
+    if excess > chip.host_memory.value:
+        return f"{excess / 1e9:.1f} GB to offload, {chip.host_memory.value / 1e9:.0f} GB of host memory per chip"
+    return ""
 
 
 def max_batch_by_memory(cost: ModelCost, d: Deployment) -> int:

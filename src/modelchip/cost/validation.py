@@ -80,6 +80,7 @@ def deployment(p: dict, exclude: frozenset[str] = frozenset()) -> tuple:
                    redundant_experts=p.get("redundant_experts", 0), system=system_for(chip, p.get("system")),
                    graphs=p.get("graphs", True), exclude=exclude, moe_balance=p.get("moe_balance", "eplb"),
                    engine=p.get("engine", ""), kv_free_fraction=p.get("kv_free_memory_fraction", 0.0),
+                   weight_offload=p.get("weight_offload", False),
                    efficiency=defaults(exclude))
     return cost, d
 

@@ -64,6 +64,10 @@ class Chip:
     memory_bandwidth: Figure | None = None
     scale_up: Link = Link()
     scale_out: Link = Link()
+    # the link to the host CPU's memory (NVLink-C2C on Grace superchips) and that memory per chip: where weights
+    # that do not fit are offloaded, they stream over this link every forward
+    host_link: Link = Link()
+    host_memory: Figure | None = None
     tdp: Figure | None = None
     price: Figure | None = None  # USD per hour
 
@@ -93,7 +97,9 @@ class Chip:
         memory = {"memory.capacity": self.memory_capacity, "memory.bandwidth": self.memory_bandwidth}
         rest = {"power.tdp": self.tdp, "price.usd_per_hour": self.price}
         out.update({k: v for k, v in memory.items() if v is not None})
-        out |= self.scale_up.figures("scale_up") | self.scale_out.figures("scale_out")
+        out |= self.scale_up.figures("scale_up") | self.scale_out.figures("scale_out") | self.host_link.figures("host")
+        if self.host_memory is not None:
+            out["host.memory"] = self.host_memory
         return out | {k: v for k, v in rest.items() if v is not None}
 
     def with_price(self, usd_per_hour: float) -> Chip:
@@ -174,6 +180,8 @@ def chip_from_toml(data: dict, where: str = "chip") -> Chip:
             memory_bandwidth=_figure(memory.get("bandwidth"), f"{where}.memory.bandwidth"),
             scale_up=_link(data.get("scale_up"), f"{where}.scale_up"),
             scale_out=_link(data.get("scale_out"), f"{where}.scale_out"),
+            host_link=_link(data.get("host"), f"{where}.host"),
+            host_memory=_figure(data.get("host", {}).get("memory"), f"{where}.host.memory"),
             tdp=_figure(data.get("power", {}).get("tdp"), f"{where}.power.tdp"),
             price=_figure(data.get("price", {}).get("usd_per_hour"), f"{where}.price.usd_per_hour"),
         )

@@ -55,7 +55,8 @@ class AttentionFigure(Sourced):
 @dataclass(frozen=True)
 class EpLatencyTable(Sourced):
     """Low-latency expert-parallel dispatch and combine per MoE layer: rows of (EP ranks, tokens per rank,
-    dispatch us, combine us) for tokens of `hidden` values routed to `top_k` experts."""
+    dispatch us, combine us) for tokens of `hidden` values routed to `top_k` experts. EP ranks is 0 where the
+    source does not state it (`ep_unstated = true` in the file, rows of [tokens, dispatch, combine])."""
 
     id: str
     arch: tuple[str, ...]
@@ -133,7 +134,12 @@ def parse(data: dict) -> KernelCatalog:
     for i, raw in enumerate(data.get("ep_latency", [])):
         where = f"kernels.toml ep_latency[{i}] {raw.get('id', '')}"
         rows = tuple(tuple(float(x) for x in r) for r in raw["rows"])
-        if not rows or any(len(r) != 4 or min(r) <= 0 for r in rows):
+        if raw.get("ep_unstated", False):
+            if not rows or any(len(r) != 3 or min(r) <= 0 for r in rows):
+                raise ModelchipError(f"{where}: with ep_unstated, rows must be positive [tokens per rank, "
+                                     "dispatch us, combine us]")
+            rows = tuple((0.0, *r) for r in rows)
+        elif not rows or any(len(r) != 4 or min(r) <= 0 for r in rows):
             raise ModelchipError(f"{where}: rows must be positive [EP ranks, tokens per rank, dispatch us, combine us]")
         ep.append(EpLatencyTable(id=raw["id"], arch=_arch(raw), hidden=int(raw["hidden"]),
                                  top_k=int(raw["top_k"]), rows=tuple(sorted(rows)), **_sourced(raw, where)))
