@@ -40,6 +40,9 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="", choices=["", "tensorrt-llm"],
                    help="serving engine whose memory policy applies (tensorrt-llm: the KV cache takes 90%% of the "
                         "memory the weights leave); default: 10%% of the device kept back, as vLLM does")
+    p.add_argument("--weight-offload", action="store_true",
+                   help="weights that do not fit stay in host memory and stream over the chip's host link each "
+                        "forward, prefetched (chips with a host link in the catalog: GB200's NVLink-C2C)")
     p.add_argument("--mtp", type=int, default=0, help="multi-token-prediction draft tokens per step")
     p.add_argument("--mtp-acceptance", type=float, default=0.0, help="acceptance rate of each draft token")
     p.add_argument("--redundant-experts", type=int, default=0, help="extra expert replicas placed for balance")
@@ -105,6 +108,7 @@ def build(args, chip_id: str, chips: int, strategy: str, batch: int, attn: int =
                    redundant_experts=args.redundant_experts, overlap=args.overlap, microbatches=args.microbatches,
                    system=system_for(chip, args.system), graphs=args.graphs,
                    moe_balance=getattr(args, "moe_balance", "eplb"), engine=getattr(args, "engine", ""),
+                   weight_offload=getattr(args, "weight_offload", False),
                    efficiency=defaults().override(parse_overrides(args.efficiency)))
     if getattr(args, "profile", None):
         d = apply_profile(d, args.profile)
@@ -142,6 +146,8 @@ def run(args) -> int:
         ["batch per chip", p.batch_per_chip],
         ["tokens/s per chip", "-" if p.tokens_per_s_per_chip is None else f"{p.tokens_per_s_per_chip:,.0f}"],
         ["memory GB per chip", f"{p.memory_gb_per_chip:.1f}"],
+        *([["offloaded to host GB per chip", f"{p.memory_gb['offloaded_weights']:.1f}"]]
+          if "offloaded_weights" in (p.memory_gb or {}) else []),
         ["USD per 1M tokens", "-" if p.usd_per_mtok is None else f"{p.usd_per_mtok:.3f}"],
         ["bound by", p.bound],
     ], title=f"{args.model} on {d.chips} x {d.chip.id} ({d.strategy}, {d.phase}, context {d.context})"))
