@@ -119,6 +119,9 @@ def test_tp_all_reduce_pays_the_link_class_latency():
     tp4 = _step("llama-3.1-70b", "h200", chips=4, batch=16).breakdown_ms
     assert tp4["collective_latency"] == pytest.approx(2 * 80 * 17e-6 * 1e3)
     assert _step("llama-3.1-8b", "h200").breakdown_ms["collective_latency"] == 0  # TP1: no collective
+    # B200: the same benchmark's 13 us (vLLM PR #42324, pynccl 512 KiB, world size 2)
+    b200 = _step("llama-3.1-70b", "b200", chips=8, batch=16).breakdown_ms
+    assert b200["collective_latency"] == pytest.approx(2 * 80 * 13e-6 * 1e3)
 
 
 def test_eager_step_pays_one_launch_per_op_call():

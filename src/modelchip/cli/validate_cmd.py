@@ -43,14 +43,20 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   StepMesh's traffic as bytes only; a per-layer network latency between attention and FFN instances is not
   measured in any source we found. The 3A2F point holds 6,048 sequences at 4K average context: memory is
   checked at that average for every sequence, so it reads just out of memory.
-- **Blackwell FP4 dense GEMMs (Llama 70B FP4 on B200/GB200 -21 to -42%, Maverick -29%).** The only FP4
-  per-shape benchmarks are vLLM's untuned CUTLASS configs, FlashInfer's one autotuned shape and torchao's
-  squares; TensorRT-LLM's own FP4 kernels are faster than their median.
-- **Aggregated serving with data-parallel attention (Qwen3-235B FP4 +45%, FP8 +30%).** The attention-DP
+- **Blackwell FP4 dense GEMMs (Llama 70B FP4 on B200/GB200 -21 to -41%, Maverick -29%).** The only FP4
+  per-shape benchmarks at decode sizes are vLLM's CUTLASS runs on one 6144 x 4096 weight (12.6 MB in FP4),
+  whose ideal time (under 2 us) is below a kernel launch, so they measure per-call overhead more than
+  streaming; applied to Llama 70B's 100+ MB weights they make the GEMMs 5x slower than their roofline. Leaving
+  out every row whose ideal time is under 5 us fixes these points but moves MI300X (+36-41%) and DeepSeek's
+  batch-1 points (+53-59%) out of 30%: the tables do not separate a GEMM's fixed per-call time from its
+  streaming efficiency, and a model that does needs per-shape benchmarks at several weight sizes.
+- **Aggregated serving with data-parallel attention (Qwen3-235B FP4 +41%, FP8 +31%).** The attention-DP
   balance (TensorRT-LLM blog 10) and the EP32 expert imbalance (blog 4) are measured on DeepSeek; Qwen3's
   128-expert top-8 routing at EP8 has no published imbalance figure, so its experts are charged as balanced.
-- **DeepSeek-R1 batch 1 on B200 without MTP (+39%).** The kernel floor (3.77 us per op call) is derived from
-  H100; Blackwell's all-reduce latency is not in the catalog.
+- **DeepSeek-R1 batch 1 on B200 with relaxed MTP acceptance (-30%).** With Blackwell's measured all-reduce
+  latency (13 us, vLLM's pynccl benchmark at world size 2) the batch-1 points land at +11% (no MTP) and -6%
+  (MTP 3); the relaxed-acceptance point runs TensorRT-LLM's fused all-reduce and a TP8/EP2 split whose faster
+  kernels the catalog does not have.
 - **A setup that does not fit as published.** TensorRT-LLM v0.6's A100 LLaMA-7B batch of 60 at 128 + 2,048
   tokens needs 68 GB of FP16 KV cache beside 13.5 GB of weights, more than an 80 GB A100 holds, so the page's
   setup must differ from what it states (the batch-52 row fits under TensorRT-LLM's memory policy and lands at
