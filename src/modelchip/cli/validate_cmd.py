@@ -36,13 +36,14 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   910C's cube and vector cores between them; the model has no measurement of what that split costs each
   stream, nor a kernel floor for Ascend's graph mode. Out of sample the 910C also loses the CloudMatrix GEMM
   and MLA figures (the scalar defaults apply).
-- **Step-3 AFD on Hopper (+68-87%; 3A2F out of memory).** The paper does not name the GPU (H800 assumed).
-  Its measured TPOT is 47.5 ms (6,144 sequences at 4,039 tokens/s per GPU over 32 GPUs); the model gives
-  about 28 ms. The attention stage is not the gap: the paper's own Table 9 (in the catalog) measures MFA layers
-  close to their roofline. The model pipelines attention, network and FFN over three micro-batches and charges
-  StepMesh's traffic as bytes only; a per-layer network latency between attention and FFN instances is not
-  measured in any source we found. The 3A2F point holds 6,048 sequences at 4K average context: memory is
-  checked at that average for every sequence, so it reads just out of memory.
+- **Step-3 AFD on Hopper (+44% to +87%).** The paper does not name the GPU (H800 assumed). Its measured
+  TPOT is 47.5 ms (6,144 sequences at 4,039 tokens/s per GPU over 32 GPUs); the model gives about 28 ms. The
+  attention stage is not the gap at BF16: the paper's own Table 9 (in the catalog) measures MFA layers close to
+  their roofline, and the BF16-attention 3A2F point (which fits now that the H800 holds its reported 85.5 GB)
+  misses by less (+44%) than the FP8-attention ones, where the model halves the KV reads and keeps the BF16
+  kernel's efficiency. StepMesh's documentation (github.com/stepfun-ai/StepMesh) budgets 273 us per layer for
+  the A2F and F2A transfers and reports TPOT jitter from stragglers without a figure; neither a measured
+  per-layer network latency nor a measured FP8 MFA kernel is published, so the model charges bytes only.
 - **Blackwell FP4 dense GEMMs (Llama 70B FP4 on B200/GB200 -21 to -41%, Maverick -29%).** The only FP4
   per-shape benchmarks at decode sizes are vLLM's CUTLASS runs on one 6144 x 4096 weight (12.6 MB in FP4),
   whose ideal time (under 2 us) is below a kernel launch, so they measure per-call overhead more than
@@ -58,10 +59,12 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   (MTP 3); the relaxed-acceptance point runs TensorRT-LLM's fused all-reduce and a TP8/EP2 split whose faster
   kernels the catalog does not have.
 - **A setup that does not fit as published.** TensorRT-LLM v0.6's A100 LLaMA-7B batch of 60 at 128 + 2,048
-  tokens needs 68 GB of FP16 KV cache beside 13.5 GB of weights, more than an 80 GB A100 holds, so the page's
-  setup must differ from what it states (the batch-52 row fits under TensorRT-LLM's memory policy and lands at
-  -5%). SGLang's GB200 prefill instances, which did not fit before, offload weights to Grace memory as the post
+  tokens needs 68.4 GB of FP16 KV cache beside 13.5 GB of weights. The A100 holds 85.9 GB (nvidia-smi's 81920
+  MiB), but TensorRT-LLM's default pool is 90% of what the weights leave (65.2 GB), so 57 sequences fit; the run
+  must have set a larger fraction, which the page does not state (the batch-52 row fits and lands at -5%).
+  SGLang's GB200 prefill instances, which did not fit before, offload weights to Grace memory as the post
   says; with that mechanism (the excess streams over NVLink-C2C behind each forward) they land at -5% and -7%.
+  Chip capacities are the device's own report (nvidia-smi, rocm-smi, npu-smi), not the marketed decimal GB.
 - **DeepSeek's online prefill (+37% in-sample)** is a 24-hour service average after 56.3% on-disk cache hits,
   under varying load; the model predicts a saturated step. DeepSeek's profile decode (-30% out of sample)
   loses DeepEP's measured kernels and falls back to bytes over the NICs.
