@@ -128,6 +128,8 @@ def test_block_manager_finds_full_blocks_and_keeps_one_token_to_compute():
     bm.allocate(same, 4, prefix)
     assert same.num_computed_tokens == 8 and same.block_table[:2] == prefix
     assert bm.prefix_cache_hits == 8 and bm.num_used_blocks == 4
+    own = Sequence("e", list(range(10, 22)) + [99], SamplingParams(max_tokens=4, skip_reading_prefix_cache=True))
+    assert bm.cached_prefix(own) == []  # what needs every prompt position's logits computes them all
     bm.free(first)
     bm.free(same)
     assert bm.num_used_blocks == 0 and bm.num_free_blocks == 8

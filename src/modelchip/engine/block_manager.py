@@ -48,8 +48,10 @@ class BlockManager:
 
     def cached_prefix(self, seq: Sequence) -> list[int]:
         """Cached blocks a sequence with nothing computed can start from: the longest cached run of its full
-        blocks, short of its last token (which must be computed for its logits)."""
-        if not self.enable_prefix_caching or seq.num_computed_tokens or seq.block_table:
+        blocks, short of its last token (which must be computed for its logits). Nothing for a request that
+        skips reading the cache (it still fills it)."""
+        if (not self.enable_prefix_caching or seq.params.skip_reading_prefix_cache or seq.num_computed_tokens
+                or seq.block_table):
             return []
         limit = (seq.num_tokens - 1) // self.block_size
         return self.pool.lookup(self._hashes(seq, limit)[:limit])
