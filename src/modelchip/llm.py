@@ -62,7 +62,7 @@ class Generation:
 class LLM(LoadedModel):
     """A model on this machine for offline generation, called as vLLM's `LLM` is.
 
-    LLM(model, backend=None, device="cpu", dtype=None, allow_pickle=False, block_size=16)
+    LLM(model, backend=None, device="cpu", dtype=None, allow_pickle=False, block_size=16, enable_prefix_caching=True)
 
     model: an alias (`smollm2-135m`), a `.gguf` file, an HF checkpoint directory, or a hub id.
     backend, dtype: None picks the fastest built-in pair for the device and says which on stderr
@@ -73,6 +73,8 @@ class LLM(LoadedModel):
     dtype: `float32`, `bfloat16` or `float16` for weights, activations and the KV cache.
     allow_pickle: read PyTorch pickles (`*.bin`) with `torch.load(weights_only=True)`; refused otherwise.
     block_size: tokens per paged KV-cache block.
+    enable_prefix_caching: prompts of one `generate` call that start with the same full blocks (a shared system
+      prompt) compute them once and share their KV blocks (default True, as in vLLM).
 
     Loading is strict (docs/runtime.md): every checkpoint tensor must have a place in the model and every
     config switch must be one the runtime honours, or the load fails naming it.
@@ -83,6 +85,10 @@ class LLM(LoadedModel):
     per prompt, in order. `chat(messages, sampling_params=None)` applies the model's chat template first.
     `logits(token_ids)` is one full forward pass.
     """
+
+    def __init__(self, model: str, *args, enable_prefix_caching: bool = True, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        self.enable_prefix_caching = enable_prefix_caching
 
     @torch.inference_mode()
     def generate(self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
@@ -133,7 +139,8 @@ class LLM(LoadedModel):
                                                                                          strict=True))
         engine = LLMEngine(self, EngineConfig(num_kv_blocks=blocks, max_num_seqs=len(prompt_ids),
                                               max_num_batched_tokens=sum(map(len, prompt_ids)),
-                                              max_model_len=blocks * self.block_size, watermark=0.0))
+                                              max_model_len=blocks * self.block_size, watermark=0.0,
+                                              enable_prefix_caching=self.enable_prefix_caching))
         for i, (ids, p) in enumerate(zip(prompt_ids, params, strict=True)):
             # a SamplingParams with a seed gets its own stream (the engine makes it), as in vLLM
             engine.add_request(str(i), ids, p, generator=generator)

@@ -55,5 +55,11 @@ def add_runtime(p: argparse.ArgumentParser, dtype: bool = True, fastest: bool = 
         p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
 
 
+def add_prefix_caching(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse the KV cache of full blocks a prompt shares with earlier ones (default: on; "
+                        "--no-enable-prefix-caching turns it off)")
+
+
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False, default=str))

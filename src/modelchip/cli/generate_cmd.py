@@ -23,6 +23,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     common.add_runtime(p, fastest=True)
+    common.add_prefix_caching(p)
     p.add_argument("--json", action="store_true", help='print {"text": ..., "token_ids": [...]}')
     p.set_defaults(func=run)
 
@@ -31,7 +32,8 @@ def run(args) -> int:
     from modelchip.llm import LLM
 
     start = time.perf_counter()
-    llm = LLM(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
+    llm = LLM(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
+              enable_prefix_caching=args.enable_prefix_caching)
     loaded = time.perf_counter()
     kwargs = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                   seed=args.seed, stop=args.stop or None)

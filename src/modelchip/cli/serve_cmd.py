@@ -25,6 +25,9 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--api-key", default=os.environ.get("MODELCHIP_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on every request (default: $MODELCHIP_API_KEY)")
+    p.add_argument("--health-without-api-key", action="store_true",
+                   help="answer GET /health without the API key (for liveness/readiness probes); every other route "
+                        "still needs it")
     common.add_runtime(p, fastest=True)
     g = p.add_argument_group("engine")
     g.add_argument("--max-model-len", type=int, default=None,
@@ -34,6 +37,10 @@ def register(sub) -> None:
     g.add_argument("--max-num-seqs", type=int, default=64, help="sequences per step at most (default 64)")
     g.add_argument("--max-num-batched-tokens", type=int, default=512,
                    help="new tokens per step at most; longer prompts are prefilled in chunks (default 512)")
+    g.add_argument("--max-waiting-requests", type=int, default=1024,
+                   help="requests waiting for the engine at most; more get HTTP 429 until the queue drains "
+                        "(default 1024; 0: no bound)")
+    common.add_prefix_caching(g)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
@@ -78,21 +85,27 @@ def run(args) -> int:
     if not _is_loopback(args.host) and not args.api_key:
         print(f"modelchip serve: warning: listening on {args.host} without --api-key: anyone who can reach this "
               "address can use the model", file=sys.stderr)
+    if args.max_waiting_requests < 0:
+        raise ModelchipError("--max-waiting-requests must be 0 (no bound) or positive")
     if args.threads:
         torch.set_num_threads(args.threads)
     sock = _listen(args.host, args.port)  # before loading: a taken port should fail fast
     llm = LLM(args.model, backend=args.backend, device=args.device, dtype=args.dtype, block_size=args.block_size)
     engine = LLMEngine(llm, EngineConfig(kv_cache_tokens=args.kv_cache_tokens, max_model_len=args.max_model_len,
                                          max_num_seqs=args.max_num_seqs,
-                                         max_num_batched_tokens=args.max_num_batched_tokens))
+                                         max_num_batched_tokens=args.max_num_batched_tokens,
+                                         enable_prefix_caching=args.enable_prefix_caching))
     async_engine = AsyncEngine(engine)
-    state = ServerState(llm, engine, args.served_model_name or args.model, args.api_key or None, async_engine)
+    state = ServerState(llm, engine, args.served_model_name or args.model, args.api_key or None, async_engine,
+                        max_waiting_requests=args.max_waiting_requests or None,
+                        health_without_api_key=args.health_without_api_key)
     app = create_app(state)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"modelchip serve: {state.model_name} on {llm.ops.name}/{args.device} "
           f"{str(llm.dtype).removeprefix('torch.')}, "
-          f"context {engine.max_model_len}, {engine.block_manager.num_blocks} KV blocks of {engine.block_size}; "
+          f"context {engine.max_model_len}, {engine.block_manager.num_blocks} KV blocks of {engine.block_size}"
+          f"{'' if args.enable_prefix_caching else ' (no prefix caching)'}; "
           f"listening on http://{shown}:{port}/v1", flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level in ("info", "debug"),
                             timeout_graceful_shutdown=5)

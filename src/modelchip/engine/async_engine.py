@@ -38,6 +38,8 @@ class AsyncEngine:
         self._running = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors = 0
+        self._unapplied_adds = 0  # requests sent but not yet in the engine's queue
+        self._adds_lock = threading.Lock()
 
     def start(self) -> None:
         """Step the engine on a background thread (convenient; slower on CPU backends, see above)."""
@@ -62,8 +64,15 @@ class AsyncEngine:
     def alive(self) -> bool:
         return self._running.is_set()
 
+    @property
+    def num_waiting(self) -> int:
+        """Requests not yet scheduled: the engine's waiting queue and those sent to it but not yet applied."""
+        return self.engine.num_waiting + self._unapplied_adds
+
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams, sink: Sink) -> None:
         """Queue a request; `sink` is called from the engine thread with every output, the last one finished."""
+        with self._adds_lock:
+            self._unapplied_adds += 1
         self._commands.put(("add", request_id, prompt_ids, params, sink))
 
     def abort(self, request_id: str) -> None:
@@ -101,6 +110,9 @@ class AsyncEngine:
             except Exception as exc:  # the server checks requests first; this is the last line of defence
                 sink(RequestOutput(request_id, finished=True, finish_reason="error", error=str(exc)))
                 return
+            finally:
+                with self._adds_lock:
+                    self._unapplied_adds -= 1
             self._sinks[request_id] = sink
         elif kind == "abort":
             out = self.engine.abort_request(command[1])

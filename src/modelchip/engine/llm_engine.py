@@ -44,6 +44,7 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     watermark: float = 0.01  # fraction of blocks kept free when admitting a new request
+    enable_prefix_caching: bool = True  # share the K/V of full blocks whose whole prefix matches (block_manager.py)
 
 
 @dataclass
@@ -77,7 +78,7 @@ class LLMEngine:
         context = llm.spec.max_position_embeddings or num_blocks * bs
         self.max_model_len = min(context, num_blocks * bs, config.max_model_len or context)
         self.cache = KVCache(llm.layouts, num_blocks, bs, llm.dtype, llm.device)
-        self.block_manager = BlockManager(num_blocks, bs)
+        self.block_manager = BlockManager(num_blocks, bs, config.enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                                    int(config.watermark * num_blocks)), self.block_manager)
         self.runner = ModelRunner(llm.model, llm.ops, self.cache, bs, llm.device)
@@ -181,10 +182,12 @@ class LLMEngine:
                              detok.text if detok else "", seq.output_token_ids)
 
     def fail_all(self, message: str) -> list[RequestOutput]:
-        """Finish every request with an error (after a failed step), freeing all blocks."""
+        """Finish every request with an error (after a failed step), freeing all blocks and forgetting the
+        prefix cache (the failed step may have left blocks cached for it half written)."""
         outs = []
         for seq in list(self.requests.values()):
             out = self._finish(seq, "error")
             out.error = message
             outs.append(out)
+        self.block_manager.reset_prefix_cache()
         return outs

@@ -17,6 +17,8 @@ class SamplingParams:
     `seed` gives the request its own random stream, so its samples do not depend on which other requests share
     its batches. `stop` strings end generation and are cut from the text (never streamed). `ignore_eos` keeps
     generating past end-of-sequence tokens (benchmarks use it for fixed-length outputs).
+    `skip_reading_prefix_cache` (vLLM's name) computes the whole prompt even where it is cached: what needs
+    every prompt position's logits, such as prompt log-probabilities, sets it.
     """
 
     max_tokens: int = 16
@@ -26,6 +28,7 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    skip_reading_prefix_cache: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -6,7 +6,8 @@ by a long prompt; each takes the tokens it still lacks (1 for a decode, up to th
 being prefilled in chunks). When the cache has no block for one of them, the newest running sequence is preempted
 by recompute: its blocks are freed and it goes back to the front of the queue with its generated tokens kept.
 Then waiting sequences are admitted in arrival order while budget, sequence slots and blocks last, except in a
-step that had to preempt (admitting then would only thrash).
+step that had to preempt (admitting then would only thrash). An admitted sequence starts past the full blocks of
+its prefix found in the prefix cache (the block manager's), so only the rest counts against the budget.
 """
 
 from __future__ import annotations
@@ -98,12 +99,13 @@ class Scheduler:
             return out
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
-            n = min(seq.num_uncomputed_tokens, budget)
+            prefix = bm.cached_prefix(seq)  # its cached full blocks are not computed again
+            n = min(seq.num_uncomputed_tokens - len(prefix) * bm.block_size, budget)
             reserve = self.config.watermark_blocks if self.running else 0
-            if not bm.can_allocate(bm.blocks_needed(seq, n), reserve):
+            if not bm.can_allocate(bm.blocks_needed(seq, n, prefix), reserve):
                 break
             self.waiting.popleft()
-            bm.allocate(seq, n)
+            bm.allocate(seq, n, prefix)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.seqs.append(seq)

@@ -1,8 +1,9 @@
 """The OpenAI-compatible HTTP server: FastAPI routes over an `AsyncEngine`.
 
 POST /v1/chat/completions and /v1/completions (SSE streaming or not, with usage), GET /v1/models, /health,
-/metrics. Every request body is parsed and checked here, before it reaches the engine, so bad input is a 4xx
-with an OpenAI-style error body; a client that goes away has its requests aborted and their blocks freed.
+/metrics, /openapi.json, and POST /tokenize, /detokenize (ops_routes.py). Every request body is parsed and
+checked here, before it reaches the engine, so bad input is a 4xx with an OpenAI-style error body; a client
+that goes away has its requests aborted and their blocks freed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from modelchip.engine.async_engine import AsyncEngine
 from modelchip.engine.llm_engine import LLMEngine, RequestOutput
 from modelchip.engine.sampling_params import SamplingParams
 from modelchip.errors import ModelchipError
-from modelchip.serve import metrics
+from modelchip.serve import metrics, openapi
 from modelchip.serve.protocol import (
     APIError,
     ChatCompletionRequest,
@@ -43,7 +44,8 @@ log = logging.getLogger("modelchip.serve")
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
-KNOWN_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+KNOWN_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/tokenize",
+               "/detokenize", "/openapi.json")
 DISCONNECT_POLL_S = 0.5
 
 
@@ -54,6 +56,9 @@ class ServerState:
     model_name: str
     api_key: str | None = None
     async_engine: AsyncEngine | None = None
+    # sequences allowed to wait for the engine before new requests get 429 (None: no bound)
+    max_waiting_requests: int | None = None
+    health_without_api_key: bool = False  # let probes call GET /health without the key
     http: Counter = field(default_factory=Counter)
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -77,7 +82,8 @@ class _Gate:
             await send(message)
 
         try:
-            if self.state.api_key is not None and not self._authorized(scope):
+            open_health = self.state.health_without_api_key and scope["path"] == "/health"
+            if self.state.api_key is not None and not open_health and not self._authorized(scope):
                 body = error_body("Incorrect or missing API key: send 'Authorization: Bearer <key>'.",
                                   code="invalid_api_key")
                 await JSONResponse(body, 401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, counting_send)
@@ -107,12 +113,15 @@ def create_app(state: ServerState) -> FastAPI:
         if own:
             state.async_engine.stop()
 
-    app = FastAPI(title="modelchip", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # /openapi.json only: the interactive /docs page would load its scripts from a CDN
+    app = FastAPI(title="modelchip", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+                  responses={"default": openapi.error_response("An OpenAI-style error.")})
     app.add_middleware(_Gate, state=state)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
-        return JSONResponse(exc.body(), exc.status)
+        headers = {"Retry-After": "1"} if exc.status == 429 else None
+        return JSONResponse(exc.body(), exc.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -134,10 +143,10 @@ def create_app(state: ServerState) -> FastAPI:
         alive = state.async_engine is not None and state.async_engine.alive
         return JSONResponse({"status": "ok" if alive else "engine stopped"}, 200 if alive else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def get_metrics():
         errors = state.async_engine.errors if state.async_engine else 0
-        return PlainTextResponse(metrics.render(state.engine, state.http, errors),
+        return PlainTextResponse(metrics.render(state.engine, state.http, errors, state.model_name),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
@@ -149,7 +158,7 @@ def create_app(state: ServerState) -> FastAPI:
         _check_model(state, model_id)
         return _model_card(state)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=openapi.request_body(ChatCompletionRequest))
     async def chat_completions(request: Request):
         req: ChatCompletionRequest = parse(ChatCompletionRequest, await _json(request))
         _check_model(state, req.model)
@@ -158,6 +167,7 @@ def create_app(state: ServerState) -> FastAPI:
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         params = _sampling(state, req, [prompt], max_tokens, None, param, "messages")
+        _check_queue(state, 1)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -168,7 +178,7 @@ def create_app(state: ServerState) -> FastAPI:
                              "logprobs": None, "finish_reason": out.finish_reason}],
                 "usage": _usage([prompt], [out])}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=openapi.request_body(CompletionRequest))
     async def completions(request: Request):
         req: CompletionRequest = parse(CompletionRequest, await _json(request))
         _check_model(state, req.model)
@@ -176,6 +186,7 @@ def create_app(state: ServerState) -> FastAPI:
         prompts = _completion_prompts(state, req)
         params = _sampling(state, req, prompts, req.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS, "max_tokens",
                            "prompt")
+        _check_queue(state, len(prompts))
         rid = f"cmpl-{uuid.uuid4().hex}"
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -186,6 +197,11 @@ def create_app(state: ServerState) -> FastAPI:
                             for i, o in enumerate(outs)],
                 "usage": _usage(prompts, outs)}
 
+    # imported here: the operations routes reuse this module's request helpers
+    from modelchip.serve.ops_routes import MODELS, add_ops_routes
+
+    add_ops_routes(app, state)
+    openapi.install(app, [ChatCompletionRequest, CompletionRequest, *MODELS])
     return app
 
 
@@ -234,7 +250,8 @@ def _message_text(m, i: int) -> str:
     return "\n".join(texts)
 
 
-def _chat_prompt(state: ServerState, req: ChatCompletionRequest) -> list[int]:
+def _chat_prompt(state: ServerState, req: ChatCompletionRequest, add_generation_prompt: bool = True,
+                 add_special_tokens: bool = False) -> list[int]:
     tokenizer = state.llm.tokenizer
     if tokenizer is None:
         raise APIError("This model has no tokenizer or chat template; use /v1/completions with token ids.",
@@ -242,10 +259,10 @@ def _chat_prompt(state: ServerState, req: ChatCompletionRequest) -> list[int]:
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _message_text(m, i)}
                 | ({"name": m.name} if m.name else {}) for i, m in enumerate(req.messages)]
     try:
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
     except ModelchipError as exc:
         raise APIError(str(exc), param="messages", code="invalid_messages") from None
-    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    ids = tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
     if not ids:
         raise APIError("The messages render to an empty prompt.", param="messages", code="empty_prompt")
     return ids
@@ -303,6 +320,17 @@ def _sampling(state: ServerState, req, prompts: list[list[int]], max_tokens: int
                               seed=req.seed, stop=stop, ignore_eos=bool(req.ignore_eos))
     except ModelchipError as exc:
         raise APIError(str(exc), param="stop" if "stop" in str(exc) else None, code="invalid_value") from None
+
+
+def _check_queue(state: ServerState, num_seqs: int) -> None:
+    """Refuse with 429 what would push the engine's waiting queue past its bound; an empty queue takes any one
+    request. 429, not 503: the server is healthy and shedding load (503 makes proxies and load balancers count
+    the instance as failing), and clients such as the openai one retry a 429 after its Retry-After."""
+    limit = state.max_waiting_requests
+    waiting = state.async_engine.num_waiting
+    if limit is not None and waiting and waiting + num_seqs > limit:
+        raise APIError(f"The server is busy: {waiting} requests are waiting for the engine (at most {limit}). "
+                       "Retry later.", 429, "server_overloaded", code="queue_full")
 
 
 # -- running requests ----------------------------------------------------------------------------------------

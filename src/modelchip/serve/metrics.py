@@ -1,4 +1,10 @@
-"""/metrics in the Prometheus text exposition format (version 0.0.4), from the engine's own counters."""
+"""/metrics in the Prometheus text exposition format (version 0.0.4), from the engine's own counters.
+
+Besides modelchip_* metrics, the few that routers and autoscalers read by vLLM's names, which are the de-facto
+standard: the Kubernetes Gateway API inference extension's endpoint picker scrapes vllm:num_requests_waiting,
+vllm:num_requests_running, vllm:kv_cache_usage_perc and vllm:cache_config_info by default, and dashboards read the
+prefix-cache hit rate as rate(vllm:prefix_cache_hits_total) / rate(vllm:prefix_cache_queries_total).
+"""
 
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def render(engine: LLMEngine, http: Counter, errors: int = 0) -> str:
+def render(engine: LLMEngine, http: Counter, errors: int = 0, model_name: str = "") -> str:
     """Every metric, read without locks: the engine thread only ever increments these numbers."""
     s = engine.stats
     bm = engine.block_manager
@@ -64,4 +70,27 @@ def render(engine: LLMEngine, http: Counter, errors: int = 0) -> str:
     w.histogram("modelchip_e2e_request_latency_seconds", "Time from arrival to finish.", s.e2e)
     w.metric("modelchip_http_requests_total", "counter", "HTTP requests by path and status code.",
              [({"path": p, "code": str(c)}, n) for (p, c), n in sorted(dict(http).items())])
+    w.metric("modelchip_kv_cache_blocks_cached", "gauge", "KV cache blocks the prefix cache can find (held or free).",
+             [({}, bm.num_cached_blocks)])
+    w.metric("modelchip_prefix_cache_queries_total", "counter",
+             "Tokens of admitted requests looked up in the prefix cache.", [({}, bm.prefix_cache_queries)])
+    w.metric("modelchip_prefix_cache_hits_total", "counter", "Tokens found in the prefix cache (not computed).",
+             [({}, bm.prefix_cache_hits)])
+    _vllm_names(w, engine, {"model_name": model_name})
     return "\n".join(w.lines) + "\n"
+
+
+def _vllm_names(w: _Writer, engine: LLMEngine, labels: dict[str, str]) -> None:
+    bm = engine.block_manager
+    w.metric("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.",
+             [(labels, engine.num_running)])
+    w.metric("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
+             [(labels, engine.num_waiting)])
+    w.metric("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", [(labels, bm.usage)])
+    w.metric("vllm:prefix_cache_queries_total", "counter",
+             "Prefix cache queries, in terms of number of queried tokens.", [(labels, bm.prefix_cache_queries)])
+    w.metric("vllm:prefix_cache_hits_total", "counter", "Prefix cache hits, in terms of number of cached tokens.",
+             [(labels, bm.prefix_cache_hits)])
+    config = {"block_size": str(bm.block_size), "num_gpu_blocks": str(bm.num_blocks),
+              "enable_prefix_caching": str(bm.enable_prefix_caching)}
+    w.metric("vllm:cache_config_info", "gauge", "Information of the KV cache config.", [(config, 1)])
