@@ -270,3 +270,19 @@ def test_a_query_gets_the_same_bits_alone_as_in_its_step(dtype):
             alone = AttentionMetadata(torch.tensor([0, 1]), torch.tensor([ctx]), meta.block_tables[s:s + 1],
                                       torch.zeros(1, dtype=torch.long), 4)
             assert torch.equal(CPUBackend().paged_attention(q[t:t + 1], k, v, alone, 0.125), together[t:t + 1])
+
+
+def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_process(kernels, tmp_path):
+    # torch's build lock is a plain file: a process killed mid-build leaves it, and torch waits on it forever
+    cache = tmp_path / "cache"
+    env = {**os.environ, "MODELCHIP_CACHE": str(cache), "PYTHONPATH": os.pathsep.join(sys.path)}
+    where = "from modelchip.runtime.backends import cpu_kernels; print(cpu_kernels.build_dir())"
+    target = Path(subprocess.run([sys.executable, "-c", where], capture_output=True, text=True, env=env,
+                                 check=True).stdout.strip())
+    import shutil
+
+    shutil.copytree(cpu_kernels.build_dir(), target)  # the built module, as a finished build leaves it
+    (target / "lock").touch()
+    load = "from modelchip.runtime.backends import cpu_kernels; m, why = cpu_kernels.load(); print(m is not None, why)"
+    run = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, env=env, timeout=300)
+    assert run.stdout.split()[:1] == ["True"], run.stdout + run.stderr[-2000:]

@@ -12,6 +12,7 @@ MODELCHIP_CPU_KERNELS=rebuild retries. The build needs `ninja` (a dependency) an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -86,8 +87,9 @@ def _build() -> tuple[ModuleType | None, str]:
     try:
         from torch.utils import cpp_extension
 
-        module = cpp_extension.load(name="modelchip_cpu_kernels", sources=[str(path) for path in SOURCES],
-                                    extra_cflags=flags, build_directory=str(directory), verbose=False)
+        with _build_lock(directory):
+            module = cpp_extension.load(name="modelchip_cpu_kernels", sources=[str(path) for path in SOURCES],
+                                        extra_cflags=flags, build_directory=str(directory), verbose=False)
     except Exception as exc:  # no compiler, no headers, no ninja, a failed build: run eager and say so
         reason = _first_error(str(exc)) or type(exc).__name__
         marker.write_text(f"{reason}\n\n{exc}\n")
@@ -97,6 +99,25 @@ def _build() -> tuple[ModuleType | None, str]:
     if fresh:
         print(f"modelchip: kernels built in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
     return module, ""
+
+
+@contextlib.contextmanager
+def _build_lock(directory: Path):
+    """Hold an OS lock on the build directory while torch builds or loads there. torch's own lock is a plain
+    file that a process killed mid-build leaves behind, and every later process then waits on it forever; the
+    OS drops ours when its holder dies, so whoever holds it knows a leftover torch lock is stale."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's lock alone
+        yield
+        return
+    with open(directory / "modelchip.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (directory / "lock").unlink(missing_ok=True)  # torch's FileBaton: stale, since we hold the lock
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _find_ninja() -> None:
