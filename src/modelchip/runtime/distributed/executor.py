@@ -16,6 +16,16 @@ import torch
 from modelchip.errors import ModelchipError
 from modelchip.runtime.distributed import launch
 
+CLOSED = "this parallel run was closed"
+
+
+def _describe(rank: int, exitcode: int) -> str:
+    if exitcode < 0:
+        import signal
+
+        return f"rank {rank} died (killed by {signal.Signals(-exitcode).name})"
+    return f"rank {rank} exited with code {exitcode}"
+
 
 class ParallelRun:
     def __init__(self, rank: int, world_size: int, procs: list | None = None, errors=None):
@@ -52,6 +62,23 @@ class ParallelRun:
                 raise
             self.fail(f"{type(exc).__name__}: {exc}")
 
+    def watch(self, on_failure, interval: float = 0.5) -> None:
+        """Call on_failure(message) from a daemon thread once a spawned worker has died or a step has failed,
+        so a process that waits for requests (a server) learns of it without running a step."""
+        import threading
+
+        def loop() -> None:
+            while True:
+                time.sleep(interval)
+                if self.failure is not None and self.failure != CLOSED:
+                    return on_failure(self.failure)
+                if self.failure is None and any(p.exitcode is not None for p in self.procs):
+                    dead = ", ".join(_describe(i + 1, p.exitcode) for i, p in enumerate(self.procs)
+                                     if p.exitcode is not None)
+                    return on_failure(f"tensor-parallel {dead}; the run cannot continue")
+
+        threading.Thread(target=loop, name="modelchip-tp-watchdog", daemon=True).start()
+
     def check(self) -> None:
         if self.failure is not None:
             raise ModelchipError(self.failure)
@@ -67,8 +94,8 @@ class ParallelRun:
         reports = []
         while self.errors is not None and not self.errors.empty():
             reports.append(self.errors.get())
-        dead = [f"rank {i + 1} (exit code {p.exitcode})" for i, p in enumerate(self.procs) if p.exitcode is not None]
-        what = f"tensor-parallel worker {', '.join(dead)} died" if dead else "a tensor-parallel rank failed"
+        dead = [_describe(i + 1, p.exitcode) for i, p in enumerate(self.procs) if p.exitcode is not None]
+        what = f"tensor-parallel {', '.join(dead)}" if dead else "a tensor-parallel rank failed"
         message = f"{what}; the run cannot continue"
         if reports:
             message += ": " + "; ".join(reports)
@@ -81,7 +108,7 @@ class ParallelRun:
     def close(self) -> None:
         """End the run: tell the workers to stop, wait for them, leave the process group."""
         if self.rank == 0 and self.failure is None:
-            self.failure = "this parallel run was closed"
+            self.failure = CLOSED
             with contextlib.suppress(RuntimeError):
                 torch.distributed.broadcast_object_list([("stop",)], src=0, group=launch.control_group())
             self._stop_workers(graceful=True)
