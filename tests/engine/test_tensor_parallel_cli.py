@@ -46,3 +46,29 @@ def test_generate_torchrun_ranks_equal_one_process(tiny_dir):
     assert ranks[1].returncode == 0, err
     assert out == ""  # rank 1 computes, rank 0 alone prints
     assert rank0["token_ids"] == single["token_ids"]
+
+
+@pytest.mark.slow
+def test_serve_ends_when_a_worker_dies(tiny_dir):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    cmd = [sys.executable, "-m", "modelchip", "serve", "--model", str(tiny_dir), "--backend", "reference",
+           "--dtype", "float32", "--port", "0", "--tensor-parallel-size", "2"]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        line = server.stdout.readline()
+        assert "listening on" in line, server.stderr.read()
+        url = line.rsplit("listening on ", 1)[1].strip()
+        body = {"model": str(tiny_dir), "prompt": "The engine", "max_tokens": 4, "temperature": 0}
+        assert httpx.post(f"{url}/completions", json=body, timeout=TIMEOUT_S).status_code == 200
+        workers = subprocess.run(["pgrep", "-P", str(server.pid), "-f", "spawn_main"], capture_output=True,
+                                 text=True).stdout.split()
+        assert len(workers) == 1
+        os.kill(int(workers[0]), 9)
+        _, err = server.communicate(timeout=60)  # ends by itself, within seconds
+        assert server.returncode != 0
+        assert "tensor-parallel rank 1 died (killed by SIGKILL)" in err
+    finally:
+        if server.poll() is None:
+            server.kill()

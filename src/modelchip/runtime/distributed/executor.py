@@ -99,7 +99,7 @@ class ParallelRun:
         message = f"{what}; the run cannot continue"
         if reports:
             message += ": " + "; ".join(reports)
-        elif cause:
+        elif cause and not dead:  # a dead rank is the cause; the collective's own complaint adds nothing
             message += f" ({cause})"
         self.failure = message
         self._stop_workers(graceful=False)
