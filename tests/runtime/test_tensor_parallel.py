@@ -118,3 +118,11 @@ def test_families_not_split_yet_are_refused_by_name(family):
     with pytest.raises(ModelchipError, match=f"{family!r} has"):
         check_family(spec, 2)
     check_family(spec, 1)
+
+
+def test_each_rank_on_a_machine_gets_its_own_accelerator():
+    from modelchip.runtime.distributed.launch import rank_device
+
+    assert rank_device("cpu", 3) == torch.device("cpu")  # CPU ranks share the CPU
+    assert rank_device("cuda:2", 1) == torch.device("cuda", 3)
+    assert rank_device("xpu", 0) == torch.device("xpu")

@@ -15,7 +15,7 @@ from modelchip.runtime.backends import get_backend
 from modelchip.runtime.backends.defaults import announce, default_backend_and_dtype
 from modelchip.runtime.batch import build_batch
 from modelchip.runtime.contract import AttentionMetadata
-from modelchip.runtime.distributed import executor
+from modelchip.runtime.distributed import executor, launch
 from modelchip.runtime.kv_cache import KVCache
 from modelchip.runtime.loaders.resolve import resolve
 from modelchip.runtime.loaders.weights import load_weights
@@ -46,6 +46,7 @@ class LoadedModel:
             backend, dtype, why = default_backend_and_dtype(device, backend, dtype)
             announce(why)
         self.dtype = torch_dtype(dtype)
+        device = str(launch.rank_device(device, launch.local_rank()))  # torchrun: one accelerator per rank
         self.ops = get_backend(backend, device)
         self.device = self.ops.device
         # a parallel run (runtime/distributed): None for one process; rank 0 spawns or joins the other ranks

@@ -168,8 +168,10 @@ def spawn_workers(world: int, device: torch.device, worker_kwargs: dict) -> Para
     port = launch.free_port()
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
-    procs = [ctx.Process(target=worker_main, args=(r, world, port, worker_kwargs, errors, threads), daemon=True,
-                         name=f"modelchip-tp-rank{r}") for r in range(1, world)]
+    procs = [ctx.Process(target=worker_main, daemon=True, name=f"modelchip-tp-rank{r}",
+                         args=(r, world, port, {**worker_kwargs, "device": str(launch.rank_device(device, r))},
+                               errors, threads))
+             for r in range(1, world)]
     for p in procs:
         p.start()
     run = ParallelRun(0, world, procs, errors)

@@ -45,6 +45,20 @@ def torchrun_env() -> tuple[int, int] | None:
                              "integers") from exc
 
 
+def rank_device(device: str | torch.device, local_rank: int) -> torch.device:
+    """The device of the rank with this local rank: CPU ranks share the CPU; on an accelerator each rank on a
+    machine takes its own device, counting from the one given (cuda:0 -> cuda:0, cuda:1, ...)."""
+    device = torch.device(device)
+    if device.type == "cpu" or local_rank == 0:
+        return device
+    return torch.device(device.type, (device.index or 0) + local_rank)
+
+
+def local_rank() -> int:
+    """This process's rank on its machine under torchrun (LOCAL_RANK), else 0."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0) if torchrun_env() is not None else 0
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
