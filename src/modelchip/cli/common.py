@@ -63,3 +63,10 @@ def add_prefix_caching(p: argparse.ArgumentParser) -> None:
 
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def add_parallel(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
+                   help="split the model over N processes (tensor parallel; dense GQA families): this process is "
+                        "rank 0 and spawns N-1 workers on this machine, or, under torchrun (MASTER_ADDR, "
+                        "MASTER_PORT, RANK, WORLD_SIZE set), every rank runs the command and joins (default 1)")

@@ -24,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     common.add_runtime(p, fastest=True)
     common.add_prefix_caching(p)
+    common.add_parallel(p)
     p.add_argument("--json", action="store_true", help='print {"text": ..., "token_ids": [...]}')
     p.set_defaults(func=run)
 
@@ -33,7 +34,20 @@ def run(args) -> int:
 
     start = time.perf_counter()
     llm = LLM(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
-              enable_prefix_caching=args.enable_prefix_caching)
+              enable_prefix_caching=args.enable_prefix_caching, tensor_parallel_size=args.tensor_parallel_size)
+    if not llm.is_driver:  # a torchrun rank > 0: run the steps rank 0 sends, print nothing
+        from modelchip.runtime.distributed.worker import serve_steps
+
+        serve_steps(llm)
+        llm.close()
+        return 0
+    try:
+        return _generate(args, llm, start)
+    finally:
+        llm.close()
+
+
+def _generate(args, llm, start: float) -> int:
     loaded = time.perf_counter()
     kwargs = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                   seed=args.seed, stop=args.stop or None)
@@ -49,6 +63,7 @@ def run(args) -> int:
     print(out.text)
     n = len(out.token_ids)
     dtype = str(llm.dtype).removeprefix("torch.")
-    print(f"[{args.model} on {llm.ops.name}/{args.device} {dtype}: load {loaded - start:.1f} s, "
+    ranks = f" x{args.tensor_parallel_size} ranks" if llm.parallel is not None else ""
+    print(f"[{args.model} on {llm.ops.name}/{args.device}{ranks} {dtype}: load {loaded - start:.1f} s, "
           f"{n} tokens in {done - loaded:.1f} s ({n / max(done - loaded, 1e-9):.1f} tok/s)]", file=sys.stderr)
     return 0

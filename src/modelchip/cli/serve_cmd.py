@@ -29,6 +29,7 @@ def register(sub) -> None:
                    help="answer GET /health without the API key (for liveness/readiness probes); every other route "
                         "still needs it")
     common.add_runtime(p, fastest=True)
+    common.add_parallel(p)
     g = p.add_argument_group("engine")
     g.add_argument("--max-model-len", type=int, default=None,
                    help="tokens per request, prompt plus output (default: the model's context, capped by the cache)")
@@ -89,8 +90,18 @@ def run(args) -> int:
         raise ModelchipError("--max-waiting-requests must be 0 (no bound) or positive")
     if args.threads:
         torch.set_num_threads(args.threads)
-    sock = _listen(args.host, args.port)  # before loading: a taken port should fail fast
-    llm = LLM(args.model, backend=args.backend, device=args.device, dtype=args.dtype, block_size=args.block_size)
+    from modelchip.runtime.distributed import launch
+
+    rank = (launch.torchrun_env() or (0, 1))[0]
+    sock = _listen(args.host, args.port) if rank == 0 else None  # before loading: a taken port should fail fast
+    llm = LLM(args.model, backend=args.backend, device=args.device, dtype=args.dtype, block_size=args.block_size,
+              tensor_parallel_size=args.tensor_parallel_size)
+    if not llm.is_driver:  # a torchrun rank > 0: run the steps rank 0 sends
+        from modelchip.runtime.distributed.worker import serve_steps
+
+        serve_steps(llm)
+        llm.close()
+        return 0
     engine = LLMEngine(llm, EngineConfig(kv_cache_tokens=args.kv_cache_tokens, max_model_len=args.max_model_len,
                                          max_num_seqs=args.max_num_seqs,
                                          max_num_batched_tokens=args.max_num_batched_tokens,
@@ -124,10 +135,23 @@ def run(args) -> int:
 
     signal.signal(signal.SIGINT, shut_down)
     signal.signal(signal.SIGTERM, shut_down)
+    failed: list[str] = []
+    if llm.parallel is not None:
+        def worker_lost(message: str) -> None:
+            # a dead rank ends the server: requests in flight fail with the error, the process exits non-zero
+            failed.append(message)
+            print(f"modelchip serve: {message}; shutting down", file=sys.stderr, flush=True)
+            server.should_exit = True
+            async_engine.stop(timeout=0)
+
+        llm.parallel.watch(worker_lost)
     # The HTTP event loop gets a background thread and the engine the main one: PyTorch's CPU thread pool runs
     # 2-3x faster when driven from the process's initial thread (see engine/async_engine.py).
     thread = threading.Thread(target=http, name="modelchip-http", daemon=True)
     thread.start()
     async_engine.run()
     thread.join(10)
+    llm.close()
+    if failed:
+        raise ModelchipError(failed[0])
     return 0

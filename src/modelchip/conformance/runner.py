@@ -79,8 +79,9 @@ def parse_dtypes(names: list[str]) -> list[torch.dtype]:
 
 
 def run(backend: str, device: str = "cpu", dtypes: list[str] | None = None, ops: list[str] | None = None,
-        families: list[str] | None = None) -> Report:
-    """Check `backend` on `device` (default dtypes: float32, bfloat16, float16; default: every op and family)."""
+        families: list[str] | None = None, tensor_parallel: int = 1) -> Report:
+    """Check `backend` on `device` (default dtypes: float32, bfloat16, float16; default: every op and family).
+    With tensor_parallel N > 1, also "parallel equals single" for the dense families over N ranks."""
     start = time.perf_counter()
     wanted = parse_dtypes(dtypes or ["float32", "bfloat16", "float16"])
     ops = ops if ops is not None else list(OPS)
@@ -104,6 +105,12 @@ def run(backend: str, device: str = "cpu", dtypes: list[str] | None = None, ops:
     for fam in families:
         for dt in wanted:
             report.families.append(check_family(bound, fam, dt))
+    if tensor_parallel > 1:
+        from modelchip.conformance.parallel_check import DENSE, check_parallel
+
+        for fam in [f for f in families if f in DENSE]:
+            for dt in wanted:
+                report.families.append(check_parallel(backend, device, fam, dt, tensor_parallel))
     report.fallback_calls = {"op checks": dict(after_ops), "model runs": dict(Counter(bound.fallbacks) - after_ops)}
     own = getattr(bound.backend, "fallbacks", None)  # optional: a backend's count of its own internal fallbacks
     if isinstance(own, dict):

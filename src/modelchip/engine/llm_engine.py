@@ -24,7 +24,6 @@ from modelchip.engine.sampling_params import SamplingParams
 from modelchip.engine.scheduler import Scheduler, SchedulerConfig
 from modelchip.engine.sequence import Sequence
 from modelchip.errors import ModelchipError
-from modelchip.runtime.kv_cache import KVCache
 from modelchip.runtime.loaded_model import LoadedModel
 
 SEED_MASK = (1 << 64) - 1
@@ -77,11 +76,11 @@ class LLMEngine:
             raise ModelchipError("the engine needs at least one KV block, one sequence and one token per step")
         context = llm.spec.max_position_embeddings or num_blocks * bs
         self.max_model_len = min(context, num_blocks * bs, config.max_model_len or context)
-        self.cache = KVCache(llm.layouts, num_blocks, bs, llm.dtype, llm.device)
+        self.cache = llm.make_cache(num_blocks, bs)  # under tensor parallelism every rank makes its shard
         self.block_manager = BlockManager(num_blocks, bs, config.enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                                    int(config.watermark * num_blocks)), self.block_manager)
-        self.runner = ModelRunner(llm.model, llm.ops, self.cache, bs, llm.device)
+        self.runner = ModelRunner(llm.model, llm.ops, self.cache, bs, llm.device, llm.forward_step)
         self.requests: dict[str, Sequence] = {}
         self.stats = EngineStats()
 

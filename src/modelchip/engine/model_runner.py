@@ -16,8 +16,11 @@ from modelchip.runtime.kv_cache import KVCache
 
 
 class ModelRunner:
-    def __init__(self, model, ops, cache: KVCache, block_size: int, device: torch.device):
+    def __init__(self, model, ops, cache: KVCache, block_size: int, device: torch.device, forward=None):
         self.model, self.ops, self.cache = model, ops, cache
+        # forward(ids, positions, meta, last, cache) -> logits of rows `last`: LoadedModel.forward_step, which
+        # also runs the step on the other ranks of a parallel run; by default the model in this process
+        self.forward = forward or self._forward
         self.block_size, self.device = block_size, device
         # unseeded sampling requests share one stream; seeded ones bring their own generator
         self.generator = torch.Generator(device=device)
@@ -31,18 +34,23 @@ class ModelRunner:
         new = [s.token_ids[s.num_computed_tokens:s.num_computed_tokens + n] for s, n in zip(seqs, num_new, strict=True)]
         ids, positions, meta = build_batch(new, [s.num_computed_tokens for s in seqs], [s.block_table for s in seqs],
                                            self.block_size, self.device)
-        hidden = self.model(ids, positions, meta, self.cache.layers)
         ends = [s.num_computed_tokens + n == s.num_tokens for s, n in zip(seqs, num_new, strict=True)]
         rows = [i for i, end in enumerate(ends) if end]
+        last = None
+        if rows:
+            last = (meta.query_start_loc[1:] - 1)[rows] if len(rows) < len(seqs) else meta.query_start_loc[1:] - 1
+        logits = self.forward(ids, positions, meta, last, self.cache)
         if not rows:
             return [None] * len(seqs)
-        last = (meta.query_start_loc[1:] - 1)[rows] if len(rows) < len(seqs) else meta.query_start_loc[1:] - 1
-        logits = self.model.logits(hidden[last])
         picked = self.sample(logits, [seqs[i] for i in rows])
         out: list[int | None] = [None] * len(seqs)
         for i, tok in zip(rows, picked, strict=True):
             out[i] = tok
         return out
+
+    def _forward(self, ids, positions, meta, last, cache: KVCache) -> torch.Tensor | None:
+        hidden = self.model(ids, positions, meta, cache.layers)
+        return None if last is None else self.model.logits(hidden[last])
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         """One `sample` call per random stream: greedy rows together, unseeded rows on the shared generator,

@@ -1,8 +1,9 @@
 """The backend contract: the only ops model code may call, and what each receives and returns.
 
-Version 1. A backend is an object with these methods (or a subset: missing ops fall back to the reference
-backend, and every fallback is counted). Tensors live on the backend's device; shapes use
-T = tokens in the batch, H = hidden size, h = query heads, g = K/V heads, d = head dim, E = experts.
+Version 2 (v1 plus collectives; a v1 backend is accepted and given the default communicator). A backend is an
+object with these methods (or a subset: missing ops fall back to the reference backend, and every fallback is
+counted). Tensors live on the backend's device; shapes use T = tokens in the batch, H = hidden size,
+h = query heads, g = K/V heads, d = head dim, E = experts.
 
 Every op must return the dtype it is given (activations), except where noted: router logits, sampling
 probabilities and `logits` are float32.
@@ -12,6 +13,13 @@ loading (attention and FFN projections, the LM head). The model then passes the 
 the tensor, so a backend can keep weights in the layout its matmul streams fastest (oneDNN's blocked format on
 CPU, Ascend's FRACTAL_NZ) without a copy per call. A backend with the hook must implement `linear` and accept
 both handles and plain tensors there (router and test weights stay plain).
+
+Collectives (v2). Model code split over ranks (tensor parallel) calls `ops.comm.<collective>`, where `ops.comm` is
+a `Communicator` (below) over the run's process group. A backend may provide its own with the optional hook
+`make_communicator(group) -> Communicator` (a vendor collective library, a device-side implementation);
+without it, and for every v1 backend, the default runs torch.distributed collectives on the group the launcher
+built (gloo on CPU, the device's own library elsewhere: runtime/distributed/communicator.py). A single-process
+run's communicator is the identity. docs/vendor-kit.md, "contract v2: collectives", says what each must do.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from typing import Protocol
 
 import torch
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
+SUPPORTED_CONTRACT_VERSIONS = (1, 2)  # v1: no collectives of its own, so it gets the default communicator
 
 OPS = (
     "embedding",
@@ -36,6 +45,8 @@ OPS = (
     "moe_experts",
     "sample",
 )
+
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send", "recv")
 
 
 @dataclass
@@ -58,6 +69,35 @@ class AttentionMetadata:
     @property
     def num_seqs(self) -> int:
         return self.context_lens.shape[0]
+
+
+class Communicator(Protocol):
+    """Collectives over the ranks of one group (ranks 0..world_size-1 within it). Tensors live on the
+    backend's device; every rank calls a collective with tensors of the same shape and dtype, in the same
+    order. Sum is the only reduction the model needs."""
+
+    rank: int
+    world_size: int
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise sum of x over ranks, returned on every rank (may reuse x's storage)."""
+
+    def all_gather(self, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Every rank's x concatenated along `dim` in rank order, on every rank."""
+
+    def reduce_scatter(self, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Sum over ranks, then this rank's 1/world_size chunk along `dim`."""
+
+    def all_to_all(self, x: torch.Tensor, output_split_sizes: list[int] | None = None,
+                   input_split_sizes: list[int] | None = None) -> torch.Tensor:
+        """Rows of x split by input_split_sizes (default: equal) sent to ranks 0..N-1; the rows received,
+        sized by output_split_sizes, concatenated in rank order (MoE dispatch and combine)."""
+
+    def send(self, x: torch.Tensor, dst: int) -> None:
+        """Blocking send of x to rank dst."""
+
+    def recv(self, x: torch.Tensor, src: int) -> torch.Tensor:
+        """Blocking receive from rank src into x (shape and dtype agreed beforehand); returns x."""
 
 
 class Backend(Protocol):

@@ -6,12 +6,16 @@ The engine schedules requests over it; `modelchip.LLM` (modelchip/llm.py) puts t
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from modelchip.errors import ModelchipError
 from modelchip.runtime.backends import get_backend
 from modelchip.runtime.backends.defaults import announce, default_backend_and_dtype
 from modelchip.runtime.batch import build_batch
+from modelchip.runtime.contract import AttentionMetadata
+from modelchip.runtime.distributed import executor, launch
 from modelchip.runtime.kv_cache import KVCache
 from modelchip.runtime.loaders.resolve import resolve
 from modelchip.runtime.loaders.weights import load_weights
@@ -34,13 +38,33 @@ class LoadedModel:
     """`model` (alias, .gguf, checkpoint dir or hub id) loaded strictly onto `backend` on `device`."""
 
     def __init__(self, model: str, backend: str | None = None, device: str = "cpu",
-                 dtype: str | torch.dtype | None = None, allow_pickle: bool = False, block_size: int = 16):
+                 dtype: str | torch.dtype | None = None, allow_pickle: bool = False, block_size: int = 16,
+                 tensor_parallel_size: int = 1):
+        if tensor_parallel_size < 1:
+            raise ModelchipError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
         if backend is None or dtype is None:  # the fastest for the device (backends/defaults.py), said in one line
             backend, dtype, why = default_backend_and_dtype(device, backend, dtype)
             announce(why)
         self.dtype = torch_dtype(dtype)
+        device = str(launch.rank_device(device, launch.local_rank()))  # torchrun: one accelerator per rank
         self.ops = get_backend(backend, device)
         self.device = self.ops.device
+        # a parallel run (runtime/distributed): None for one process; rank 0 spawns or joins the other ranks
+        self.parallel = executor.start(tensor_parallel_size, self.device, dict(
+            model=str(model), backend=backend, device=device, dtype=self.dtype, allow_pickle=allow_pickle,
+            block_size=block_size))
+        try:
+            self._load(model, allow_pickle, block_size)
+        except BaseException:
+            if self.parallel is not None and self.parallel.is_driver:
+                self.parallel.close()
+            raise
+        if self.parallel is not None and self.parallel.is_driver:
+            self.parallel.ready()  # every rank has loaded its shard, or the run ends naming the one that failed
+
+    def _load(self, model: str, allow_pickle: bool, block_size: int) -> None:
+        if self.parallel is not None:
+            self.ops.attach_group()
         found = resolve(model, allow_pickle=allow_pickle)
         model_type = families.text_config(found.config)[1]
         if model_type not in FAMILIES:
@@ -87,7 +111,61 @@ class LoadedModel:
     def logits(self, token_ids: list[int]) -> torch.Tensor:
         """Logits [len, vocab] (float32) of one full forward over `token_ids`."""
         ids = self.encode_prompt(token_ids)
+        if self._driving():
+            self.parallel.publish(("logits", ids))
         blocks = -(-len(ids) // self.block_size)
         cache = KVCache(self.layouts, blocks, self.block_size, self.dtype, self.device)
         x, positions, meta = build_batch([ids], [0], [list(range(blocks))], self.block_size, self.device)
-        return self.model.logits(self.model(x, positions, meta, cache.layers))
+        with self._guard():
+            return self.model.logits(self.model(x, positions, meta, cache.layers))
+
+    # -- what the engine runs (on every rank of a parallel run) ----------------------------------------------
+    def make_cache(self, num_blocks: int, block_size: int) -> KVCache:
+        """This rank's KV cache (its heads only, under tensor parallelism); the other ranks make theirs."""
+        if self._driving():
+            self.parallel.publish(("cache", num_blocks, block_size))
+            self.parallel.cache_id += 1
+        cache = KVCache(self.layouts, num_blocks, block_size, self.dtype, self.device)
+        cache.parallel_id = self.parallel.cache_id if self.parallel is not None else 0
+        return cache
+
+    @torch.inference_mode()
+    def forward_step(self, ids: torch.Tensor, positions: torch.Tensor, meta, last: torch.Tensor | None,
+                     cache: KVCache) -> torch.Tensor | None:
+        """One forward over a flattened batch; logits [len(last), vocab] of the rows `last` (None: no rows).
+        Rank 0 first sends the same inputs to the other ranks, so all run this step together."""
+        if self._driving():
+            if cache.parallel_id != self.parallel.cache_id:
+                raise ModelchipError("a tensor-parallel model runs one engine at a time: this KV cache is not "
+                                     "the one the other ranks hold (make a new engine, or a new LLM)")
+            host = (ids.cpu(), positions.cpu(), _meta_to(meta, torch.device("cpu")),
+                    None if last is None else last.cpu())
+            self.parallel.publish(("step", *host))
+        elif self.parallel is not None:  # a worker: inputs arrived on the host
+            ids, positions, meta = ids.to(self.device), positions.to(self.device), _meta_to(meta, self.device)
+            last = None if last is None else last.to(self.device)
+        with self._guard():
+            hidden = self.model(ids, positions, meta, cache.layers)
+            return None if last is None else self.model.logits(hidden[last])
+
+    def close(self) -> None:
+        """End a parallel run (stop the worker ranks); a no-op for one process."""
+        if self.parallel is not None:
+            self.parallel.close()
+
+    @property
+    def is_driver(self) -> bool:
+        """True where requests are scheduled: a single process, or rank 0 of a parallel run."""
+        return self.parallel is None or self.parallel.is_driver
+
+    def _driving(self) -> bool:
+        return self.parallel is not None and self.parallel.is_driver
+
+    def _guard(self):
+        return self.parallel.guard() if self._driving() else contextlib.nullcontext()
+
+
+def _meta_to(meta: AttentionMetadata, device: torch.device) -> AttentionMetadata:
+    return AttentionMetadata(meta.query_start_loc.to(device), meta.context_lens.to(device),
+                             meta.block_tables.to(device), meta.slot_mapping.to(device), meta.block_size)
+

@@ -14,7 +14,8 @@ import torch
 from modelchip.errors import ModelchipError, unknown
 from modelchip.runtime.backends.cpu import CPUBackend
 from modelchip.runtime.backends.reference import ReferenceBackend
-from modelchip.runtime.contract import CONTRACT_VERSION, OPS
+from modelchip.runtime.contract import CONTRACT_VERSION, OPS, SUPPORTED_CONTRACT_VERSIONS, Communicator
+from modelchip.runtime.distributed.communicator import SingleProcess, make_communicator
 
 ENTRY_POINT_GROUP = "modelchip.backends"
 BUILTIN: dict[str, Callable] = {"reference": ReferenceBackend, "cpu": CPUBackend}
@@ -52,6 +53,7 @@ class Ops:
     moe_route: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (logits, top_k, scoring, norm_topk_prob, ...)
     moe_experts: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     sample: Callable[..., torch.Tensor]  # (logits, temperature, top_p, top_k, generator=None)
+    comm: Communicator  # collectives (contract v2); the identity until `attach_group`
 
     def __init__(self, backend, reference: ReferenceBackend):
         self.backend = backend
@@ -67,6 +69,12 @@ class Ops:
                                  "the reference cannot (implement linear, or drop prepare_linear)")
         self.prepares_weights = prepare is not None
         self.prepare_linear = prepare if prepare is not None else _unchanged
+        self.comm = SingleProcess()
+
+    def attach_group(self, group=None) -> None:
+        """Run collectives on a torch.distributed process group (None: the default group): the backend's own
+        communicator if it has `make_communicator`, else the torch.distributed one. Before building a model."""
+        self.comm = make_communicator(self.backend, group)
 
     def _fallback(self, op: str, impl: Callable) -> Callable:
         def call(*args, **kwargs):
@@ -131,9 +139,9 @@ def get_backend(name: str = "reference", device: str | torch.device = "cpu") -> 
     except Exception as exc:
         raise ModelchipError(f"backend {name!r} failed to start on device {device!r}: {exc}") from exc
     version = getattr(backend, "contract_version", CONTRACT_VERSION)
-    if version != CONTRACT_VERSION:
-        raise ModelchipError(f"backend {name!r} implements contract version {version}, "
-                             f"modelchip speaks version {CONTRACT_VERSION}")
+    if version not in SUPPORTED_CONTRACT_VERSIONS:
+        raise ModelchipError(f"backend {name!r} implements contract version {version}, modelchip speaks "
+                             f"versions {', '.join(map(str, SUPPORTED_CONTRACT_VERSIONS))}")
     if not hasattr(backend, "name"):
         backend.name = name
     return Ops(backend, ReferenceBackend(device))

@@ -13,6 +13,7 @@ import torch
 
 from modelchip.errors import ModelchipError
 from modelchip.runtime.contract import AttentionMetadata
+from modelchip.runtime.distributed.tensor_parallel import Shard, split_heads, tp_of
 from modelchip.runtime.layers.base import Layer, Slot, stacked_slots
 from modelchip.runtime.layers.norm import RMSNorm
 from modelchip.runtime.layers.rotary import RotaryEmbedding
@@ -35,7 +36,10 @@ class GQAAttention(Layer):
     def __init__(self, ops, hidden: int, a: AttentionSpec, eps: float, rope: RotaryEmbedding, dtype):
         super().__init__(ops, dtype)
         self.a, self.rope = a, rope
-        h, g, d = a.num_heads, a.num_kv_heads, a.head_dim
+        # tensor parallel (distributed/tensor_parallel.py): this rank's query heads and the K/V heads they read
+        self.tp_rank, self.tp_size = tp_of(ops)
+        self.heads = split_heads(a.num_heads, a.num_kv_heads, self.tp_rank, self.tp_size)
+        h, g, d = self.heads.heads, self.heads.kv_heads, a.head_dim
         self.split = (h * d, g * d, g * d)
         self.qkv_proj = self.p(sum(self.split), hidden)  # q, k and v stacked: one matmul reads x once
         self.o_proj = self.p(hidden, h * d)
@@ -47,9 +51,9 @@ class GQAAttention(Layer):
         self.layout = CacheLayout(g, d, d, True)
 
     def forward(self, x, positions, meta: AttentionMetadata, cache: tuple[torch.Tensor, torch.Tensor]):
-        a, ops, t = self.a, self.ops, x.shape[0]
+        a, ops, t, heads = self.a, self.ops, x.shape[0], self.heads
         q, k, v = ops.linear(x, self.qkv_proj, self.qkv_bias).split(self.split, dim=-1)
-        q, k, v = q.view(t, a.num_heads, -1), k.view(t, a.num_kv_heads, -1), v.view(t, a.num_kv_heads, -1)
+        q, k, v = q.view(t, heads.heads, -1), k.view(t, heads.kv_heads, -1), v.view(t, heads.kv_heads, -1)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = self.rope(positions)
@@ -57,13 +61,24 @@ class GQAAttention(Layer):
         ops.write_kv(cache[0], k, meta.slot_mapping)
         ops.write_kv(cache[1], v, meta.slot_mapping)
         o = ops.paged_attention(q, cache[0], cache[1], meta, self.scale, window=a.window)
-        return ops.linear(o.reshape(t, -1), self.o_proj, self.o_bias)
+        if self.tp_size == 1:
+            return ops.linear(o.reshape(t, -1), self.o_proj, self.o_bias)
+        # row-parallel o_proj: partial sums over this rank's heads, the bias added once (rank 0), then summed
+        bias = self.o_bias if self.tp_rank == 0 else None
+        return ops.comm.all_reduce(ops.linear(o.reshape(t, -1), self.o_proj, bias))
 
     def slots(self, prefix: str) -> dict[str, Slot]:
-        out = stacked_slots(prefix, ("q_proj", "k_proj", "v_proj"), "weight", self.qkv_proj, self.split)
-        out[f"{prefix}.o_proj.weight"] = Slot(self.o_proj)
+        qkv, q_src, kv_src, o_src = ("q_proj", "k_proj", "v_proj"), None, None, None
+        if self.tp_size > 1:  # this rank's rows of q, k, v and its columns of o_proj
+            a, hs, d = self.a, self.heads, self.a.head_dim
+            q_src = Shard(0, hs.q_start * d, (hs.q_start + hs.heads) * d, a.num_heads * d)
+            kv_src = Shard(0, hs.kv_start * d, (hs.kv_start + hs.kv_heads) * d, a.num_kv_heads * d)
+            o_src = Shard(1, q_src.start, q_src.stop, q_src.full)
+        sources = (q_src, kv_src, kv_src) if self.tp_size > 1 else None
+        out = stacked_slots(prefix, qkv, "weight", self.qkv_proj, self.split, sources)
+        out[f"{prefix}.o_proj.weight"] = Slot(self.o_proj, source=o_src)
         if self.a.qkv_bias:
-            out |= stacked_slots(prefix, ("q_proj", "k_proj", "v_proj"), "bias", self.qkv_bias, self.split)
+            out |= stacked_slots(prefix, qkv, "bias", self.qkv_bias, self.split, sources)
         if self.a.o_bias:
             out[f"{prefix}.o_proj.bias"] = Slot(self.o_bias)
         if self.q_norm is not None:

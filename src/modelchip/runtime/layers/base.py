@@ -7,24 +7,30 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from modelchip.runtime.distributed.tensor_parallel import Shard
+
 
 @dataclass(frozen=True)
 class Slot:
-    """Where one checkpoint tensor goes: a parameter, optionally a slice of it along dim 0 (or dims 0-1)."""
+    """Where one checkpoint tensor goes: a parameter, optionally a slice of it along dim 0 (or dims 0-1).
+    Under tensor parallelism `source` names the part of the checkpoint tensor this rank reads (its shard)."""
 
     param: nn.Parameter
     index: tuple = ()
+    source: Shard | None = None
 
     def target(self) -> torch.Tensor:
         return self.param.data[self.index] if self.index else self.param.data
 
 
 def stacked_slots(prefix: str, names: tuple[str, ...], kind: str, stacked: nn.Parameter,
-                  sizes: tuple[int, ...]) -> dict[str, Slot]:
-    """Checkpoint tensors `prefix.name.kind` stored one after another along dim 0 of `stacked`."""
+                  sizes: tuple[int, ...], sources: tuple[Shard | None, ...] | None = None) -> dict[str, Slot]:
+    """Checkpoint tensors `prefix.name.kind` stored one after another along dim 0 of `stacked` (each read
+    whole, or only its `sources` shard)."""
     out, start = {}, 0
-    for name, size in zip(names, sizes, strict=True):
-        out[f"{prefix}.{name}.{kind}"] = Slot(stacked, (slice(start, start + size),))
+    for i, (name, size) in enumerate(zip(names, sizes, strict=True)):
+        source = sources[i] if sources else None
+        out[f"{prefix}.{name}.{kind}"] = Slot(stacked, (slice(start, start + size),), source)
         start += size
     return out
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from modelchip.runtime.distributed.tensor_parallel import Shard, even_split, tp_of
 from modelchip.runtime.layers.base import Layer, Slot
 from modelchip.spec.model import FFNSpec
 
@@ -16,9 +17,15 @@ class GatedMLP(Layer):
 
     LINEAR_WEIGHTS = ("gate_up_proj", "down_proj")
 
-    def __init__(self, ops, hidden: int, width: int, dtype: torch.dtype, bias: bool = False):
+    def __init__(self, ops, hidden: int, width: int, dtype: torch.dtype, bias: bool = False,
+                 tensor_parallel: bool = False):
         super().__init__(ops, dtype)
-        self.width = width
+        # tensor parallel: gate/up column-parallel (this rank's slice of the width), down row-parallel.
+        # Shared experts of a MoE stay whole (tp_size 1): MoE families are refused under TP for now.
+        self.tp_rank, self.tp_size = tp_of(ops) if tensor_parallel else (0, 1)
+        self.full_width = width
+        self.start, stop = even_split(width, self.tp_rank, self.tp_size, "MLP intermediate size")
+        self.width = width = stop - self.start
         self.gate_up_proj = self.p(2 * width, hidden)
         self.down_proj = self.p(hidden, width)
         self.gate_up_bias = self.p(2 * width) if bias else None  # Llama's mlp_bias
@@ -26,19 +33,26 @@ class GatedMLP(Layer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.ops.linear(x, self.gate_up_proj, self.gate_up_bias)
-        return self.ops.linear(self.ops.silu_and_mul(gate_up), self.down_proj, self.down_bias)
+        if self.tp_size == 1:
+            return self.ops.linear(self.ops.silu_and_mul(gate_up), self.down_proj, self.down_bias)
+        bias = self.down_bias if self.tp_rank == 0 else None  # added once, before the sum
+        return self.ops.comm.all_reduce(self.ops.linear(self.ops.silu_and_mul(gate_up), self.down_proj, bias))
 
     def slots(self, prefix: str, names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")) -> dict:
         gate, up, down = names
         w = self.width
+        rows = cols = None
+        if self.tp_size > 1:  # this rank's rows of gate and up, its columns of down
+            rows = Shard(0, self.start, self.start + w, self.full_width)
+            cols = Shard(1, self.start, self.start + w, self.full_width)
         out = {
-            f"{prefix}.{gate}.weight": Slot(self.gate_up_proj, (slice(0, w),)),
-            f"{prefix}.{up}.weight": Slot(self.gate_up_proj, (slice(w, 2 * w),)),
-            f"{prefix}.{down}.weight": Slot(self.down_proj),
+            f"{prefix}.{gate}.weight": Slot(self.gate_up_proj, (slice(0, w),), rows),
+            f"{prefix}.{up}.weight": Slot(self.gate_up_proj, (slice(w, 2 * w),), rows),
+            f"{prefix}.{down}.weight": Slot(self.down_proj, source=cols),
         }
         if self.down_bias is not None:
-            out |= {f"{prefix}.{gate}.bias": Slot(self.gate_up_bias, (slice(0, w),)),
-                    f"{prefix}.{up}.bias": Slot(self.gate_up_bias, (slice(w, 2 * w),)),
+            out |= {f"{prefix}.{gate}.bias": Slot(self.gate_up_bias, (slice(0, w),), rows),
+                    f"{prefix}.{up}.bias": Slot(self.gate_up_bias, (slice(w, 2 * w),), rows),
                     f"{prefix}.{down}.bias": Slot(self.down_bias)}
         return out
 

@@ -79,7 +79,7 @@ def _directory(path: Path, allow_pickle: bool) -> Resolved:
         from modelchip.runtime.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.from_dir(path)
-    return Resolved(config, iter_tensors(files), tokenizer, str(path))
+    return Resolved(config, iter_tensors(files, lazy=True), tokenizer, str(path))  # loader reads what it needs
 
 
 def _download(repo_id: str) -> Path:

@@ -37,7 +37,20 @@ def tensor_files(path: Path, allow_pickle: bool = False) -> list[Path]:
     raise ModelchipError(f"{path} has no weights (*.safetensors or, with allow_pickle, *.bin)")
 
 
-def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+class LazyTensor:
+    """A safetensors tensor not read yet: its shape, and `read(index)` reading only the rows/columns asked for
+    (a tensor-parallel rank reads its shard, never the whole checkpoint). Valid while its file is open."""
+
+    def __init__(self, handle, name: str):
+        self._handle, self.name = handle, name
+        self._slice = handle.get_slice(name)
+        self.shape = tuple(self._slice.get_shape())
+
+    def read(self, index: tuple | None = None) -> torch.Tensor:
+        return self._handle.get_tensor(self.name) if index is None else self._slice[index]
+
+
+def iter_tensors(files: list[Path], lazy: bool = False) -> Iterator[tuple[str, torch.Tensor | LazyTensor]]:
     from safetensors import SafetensorError, safe_open
 
     for file in files:
@@ -45,7 +58,7 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
             try:
                 with safe_open(str(file), framework="pt") as f:
                     for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                        yield name, f.get_tensor(name)
+                        yield name, LazyTensor(f, name) if lazy else f.get_tensor(name)
             except SafetensorError as exc:
                 raise ModelchipError(f"{file} is not a readable safetensors file: {exc}") from exc
         else:

@@ -39,6 +39,7 @@ def ignorable(name: str, spec) -> bool:
 
 def load_weights(model, tensors: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
     """Copy every expected tensor into `model` (cast to its dtype); returns the ignorable names it skipped.
+    Tensors may be lazy (`.shape` and `.read(index)`), so a tensor-parallel rank reads only its shards.
 
     Raises ModelchipError naming a missing tensor, a tensor with no place in the model, or a shape mismatch
     (expected vs actual).
@@ -55,12 +56,22 @@ def load_weights(model, tensors: Iterable[tuple[str, torch.Tensor]]) -> list[str
                 f"checkpoint tensor {name!r} has no place in this {model.spec.family!r} model as its config.json "
                 "describes it (a bias, norm or scale the config does not switch on?); refusing to drop it")
         target = slot.target()
-        if tuple(target.shape) != tuple(tensor.shape):
-            raise ModelchipError(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
-        target.copy_(tensor.to(target.dtype))
+        expected = list(target.shape)
+        if slot.source is not None:  # tensor parallel: the whole tensor is checked, only this rank's part read
+            expected[slot.source.dim] = slot.source.full
+        if tuple(tensor.shape) != tuple(expected):
+            raise ModelchipError(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(expected)}")
+        target.copy_(_read(tensor, slot.source).to(target.dtype))
         seen.add(name)
     missing = [n for n in slots if n not in seen]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ModelchipError(f"checkpoint is missing tensor {missing[0]!r}{more}")
     return ignored
+
+
+def _read(tensor, shard) -> torch.Tensor:
+    """The tensor, or its shard. A lazy checkpoint tensor (safetensors_dir.LazyTensor) reads only those bytes."""
+    if isinstance(tensor, torch.Tensor):
+        return tensor if shard is None else tensor[shard.index()]
+    return tensor.read(None if shard is None else shard.index())

@@ -8,6 +8,7 @@ from torch import nn
 
 from modelchip.errors import ModelchipError
 from modelchip.runtime.contract import AttentionMetadata
+from modelchip.runtime.distributed.tensor_parallel import Shard, check_family, tp_of, vocab_rows
 from modelchip.runtime.layers.attention import GQAAttention, MFAAttention, MLAAttention
 from modelchip.runtime.layers.base import Layer, Slot, prepare_linear_weights
 from modelchip.runtime.layers.ffn import GatedMLP, MoE
@@ -53,7 +54,8 @@ class DecoderLayer(Layer):
         else:
             raise ModelchipError(f"the runtime has no {a.kind!r} attention")
         dense = f.kind == "dense"
-        self.mlp = GatedMLP(ops, hidden, f.intermediate_size, dtype, f.bias) if dense else MoE(ops, hidden, f, dtype)
+        self.mlp = (GatedMLP(ops, hidden, f.intermediate_size, dtype, f.bias, tensor_parallel=True) if dense
+                    else MoE(ops, hidden, f, dtype))
 
     def forward(self, h, positions, meta, cache):
         h = h + self.self_attn(self.input_layernorm(h), positions, meta, cache)
@@ -80,6 +82,8 @@ class DecoderLM(Layer):
                 f"the runtime cannot run model_type {spec.family!r} (the cost model can); runtime families: "
                 + ", ".join(sorted(FAMILIES)))
         check_supported(spec.config, spec.family)
+        self.tp_rank, self.tp_size = tp_of(ops)
+        check_family(spec, self.tp_size)
         self.spec = spec
         ropes: dict[int, RotaryEmbedding] = {}
         for layer in spec.layers:
@@ -87,29 +91,55 @@ class DecoderLM(Layer):
             dim = a.qk_rope_head_dim if a.kind == "mla" else a.head_dim
             if dim not in ropes:
                 ropes[dim] = RotaryEmbedding(dim, spec.rope_theta, spec.rope_scaling)
-        self.embed_tokens = self.p(spec.vocab_size, spec.hidden_size)
+        # vocabulary parallel: this rank's rows [vocab_start, vocab_stop), padded to the same count on every rank
+        self.vocab_start, self.vocab_stop, rows = vocab_rows(spec.vocab_size, self.tp_rank, self.tp_size)
+        self.embed_tokens = self._vocab_param(rows, spec.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(ops, spec, layer, ropes, dtype) for layer in spec.layers)
         self.norm = RMSNorm(ops, spec.hidden_size, spec.rms_norm_eps, dtype)
-        self.lm_head = self.embed_tokens if spec.tie_word_embeddings else self.p(spec.vocab_size, spec.hidden_size)
+        self.lm_head = (self.embed_tokens if spec.tie_word_embeddings
+                        else self._vocab_param(rows, spec.hidden_size))
+
+    def _vocab_param(self, rows: int, hidden: int) -> nn.Parameter:
+        w = self.p(rows, hidden)
+        if self.vocab_stop - self.vocab_start < rows:
+            w.data.zero_()  # the padding rows of the last rank: never loaded, must not be garbage
+        return w
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 caches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
         """Hidden states [T, H] after the final norm, for the flattened new tokens of every sequence."""
-        h = self.ops.embedding(ids, self.embed_tokens)
+        h = self._embed(ids)
         for layer, cache in zip(self.layers, caches, strict=True):
             h = layer(h, positions, meta, cache)
         return self.norm(h)
 
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.tp_size == 1:
+            return self.ops.embedding(ids, self.embed_tokens)
+        # vocabulary-parallel: rows this rank does not own come out zero; the all-reduce fills them in
+        mine = (ids >= self.vocab_start) & (ids < self.vocab_stop)
+        local = torch.where(mine, ids - self.vocab_start, torch.zeros_like(ids))
+        h = self.ops.embedding(local, self.embed_tokens)
+        return self.ops.comm.all_reduce(h * mine[:, None].to(h.dtype))
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.ops.linear(hidden, self.lm_head).float()
+        if self.tp_size == 1:
+            return self.ops.linear(hidden, self.lm_head).float()
+        # each rank's vocabulary rows, gathered in rank order; the last rank's padding cut off
+        part = self.ops.linear(hidden, self.lm_head).float()
+        return self.ops.comm.all_gather(part, dim=-1)[:, :self.spec.vocab_size]
 
     def slots(self) -> dict[str, Slot]:
-        out = {"model.embed_tokens.weight": Slot(self.embed_tokens)}
+        rows = self.vocab_stop - self.vocab_start
+        vocab = (Slot(self.embed_tokens, (slice(0, rows),), Shard(0, self.vocab_start, self.vocab_stop,
+                                                                   self.spec.vocab_size))
+                 if self.tp_size > 1 else Slot(self.embed_tokens))
+        out = {"model.embed_tokens.weight": vocab}
         for i, layer in enumerate(self.layers):
             out |= layer.slots(f"model.layers.{i}")
         out |= self.norm.slots("model.norm")
         if not self.spec.tie_word_embeddings:
-            out["lm_head.weight"] = Slot(self.lm_head)
+            out["lm_head.weight"] = Slot(self.lm_head, vocab.index, vocab.source)
         return out
 
     def prepare_weights(self) -> int:

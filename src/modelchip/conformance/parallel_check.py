@@ -1,0 +1,52 @@
+""""Parallel equals single": a dense tiny model run over N tensor-parallel ranks on the vendor's backend, device
+and collectives, against the same backend in one process. Logits within the family tolerance of the dtype and
+greedy tokens equal (or near-tied), as check_family holds one process to the reference."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from modelchip.conformance.family_check import FamilyResult
+from modelchip.conformance.tiny_checkpoint import write_checkpoint
+from modelchip.conformance.tiny_models import CONFIGS
+from modelchip.conformance.tolerances import LOGITS_ATOL
+
+DENSE = ("llama", "qwen2", "qwen3")  # the families tensor parallelism splits today
+PROMPTS = [[1, 5, 9, 33, 2, 7, 60, 11], [3, 4]]
+NEW_TOKENS = 6
+
+
+def check_parallel(backend: str, device: str, family: str, dtype: torch.dtype, size: int) -> FamilyResult:
+    from modelchip.llm import LLM
+
+    start = time.perf_counter()
+    atol = LOGITS_ATOL[dtype]
+    name = f"{family} tp{size}"
+    dt = str(dtype).removeprefix("torch.")
+    total = len(PROMPTS) * NEW_TOKENS
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(write_checkpoint(CONFIGS[family], Path(tmp) / family, seed=3))
+        try:
+            single = LLM(path, backend=backend, device=device, dtype=dtype)
+            want = [single.logits(p) for p in PROMPTS]
+            want_ids = [g.token_ids for g in single.generate(PROMPTS, max_tokens=NEW_TOKENS)]
+            par = LLM(path, backend=backend, device=device, dtype=dtype, tensor_parallel_size=size)
+            try:
+                got = [par.logits(p).to(w.device) for p, w in zip(PROMPTS, want, strict=True)]
+                got_ids = [g.token_ids for g in par.generate(PROMPTS, max_tokens=NEW_TOKENS)]
+            finally:
+                par.close()
+        except Exception as exc:  # a crash fails this check, not the whole run
+            return FamilyResult(name, dt, False, None, atol, 0, total, 0,
+                                f"raised {type(exc).__name__}: {str(exc)[:300]}", time.perf_counter() - start)
+    err = max(float((a.double() - b.double()).abs().max()) for a, b in zip(got, want, strict=True))
+    problems = [] if err <= atol else [f"logits max abs error {err:.3g} > {atol:g} against one process"]
+    matched = sum(a == b for g, w in zip(got_ids, want_ids, strict=True) for a, b in zip(g, w, strict=False))
+    if got_ids != want_ids:
+        problems.append(f"greedy tokens {got_ids} differ from one process's {want_ids}")
+    return FamilyResult(name, dt, not problems, err, atol, matched, total, 0, "; ".join(problems),
+                        time.perf_counter() - start)
