@@ -63,7 +63,8 @@ class AsyncEngine:
         return self._running.is_set()
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams, sink: Sink) -> None:
-        """Queue a request; `sink` is called from the engine thread with every output, the last one finished."""
+        """Queue a request; `sink` is called from the engine thread with every output of its completions, the
+        last one `request_finished`."""
         self._commands.put(("add", request_id, prompt_ids, params, sink))
 
     def abort(self, request_id: str) -> None:
@@ -108,7 +109,8 @@ class AsyncEngine:
                 self._deliver(out)
 
     def _deliver(self, out: RequestOutput) -> None:
-        sink = self._sinks.pop(out.request_id, None) if out.finished else self._sinks.get(out.request_id)
+        # a request with n completions ends with the last of them
+        sink = self._sinks.pop(out.request_id, None) if out.request_finished else self._sinks.get(out.request_id)
         if sink is None:
             return
         try:
