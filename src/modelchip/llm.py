@@ -85,7 +85,9 @@ class LLM(LoadedModel):
     generate(prompts, sampling_params=None) takes a prompt or a list of them (text, token ids, or vLLM's
     `{"prompt": ...}` / `{"prompt_token_ids": [...]}`), with one `SamplingParams` for all or one per prompt,
     or the keywords max_tokens, temperature, top_p, top_k, seed and stop instead. It returns one `Generation`
-    per prompt, in order. `chat(messages, sampling_params=None)` applies the model's chat template first.
+    per prompt, in order; `outputs` holds its `SamplingParams.n` completions, each with `logprobs` when asked
+    for, and `prompt_logprobs` the prompt's (SamplingParams(max_tokens=0, prompt_logprobs=k) scores a prompt).
+    `chat(messages, sampling_params=None)` applies the model's chat template first.
     `logits(token_ids)` is one full forward pass.
     """
 
