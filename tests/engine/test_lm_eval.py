@@ -31,8 +31,15 @@ def smollm2_hf_dir(tmp_path_factory):
 
     gguf = alias_path("smollm2-135m")
     out = tmp_path_factory.mktemp("smollm2-hf")
-    model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    # transformers marks a model read from GGUF as quantized and will not save it: copy the dequantized weights
+    # into a plain model of the same config
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
     model.save_pretrained(out)
     return out
 
