@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from modelchip.engine import EngineConfig, LLMEngine, SamplingParams
+from modelchip.engine.logprobs import Logprob
 from modelchip.errors import ModelchipError
 from modelchip.runtime.loaded_model import LoadedModel
 
@@ -30,14 +31,15 @@ DEFAULTS = {"max_tokens": 64, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "see
 
 @dataclass
 class CompletionOutput:
-    """One completion of a prompt, as vLLM's `CompletionOutput` (no log-probabilities)."""
+    """One completion of a prompt, as vLLM's `CompletionOutput`: `logprobs` (when SamplingParams.logprobs was
+    set) has one dict token id -> Logprob per generated token."""
 
     index: int
     text: str
     token_ids: list[int]
     finish_reason: str
     cumulative_logprob: float | None = None
-    logprobs: None = None
+    logprobs: list[dict[int, Logprob]] | None = None
 
 
 @dataclass
@@ -48,15 +50,18 @@ class Generation:
 
     text: str
     token_ids: list[int]
-    finish_reason: str = "length"  # "stop" when EOS or a stop string ended it
+    finish_reason: str = "length"  # "stop" when EOS, a stop token or a stop string ended it
     prompt_token_ids: list[int] = field(default_factory=list)
     prompt: str | None = None  # the prompt's text when it was given as text
     request_id: str = "0"
     finished: bool = True
+    completions: list[CompletionOutput] = field(default_factory=list)
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
     @property
     def outputs(self) -> list[CompletionOutput]:
-        return [CompletionOutput(0, self.text, self.token_ids, self.finish_reason)]
+        """The `SamplingParams.n` completions, in index order."""
+        return self.completions or [CompletionOutput(0, self.text, self.token_ids, self.finish_reason)]
 
 
 class LLM(LoadedModel):
@@ -82,7 +87,9 @@ class LLM(LoadedModel):
     generate(prompts, sampling_params=None) takes a prompt or a list of them (text, token ids, or vLLM's
     `{"prompt": ...}` / `{"prompt_token_ids": [...]}`), with one `SamplingParams` for all or one per prompt,
     or the keywords max_tokens, temperature, top_p, top_k, seed and stop instead. It returns one `Generation`
-    per prompt, in order. `chat(messages, sampling_params=None)` applies the model's chat template first.
+    per prompt, in order; `outputs` holds its `SamplingParams.n` completions, each with `logprobs` when asked
+    for, and `prompt_logprobs` the prompt's (SamplingParams(max_tokens=0, prompt_logprobs=k) scores a prompt).
+    `chat(messages, sampling_params=None)` applies the model's chat template first.
     `logits(token_ids)` is one full forward pass.
     """
 
@@ -135,31 +142,46 @@ class LLM(LoadedModel):
                                      f"model's context of {limit} tokens")
         # A cache sized for every request in full and a budget for every prompt in one step: all prompts are
         # prefilled together and nothing is ever preempted, so a batch runs as one static batch would.
-        blocks = sum(-(-(len(ids) + p.max_tokens) // self.block_size) for ids, p in zip(prompt_ids, params,
-                                                                                         strict=True))
-        engine = LLMEngine(self, EngineConfig(num_kv_blocks=blocks, max_num_seqs=len(prompt_ids),
+        blocks = sum(p.n * -(-(len(ids) + p.max_tokens) // self.block_size)
+                     for ids, p in zip(prompt_ids, params, strict=True))
+        engine = LLMEngine(self, EngineConfig(num_kv_blocks=max(blocks, 1), max_num_seqs=sum(p.n for p in params),
                                               max_num_batched_tokens=sum(map(len, prompt_ids)),
                                               max_model_len=blocks * self.block_size, watermark=0.0,
                                               enable_prefix_caching=self.enable_prefix_caching))
         for i, (ids, p) in enumerate(zip(prompt_ids, params, strict=True)):
             # a SamplingParams with a seed gets its own stream (the engine makes it), as in vLLM
             engine.add_request(str(i), ids, p, generator=generator)
-        finished = {}
+        finished: dict[str, dict[int, object]] = {str(i): {} for i in range(len(prompts))}
+        logprobs: dict[tuple[str, int], list] = {}
+        prompt_logprobs: dict[str, list] = {}
         while engine.has_unfinished_requests():
-            finished.update((out.request_id, out) for out in engine.step() if out.finished)
-        return [self._result(str(i), ids, texts[i], finished[str(i)], params[i].stop)
-                for i, ids in enumerate(prompt_ids)]
+            for out in engine.step():
+                logprobs.setdefault((out.request_id, out.index), []).extend(out.logprobs or ())
+                if out.prompt_logprobs is not None:
+                    prompt_logprobs[out.request_id] = out.prompt_logprobs
+                if out.finished:
+                    finished[out.request_id][out.index] = out
+        return [self._result(str(i), ids, texts[i], finished[str(i)], params[i], logprobs,
+                             prompt_logprobs.get(str(i))) for i, ids in enumerate(prompt_ids)]
 
-    def _result(self, request_id: str, prompt_ids: list[int], prompt: str | None, out,
-                stop: list[str]) -> Generation:
-        ids = out.token_ids
-        text = ""
-        if self.tokenizer is not None:
-            text = self.tokenizer.decode([t for t in ids if t not in self.eos_ids])
-            for x in stop:
-                if x in text:
-                    text = text[: text.index(x)]
-        return Generation(text, ids, out.finish_reason, list(prompt_ids), prompt, request_id)
+    def _result(self, request_id: str, prompt_ids: list[int], prompt: str | None, outs: dict, params: SamplingParams,
+                logprobs: dict, prompt_logprobs: list | None) -> Generation:
+        completions = []
+        skip = self.eos_ids | set(params.stop_token_ids)
+        for index in sorted(outs):
+            out = outs[index]
+            text = ""
+            if self.tokenizer is not None:
+                text = self.tokenizer.decode([t for t in out.token_ids if t not in skip])
+                for x in params.stop:
+                    if x in text:
+                        text = text[: text.index(x)]
+            lps = logprobs.get((request_id, index)) if params.logprobs is not None else None
+            cumulative = sum(e[t].logprob for e, t in zip(lps, out.token_ids, strict=True)) if lps else None
+            completions.append(CompletionOutput(index, text, out.token_ids, out.finish_reason, cumulative, lps))
+        first = completions[0]
+        return Generation(first.text, first.token_ids, first.finish_reason, list(prompt_ids), prompt, request_id,
+                          completions=completions, prompt_logprobs=prompt_logprobs)
 
     def chat(self, messages: list[dict], sampling_params: SamplingParams | None = None, **kwargs) -> Generation:
         """Apply the model's chat template to `messages` and generate the assistant's reply."""

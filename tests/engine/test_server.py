@@ -168,16 +168,29 @@ def test_bad_input_gets_openai_errors(smollm2_server, openai_client):
     with pytest.raises(openai.NotFoundError) as e:
         openai_client.chat.completions.create(model="gpt-4o", messages=msgs)
     assert e.value.body["code"] == "model_not_found"
-    for unsupported in ({"n": 2}, {"logprobs": True}, {"presence_penalty": 1.0},
-                        {"tools": [{"type": "function", "function": {"name": "f"}}]},
+    for unsupported in ({"tools": [{"type": "function", "function": {"name": "f"}}]},
                         {"response_format": {"type": "json_object"}}):
         with pytest.raises(openai.BadRequestError) as e:
             openai_client.chat.completions.create(model=SMOLLM2, messages=msgs, max_tokens=2, **unsupported)
         assert e.value.body["code"] == "unsupported_parameter", (unsupported, e.value.body)
     with pytest.raises(openai.BadRequestError):
         openai_client.completions.create(model=SMOLLM2, prompt="hi", max_tokens=2, best_of=3)
-    with pytest.raises(openai.BadRequestError):
-        openai_client.completions.create(model=SMOLLM2, prompt="hi", max_tokens=2, echo=True)
+    for bad, param in (({"n": 0}, "n"), ({"presence_penalty": 2.5}, "presence_penalty"),
+                       ({"frequency_penalty": -9}, "frequency_penalty"), ({"logit_bias": {"x": 5}}, "logit_bias"),
+                       ({"logit_bias": {"5": 101}}, "logit_bias"), ({"logprobs": True, "top_logprobs": 21},
+                                                                    "top_logprobs"),
+                       ({"top_logprobs": 2}, "top_logprobs"), ({"max_tokens": 0}, "max_tokens"),
+                       ({"extra_body": {"min_tokens": 9}}, "min_tokens"),
+                       ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty"),
+                       ({"extra_body": {"stop_token_ids": [10**7]}}, "stop_token_ids")):
+        with pytest.raises(openai.BadRequestError) as e:
+            openai_client.chat.completions.create(model=SMOLLM2, messages=msgs, max_tokens=2, **bad) \
+                if "max_tokens" not in bad else openai_client.chat.completions.create(model=SMOLLM2, messages=msgs,
+                                                                                      **bad)
+        assert e.value.body["param"] == param, (bad, e.value.body)
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.completions.create(model=SMOLLM2, prompt="hi", max_tokens=2, logprobs=21)
+    assert e.value.body["param"] == "logprobs"
 
     # no bad request ever reached the engine, none was a 5xx, and the server still answers
     m = smollm2_server.metrics()

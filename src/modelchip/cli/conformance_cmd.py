@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
                    help="also check that the dense families (llama, qwen2, qwen3) over N tensor-parallel ranks, on "
                         "this backend, device and its collectives, equal one process (default 1: skip)")
+    p.add_argument("--accuracy", nargs="?", const="smollm2-135m", default=None, metavar="MODEL",
+                   help="also run the accuracy step: the kit's lm-eval tasks on MODEL (default smollm2-135m) on "
+                        "this backend and on the reference, in each dtype (needs lm-eval[api])")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the card")
     p.add_argument("--card", type=Path, metavar="FILE.md", help="also write the card (Markdown) to this file")
     p.set_defaults(func=run)
@@ -34,7 +37,8 @@ def run(args) -> int:
     from modelchip.conformance import run as check
 
     families = [] if args.families == ["none"] else args.families
-    report = check(args.backend, args.device, args.dtype, args.ops, families, args.tensor_parallel_size)
+    report = check(args.backend, args.device, args.dtype, args.ops, families, args.tensor_parallel_size,
+                   args.accuracy)
     card = markdown(report)
     if args.card:
         args.card.write_text(card)

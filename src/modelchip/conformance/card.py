@@ -20,7 +20,7 @@ def markdown(report: Report) -> str:
              f"modelchip {r.modelchip_version}, backend contract v{r.contract_version}, torch {r.torch_version}; "
              f"dtypes {', '.join(r.dtypes)}; {r.seconds:.1f} s", "",
              f"**Result: {'PASS' if r.passed else 'FAIL'}** ({len(r.ops)} op checks, {len(r.families)} model "
-             f"checks, {len(r.failures)} failed)", "",
+             f"checks, {len(r.accuracy)} accuracy checks, {len(r.failures)} failed)", "",
              f"Native ops: {', '.join(r.native_ops) or 'none'}. "
              f"Run on the reference backend instead (fallback): {', '.join(r.missing_ops) or 'none'}.", ""]
     if r.failures:
@@ -56,6 +56,7 @@ def markdown(report: Report) -> str:
             result = _ok(f.passed) + (f": {f.detail}" if f.detail else "")
             lines.append(f"| {f.family} | {f.dtype} | {_num(f.max_abs_err)} | {f.tolerance:g} | {tokens} | {result} |")
         lines.append("")
+    lines += _accuracy(r)
     lines += ["## Fallbacks", "", "| op | calls in op checks | calls in model runs |", "|---|---|---|"]
     for op in r.missing_ops:
         lines.append(f"| {op} | {r.fallback_calls.get('op checks', {}).get(op, 0)} | "
@@ -66,3 +67,24 @@ def markdown(report: Report) -> str:
         lines += ["", "Reported by the backend itself (ops it implements but handed to a slower path): "
                   + ", ".join(f"{k} {v}" for k, v in sorted(r.backend_fallbacks.items()))]
     return "\n".join(lines) + "\n"
+
+
+def _accuracy(r: Report) -> list[str]:
+    if not r.accuracy:
+        return ["## Accuracy", "", "Not run (`modelchip conformance --accuracy` runs it).", ""]
+    lines = ["## Accuracy", "",
+             "The kit's two lm-eval tasks (modelchip/conformance/eval_tasks.py: 16 multiple-choice questions scored "
+             "by log-likelihood, 8 short answers generated greedily) on a real model, through lm-eval's evaluator, "
+             "on this backend and on the reference backend (CPU) in the same dtype. Passes when every request's "
+             "log-likelihood agrees within the tolerance and each task's score is equal; identical generations are "
+             "counted, not required (half precision may break a near-tie either way).", "",
+             "| model | dtype | metric | this backend | reference | log-likelihoods | max err | tolerance | "
+             "generations equal | result |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for a in r.accuracy:
+        result = _ok(a.passed) + (f": {a.detail}" if a.detail else "")
+        for i, (metric, ref) in enumerate(a.reference.items()):
+            tail = (f"{a.requests} | {_num(a.max_ll_err)} | {a.tolerance} | {a.generations_equal}/{a.generations} | "
+                    f"{result}" if i == 0 else " | ".join([""] * 5))
+            lines.append(f"| {a.model} | {a.dtype} | {metric} | {a.backend.get(metric, float('nan')):.4f} | "
+                         f"{ref:.4f} | {tail} |")
+    return lines + [""]

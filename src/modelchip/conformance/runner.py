@@ -1,5 +1,6 @@
-"""Run the whole conformance suite for one backend on one device: the op grid, every model family, and the
-fallback counts, collected into a Report (rendered by modelchip.conformance.card)."""
+"""Run the whole conformance suite for one backend on one device: the op grid, every model family, the
+fallback counts and, when asked, the accuracy step on a real model, collected into a Report (rendered by
+modelchip.conformance.card)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 import modelchip
 from modelchip.conformance import op_cases, tiny_models
+from modelchip.conformance.accuracy import AccuracyResult, check_accuracy
 from modelchip.conformance.checks import run_case
 from modelchip.conformance.family_check import FamilyResult, check_family
 from modelchip.errors import ModelchipError
@@ -53,12 +55,14 @@ class Report:
     families: list[FamilyResult] = field(default_factory=list)
     fallback_calls: dict[str, dict[str, int]] = field(default_factory=dict)  # phase -> op -> calls
     backend_fallbacks: dict[str, int] = field(default_factory=dict)  # what the backend itself reports
+    accuracy: list[AccuracyResult] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def failures(self) -> list[str]:
         out = [r.failure() for r in self.ops if not r.passed]
         out += [f"family {f.family} {f.dtype}: {f.detail}" for f in self.families if not f.passed]
+        out += [f"accuracy {a.model} {a.dtype}: {a.detail}" for a in self.accuracy if not a.passed]
         return out
 
     @property
@@ -79,9 +83,10 @@ def parse_dtypes(names: list[str]) -> list[torch.dtype]:
 
 
 def run(backend: str, device: str = "cpu", dtypes: list[str] | None = None, ops: list[str] | None = None,
-        families: list[str] | None = None, tensor_parallel: int = 1) -> Report:
+        families: list[str] | None = None, tensor_parallel: int = 1, accuracy_model: str | None = None) -> Report:
     """Check `backend` on `device` (default dtypes: float32, bfloat16, float16; default: every op and family).
-    With tensor_parallel N > 1, also "parallel equals single" for the dense families over N ranks."""
+    With tensor_parallel N > 1, also "parallel equals single" for the dense families over N ranks; with
+    `accuracy_model` (e.g. "smollm2-135m"), also the accuracy step on that model in each dtype."""
     start = time.perf_counter()
     wanted = parse_dtypes(dtypes or ["float32", "bfloat16", "float16"])
     ops = ops if ops is not None else list(OPS)
@@ -115,5 +120,8 @@ def run(backend: str, device: str = "cpu", dtypes: list[str] | None = None, ops:
     own = getattr(bound.backend, "fallbacks", None)  # optional: a backend's count of its own internal fallbacks
     if isinstance(own, dict):
         report.backend_fallbacks = {str(k): int(v) for k, v in own.items()}
+    if accuracy_model is not None:
+        for dt in wanted:
+            report.accuracy.append(check_accuracy(backend, device, str(dt).removeprefix("torch."), accuracy_model))
     report.seconds = time.perf_counter() - start
     return report

@@ -70,7 +70,8 @@ class AsyncEngine:
         return self.engine.num_waiting + self._unapplied_adds
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams, sink: Sink) -> None:
-        """Queue a request; `sink` is called from the engine thread with every output, the last one finished."""
+        """Queue a request; `sink` is called from the engine thread with every output of its completions, the
+        last one `request_finished`."""
         with self._adds_lock:
             self._unapplied_adds += 1
         self._commands.put(("add", request_id, prompt_ids, params, sink))
@@ -120,7 +121,8 @@ class AsyncEngine:
                 self._deliver(out)
 
     def _deliver(self, out: RequestOutput) -> None:
-        sink = self._sinks.pop(out.request_id, None) if out.finished else self._sinks.get(out.request_id)
+        # a request with n completions ends with the last of them
+        sink = self._sinks.pop(out.request_id, None) if out.request_finished else self._sinks.get(out.request_id)
         if sink is None:
             return
         try:

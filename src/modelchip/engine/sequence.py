@@ -1,4 +1,5 @@
-"""One request's state as the engine sees it: its tokens, how many are in the KV cache, its blocks."""
+"""One sequence's state as the engine sees it: its tokens, how many are in the KV cache, its blocks. A request
+with n completions is n sequences (`index` 0..n-1) sharing its `request_id`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 import torch
 
 from modelchip.engine.detokenizer import IncrementalDetokenizer
+from modelchip.engine.logprobs import PositionLogprobs
 from modelchip.engine.sampling_params import SamplingParams
 
 
@@ -24,8 +26,10 @@ class Sequence:
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                  generator: torch.Generator | None = None, detokenizer: IncrementalDetokenizer | None = None,
-                 arrival_time: float | None = None):
+                 arrival_time: float | None = None, index: int = 0, seq_id: str | None = None):
         self.request_id = request_id
+        self.index = index
+        self.seq_id = request_id if seq_id is None else seq_id  # the engine's key for this one sequence
         self.token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(self.token_ids)
         self.params = params
@@ -40,9 +44,14 @@ class Sequence:
         self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
         self.first_token_time: float | None = None
         self.last_token_time: float | None = None
+        # log-probabilities when asked for: one entry per prompt token (None for the first, which nothing
+        # predicts), and one per generated token
+        self.prompt_logprobs: list[PositionLogprobs | None] = [None]
+        self.output_logprobs: list[PositionLogprobs] = []
+        self.prompt_logprobs_sent = False
 
     def __repr__(self) -> str:
-        return (f"Sequence({self.request_id!r}, {self.status.value}, tokens={self.num_tokens}, "
+        return (f"Sequence({self.seq_id!r}, {self.status.value}, tokens={self.num_tokens}, "
                 f"computed={self.num_computed_tokens}, blocks={len(self.block_table)})")
 
     @property

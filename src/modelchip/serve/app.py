@@ -27,9 +27,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelchip.engine.async_engine import AsyncEngine
 from modelchip.engine.llm_engine import LLMEngine, RequestOutput
-from modelchip.engine.sampling_params import SamplingParams
+from modelchip.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from modelchip.errors import ModelchipError
 from modelchip.serve import metrics, openapi
+from modelchip.serve.logprobs_format import CompletionLogprobs, chat_content, merge
 from modelchip.serve.protocol import (
     APIError,
     ChatCompletionRequest,
@@ -166,36 +167,53 @@ def create_app(state: ServerState) -> FastAPI:
         prompt = _chat_prompt(state, req)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-        params = _sampling(state, req, [prompt], max_tokens, None, param, "messages")
-        _check_queue(state, 1)
+        top = _chat_top_logprobs(req)
+        params = _sampling(state, req, [prompt], max_tokens, None, param, "messages", logprobs=top)
+        _check_queue(state, req.n or 1)  # each of the n completions is a sequence in the queue
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _sse(_stream_chat(state, request, rid, req.model, prompt, params, include_usage))
-        (out,) = await _collect(state, request, [prompt], params)
+        outs = await _collect(state, request, [prompt], params)
+        choices = []
+        for i, out in enumerate(outs):
+            logprobs = None
+            if top is not None:
+                logprobs = {"content": chat_content(out.token_ids, out.logprobs, top), "refusal": None}
+            choices.append({"index": i, "message": {"role": "assistant", "content": out.text},
+                            "logprobs": logprobs, "finish_reason": out.finish_reason})
         return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
-                             "logprobs": None, "finish_reason": out.finish_reason}],
-                "usage": _usage([prompt], [out])}
+                "choices": choices, "usage": _usage([prompt], outs)}
 
     @app.post("/v1/completions", openapi_extra=openapi.request_body(CompletionRequest))
     async def completions(request: Request):
         req: CompletionRequest = parse(CompletionRequest, await _json(request))
         _check_model(state, req.model)
         check_unsupported(req)
-        prompts = _completion_prompts(state, req)
+        prompts, texts = _completion_prompts(state, req)
         params = _sampling(state, req, prompts, req.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS, "max_tokens",
-                           "prompt")
-        _check_queue(state, len(prompts))
+                           "prompt", logprobs=req.logprobs, echo=bool(req.echo))
+        _check_queue(state, len(prompts) * (req.n or 1))
         rid = f"cmpl-{uuid.uuid4().hex}"
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(_stream_completion(state, request, rid, req.model, prompts, params, include_usage))
+            return _sse(_stream_completion(state, request, rid, req.model, prompts, texts, params, include_usage,
+                                           bool(req.echo), req.logprobs))
         outs = await _collect(state, request, prompts, params)
+        choices = []
+        for i, out in enumerate(outs):
+            p = i // params.n
+            echoed = texts[p] if req.echo else ""
+            logprobs = None
+            if req.logprobs is not None:
+                build = CompletionLogprobs(req.logprobs, partial(_decode_token, state))
+                if req.echo:
+                    logprobs = build.part(prompts[p], out.prompt_logprobs)
+                logprobs = merge(logprobs, build.part(out.token_ids, out.logprobs))
+            choices.append({"index": i, "text": echoed + out.text, "logprobs": logprobs,
+                            "finish_reason": out.finish_reason})
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": req.model,
-                "choices": [{"index": i, "text": o.text, "logprobs": None, "finish_reason": o.finish_reason}
-                            for i, o in enumerate(outs)],
-                "usage": _usage(prompts, outs)}
+                "choices": choices, "usage": _usage(prompts, outs)}
 
     # imported here: the operations routes reuse this module's request helpers
     from modelchip.serve.ops_routes import MODELS, add_ops_routes
@@ -268,24 +286,47 @@ def _chat_prompt(state: ServerState, req: ChatCompletionRequest, add_generation_
     return ids
 
 
-def _completion_prompts(state: ServerState, req: CompletionRequest) -> list[list[int]]:
+def _decode_token(state: ServerState, token: int) -> str:
+    tokenizer = state.llm.tokenizer
+    return tokenizer.decode([token], skip_special_tokens=False) if tokenizer is not None else f"token_id:{token}"
+
+
+def _completion_prompts(state: ServerState, req: CompletionRequest) -> tuple[list[list[int]], list[str]]:
+    """Each prompt's token ids, and its text for `echo` (token-id prompts decoded)."""
     p = req.prompt
     prompts = [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
     if not prompts:
         raise APIError("'prompt' must not be empty.", param="prompt", code="empty_prompt")
     if len(prompts) > MAX_PROMPTS:
         raise APIError(f"At most {MAX_PROMPTS} prompts per request.", param="prompt", code="too_many_prompts")
-    out = []
+    out, texts = [], []
+    tokenizer = state.llm.tokenizer
     for one in prompts:
         try:
-            out.append(state.llm.encode_prompt(one))
+            ids = state.llm.encode_prompt(one)
         except ModelchipError as exc:
             raise APIError(f"Invalid prompt: {exc}", param="prompt", code="invalid_prompt") from None
-    return out
+        out.append(ids)
+        texts.append(one if isinstance(one, str) else
+                     tokenizer.decode(ids, skip_special_tokens=False) if tokenizer is not None and req.echo else "")
+    return out, texts
+
+
+def _chat_top_logprobs(req: ChatCompletionRequest) -> int | None:
+    """How many alternatives per token a chat request wants (0 when only the chosen token's), or None."""
+    if req.top_logprobs is not None and not req.logprobs:
+        raise APIError("'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs", code="invalid_value")
+    if not req.logprobs:
+        return None
+    top = req.top_logprobs or 0
+    if not 0 <= top <= MAX_LOGPROBS:
+        raise APIError(f"'top_logprobs' must be between 0 and {MAX_LOGPROBS}, got {top}.", param="top_logprobs",
+                       code="invalid_value")
+    return top
 
 
 def _sampling(state: ServerState, req, prompts: list[list[int]], max_tokens: int | None, default: int | None,
-              param: str, prompt_param: str) -> SamplingParams:
+              param: str, prompt_param: str, logprobs: int | None = None, echo: bool = False) -> SamplingParams:
     context = state.engine.max_model_len
     longest = max(len(p) for p in prompts)
     room = context - longest
@@ -293,8 +334,11 @@ def _sampling(state: ServerState, req, prompts: list[list[int]], max_tokens: int
         raise APIError(f"This model's maximum context length is {context} tokens. However, your {prompt_param} "
                        f"resulted in {longest} tokens. Please reduce the length of the {prompt_param}.",
                        param=prompt_param, code="context_length_exceeded")
-    if max_tokens is not None and max_tokens < 1:
-        raise APIError(f"'{param}' must be at least 1, got {max_tokens}.", param=param, code="invalid_value")
+    # max_tokens 0 with echo scores the prompt and generates nothing (how lm-eval asks for log-likelihoods)
+    lowest = 0 if echo else 1
+    if max_tokens is not None and max_tokens < lowest:
+        raise APIError(f"'{param}' must be at least {lowest}{'' if echo else ' (0 only with echo)'}, got "
+                       f"{max_tokens}.", param=param, code="invalid_value")
     if max_tokens is None:
         max_tokens = min(default or room, room)
     if max_tokens > room:
@@ -314,12 +358,40 @@ def _sampling(state: ServerState, req, prompts: list[list[int]], max_tokens: int
     top_k = req.top_k or 0
     if top_k < -1:
         raise APIError(f"'top_k' must be -1, 0 (off) or positive, got {top_k}.", param="top_k", code="invalid_value")
+    if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
+        raise APIError(f"'logprobs' must be between 0 and {MAX_LOGPROBS}, got {logprobs}.", param="logprobs",
+                       code="invalid_value")
+    if echo and max_tokens == 0 and logprobs is None:
+        logprobs = 0  # nothing to generate: the echoed prompt is the whole answer, scored or not
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=req.seed,
+                  stop=stop, ignore_eos=bool(req.ignore_eos), n=1 if req.n is None else req.n,
+                  presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
+                  repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+                  logit_bias=_logit_bias(req.logit_bias), min_tokens=req.min_tokens or 0,
+                  stop_token_ids=req.stop_token_ids or [], logprobs=logprobs,
+                  prompt_logprobs=logprobs if echo else None)
     try:
-        return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                              seed=req.seed, stop=stop, ignore_eos=bool(req.ignore_eos))
+        params = SamplingParams(**kwargs)
+        params.check_vocab(state.llm.vocab_size)
     except ModelchipError as exc:
-        raise APIError(str(exc), param="stop" if "stop" in str(exc) else None, code="invalid_value") from None
+        name = str(exc).split()[0]  # the engine's messages start with the field's name
+        name = "stop" if name == "at" else name  # "at most 16 stop strings"
+        raise APIError(str(exc), param=name if name in kwargs else None, code="invalid_value") from None
+    return params
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
+    """OpenAI's logit_bias keys are token ids written as JSON strings."""
+    if not bias:
+        return None
+    out = {}
+    for key, value in bias.items():
+        if not key.strip().isdigit():
+            raise APIError(f"'logit_bias' keys must be token ids, got {key!r}.", param="logit_bias",
+                           code="invalid_value")
+        out[int(key)] = value
+    return out
 
 
 def _check_queue(state: ServerState, num_seqs: int) -> None:
@@ -337,12 +409,14 @@ def _check_queue(state: ServerState, num_seqs: int) -> None:
 
 
 class _Submission:
-    """The engine requests behind one HTTP request. Outputs arrive from the engine thread on one asyncio queue
-    as (prompt index, output); whatever has not finished when the HTTP request ends is aborted."""
+    """The engine requests behind one HTTP request (one per prompt, each with its n completions). Outputs arrive
+    from the engine thread on one asyncio queue as (choice index, output), choice = prompt index * n +
+    completion index; whatever has not finished when the HTTP request ends is aborted."""
 
     def __init__(self, state: ServerState, request: Request, prompts: list[list[int]], params: SamplingParams):
         self.engine = state.async_engine
         self.request = request
+        self.n = params.n
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[tuple[int, RequestOutput]] = asyncio.Queue()
         base = uuid.uuid4().hex
@@ -353,7 +427,7 @@ class _Submission:
             self.engine.add_request(rid, ids, params, partial(self._sink, i))
 
     def _sink(self, index: int, out: RequestOutput) -> None:  # engine thread
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, out))
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (index * self.n + out.index, out))
 
     async def next(self) -> tuple[int, RequestOutput] | None:
         """The next output, or None once the client has gone. Outputs arrive every step, so the client is
@@ -372,8 +446,8 @@ class _Submission:
                     index, out = await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_S)
                 except TimeoutError:
                     continue
-            if out.finished:
-                self.pending.discard(self.ids[index])
+            if out.request_finished:
+                self.pending.discard(self.ids[index // self.n])
             return index, out
 
     def abort_pending(self) -> None:
@@ -387,25 +461,43 @@ def _raise_if_failed(out: RequestOutput) -> None:
         raise APIError(out.error or "internal error", 500, "server_error")
 
 
+@dataclass
+class _Choice:
+    """One finished choice, with the log-probabilities gathered over its outputs."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    num_output_tokens: int
+    logprobs: list = field(default_factory=list)
+    prompt_logprobs: list | None = None
+
+
 async def _collect(state: ServerState, request: Request, prompts: list[list[int]],
-                   params: SamplingParams) -> list[RequestOutput]:
+                   params: SamplingParams) -> list[_Choice]:
     sub = _Submission(state, request, prompts, params)
-    results: list[RequestOutput | None] = [None] * len(prompts)
+    results: list[_Choice | None] = [None] * (len(prompts) * params.n)
+    logprobs: dict[int, list] = {}
+    prompt_logprobs: dict[int, list] = {}
     try:
         while sub.pending:
             got = await sub.next()
             if got is None:
                 raise APIError("client disconnected", 499)
             index, out = got
+            _raise_if_failed(out)
+            logprobs.setdefault(index, []).extend(out.logprobs or ())
+            if out.prompt_logprobs is not None:
+                prompt_logprobs[index] = out.prompt_logprobs
             if out.finished:
-                _raise_if_failed(out)
-                results[index] = out
+                results[index] = _Choice(out.text or "", out.token_ids or [], out.finish_reason,
+                                         out.num_output_tokens, logprobs.get(index, []), prompt_logprobs.get(index))
     finally:
         sub.abort_pending()
     return results
 
 
-def _usage(prompts: list[list[int]], outs: list[RequestOutput]) -> dict:
+def _usage(prompts: list[list[int]], outs: list) -> dict:
     p = sum(map(len, prompts))
     c = sum(o.num_output_tokens for o in outs)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
@@ -423,8 +515,9 @@ def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
 
 async def _stream(state: ServerState, request: Request, prompts: list[list[int]], params: SamplingParams,
                   first: list[dict], chunk, usage_chunk) -> AsyncIterator[dict]:
+    """`chunk(choice index, output)` makes the event for one output, or None when it has nothing to send."""
     sub = _Submission(state, request, prompts, params)
-    outs: list[RequestOutput | None] = [None] * len(prompts)
+    outs: list[RequestOutput | None] = [None] * (len(prompts) * params.n)
     try:
         for event in first:
             yield event
@@ -436,8 +529,9 @@ async def _stream(state: ServerState, request: Request, prompts: list[list[int]]
             if out.finish_reason == "error":
                 yield error_body(out.error or "internal error", "server_error")
                 return
-            if out.new_text or out.finished:
-                yield chunk(index, out.new_text, out.finish_reason if out.finished else None)
+            event = chunk(index, out)
+            if event is not None:
+                yield event
             if out.finished:
                 outs[index] = out
         if usage_chunk is not None:
@@ -448,6 +542,7 @@ async def _stream(state: ServerState, request: Request, prompts: list[list[int]]
 
 def _stream_chat(state, request, rid, model, prompt, params, include_usage) -> AsyncIterator[dict]:
     created = int(time.time())
+    top = params.logprobs
 
     def frame(choices: list, usage=None) -> dict:
         event = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -456,18 +551,27 @@ def _stream_chat(state, request, rid, model, prompt, params, include_usage) -> A
             event["usage"] = usage
         return event
 
-    def chunk(index: int, text: str, finish: str | None) -> dict:
-        delta = {"content": text} if text else {}
-        return frame([{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}])
+    def chunk(index: int, out: RequestOutput) -> dict | None:
+        logprobs = None
+        if top is not None and out.new_token_ids:
+            logprobs = {"content": chat_content(out.new_token_ids, out.logprobs, top), "refusal": None}
+        if not (out.new_text or out.finished or logprobs):
+            return None
+        delta = {"content": out.new_text} if out.new_text else {}
+        return frame([{"index": index, "delta": delta, "logprobs": logprobs,
+                       "finish_reason": out.finish_reason if out.finished else None}])
 
-    first = [frame([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                     "finish_reason": None}])]
+    first = [frame([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                     "finish_reason": None}]) for i in range(params.n)]
     usage_chunk = (lambda usage: frame([], usage)) if include_usage else None
     return _stream(state, request, [prompt], params, first, chunk, usage_chunk)
 
 
-def _stream_completion(state, request, rid, model, prompts, params, include_usage) -> AsyncIterator[dict]:
+def _stream_completion(state, request, rid, model, prompts, texts, params, include_usage, echo: bool,
+                       k: int | None) -> AsyncIterator[dict]:
+    """`k`: the request's `logprobs` (None: no logprobs in the chunks)."""
     created = int(time.time())
+    builders: dict[int, CompletionLogprobs] = {}
 
     def frame(choices: list, usage=None) -> dict:
         event = {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": choices}
@@ -475,8 +579,22 @@ def _stream_completion(state, request, rid, model, prompts, params, include_usag
             event["usage"] = usage
         return event
 
-    def chunk(index: int, text: str, finish: str | None) -> dict:
-        return frame([{"index": index, "text": text, "logprobs": None, "finish_reason": finish}])
+    def chunk(index: int, out: RequestOutput) -> dict | None:
+        text, logprobs = out.new_text, None
+        started = index in builders
+        if not started:
+            builders[index] = CompletionLogprobs(k or 0, partial(_decode_token, state))
+        build = builders[index]
+        if echo and not started:  # the prompt goes out with the choice's first chunk
+            text = texts[index // params.n] + text
+            if k is not None:
+                logprobs = build.part(prompts[index // params.n], out.prompt_logprobs)
+        if k is not None and out.new_token_ids:
+            logprobs = merge(logprobs, build.part(out.new_token_ids, out.logprobs))
+        if not (text or out.finished or logprobs):
+            return None
+        return frame([{"index": index, "text": text, "logprobs": logprobs,
+                       "finish_reason": out.finish_reason if out.finished else None}])
 
     usage_chunk = (lambda usage: frame([], usage)) if include_usage else None
     return _stream(state, request, prompts, params, [], chunk, usage_chunk)

@@ -61,9 +61,13 @@ class _Request(BaseModel):
     seed: StrictInt | None = None
     presence_penalty: Number | None = None
     frequency_penalty: Number | None = None
-    logit_bias: dict[str, Any] | None = None
+    logit_bias: dict[StrictStr, Number] | None = None
     user: StrictStr | None = None
-    ignore_eos: StrictBool | None = False  # vLLM's extension, for fixed-length benchmarks
+    # vLLM's extensions
+    ignore_eos: StrictBool | None = False  # for fixed-length benchmarks
+    repetition_penalty: Number | None = None
+    min_tokens: StrictInt | None = None
+    stop_token_ids: list[StrictInt] | None = None
 
 
 class StreamOptions(BaseModel):
@@ -128,16 +132,7 @@ def check_unsupported(req: _Request) -> None:
     def refuse(param: str, what: str) -> None:
         raise APIError(f"'{param}' {what} is not supported by this server.", param=param, code="unsupported_parameter")
 
-    if req.n not in (None, 1):
-        refuse("n", "other than 1")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(req, name) not in (None, 0):
-            refuse(name, "other than 0")
-    if req.logit_bias:
-        refuse("logit_bias", "")
     if isinstance(req, ChatCompletionRequest):
-        if req.logprobs or req.top_logprobs:
-            refuse("logprobs", "")
         for name in ("tools", "functions"):
             if getattr(req, name):
                 refuse(name, "(tool calling)")
@@ -146,11 +141,7 @@ def check_unsupported(req: _Request) -> None:
         if req.response_format and req.response_format.get("type", "text") != "text":
             refuse("response_format", "other than {\"type\": \"text\"}")
     else:
-        if req.logprobs is not None:
-            refuse("logprobs", "")
-        if req.echo:
-            refuse("echo", "")
         if req.suffix:
             refuse("suffix", "")
-        if req.best_of not in (None, 1):
-            refuse("best_of", "other than 1")
+        if req.best_of not in (None, 1, req.n):
+            refuse("best_of", "other than n")
