@@ -62,7 +62,7 @@ class Generation:
 class LLM(LoadedModel):
     """A model on this machine for offline generation, called as vLLM's `LLM` is.
 
-    LLM(model, backend=None, device="cpu", dtype=None, allow_pickle=False, block_size=16)
+    LLM(model, backend=None, device="cpu", dtype=None, allow_pickle=False, block_size=16, quantization=None)
 
     model: an alias (`smollm2-135m`), a `.gguf` file, an HF checkpoint directory, or a hub id.
     backend, dtype: None picks the fastest built-in pair for the device and says which on stderr
@@ -73,6 +73,8 @@ class LLM(LoadedModel):
     dtype: `float32`, `bfloat16` or `float16` for weights, activations and the KV cache.
     allow_pickle: read PyTorch pickles (`*.bin`) with `torch.load(weights_only=True)`; refused otherwise.
     block_size: tokens per paged KV-cache block.
+    quantization: None keeps a quantized checkpoint's linear weights packed as stored (GGUF Q8_0/Q4_0/Q4_1/
+      Q4_K/Q6_K, block-scaled FP8, compressed-tensors INT8); "none" dequantizes them to `dtype` at load.
 
     Loading is strict (docs/runtime.md): every checkpoint tensor must have a place in the model and every
     config switch must be one the runtime honours, or the load fails naming it.

@@ -53,6 +53,10 @@ def add_runtime(p: argparse.ArgumentParser, dtype: bool = True, fastest: bool = 
                                                      "with AVX512-BF16 or AMX, else float32)")
     elif dtype:
         p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    if fastest:
+        p.add_argument("--quantization", default=None, metavar="Q",
+                       help="default: keep a quantized checkpoint's weights packed as stored (GGUF blocks, FP8, "
+                            "compressed-tensors INT8); 'none' dequantizes them to --dtype at load")
 
 
 def print_json(obj) -> None:

@@ -31,7 +31,7 @@ def run(args) -> int:
     from modelchip.llm import LLM
 
     start = time.perf_counter()
-    llm = LLM(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
+    llm = LLM(args.model, backend=args.backend, device=args.device, dtype=args.dtype, quantization=args.quantization)
     loaded = time.perf_counter()
     kwargs = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                   seed=args.seed, stop=args.stop or None)

@@ -81,7 +81,8 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sock = _listen(args.host, args.port)  # before loading: a taken port should fail fast
-    llm = LLM(args.model, backend=args.backend, device=args.device, dtype=args.dtype, block_size=args.block_size)
+    llm = LLM(args.model, backend=args.backend, device=args.device, dtype=args.dtype, block_size=args.block_size,
+              quantization=args.quantization)
     engine = LLMEngine(llm, EngineConfig(kv_cache_tokens=args.kv_cache_tokens, max_model_len=args.max_model_len,
                                          max_num_seqs=args.max_num_seqs,
                                          max_num_batched_tokens=args.max_num_batched_tokens))
