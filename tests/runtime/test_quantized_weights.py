@@ -338,3 +338,20 @@ def test_fp8_weight_without_its_scale_is_named(hf_checkpoint, tmp_path):
     with pytest.raises(ModelchipError, match=r"model.layers.0.mlp.down_proj.weight is torch.float8_e4m3fn but "
                                              r"the checkpoint has no model.layers.0.mlp.down_proj.weight_scale_inv"):
         load(path)
+
+
+def test_cli_generate_says_what_stayed_packed(tmp_path, capsys):
+    from modelchip.cli.main import main
+
+    path = tmp_path / "q8.gguf"
+    write_model(path, Q.Q8_0)
+    common = ["generate", "--model", str(path), "--prompt", "the", "--max-tokens", "2", "--backend", "reference",
+              "--dtype", "float32", "--json"]
+    assert main(common) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["quantization"] == "gguf"
+    assert out["dequantized_at_load"] == {"q8_0 weight not read by linear (embed_tokens)": 1}
+    assert out["backend_fallbacks"]["linear: q8_0 weight dequantized per call"] > 0
+    assert main([*common, "--quantization", "none"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["quantization"] is None and out["dequantized_at_load"] == {} and out["backend_fallbacks"] == {}

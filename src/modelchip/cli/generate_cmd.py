@@ -42,11 +42,13 @@ def run(args) -> int:
     done = time.perf_counter()
     if args.json:
         common.print_json({"text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason,
-                           "prompt_tokens": len(out.prompt_token_ids), "fallbacks": llm.ops.fallback_report()})
+                           "prompt_tokens": len(out.prompt_token_ids), "fallbacks": llm.ops.fallback_report(),
+                           "quantization": llm.quantization, "dequantized_at_load": dict(llm.dequantized),
+                           "backend_fallbacks": dict(getattr(llm.ops.backend, "fallbacks", {}) or {})})
         return 0
     print(out.text)
     n = len(out.token_ids)
-    dtype = str(llm.dtype).removeprefix("torch.")
+    dtype = str(llm.dtype).removeprefix("torch.") + (f", {llm.quantization} weights" if llm.quantization else "")
     print(f"[{args.model} on {llm.ops.name}/{args.device} {dtype}: load {loaded - start:.1f} s, "
           f"{n} tokens in {done - loaded:.1f} s ({n / max(done - loaded, 1e-9):.1f} tok/s)]", file=sys.stderr)
     return 0
