@@ -35,7 +35,8 @@ from modelchip.runtime.dequant import dequantize  # noqa: E402
 from modelchip.runtime.quant import QuantizedWeight, select_rows, stack_rows  # noqa: E402
 
 GGUF_TYPES = [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q6_K]
-LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "q_a_proj", "q_b_proj",
+          "kv_a_proj_with_mqa", "kv_b_proj")  # every projection DeepSeek-V3's FP8 checkpoint quantizes
 
 
 def ids(n: int, vocab: int, seed: int = 0) -> list[int]:
@@ -270,6 +271,20 @@ def test_fp8_block_checkpoint_stays_packed(hf_checkpoint, tmp_path, block):
     torch.testing.assert_close(got, load(qpath, quantization="none").logits(tokens), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got, load(dqpath).logits(tokens), rtol=1e-5, atol=1e-5)  # numpy's decoding
     torch.testing.assert_close(load(qpath, backend="cpu").logits(tokens), got, rtol=1e-4, atol=1e-4)
+
+
+def test_fp8_deepseek_v3_packs_linears_and_dequantizes_experts_and_absorbed_weights(hf_checkpoint, tmp_path):
+    qpath, dqpath = _quantized_copy(hf_checkpoint("deepseek_v3"), tmp_path, "fp8", block=(32, 32))
+    packed = load(qpath)
+    reasons = dict(packed.dequantized)
+    # routed experts are stacks moe_experts reads as floats; MLA's kv_b_proj is absorbed (batched_linear)
+    assert reasons.keys() == {"fp8_block weight not read by linear (experts_gate_up)",
+                              "fp8_block weight not read by linear (experts_down)",
+                              "fp8_block weight not read by linear (kv_b_proj)"}, reasons
+    assert isinstance(packed.model.layers[0].self_attn.o_proj, QuantizedWeight)
+    tokens = ids(32, packed.vocab_size)
+    got = packed.logits(tokens)
+    torch.testing.assert_close(got, load(dqpath).logits(tokens), rtol=1e-5, atol=1e-5)
 
 
 def test_int8_weight_only_checkpoint_stays_packed(hf_checkpoint, tmp_path):

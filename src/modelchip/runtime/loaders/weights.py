@@ -58,8 +58,15 @@ def _linear_holders(model) -> dict[int, list[tuple[object, str]]]:
     return holders
 
 
-def _registrations(model) -> Counter[int]:
-    return Counter(id(p) for m in model.modules() for p in m._parameters.values() if p is not None)
+def _registrations(model) -> tuple[Counter[int], dict[int, str]]:
+    """(id(parameter) -> how many module attributes hold it, id(parameter) -> the first such attribute)."""
+    count, attr = Counter(), {}
+    for m in model.modules():
+        for name, p in m._parameters.items():
+            if p is not None:
+                count[id(p)] += 1
+                attr.setdefault(id(p), name)
+    return count, attr
 
 
 def load_weights(model, tensors: Iterable[tuple[str, torch.Tensor | QuantizedWeight]],
@@ -74,7 +81,7 @@ def load_weights(model, tensors: Iterable[tuple[str, torch.Tensor | QuantizedWei
     slots = model.slots()
     seen, ignored = set(), []
     dequantized = Counter() if dequantized is None else dequantized
-    holders, registered = _linear_holders(model), _registrations(model)
+    holders, (registered, attr_of) = _linear_holders(model), _registrations(model)
     packed: dict[int, list[tuple[int, str, QuantizedWeight]]] = {}  # id(param) -> (first row, name, part)
     for name, tensor in tensors:
         slot = slots.get(name)
@@ -100,7 +107,7 @@ def load_weights(model, tensors: Iterable[tuple[str, torch.Tensor | QuantizedWei
                 # also read otherwise (a tied embedding table): keep a float copy for that use too
                 dequantized[f"{tensor.format} embedding table (read by row; its tied LM head stays packed)"] += 1
             else:
-                dequantized[f"{tensor.format} weight not read by linear ({name.rsplit('.', 2)[-2]})"] += 1
+                dequantized[f"{tensor.format} weight not read by linear ({attr_of[key]})"] += 1
             tensor = dequantize(tensor)
         target.copy_(tensor.to(target.dtype))
     missing = [n for n in slots if n not in seen]
