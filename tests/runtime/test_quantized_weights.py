@@ -117,6 +117,7 @@ def test_gguf_linear_weights_stay_packed_and_compute_the_dequantized_model(tmp_p
         == 2 * 4 + 1  # every linear weight of both layers, and the LM head
     # packed bytes: what the file holds for those matrices, scales included
     assert packed.parameter_bytes["layers.0.self_attn.qkv_proj"] == attn.qkv_proj.data.numel()
+    assert packed.parameter_bytes["lm_head"] == packed.model.lm_head.data.numel()
     assert sum(packed.parameter_bytes.values()) < sum(plain.parameter_bytes.values()) / 3
 
 

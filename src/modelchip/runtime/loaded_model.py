@@ -66,7 +66,7 @@ class LoadedModel:
             # as loaded, before the backend re-lays linear weights out (a tied LM head is listed once; a
             # quantized weight at its packed size, scales included)
             self.parameter_bytes = {n: p.numel() * p.element_size() for n, p in self.model.named_parameters()}
-            self.parameter_bytes |= {f"{n}.{a}": w.nbytes for n, m in self.model.named_modules()
+            self.parameter_bytes |= {f"{n}.{a}".lstrip("."): w.nbytes for n, m in self.model.named_modules()
                                      for a in getattr(m, "LINEAR_WEIGHTS", ())
                                      if isinstance(w := getattr(m, a, None), QuantizedWeight)}
             self.model.prepare_weights()
