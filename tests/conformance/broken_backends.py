@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from modelchip.runtime.backends.reference import ReferenceBackend
+from modelchip.runtime.quant import QuantizedWeight
 
 
 class _OneOp:
@@ -100,3 +101,72 @@ class StalePackedLinear(_OneOp):
         if isinstance(weight, dict):
             weight = weight["packed"].to(x.dtype)
         return F.linear(x, weight, bias)
+
+
+class _QuantizedOneOp(_OneOp):
+    """Takes `quantized_formats` packed, decodes them with one mistake (`dense`), and is exact otherwise."""
+
+    quantized_formats = frozenset()
+
+    def linear(self, x, weight, bias=None):
+        if isinstance(weight, QuantizedWeight):
+            weight = self.dense(weight).to(x.dtype)
+        return F.linear(x, weight, bias)
+
+
+class Q8ScaleAsBf16(_QuantizedOneOp):
+    """Reads Q8_0's fp16 block scale as bfloat16 (both are two bytes): a wrong scale."""
+
+    name = "q8-bf16-scale"
+    quantized_formats = frozenset({"q8_0"})
+
+    def dense(self, w):
+        b = w.data.reshape(-1, 34)
+        d = b[:, :2].contiguous().view(torch.bfloat16).float()
+        return (d * b[:, 2:].contiguous().view(torch.int8).float()).reshape(w.shape)
+
+
+class InterleavedNibbles(_QuantizedOneOp):
+    """Unpacks Q4_0/Q4_1 nibbles as neighbours (low, high of byte i = weights 2i, 2i+1) where ggml puts the
+    low nibbles first and the high nibbles after them: a wrong block layout."""
+
+    name = "interleaved-nibbles"
+    quantized_formats = frozenset({"q4_0", "q4_1"})
+
+    def dense(self, w):
+        nbytes = 18 if w.format == "q4_0" else 20
+        b = w.data.reshape(-1, nbytes)
+        qs = b[:, nbytes - 16:]
+        q = torch.stack((qs & 0x0F, qs >> 4), dim=-1).reshape(-1, 32).float()
+        d = b[:, :2].contiguous().view(torch.float16).float()
+        if w.format == "q4_0":
+            return (d * (q - 8)).reshape(w.shape)
+        return (d * q + b[:, 2:4].contiguous().view(torch.float16).float()).reshape(w.shape)
+
+
+class FP8RowBlockScale(_QuantizedOneOp):
+    """Applies each row block's first FP8 scale across the whole row (as if blocks were per output channel)."""
+
+    name = "fp8-row-scale"
+    quantized_formats = frozenset({"fp8_block"})
+
+    def dense(self, w):
+        bo = w.block_shape[0]
+        return w.data.float() * w.scales[:, :1].repeat_interleave(bo, dim=0)[: w.out_features]
+
+
+class Q6KUnsignedScales(_QuantizedOneOp):
+    """Reads Q6_K's sub-block scales as uint8 (they are int8): negative scales become large positive ones."""
+
+    name = "q6k-unsigned"
+    quantized_formats = frozenset({"q6_k"})
+
+    def dense(self, w):
+        b = w.data.reshape(-1, 210)
+        n = b.shape[0]
+        ql, qh = b[:, :128].reshape(n, 2, 1, 64), b[:, 128:192].reshape(n, 2, 1, 32)
+        scales, d = b[:, 192:208].float(), b[:, 208:210].contiguous().view(torch.float16).float()  # uint8!
+        low = torch.cat((ql & 0x0F, ql >> 4), dim=2).reshape(n, 8, 32)
+        high = torch.cat([(qh >> s) & 3 for s in (0, 2, 4, 6)], dim=2).reshape(n, 8, 32)
+        q = ((low | (high << 4)).to(torch.int16) - 32).reshape(n, 16, 16).float()
+        return ((d * scales)[:, :, None] * q).reshape(w.shape)

@@ -6,8 +6,12 @@ import pytest
 from broken_backends import (
     Bf16Linear,
     Bf16Router,
+    FP8RowBlockScale,
+    InterleavedNibbles,
     InterleavedRotary,
     OtherTieBreakRouter,
+    Q6KUnsignedScales,
+    Q8ScaleAsBf16,
     StaleDecodeAttention,
     StalePackedLinear,
     SwappedSiluAndMul,
@@ -144,3 +148,30 @@ def test_cpu_backend_passes_everything():
     assert report.passed, report.failures
     assert any(r.case.endswith("prepared weight") for r in report.ops)
     assert report.fallback_calls == {"op checks": {}, "model runs": {}}
+
+
+def test_quantized_linear_is_checked_per_format_the_backend_takes():
+    report = run("reference", dtypes=["float32", "bfloat16"], ops=["linear"], families=[])
+    assert report.passed, report.failures
+    assert report.quantized_formats == sorted(["q8_0", "q4_0", "q4_1", "q4_k", "q6_k", "fp8_block", "int8_channel"])
+    cases = {r.case.split(" weight")[0] for r in report.ops if " weight, " in r.case}
+    assert cases == {"q8_0", "q4_0", "q4_1", "q4_k", "q6_k", "fp8_block", "int8_channel", "int8_channel_w8a8"}
+    # the reference dequantizes per call, and says so
+    assert report.backend_fallbacks["linear: q4_k weight dequantized per call"] == 4
+
+
+@pytest.mark.parametrize("backend,variants", [
+    (Q8ScaleAsBf16, {"q8_0"}),
+    (InterleavedNibbles, {"q4_0", "q4_1"}),
+    (FP8RowBlockScale, {"fp8_block"}),
+    (Q6KUnsignedScales, {"q6_k"}),
+])
+def test_wrong_scale_or_block_layout_fails_its_format(register, backend, variants):
+    report = run(register(backend), dtypes=["float32", "bfloat16"], ops=["linear"], families=[])
+    failed = {r.case.split(" weight")[0] for r in report.ops if not r.passed}
+    assert failed == variants
+    assert {r.dtype for r in report.ops if not r.passed} == {"float32", "bfloat16"}
+    # clearly outside the tolerance, which bounds the worst case of an honest kernel's activation rounding
+    # (loosest for FP8: e4m3 activations may be off by 2^-4 each, and this bug only moves some blocks' scales)
+    assert min(r.ratio for r in report.ops if not r.passed) > 1.5
+    assert all(r.passed for r in report.ops if " weight, " not in r.case)  # plain weights are exact

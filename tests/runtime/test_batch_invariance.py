@@ -46,4 +46,6 @@ def test_bf16_greedy_tokens_do_not_depend_on_the_batch(kernels):
     together = _greedy(llm, PROMPTS, arrive_one_per_step=True, budget=16)
     assert all(alone)
     assert together == alone
-    assert not llm.ops.backend.fallbacks
+    # no eager op ran; the only counted fallbacks are SmolLM2's Q4_1/Q8_0 weights dequantized once at prepare
+    # (the cpu backend has no packed kernels for them yet: backends/cpu_quant.py)
+    assert all("dequantized at prepare" in reason for reason in llm.ops.backend.fallbacks)

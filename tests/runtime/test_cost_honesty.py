@@ -217,3 +217,46 @@ def test_op_calls_per_step_match_the_cost_model(family):
         for op, f in originals.items():
             setattr(ops, op, f)
     assert calls["n"] == model_cost(spec, Precision()).op_calls()
+
+
+@pytest.mark.parametrize("variant", ["q8_0", "q4_0", "q4_1", "q4_k", "q6_k", "fp8_block"])
+def test_packed_weight_bytes_read_by_a_decode_step_match_accounting(variant):
+    # a checkpoint whose every projection and LM head is packed (`load_weights` keeps them so): a decode step
+    # streams each packed weight once, scales included, which the planner counts at the format's bits per
+    # weight (Q8_0 8.5, Q4_0 4.5, Q4_1 5, Q4_K 4.5, Q6_K 6.5625, FP8 with 128x128 block scales 8.002)
+    from modelchip.conformance.quant_cases import quantized_weight
+    from modelchip.runtime.loaders.weights import load_weights
+    from modelchip.runtime.quant import QuantizedWeight
+
+    # every dimension a multiple of a K-quant's 256 weights and of FP8's 128-row blocks
+    config = {**CONFIGS["llama"], "hidden_size": 256, "intermediate_size": 256, "vocab_size": 128}
+    spec = families.read(config, "llama")
+    model = DecoderLM(get_backend("reference"), spec, torch.float32)
+    g = torch.Generator().manual_seed(0)
+    tensors = []
+    for i, (name, slot) in enumerate(model.slots().items()):
+        shape = tuple(slot.target().shape)
+        if name.endswith("_proj.weight") or name == "lm_head.weight":
+            tensors.append((name, quantized_weight(variant, *shape, seed=i)))
+        else:
+            tensors.append((name, torch.randn(shape, generator=g) * 0.1))
+    assert load_weights(model, tensors) == []
+    ops, read = model.ops, []
+
+    def linear(x, weight, bias=None, _f=ops.linear):
+        assert isinstance(weight, QuantizedWeight), "a linear weight was not kept packed"
+        read.append(weight.nbytes)
+        return _f(x, weight, bias)
+
+    ops.linear = linear
+    try:
+        blocks = -(-CONTEXT // BLOCK)
+        cache = KVCache(model.cache_layouts(), blocks, BLOCK, torch.float32, torch.device("cpu"))
+        meta = AttentionMetadata(torch.tensor([0, 1]), torch.tensor([CONTEXT]), torch.arange(blocks)[None],
+                                 torch.tensor([CONTEXT - 1]), BLOCK)
+        with torch.inference_mode():
+            model.logits(model(torch.tensor([5]), torch.tensor([CONTEXT - 1]), meta, cache.layers))
+    finally:
+        del ops.linear
+    expected = accounting.account(spec, CONTEXT, precision=Precision(weight=variant)).weight_bytes
+    assert sum(read) == pytest.approx(expected, rel=1e-12)

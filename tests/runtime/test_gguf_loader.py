@@ -134,8 +134,10 @@ def hf_name(name: str) -> str:
 
 def write_model(path: Path, qtype: Q = Q.F32, arch: str = "llama", hidden: int = 256, heads: int = 4,
                 kv_heads: int = 2, head_dim: int | None = None, ffn: int = 256, layers: int = 1, tied: bool = False,
-                biases: bool = False, qk_norm: bool = False, extra: dict | None = None, seed: int = 0) -> dict:
-    """Write a small decoder; returns {gguf name: float32 values as stored (GGUF row order)}."""
+                biases: bool = False, qk_norm: bool = False, extra: dict | None = None, seed: int = 0,
+                types: dict[str, Q] | None = None) -> dict:
+    """Write a small decoder; returns {gguf name: float32 values as stored (GGUF row order)}. `types` gives
+    some matrices another type than `qtype`, by name part ("attn_v", "token_embd"), as llama.cpp's mixes do."""
     from modelchip.runtime.tokenizer import bytes_to_unicode
 
     rng = np.random.default_rng(seed)
@@ -183,8 +185,9 @@ def write_model(path: Path, qtype: Q = Q.F32, arch: str = "llama", hidden: int =
             w.add_tensor(name, x)
             expected[name] = x
         else:
-            raw, expected[name] = encode(x, qtype, rng)
-            w.add_tensor(name, raw, raw_dtype=None if qtype in (Q.F32, Q.F16) else qtype)
+            qt = (types or {}).get(name.split(".")[-2], qtype)
+            raw, expected[name] = encode(x, qt, rng)
+            w.add_tensor(name, raw, raw_dtype=None if qt in (Q.F32, Q.F16) else qt)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

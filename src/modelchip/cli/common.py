@@ -11,7 +11,9 @@ from modelchip.spec import dtypes
 
 def add_precision(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("number formats (default: the Step-3 paper's, everything 8-bit)")
-    g.add_argument("--weight-dtype", default="fp8", metavar="D", help="weight format: fp8, int8, bf16, fp4, ...")
+    g.add_argument("--weight-dtype", default="fp8", metavar="D",
+                   help="weight format: fp8, int8, bf16, fp4, or a packed one counted with its scales: q8_0, "
+                        "q4_0, q4_1, q4_k, q6_k, fp8_block")
     g.add_argument("--kv-dtype", default="fp8", metavar="D", help="KV cache format (default fp8)")
     g.add_argument("--compute-dtype", default="auto", metavar="D",
                    help="math format; auto = the weight format where the chip has a peak for it, else bf16")
@@ -53,6 +55,10 @@ def add_runtime(p: argparse.ArgumentParser, dtype: bool = True, fastest: bool = 
                                                      "with AVX512-BF16 or AMX, else float32)")
     elif dtype:
         p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    if fastest:
+        p.add_argument("--quantization", default=None, metavar="Q",
+                       help="default: keep a quantized checkpoint's weights packed as stored (GGUF blocks, FP8, "
+                            "compressed-tensors INT8); 'none' dequantizes them to --dtype at load")
 
 
 def add_prefix_caching(p: argparse.ArgumentParser) -> None:

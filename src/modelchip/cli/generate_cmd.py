@@ -34,7 +34,8 @@ def run(args) -> int:
 
     start = time.perf_counter()
     llm = LLM(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
-              enable_prefix_caching=args.enable_prefix_caching, tensor_parallel_size=args.tensor_parallel_size)
+              enable_prefix_caching=args.enable_prefix_caching, tensor_parallel_size=args.tensor_parallel_size,
+              quantization=args.quantization)
     if not llm.is_driver:  # a torchrun rank > 0: run the steps rank 0 sends, print nothing
         from modelchip.runtime.distributed.worker import serve_steps
 
@@ -58,11 +59,13 @@ def _generate(args, llm, start: float) -> int:
     done = time.perf_counter()
     if args.json:
         common.print_json({"text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason,
-                           "prompt_tokens": len(out.prompt_token_ids), "fallbacks": llm.ops.fallback_report()})
+                           "prompt_tokens": len(out.prompt_token_ids), "fallbacks": llm.ops.fallback_report(),
+                           "quantization": llm.quantization, "dequantized_at_load": dict(llm.dequantized),
+                           "backend_fallbacks": dict(getattr(llm.ops.backend, "fallbacks", {}) or {})})
         return 0
     print(out.text)
     n = len(out.token_ids)
-    dtype = str(llm.dtype).removeprefix("torch.")
+    dtype = str(llm.dtype).removeprefix("torch.") + (f", {llm.quantization} weights" if llm.quantization else "")
     ranks = f" x{args.tensor_parallel_size} ranks" if llm.parallel is not None else ""
     print(f"[{args.model} on {llm.ops.name}/{args.device}{ranks} {dtype}: load {loaded - start:.1f} s, "
           f"{n} tokens in {done - loaded:.1f} s ({n / max(done - loaded, 1e-9):.1f} tok/s)]", file=sys.stderr)

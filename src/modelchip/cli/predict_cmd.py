@@ -30,7 +30,7 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cached-prefix", type=int, default=0, metavar="TOKENS",
                    help="prefill: leading prompt tokens per sequence already in a prefix cache; attention reads "
                         "their KV, nothing computes them, and prefill throughput counts computed tokens only")
-    p.add_argument("--weight-dtype", default="fp8", help="fp8 (default), int8, bf16, fp4 ...")
+    p.add_argument("--weight-dtype", default="fp8", help="fp8 (default), int8, bf16, fp4, q8_0, q4_1, fp8_block ...")
     p.add_argument("--kv-dtype", default="bf16", help="bf16 (default), fp8, ...")
     p.add_argument("--attention-weight-dtype", default="",
                    help="keep attention projections and the LM head in this format (e.g. bf16 beside fp4 experts)")

@@ -99,6 +99,20 @@ def close(case: Case, out: Any) -> Verdict:
     return Verdict(c.passed, c.max_abs_err, c.ratio, c.describe(), detail)
 
 
+def quantized_close(case: Case, out: Any) -> Verdict:
+    """linear with a QuantizedWeight: float64 math on the independently dequantized weight, within the
+    activation dtype's linear tolerance plus what quantizing activations as the format's kernels do may add
+    (oracle.activation_allowance)."""
+    x, weight, bias = case.args
+    ref = oracle.linear(x, weight, bias)
+    wrong = _form(out, case.dtype, ref.shape)
+    if wrong:
+        return Verdict(False, detail=wrong)
+    c = closeness(out, ref, "linear", case.dtype, oracle.activation_allowance(x, weight))
+    detail = "" if c.passed else f"max abs error {c.max_abs_err:.3g} exceeds tolerance ({c.ratio:.3g}x allowed)"
+    return Verdict(c.passed, c.max_abs_err, c.ratio, c.describe() + " + activation quantization", detail)
+
+
 def exact(case: Case, out: Any) -> Verdict:
     ref = getattr(oracle, case.op)(*case.args, **case.kwargs)
     wrong = _form(out, ref.dtype if case.op == "write_kv" else case.dtype, ref.shape)

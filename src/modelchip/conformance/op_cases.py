@@ -238,9 +238,13 @@ def prepared(cases: list[Case]) -> list[Case]:
     return [replace(c, label=f"{c.label}, prepared weight", prepare_arg=1) for c in cases]
 
 
-def grid(dtypes: list[torch.dtype], ops: list[str], prepares_weights: bool = False) -> list[Case]:
+def grid(dtypes: list[torch.dtype], ops: list[str], prepares_weights: bool = False,
+         quantized_formats: frozenset[str] = frozenset()) -> list[Case]:
     """Every case for these ops and dtypes, in contract order (linear twice for a backend that prepares
-    weights: models pass it prepared handles, router and tests plain tensors)."""
+    weights: models pass it prepared handles, router and tests plain tensors; then linear with a weight in
+    each quantized format the backend takes)."""
+    from modelchip.conformance.quant_cases import quantized_linear
+
     cases: list[Case] = []
     for op in ops:
         if op in FLOAT32_OPS:
@@ -250,6 +254,8 @@ def grid(dtypes: list[torch.dtype], ops: list[str], prepares_weights: bool = Fal
             cases += ACTIVATION_OPS[op](dt)
             if op == "linear" and prepares_weights:
                 cases += prepared(linear(dt))
+            if op == "linear":
+                cases += quantized_linear(dt, quantized_formats, prepares_weights)
         if op == "linear" and torch.float32 not in dtypes:
             cases += router_linear()
     return cases

@@ -3,15 +3,19 @@
 Ops whose math is a single library call (embedding, linear, batched_linear, silu_and_mul) run the reference
 backend on float64 copies of the inputs. Ops where the reference backend itself is what we want to check
 (norms, rotary, attention, routing, experts, cache writes) are written here again, independently and as
-plainly as possible: loops over sequences and tokens, gathers by explicit slot lists.
+plainly as possible: loops over sequences and tokens, gathers by explicit slot lists. A quantized linear
+weight is decoded here independently of the runtime's dequantizers: GGUF blocks by the gguf package's own
+dequantizer, FP8 and INT8 by plain numpy.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from modelchip.runtime.backends.reference import ReferenceBackend
 from modelchip.runtime.contract import AttentionMetadata
+from modelchip.runtime.quant import GGUF_BLOCKS, QuantizedWeight
 
 _REF = ReferenceBackend("cpu")
 
@@ -24,8 +28,67 @@ def embedding(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _REF.embedding(ids.cpu(), _d(weight))
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor | QuantizedWeight, bias: torch.Tensor | None = None
+           ) -> torch.Tensor:
+    if isinstance(weight, QuantizedWeight):
+        x64 = _d(x)
+        if weight.activation == "int8_dynamic_token":
+            x64 = w8a8_activations(x)
+        return _REF.linear(x64, dequantized_weight(weight), None if bias is None else _d(bias))
     return _REF.linear(_d(x), _d(weight), None if bias is None else _d(bias))
+
+
+def dequantized_weight(w: QuantizedWeight) -> torch.Tensor:
+    """The float64 weight [out, in] a QuantizedWeight stands for, decoded independently of the runtime: GGUF
+    blocks by the gguf package's own dequantizer, FP8 bits and INT8 scales by plain numpy."""
+    data = w.data.detach().cpu()
+    if w.format in GGUF_BLOCKS:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        dense = dequantize(data.numpy(), GGMLQuantizationType[w.format.upper()]).astype(np.float64)
+    elif w.format == "fp8_block":
+        bo, bi = w.block_shape
+        scales = w.scales.detach().cpu().double().numpy()
+        rows, cols = np.arange(w.out_features) // bo, np.arange(w.in_features) // bi
+        dense = e4m3_values(data.view(torch.uint8).numpy()) * scales[rows][:, cols]
+    else:
+        dense = data.numpy().astype(np.float64) * w.scales.detach().cpu().double().numpy()[:, None]
+    return torch.from_numpy(np.ascontiguousarray(dense)).reshape(w.out_features, w.in_features)
+
+
+def e4m3_values(bits: np.ndarray) -> np.ndarray:
+    """float64 values of float8_e4m3fn bytes: sign, 4 exponent bits (bias 7), 3 mantissa bits; exponent 0 is
+    subnormal (m/8 * 2^-6); 0x7F/0xFF are NaN (the fn variant has no infinities)."""
+    b = bits.astype(np.int64)
+    sign = np.where(b & 0x80, -1.0, 1.0)
+    exp, man = (b >> 3) & 0xF, b & 0x7
+    value = np.where(exp == 0, man / 8.0 * 2.0 ** -6, (1 + man / 8.0) * 2.0 ** (exp - 7))
+    return np.where((b & 0x7F) == 0x7F, np.nan, sign * value)
+
+
+def w8a8_activations(x: torch.Tensor) -> torch.Tensor:
+    """x as W8A8 quantizes it, float64: per token, scale = max|x| / 127 and q = round-half-even(x * 127 /
+    max|x|), the scale and product taken in float32 as the format's kernels define them (so the oracle's
+    integers are the kernels' integers; everything after is float64)."""
+    x32 = x.detach().cpu().float()
+    amax = x32.abs().amax(dim=-1, keepdim=True)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    q = torch.round(x32 * inv).clamp(-128, 127)
+    return q.double() * (amax / 127.0).double()
+
+
+def activation_allowance(x: torch.Tensor, w: QuantizedWeight) -> torch.Tensor:
+    """[T, out] float64: the error a kernel may add by quantizing activations the way the format's kernels
+    do. GGUF and INT8 kernels (llama.cpp's, vLLM's) multiply int8 activations, rounded to nearest on a scale
+    no finer than max|x_t| / 127: at most half that quantum per element, a whole one under W8A8 (whose
+    oracle already rounded them; a kernel may round a tie the other way). FP8 kernels (DeepSeek's) round
+    activations to e4m3: relative error 2^-4 per element."""
+    x64, wabs = _d(x).abs(), dequantized_weight(w).abs()
+    if w.format == "fp8_block":
+        return 2.0 ** -4 * (x64 @ wabs.T)
+    quantum = x64.amax(dim=-1, keepdim=True) / 127.0
+    return (1.0 if w.activation else 0.5) * quantum * wabs.sum(dim=1)[None, :]
 
 
 def batched_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,7 @@ class Report:
     modelchip_version: str = modelchip.__version__
     torch_version: str = torch.__version__
     native_ops: list[str] = field(default_factory=list)
+    quantized_formats: list[str] = field(default_factory=list)  # formats its linear takes packed
     missing_ops: list[str] = field(default_factory=list)
     ops: list[OpResult] = field(default_factory=list)
     families: list[FamilyResult] = field(default_factory=list)
@@ -99,8 +100,11 @@ def run(backend: str, device: str = "cpu", dtypes: list[str] | None = None, ops:
             raise ModelchipError(f"unknown family {fam!r}; families: {', '.join(tiny_models.CONFIGS)}")
     bound = get_backend(backend, device)
     report = Report(backend, str(bound.device), [str(d).removeprefix("torch.") for d in wanted],
-                    native_ops=bound.native_ops, missing_ops=[o for o in OPS if o not in bound.native_ops])
-    for case in op_cases.grid(wanted, ops, bound.prepares_weights):
+                    native_ops=bound.native_ops, missing_ops=[o for o in OPS if o not in bound.native_ops],
+                    quantized_formats=sorted(bound.quantized_formats) if "linear" in bound.native_ops else [])
+    # quantized linear cases check the backend's own linear: none when linear falls back to the reference
+    quantized = bound.quantized_formats if "linear" in bound.native_ops else frozenset()
+    for case in op_cases.grid(wanted, ops, bound.prepares_weights, quantized):
         t = time.perf_counter()
         v = run_case(bound, case, bound.device)
         report.ops.append(OpResult(case.op, str(case.dtype).removeprefix("torch."), case.label, case.shape,

@@ -57,8 +57,10 @@ class Closeness:
         return f"atol {self.atol:.2g}, rtol {self.rtol:.2g}"
 
 
-def closeness(out: torch.Tensor, ref: torch.Tensor, op: str, dtype: torch.dtype) -> Closeness:
-    """Compare a backend output with its float64 reference (both on CPU) under the tolerance for op/dtype."""
+def closeness(out: torch.Tensor, ref: torch.Tensor, op: str, dtype: torch.dtype,
+              allowance: torch.Tensor | float = 0.0) -> Closeness:
+    """Compare a backend output with its float64 reference (both on CPU) under the tolerance for op/dtype,
+    plus a per-element `allowance` (quantized linear: what the format's activation quantization may add)."""
     rtol = RTOL[dtype]
     ref = ref.double()
     scale = float(ref.abs().max()) if ref.numel() else 0.0
@@ -67,7 +69,7 @@ def closeness(out: torch.Tensor, ref: torch.Tensor, op: str, dtype: torch.dtype)
     if not bool(torch.isfinite(out.double()).all()):
         return Closeness(float("inf"), float("inf"), atol, rtol)
     max_err = float(err.max()) if err.numel() else 0.0
-    ratio = float((err / (atol + rtol * ref.abs())).max()) if err.numel() else 0.0
+    ratio = float((err / (atol + rtol * ref.abs() + allowance)).max()) if err.numel() else 0.0
     return Closeness(max_err, ratio, atol, rtol)
 
 

@@ -72,7 +72,7 @@ class Precision:
 
     def compute_dtype(self, chip, weight: str | None = None) -> str:
         """The format the chip's math runs in for weights of `weight` (default: the deployment's)."""
-        weight = weight or self.weight
+        weight = dtypes.BASE.get(weight or self.weight, weight or self.weight)
         if self.compute != "auto":
             return self.compute
         if weight in ("fp8", "fp4") and chip.peak(weight):

@@ -20,6 +20,14 @@ a `Communicator` (below) over the run's process group. A backend may provide its
 without it, and for every v1 backend, the default runs torch.distributed collectives on the group the launcher
 built (gloo on CPU, the device's own library elsewhere: runtime/distributed/communicator.py). A single-process
 run's communicator is the identity. docs/vendor-kit.md, "contract v2: collectives", says what each must do.
+
+Quantized weights (an opt-in extension of version 1, so no version bump: a backend that does not opt in
+computes exactly what it did). A backend whose `quantized_formats` attribute lists a format receives that
+format's `modelchip.runtime.quant.QuantizedWeight` (packed bytes as stored, scales, and `compute_dtype`, the
+activation dtype) in `prepare_linear`, or in `linear` itself when it has no hook, and its `linear` computes
+x @ dequantize(weight).T in x's dtype (W8A8: with x quantized per token first); `runtime/dequant.py` is the
+definition, the reference backend its slow implementation. Formats a backend does not list reach it as float
+tensors, dequantized once at load by the model and counted in `Ops.fallbacks`.
 """
 
 from __future__ import annotations
@@ -103,6 +111,7 @@ class Communicator(Protocol):
 class Backend(Protocol):
     name: str
     device: torch.device
+    quantized_formats: frozenset[str]  # optional: QuantizedWeight formats prepare_linear/linear take packed
 
     def embedding(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """ids [T] int64 -> [T, H] rows of weight [V, H]."""
@@ -111,8 +120,9 @@ class Backend(Protocol):
         """x [T, in] @ weight[out, in].T (+ bias) -> [T, out]. `weight` may be a `prepare_linear` handle."""
 
     def prepare_linear(self, weight: torch.Tensor) -> object:
-        """Optional hook (not an op, no fallback): weight [out, in] -> whatever this backend's `linear` reads
-        fastest. Called once per weight at load; the model may drop the tensor afterwards."""
+        """Optional hook (not an op, no fallback): weight [out, in] (a tensor, or a QuantizedWeight of a format
+        in `quantized_formats`) -> whatever this backend's `linear` reads fastest. Called once per weight at
+        load; the model may drop the weight afterwards."""
 
     def batched_linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Per-head projection: x [T, h, in], weight [h, out, in] -> [T, h, out] (MLA's absorbed up-projections)."""

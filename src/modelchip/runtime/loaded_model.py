@@ -7,6 +7,7 @@ The engine schedules requests over it; `modelchip.LLM` (modelchip/llm.py) puts t
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 
 import torch
 
@@ -20,6 +21,7 @@ from modelchip.runtime.kv_cache import KVCache
 from modelchip.runtime.loaders.resolve import resolve
 from modelchip.runtime.loaders.weights import load_weights
 from modelchip.runtime.models.decoder import FAMILIES, DecoderLM
+from modelchip.runtime.quant import QuantizedWeight
 from modelchip.spec import families
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -35,11 +37,15 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 class LoadedModel:
-    """`model` (alias, .gguf, checkpoint dir or hub id) loaded strictly onto `backend` on `device`."""
+    """`model` (alias, .gguf, checkpoint dir or hub id) loaded strictly onto `backend` on `device`.
+
+    quantization: None (default) keeps a quantized checkpoint's linear weights packed as stored (GGUF blocks,
+    block-scaled FP8, compressed-tensors INT8; docs/runtime.md); "none" dequantizes everything to `dtype` at
+    load; naming the checkpoint's own method ("gguf", "fp8", "compressed-tensors") checks that it is that."""
 
     def __init__(self, model: str, backend: str | None = None, device: str = "cpu",
                  dtype: str | torch.dtype | None = None, allow_pickle: bool = False, block_size: int = 16,
-                 tensor_parallel_size: int = 1):
+                 tensor_parallel_size: int = 1, quantization: str | None = None):
         if tensor_parallel_size < 1:
             raise ModelchipError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
         if backend is None or dtype is None:  # the fastest for the device (backends/defaults.py), said in one line
@@ -52,9 +58,9 @@ class LoadedModel:
         # a parallel run (runtime/distributed): None for one process; rank 0 spawns or joins the other ranks
         self.parallel = executor.start(tensor_parallel_size, self.device, dict(
             model=str(model), backend=backend, device=device, dtype=self.dtype, allow_pickle=allow_pickle,
-            block_size=block_size))
+            block_size=block_size, quantization=quantization))
         try:
-            self._load(model, allow_pickle, block_size)
+            self._load(model, allow_pickle, block_size, quantization)
         except BaseException:
             if self.parallel is not None and self.parallel.is_driver:
                 self.parallel.close()
@@ -62,10 +68,11 @@ class LoadedModel:
         if self.parallel is not None and self.parallel.is_driver:
             self.parallel.ready()  # every rank has loaded its shard, or the run ends naming the one that failed
 
-    def _load(self, model: str, allow_pickle: bool, block_size: int) -> None:
+    def _load(self, model: str, allow_pickle: bool, block_size: int, quantization: str | None) -> None:
         if self.parallel is not None:
             self.ops.attach_group()
-        found = resolve(model, allow_pickle=allow_pickle)
+        found = resolve(model, allow_pickle=allow_pickle, quantization=quantization)
+        self.quantization = found.quantization  # the method of the weights kept packed (None: all float)
         model_type = families.text_config(found.config)[1]
         if model_type not in FAMILIES:
             raise ModelchipError(f"the runtime cannot run model_type {model_type!r} (the cost model can); "
@@ -76,9 +83,14 @@ class LoadedModel:
         self.source = found.source
         with torch.inference_mode():
             self.model = DecoderLM(self.ops, self.spec, self.dtype)
-            self.ignored_tensors = load_weights(self.model, found.tensors)
-            # as loaded, before the backend re-lays linear weights out (a tied LM head is listed once)
+            self.dequantized: Counter[str] = Counter()  # quantized tensors unpacked at load, by reason
+            self.ignored_tensors = load_weights(self.model, found.tensors, self.dequantized)
+            # as loaded, before the backend re-lays linear weights out (a tied LM head is listed once; a
+            # quantized weight at its packed size, scales included)
             self.parameter_bytes = {n: p.numel() * p.element_size() for n, p in self.model.named_parameters()}
+            self.parameter_bytes |= {f"{n}.{a}".lstrip("."): w.nbytes for n, m in self.model.named_modules()
+                                     for a in getattr(m, "LINEAR_WEIGHTS", ())
+                                     if isinstance(w := getattr(m, a, None), QuantizedWeight)}
             self.model.prepare_weights()
         self.block_size = block_size
         self.layouts = self.model.cache_layouts()

@@ -41,6 +41,7 @@ class Ops:
     backend: object
     fallbacks: Counter[str]
     prepares_weights: bool
+    quantized_formats: frozenset[str]
     prepare_linear: Callable[[torch.Tensor], object]
     embedding: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     linear: Callable[..., torch.Tensor]  # (x, weight or prepared handle, bias=None)
@@ -69,6 +70,11 @@ class Ops:
                                  "the reference cannot (implement linear, or drop prepare_linear)")
         self.prepares_weights = prepare is not None
         self.prepare_linear = prepare if prepare is not None else _unchanged
+        # QuantizedWeight formats `linear` takes (after prepare_linear, when the backend prepares weights); a
+        # backend that does not say takes none, and models dequantize for it at load (counted). Without its
+        # own linear, the reference's runs, which takes every format.
+        owner = backend if getattr(backend, "linear", None) is not None else reference
+        self.quantized_formats = frozenset(getattr(owner, "quantized_formats", ()))
         self.comm = SingleProcess()
 
     def attach_group(self, group=None) -> None:

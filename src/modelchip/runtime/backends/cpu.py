@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +31,11 @@ import torch.nn.functional as F
 from modelchip.errors import ModelchipError
 from modelchip.runtime.backends import cpu_kernels
 from modelchip.runtime.backends.cpu_features import has_amx_bf16
+from modelchip.runtime.backends.cpu_quant import prepare_quantized, scaled_output
 from modelchip.runtime.backends.reference import ReferenceBackend, decode_blocks, gather_blocks, visible
 from modelchip.runtime.contract import AttentionMetadata
+from modelchip.runtime.dequant import quantize_activation_int8
+from modelchip.runtime.quant import FORMATS, QuantizedWeight
 
 _LINEAR = torch.ops.mkldnn._linear_pointwise.default  # resolved once: the overload lookup costs per call
 
@@ -45,6 +48,7 @@ class PackedLinear:
     packed: torch.Tensor
     layout: str
     out_features: int
+    row_scales: torch.Tensor | None = None  # W8A8: integers packed; activations quantized per call (cpu_quant)
 
 
 def bf16_matmul(kernels) -> str:
@@ -67,6 +71,7 @@ def bf16_matmul(kernels) -> str:
 
 class CPUBackend(ReferenceBackend):
     name = "cpu"
+    quantized_formats = frozenset(FORMATS)  # each prepared by its function in cpu_quant.PREPARE
 
     def __init__(self, device: str | torch.device = "cpu"):
         super().__init__(device)
@@ -85,7 +90,12 @@ class CPUBackend(ReferenceBackend):
         self._plan: tuple = (None, {}, None, 0)
         self._per_query: tuple = (None, None, None)
 
-    def prepare_linear(self, weight: torch.Tensor) -> torch.Tensor | PackedLinear:
+    def prepare_linear(self, weight: torch.Tensor | QuantizedWeight) -> torch.Tensor | PackedLinear:
+        if isinstance(weight, QuantizedWeight):
+            if weight.compute_dtype not in self.pack_dtypes:  # nothing to pack into: the reference's per call
+                self._count(f"linear: {weight.format} weight in {weight.compute_dtype} left to the reference")
+                return weight
+            return prepare_quantized(weight, self.prepare_linear, self._count)
         if weight.dim() != 2 or weight.dtype not in self.pack_dtypes:
             self.fallbacks[f"linear weight left unpacked ({weight.dtype}, {weight.dim()}-D)"] += 1
             return weight
@@ -98,16 +108,25 @@ class CPUBackend(ReferenceBackend):
 
     def linear(self, x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(weight, PackedLinear):
-            return F.linear(x, weight, bias)
+            return super().linear(x, weight, bias) if isinstance(weight, QuantizedWeight) else \
+                F.linear(x, weight, bias)
         if x.dtype != weight.packed.dtype:
             raise ModelchipError(f"cpu backend: linear input is {x.dtype} but its weight was packed as "
                                  f"{weight.packed.dtype}")
         rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # 2-D is the model's case: no reshapes
+        if weight.row_scales is not None:
+            q, x_scale = quantize_activation_int8(rows)
+            out = scaled_output(self.linear(q.to(x.dtype), replace(weight, row_scales=None)), x_scale,
+                                weight.row_scales, bias, x.dtype)
+            return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.out_features)
         if weight.layout == "bf16-pairs":
             out = self.kernels.linear_bf16(rows, weight.packed, weight.out_features, bias)
         else:
             out = _LINEAR(rows if rows.is_contiguous() else rows.contiguous(), weight.packed, bias, "none", [], "")
         return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.out_features)
+
+    def _count(self, reason: str) -> None:
+        self.fallbacks[reason] += 1
 
     def _eager(self) -> bool:
         """True (and counted) when a fused kernel is unavailable and the op runs in eager PyTorch."""

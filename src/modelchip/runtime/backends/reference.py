@@ -6,22 +6,32 @@ numerics (norms, softmax, routing) run in float32 whatever the activation dtype.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 import torch.nn.functional as F
 
 from modelchip.runtime.contract import AttentionMetadata
+from modelchip.runtime.dequant import quantized_linear
+from modelchip.runtime.quant import FORMATS, QuantizedWeight
 
 
 class ReferenceBackend:
     name = "reference"
+    quantized_formats = frozenset(FORMATS)
 
     def __init__(self, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
+        self.fallbacks: Counter[str] = Counter()  # the slow paths taken, by reason (conformance shows them)
 
     def embedding(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, weight)
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, weight: torch.Tensor | QuantizedWeight,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(weight, QuantizedWeight):  # correct and slow: the whole weight unpacked on every call
+            self.fallbacks[f"linear: {weight.format} weight dequantized per call"] += 1
+            return quantized_linear(x, weight, bias)
         return F.linear(x, weight, bias)
 
     def batched_linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

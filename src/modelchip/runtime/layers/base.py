@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from modelchip.runtime.dequant import dequantize
 from modelchip.runtime.distributed.tensor_parallel import Shard
+from modelchip.runtime.quant import QuantizedWeight
 
 
 @dataclass(frozen=True)
@@ -60,17 +62,31 @@ class Layer(nn.Module):
 
 
 def prepare_linear_weights(model: nn.Module, ops) -> int:
-    """Replace every module's linear-only weights by the backend's prepared handles (a no-op for backends
-    without `prepare_linear`). Returns how many weights were prepared. Run once, after loading."""
-    if not ops.prepares_weights:
-        return 0
+    """Replace every module's linear-only weights by the backend's prepared handles. Returns how many weights
+    were prepared. Run once, after loading.
+
+    A quantized weight (the loader left a `QuantizedWeight` in place of the parameter) goes to the backend
+    when it lists the format in `quantized_formats`; otherwise it is dequantized here to the model's dtype,
+    once, and counted in `ops.fallbacks`, so a backend without quantized kernels still runs the model."""
     count = 0
     for module in model.modules():
         for name in getattr(module, "LINEAR_WEIGHTS", ()):
             weight = module._parameters.get(name)
-            if weight is None:  # absent in this variant (MLA without q_lora), or already prepared
+            if weight is None:
+                weight = getattr(module, name, None)
+                if not isinstance(weight, QuantizedWeight):  # absent (MLA without q_lora), or already prepared
+                    continue
+                if weight.format not in ops.quantized_formats:
+                    ops.fallbacks[f"linear: {weight.format} weights dequantized at load (backend "
+                                  f"{ops.name!r} has no {weight.format} linear)"] += 1
+                    weight = dequantize(weight, weight.compute_dtype)
+                elif not ops.prepares_weights:
+                    continue  # the backend's linear reads the QuantizedWeight as it is
+            elif not ops.prepares_weights:
                 continue
-            del module._parameters[name]  # the handle replaces the parameter; a tied tensor stays with its owner
-            setattr(module, name, ops.prepare_linear(weight.data))
+            else:
+                del module._parameters[name]  # the handle replaces it; a tied tensor stays with its owner
+                weight = weight.data
+            setattr(module, name, ops.prepare_linear(weight) if ops.prepares_weights else weight)
             count += 1
     return count

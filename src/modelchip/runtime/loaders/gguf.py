@@ -1,8 +1,12 @@
-"""Read a GGUF file (llama.cpp's format) into an HF-style config, HF-named dequantized tensors and a tokenizer.
+"""Read a GGUF file (llama.cpp's format) into an HF-style config, HF-named tensors and a tokenizer.
 
 GGUF lists tensor dimensions fastest-first (ggml's `ne`), so a [out, in] matrix is stored as ne=[in, out]; shapes
 here are reversed to row-major [out, in]. llama.cpp's converter permutes the rows of q/k projections of
 `llama` models (interleaved RoPE pairs -> its own layout); that is undone here so tensors match HF checkpoints.
+
+Block-quantized matrices (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) come out as `QuantizedWeight`s holding the file's bytes
+(the q/k row permutation moves whole packed rows) when `keep_quantized` is set; `load_weights` decides
+which of them stay packed (linear weights) and which are dequantized (the embedding table, read by row).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 import torch
 
 from modelchip.errors import ModelchipError
+from modelchip.runtime.quant import GGUF_BLOCKS, QuantizedWeight, select_rows
 from modelchip.runtime.tokenizer import Tokenizer
 from modelchip.spec.gguf_config import ARCHITECTURES, TensorInfo, check_architecture, config_from_header, read_header
 
@@ -33,13 +38,15 @@ _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 @dataclass
 class GGUFCheckpoint:
     config: dict
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor | QuantizedWeight]
     tokenizer: Tokenizer
     metadata: dict
 
 
-def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> GGUFCheckpoint:
-    """Config, HF-named tensors (dequantized to `dtype`), tokenizer and raw metadata of a GGUF file."""
+def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, keep_quantized: bool = False) -> GGUFCheckpoint:
+    """Config, HF-named tensors, tokenizer and raw metadata of a GGUF file. Float tensors are cast to `dtype`;
+    block-quantized matrices are dequantized to `dtype`, or with `keep_quantized` stay packed as
+    `QuantizedWeight`s (what the runtime loads by default)."""
     path = Path(path)
     metadata, infos, data_start = read_header(path)
     check_architecture(path, metadata)
@@ -59,9 +66,17 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> GGUFCheck
             if len(raw) != t.nbytes:
                 raise ModelchipError(f"{path} is truncated: tensor {t.name!r} needs bytes up to "
                                      f"{data_start + t.offset + t.nbytes}, the file ends at {path.stat().st_size}")
+            permuted = arch == "llama" and t.name.split(".")[-2] in ("attn_q", "attn_k")
+            heads = config["num_attention_heads"] if ".attn_q." in t.name else config["num_key_value_heads"]
+            if keep_quantized and t.type.lower() in GGUF_BLOCKS and len(t.shape) == 2:
+                packed = QuantizedWeight(t.type.lower(), torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+                                         .reshape(t.shape[0], -1), t.shape[0], t.shape[1])
+                if permuted:
+                    packed = select_rows(packed, torch.from_numpy(_unpermute(np.arange(t.shape[0]), heads)))
+                tensors[names[t.name]] = packed
+                continue
             w = _dequantize(raw, t)
-            if arch == "llama" and t.name.split(".")[-2] in ("attn_q", "attn_k"):
-                heads = config["num_attention_heads"] if ".attn_q." in t.name else config["num_key_value_heads"]
+            if permuted:
                 w = _unpermute(w, heads)
             tensors[names[t.name]] = torch.from_numpy(w).to(dtype)
     return GGUFCheckpoint(config=config, tensors=tensors, tokenizer=tokenizer, metadata=metadata)

@@ -10,6 +10,7 @@ rope_interleave (deepseek_v3). Everything here changes what a model computes and
 from __future__ import annotations
 
 from modelchip.errors import ModelchipError
+from modelchip.runtime.loaders.quant_config import method as quant_method
 
 # transformers' names for SiLU (ACT2FN maps both to nn.SiLU)
 SILU = ("silu", "swish")
@@ -38,10 +39,9 @@ def check_supported(config: dict, model_type: str) -> None:
                              "cannot run it as the checkpoint means (no fallback: the output would be wrong)")
 
     quant = config.get("quantization_config")
-    if quant:
-        method = quant.get("quant_method", "?") if isinstance(quant, dict) else quant
-        refuse("quantization_config", f"asks for {method!r} quantized weights, which are not supported "
-               "(dequantize to float32/bfloat16 safetensors, or use a GGUF file)")
+    if quant and not isinstance(quant, dict):
+        refuse("quantization_config", f"is {quant!r}, not a quantization config")
+    quant_method(config)  # the loaders read block-scaled FP8 and compressed-tensors INT8; anything else is refused
     for field in ("hidden_act", "hidden_activation"):
         act = config.get(field)
         if act is not None and act not in SILU:
