@@ -29,10 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from modelchip.errors import ModelchipError
-from modelchip.runtime.backends import cpu_kernels
+from modelchip.runtime.backends import cpu_kernels, cpu_quant
 from modelchip.runtime.backends.cpu_features import has_amx_bf16
+from modelchip.runtime.backends.cpu_quant import DequantizedLinear, QuantLinear
 from modelchip.runtime.backends.reference import ReferenceBackend, decode_blocks, gather_blocks, visible
 from modelchip.runtime.contract import AttentionMetadata
+from modelchip.runtime.quant import QuantizedWeight
 
 _LINEAR = torch.ops.mkldnn._linear_pointwise.default  # resolved once: the overload lookup costs per call
 
@@ -85,7 +87,9 @@ class CPUBackend(ReferenceBackend):
         self._plan: tuple = (None, {}, None, 0)
         self._per_query: tuple = (None, None, None)
 
-    def prepare_linear(self, weight: torch.Tensor) -> torch.Tensor | PackedLinear:
+    def prepare_linear(self, weight: torch.Tensor | QuantizedWeight) -> object:
+        if isinstance(weight, QuantizedWeight):
+            return self._prepare_quantized(weight)
         if weight.dim() != 2 or weight.dtype not in self.pack_dtypes:
             self.fallbacks[f"linear weight left unpacked ({weight.dtype}, {weight.dim()}-D)"] += 1
             return weight
@@ -96,7 +100,30 @@ class CPUBackend(ReferenceBackend):
             return PackedLinear(self.kernels.pack_linear_bf16(weight), "bf16-pairs", out)
         return PackedLinear(torch.ops.mkldnn._reorder_linear_weight(weight.contiguous()), "onednn", out)
 
+    def _prepare_quantized(self, weight: QuantizedWeight) -> QuantLinear | DequantizedLinear:
+        """GGUF Q8_0/Q4_0/Q4_1 packed for the int8 kernels; any other format, or no kernels, dequantized once
+        (counted). A weight whose data does not fit its format is refused here, at load."""
+        cpu_quant.check(weight)
+        if weight.format in cpu_quant.KERNEL_FORMATS and self.kernels is not None:
+            return cpu_quant.prepare_packed(self.kernels, weight)
+        why = (self.kernels_missing if weight.format in cpu_quant.KERNEL_FORMATS
+               else "no packed kernel for this format")
+        if weight.activation is not None:
+            why += f"; activations not quantized ({weight.activation})"
+        self.fallbacks[f"{weight.format} linear weight dequantized at load ({why})"] += 1
+        return DequantizedLinear(weight)
+
+    def _linear_quantized(self, x: torch.Tensor, weight: QuantLinear, bias: torch.Tensor | None) -> torch.Tensor:
+        if x.dtype in (torch.float32, torch.bfloat16):
+            return cpu_quant.linear_packed(self.kernels, x, weight, bias)
+        self.fallbacks[f"{weight.format} linear on {x.dtype} activations, through float32"] += 1
+        return cpu_quant.linear_packed(self.kernels, x.float(), weight, bias).to(x.dtype)
+
     def linear(self, x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(weight, QuantLinear):
+            return self._linear_quantized(x, weight, bias)
+        if isinstance(weight, DequantizedLinear):
+            weight = weight.for_dtype(x.dtype, self.prepare_linear)
         if not isinstance(weight, PackedLinear):
             return F.linear(x, weight, bias)
         if x.dtype != weight.packed.dtype:
