@@ -8,6 +8,8 @@ BENCHMARKS.md). On AVX512-BF16 CPUs, bfloat16 weights go to pair blocks for the 
 it matches oneDNN from there up to prefill sizes. On CPUs that also have AMX, oneDNN's AMX tiles stay the
 default until pair blocks are measured against them on such a machine (`benchmarks/bench_linear.py` measures
 both; MODELCHIP_BF16_MATMUL=pairs or =onednn overrides the choice). Either way the weight is kept once.
+Quantized weights (`QuantizedWeight`): GGUF Q8_0, Q4_0 and Q4_1 stay packed for the kernels' int8 matmul
+(cpu_linear_quant.cpp); other formats are dequantized once and take the dense path, counted (cpu_quant.py).
 
 At decode sizes a step is per-op dispatch as much as matmuls, so RMSNorm, rotary, SiLU-and-mul, cache writes
 and attention run as fused C++ kernels (cpu_kernels.cpp, built once per machine) that keep the reference's
@@ -37,6 +39,7 @@ from modelchip.runtime.contract import AttentionMetadata
 from modelchip.runtime.quant import QuantizedWeight
 
 _LINEAR = torch.ops.mkldnn._linear_pointwise.default  # resolved once: the overload lookup costs per call
+_QUANT_ACTIVATIONS = (torch.float32, torch.bfloat16)  # what the quantized matmul reads; others go through float32
 
 
 @dataclass(frozen=True)
@@ -114,13 +117,15 @@ class CPUBackend(ReferenceBackend):
         return DequantizedLinear(weight)
 
     def _linear_quantized(self, x: torch.Tensor, weight: QuantLinear, bias: torch.Tensor | None) -> torch.Tensor:
-        if x.dtype in (torch.float32, torch.bfloat16):
+        if x.dtype in _QUANT_ACTIVATIONS:
             return cpu_quant.linear_packed(self.kernels, x, weight, bias)
         self.fallbacks[f"{weight.format} linear on {x.dtype} activations, through float32"] += 1
         return cpu_quant.linear_packed(self.kernels, x.float(), weight, bias).to(x.dtype)
 
     def linear(self, x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(weight, QuantLinear):
+            if x.dim() == 2 and x.dtype in _QUANT_ACTIVATIONS:  # the model's case, straight to the kernel
+                return self.kernels.linear_quant(x, weight.packed, weight.format, weight.out_features, bias)
             return self._linear_quantized(x, weight, bias)
         if isinstance(weight, DequantizedLinear):
             weight = weight.for_dtype(x.dtype, self.prepare_linear)

@@ -7,14 +7,14 @@
 //
 // so one 64-byte line holds 4 bytes of each of 16 rows: one vpdpbusd (4 u8 x s8 products summed per 32-bit
 // lane) with the activations' 4 bytes broadcast adds them into 16 row accumulators. No horizontal sums; the 16
-// row scales are one 32-byte load. Q8_0 keeps its 32 signed quants per row in 8 chunks; Q4 keeps ggml's 16
+// row scales are one 32-byte load. Q8_0 keeps its 32 quants per row in 8 chunks, sign bit flipped (w + 128,
+// the unsigned operand vpdpbusd wants; 128 * sum(x) comes off, below); Q4 keeps ggml's 16
 // nibble bytes per row (byte j: element j low, j + 16 high) in 4 chunks, whose low and high nibbles pair with
 // activation chunks c and c + 4. Rows past out_features are zero blocks (d = 0).
 //
 // linear: activations (float32 or bfloat16) are quantized per 32-block to int8 as llama.cpp's q8_0/q8_1 do
 // (d = amax / 127, q = round(x / d), ties to even here), with each block's quant sum kept for the formats'
-// offsets: Q4_0's -8, Q4_1's min, and on VNNI Q8_0's sign flip (vpdpbusd multiplies unsigned by signed bytes,
-// so weights are read as w ^ 0x80 = w + 128 and 128 * sum(x) comes off). Integer dot products per block are
+// offsets: Q4_0's -8, Q4_1's min, and on VNNI Q8_0's +128. Integer dot products per block are
 // exact; each block's is scaled by d_w * d_x in float32 and accumulated by FMA, rounded once to the output.
 //
 // Three copies, picked by CPUID once (set_quant_isa narrows it, so every copy is tested on one machine):
@@ -151,7 +151,7 @@ void group_base(const Act& a, int64_t i, const uint8_t* w, float* acc /*[16]*/) 
         for (int j = 0; j < 4; ++j) {
           const uint8_t byte = qs[(c * kRows + r) * 4 + j];
           if (F == Fmt::q8_0) {
-            dot[r] += static_cast<int8_t>(byte) * xb[4 * c + j];
+            dot[r] += static_cast<int8_t>(byte ^ 0x80) * xb[4 * c + j];
           } else {
             dot[r] += (byte & 15) * xb[4 * c + j] + (byte >> 4) * xb[16 + 4 * c + j];
           }
@@ -230,12 +230,12 @@ MC_VNNI void tile_vnni(const Act& a, int64_t i0, const uint8_t* w, int64_t g0, c
   __m512 acc[MT][R];
   for (int i = 0; i < MT; ++i)
     for (int r = 0; r < R; ++r) acc[i][r] = _mm512_setzero_ps();
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80)), low = _mm512_set1_epi8(0x0F);
+  const __m512i low = _mm512_set1_epi8(0x0F);
   for (int64_t b = 0; b < nb; ++b) {
     __m512i dot[MT][R];
     for (int i = 0; i < MT; ++i) {
       const int32_t sb = a.s[(i0 + i) * nb + b];
-      // the offsets the unsigned operand brings: Q8_0 read as w + 128, Q4_0 stored as w + 8
+      // the offsets the unsigned operand brings: Q8_0 stored as w + 128, Q4_0 as w + 8
       const __m512i init = _mm512_set1_epi32(F == Fmt::q8_0 ? -128 * sb : F == Fmt::q4_0 ? -8 * sb : 0);
       for (int r = 0; r < R; ++r) dot[i][r] = init;
     }
@@ -245,7 +245,7 @@ MC_VNNI void tile_vnni(const Act& a, int64_t i0, const uint8_t* w, int64_t g0, c
       for (int r = 0; r < R; ++r) {
         const __m512i v = _mm512_loadu_si512(blk + r * stride + SB + c * 64);
         if (F == Fmt::q8_0) {
-          lo[r] = _mm512_xor_si512(v, flip);
+          lo[r] = v;
         } else {
           lo[r] = _mm512_and_si512(v, low);
           hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
@@ -356,6 +356,7 @@ MC_AVX2 void tile_avx2(const Act& a, int64_t i0, const uint8_t* w, int64_t g0, c
   for (int i = 0; i < MT; ++i)
     for (int r = 0; r < R; ++r) acc[i][r][0] = acc[i][r][1] = _mm256_setzero_ps();
   const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
   for (int64_t b = 0; b < nb; ++b) {
     __m256i dot[MT][R][2];
     for (int i = 0; i < MT; ++i)
@@ -375,7 +376,8 @@ MC_AVX2 void tile_avx2(const Act& a, int64_t i0, const uint8_t* w, int64_t g0, c
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + r * stride + SB + c * 64 + 32 * h));
             __m256i p;
             if (F == Fmt::q8_0) {  // |w| (128 fits unsigned) x sign(x, w) (x is never -128): no pair sum saturates
-              p = _mm256_maddubs_epi16(_mm256_abs_epi8(v), _mm256_sign_epi8(xv, v));
+              const __m256i ws = _mm256_xor_si256(v, flip);  // the signed quants again
+              p = _mm256_maddubs_epi16(_mm256_abs_epi8(ws), _mm256_sign_epi8(xv, ws));
             } else {  // nibbles 0..15 are the unsigned operand as they stand
               p = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v, low), xv),
                                    _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), xh));
@@ -504,7 +506,10 @@ at::Tensor prepare_linear_quant(const at::Tensor& data_in, const std::string& fo
           std::memcpy(blk + 2 * r, in, 2);                                     // d
           if (f == Fmt::q4_1) std::memcpy(blk + 2 * kRows + 2 * r, in + 2, 2);  // m
           const uint8_t* qs = in + scale_bytes(f);
-          for (int c = 0; c < chunks(f); ++c) std::memcpy(blk + kRows * scale_bytes(f) + (c * kRows + r) * 4, qs + 4 * c, 4);
+          uint8_t* out = blk + kRows * scale_bytes(f) + r * 4;
+          for (int c = 0; c < chunks(f); ++c)
+            for (int j = 0; j < 4; ++j)  // Q8_0 stored as w + 128: vpdpbusd's unsigned operand as it stands
+              out[c * kRows * 4 + j] = f == Fmt::q8_0 ? qs[4 * c + j] ^ 0x80 : qs[4 * c + j];
         }
       }
   });
