@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]  # other processes on the machine: a busy one slows every layout, unevenly
     from modelchip.runtime.backends.cpu import CPUBackend, PackedLinear
 
     backend = CPUBackend()
@@ -108,7 +109,8 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "quantized-linear", "model": args.model, "matmuls": len(shapes), "threads": args.threads,
         "weight_mb": {k: round(v / 1e6, 1) for k, v in nbytes.items()},
-        "copy_bandwidth": bandwidth(args.threads), "load_average": [round(v, 2) for v in os.getloadavg()],
+        "copy_bandwidth": bandwidth(args.threads),
+        "load_average_1min": {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)},
         "machine": machine() + f", torch {torch.__version__}", "quant_isa_best": best,
         "date": time.strftime("%Y-%m-%d %H:%M"), "results": results,
     }, indent=1))

@@ -246,6 +246,19 @@ def test_backend_without_kernels_dequantizes_and_says_why(kernels):
         "q4_1 linear weight dequantized at load (fused kernels off (MODELCHIP_CPU_KERNELS=0))"]
 
 
+def test_backend_takes_the_copy_the_environment_names(kernels, monkeypatch):
+    best = kernels.best_quant_isa
+    try:
+        monkeypatch.setenv("MODELCHIP_QUANT_ISA", "baseline")
+        _backend()
+        assert kernels.quant_isa() == "baseline"
+        monkeypatch.setenv("MODELCHIP_QUANT_ISA", "sse9")
+        with pytest.raises(ModelchipError, match="MODELCHIP_QUANT_ISA='sse9': set_quant_isa: unknown"):
+            _backend()
+    finally:
+        kernels.set_quant_isa(best)
+
+
 def test_backend_refuses_a_weight_that_does_not_fit_its_format(kernels):
     backend = _backend()
     with pytest.raises(ModelchipError, match="q6_k weight 4x256: data must be uint8 \\[4, 210\\]"):

@@ -85,6 +85,7 @@ class CPUBackend(ReferenceBackend):
         self.fallbacks: Counter[str] = Counter()  # weights left unpacked, eager ops, by reason (conformance shows it)
         self.kernels, self.kernels_missing = cpu_kernels.load()
         self.bf16_linear = bf16_matmul(self.kernels)
+        cpu_quant.choose_isa(self.kernels)
         # per-step tables, rebuilt when a new step's tensors arrive (every layer of a step shares them)
         self._rope: tuple = (None, None, None)
         self._plan: tuple = (None, {}, None, 0)

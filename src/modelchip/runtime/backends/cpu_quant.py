@@ -9,6 +9,7 @@ runs on the dense path in the activations' dtype; the backend counts each such w
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,6 +45,18 @@ class DequantizedLinear:
         if dtype not in self.dense:
             self.dense[dtype] = prepare(dequantize(self.weight).to(dtype))
         return self.dense[dtype]
+
+
+def choose_isa(kernels) -> None:
+    """MODELCHIP_QUANT_ISA=avx512_vnni|avx2|baseline runs that copy of the quantized matmul (one this CPU has),
+    e.g. to measure a narrower CPU's path end to end; unset, the widest the CPU runs (CPUID)."""
+    wanted = os.environ.get("MODELCHIP_QUANT_ISA", "")
+    if not wanted or kernels is None:
+        return
+    try:
+        kernels.set_quant_isa(wanted)
+    except RuntimeError as exc:
+        raise ModelchipError(f"MODELCHIP_QUANT_ISA={wanted!r}: {str(exc).splitlines()[0]}") from exc
 
 
 def prepare_packed(kernels, weight: QuantizedWeight) -> QuantLinear:
