@@ -197,6 +197,10 @@ void groups_base(const Act& a, int64_t m, const uint8_t* w, int64_t g0, int64_t 
 
 // ---- AVX512-VNNI: MT activation rows x R groups of 16 output rows per micro-kernel ----
 
+// Blocks ahead a one-row tile prefetches in each of its streams: 4 took SmolLM2's Q4_0 weights from 27.7 to
+// 30.2 GB/s at batch 1 (2 threads, Zen 4; 0, 4 and 6 interleaved, median of 21) and left Q8_0 as it was
+constexpr int64_t kAhead = 4;
+
 MC_VNNI inline __m512 load16_vnni(const float* p) { return _mm512_loadu_ps(p); }
 MC_VNNI inline __m512 load16_vnni(const c10::BFloat16* p) {  // bfloat16 is float32's top half
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -240,6 +244,10 @@ MC_VNNI void tile_vnni(const Act& a, int64_t i0, const uint8_t* w, int64_t g0, c
       for (int r = 0; r < R; ++r) dot[i][r] = init;
     }
     const uint8_t* blk = wg + b * GB;
+    if (MT == 1 && b + kAhead < nb)  // decode: each of the R streams asks for its block kAhead on
+      for (int r = 0; r < R; ++r)
+        for (int64_t off = 0; off < GB; off += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(blk + r * stride + kAhead * GB + off), _MM_HINT_T0);
     for (int c = 0; c < chunks(F); ++c) {
       __m512i lo[R], hi[R];
       for (int r = 0; r < R; ++r) {
