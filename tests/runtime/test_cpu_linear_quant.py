@@ -142,6 +142,22 @@ def test_same_bits_alone_in_any_batch_and_on_every_copy(kernels, fmt, dtype):
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_activation_gives_nan_not_a_number(qk, fmt, bad):
+    # float math gives NaN or infinity there; an int8 scale cannot hold it, and a finite result would hide it
+    rng = np.random.default_rng(6)
+    data, w = _weight(fmt, 32, 128, rng)
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    x[1, 70] = bad
+    packed = qk.prepare_linear_quant(torch.from_numpy(data), fmt, 32, 128)
+    for dtype in (torch.float32, torch.bfloat16):
+        xt = torch.from_numpy(x).to(dtype)
+        got = qk.linear_quant(xt, packed, fmt, 32)
+        assert got[1].isnan().all()
+        _check(got[[0, 2]], xt.float().numpy()[[0, 2]], data, w, fmt, None, dtype)
+
+
 def test_bad_arguments_are_refused(kernels):
     rng = np.random.default_rng(0)
     data = torch.from_numpy(_weight("q8_0", 40, 64, rng)[0])

@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -114,6 +115,14 @@ inline uint16_t bf16_bits(float v) {  // round to nearest even, as c10::BFloat16
 
 // ---- plain C++: any CPU; the reference the other copies are checked against in tests ----
 
+// A block holding an infinity or NaN has no int8 scale: its quants become 0 and its scale NaN, so every output
+// of the row comes out NaN (as float math on it would give NaN or infinity), never a finite number
+inline void nonfinite_block(int8_t* q, float* d, int32_t* s, float* ds) {
+  std::memset(q, 0, kQK);
+  *d = *ds = std::numeric_limits<float>::quiet_NaN();
+  *s = 0;
+}
+
 inline float to_float(float v) { return v; }
 inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
 
@@ -123,7 +132,15 @@ void quantize_row_base(const T* x, int64_t nb, int8_t* q, float* d, int32_t* s, 
     float xb[kQK];
     for (int j = 0; j < kQK; ++j) xb[j] = to_float(x[b * kQK + j]);
     float amax = 0;
-    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    bool finite = true;
+    for (int j = 0; j < kQK; ++j) {
+      finite &= std::fabs(xb[j]) <= std::numeric_limits<float>::max();  // false for NaN too
+      amax = std::max(amax, std::fabs(xb[j]));
+    }
+    if (!finite) {
+      nonfinite_block(q + b * kQK, d + b, s + b, ds + b);
+      continue;
+    }
     const float db = amax / 127.0f, id = db != 0 ? 1.0f / db : 0.0f;
     int32_t sum = 0;
     for (int j = 0; j < kQK; ++j) {
@@ -213,6 +230,11 @@ MC_VNNI void quantize_row_vnni(const T* x, int64_t nb, int8_t* q, float* d, int3
   for (int64_t b = 0; b < nb; ++b) {
     const __m512 v0 = load16_vnni(x + b * kQK), v1 = load16_vnni(x + b * kQK + 16);
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
+    if (_mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q) ||
+        !(amax <= std::numeric_limits<float>::max())) {
+      nonfinite_block(q + b * kQK, d + b, s + b, ds + b);
+      continue;
+    }
     const float db = amax / 127.0f, id = db != 0 ? 1.0f / db : 0.0f;
     const __m512 idv = _mm512_set1_ps(id);
     // cvtps rounds by MXCSR: to nearest, ties to even, as std::nearbyint in the plain copy
@@ -331,11 +353,17 @@ MC_AVX2 void quantize_row_avx2(const T* x, int64_t nb, int8_t* q, float* d, int3
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t b = 0; b < nb; ++b) {
     __m256 v[4], m = _mm256_setzero_ps();
+    int nan = 0;
     for (int k = 0; k < 4; ++k) {
       v[k] = load8_avx2(x + b * kQK + 8 * k);
       m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[k]));
+      nan |= _mm256_movemask_ps(_mm256_cmp_ps(v[k], v[k], _CMP_UNORD_Q));
     }
     const float amax = hmax8(m);
+    if (nan || !(amax <= std::numeric_limits<float>::max())) {
+      nonfinite_block(q + b * kQK, d + b, s + b, ds + b);
+      continue;
+    }
     const float db = amax / 127.0f, id = db != 0 ? 1.0f / db : 0.0f;
     const __m256 idv = _mm256_set1_ps(id);
     __m256i qi[4], sum = _mm256_setzero_si256();
