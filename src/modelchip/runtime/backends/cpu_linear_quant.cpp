@@ -496,8 +496,9 @@ void groups_simd(const Act& a, int64_t m, const uint8_t* w, int64_t g0, int64_t 
 template <Fmt F>
 void groups_run(QIsa isa, const Act& a, int64_t m, const uint8_t* w, int64_t g0, int64_t g1, const Out& o) {
 #if MC_QX86
-  if (isa == QIsa::vnni) return groups_simd<Vnni, F, 4, 2, 4>(a, m, w, g0, g1, o);  // 16 + 16 of 32 registers
-  if (isa == QIsa::avx2) return groups_simd<Avx2, F, 2, 1, 2>(a, m, w, g0, g1, o);  // 8 + 8 of 16
+  // accumulators, int32 and float32: 8 + 8 of 32 registers (VNNI), 4 + 4 of 16 (AVX2), the rest for weights
+  if (isa == QIsa::vnni) return groups_simd<Vnni, F, 4, 2, 4>(a, m, w, g0, g1, o);
+  if (isa == QIsa::avx2) return groups_simd<Avx2, F, 2, 1, 2>(a, m, w, g0, g1, o);
 #endif
   groups_base<F>(a, m, w, g0, g1, o);
 }
