@@ -8,6 +8,8 @@ BENCHMARKS.md). On AVX512-BF16 CPUs, bfloat16 weights go to pair blocks for the 
 it matches oneDNN from there up to prefill sizes. On CPUs that also have AMX, oneDNN's AMX tiles stay the
 default until pair blocks are measured against them on such a machine (`benchmarks/bench_linear.py` measures
 both; MODELCHIP_BF16_MATMUL=pairs or =onednn overrides the choice). Either way the weight is kept once.
+Quantized weights (`QuantizedWeight`): GGUF Q8_0, Q4_0 and Q4_1 stay packed for the kernels' int8 matmul
+(cpu_linear_quant.cpp); other formats are dequantized once and take the dense path, counted (cpu_quant.py).
 
 At decode sizes a step is per-op dispatch as much as matmuls, so RMSNorm, rotary, SiLU-and-mul, cache writes
 and attention run as fused C++ kernels (cpu_kernels.cpp, built once per machine) that keep the reference's
@@ -29,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from modelchip.errors import ModelchipError
-from modelchip.runtime.backends import cpu_kernels
+from modelchip.runtime.backends import cpu_kernels, cpu_quant
 from modelchip.runtime.backends.cpu_features import has_amx_bf16
-from modelchip.runtime.backends.cpu_quant import prepare_quantized, scaled_output
+from modelchip.runtime.backends.cpu_quant import QuantLinear, prepare_quantized, scaled_output
 from modelchip.runtime.backends.reference import ReferenceBackend, decode_blocks, gather_blocks, visible
 from modelchip.runtime.contract import AttentionMetadata
 from modelchip.runtime.dequant import quantize_activation_int8
@@ -85,6 +87,7 @@ class CPUBackend(ReferenceBackend):
         self.fallbacks: Counter[str] = Counter()  # weights left unpacked, eager ops, by reason (conformance shows it)
         self.kernels, self.kernels_missing = cpu_kernels.load()
         self.bf16_linear = bf16_matmul(self.kernels)
+        cpu_quant.choose_isa(self.kernels)
         # per-step tables, rebuilt when a new step's tensors arrive (every layer of a step shares them)
         self._rope: tuple = (None, None, None)
         self._plan: tuple = (None, {}, None, 0)
@@ -95,7 +98,7 @@ class CPUBackend(ReferenceBackend):
             if weight.compute_dtype not in self.pack_dtypes:  # nothing to pack into: the reference's per call
                 self._count(f"linear: {weight.format} weight in {weight.compute_dtype} left to the reference")
                 return weight
-            return prepare_quantized(weight, self.prepare_linear, self._count)
+            return prepare_quantized(weight, self.prepare_linear, self._count, self.kernels)
         if weight.dim() != 2 or weight.dtype not in self.pack_dtypes:
             self.fallbacks[f"linear weight left unpacked ({weight.dtype}, {weight.dim()}-D)"] += 1
             return weight
@@ -106,7 +109,17 @@ class CPUBackend(ReferenceBackend):
             return PackedLinear(self.kernels.pack_linear_bf16(weight), "bf16-pairs", out)
         return PackedLinear(torch.ops.mkldnn._reorder_linear_weight(weight.contiguous()), "onednn", out)
 
+    def _linear_quantized(self, x: torch.Tensor, weight: QuantLinear, bias: torch.Tensor | None) -> torch.Tensor:
+        if x.dtype in cpu_quant.KERNEL_ACTIVATIONS:
+            return cpu_quant.linear_packed(self.kernels, x, weight, bias)
+        self.fallbacks[f"{weight.format} linear on {x.dtype} activations, through float32"] += 1
+        return cpu_quant.linear_packed(self.kernels, x.float(), weight, bias).to(x.dtype)
+
     def linear(self, x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(weight, QuantLinear):
+            if x.dim() == 2 and x.dtype in cpu_quant.KERNEL_ACTIVATIONS:  # the model's case, straight to the kernel
+                return self.kernels.linear_quant(x, weight.packed, weight.format, weight.out_features, bias)
+            return self._linear_quantized(x, weight, bias)
         if not isinstance(weight, PackedLinear):
             return super().linear(x, weight, bias) if isinstance(weight, QuantizedWeight) else \
                 F.linear(x, weight, bias)
