@@ -245,9 +245,9 @@ def test_backend_dequantizes_other_formats_once_and_counts(kernels):
         assert np.allclose(got, exact, rtol=1e-4, atol=1e-5 * np.abs(exact).max())
         assert backend.linear(x, handle).shape == (3, weight.out_features)
     assert sorted(backend.fallbacks) == [
-        "fp8_block linear weight dequantized at load (no packed kernel for this format)",
-        "int8_channel linear weight dequantized at load (no packed kernel for this format)",
-        "q4_k linear weight dequantized at load (no packed kernel for this format)"]
+        "linear: fp8_block weight dequantized at prepare to float32 (no fp8_block kernel)",
+        "linear: int8_channel weight dequantized at prepare to float32 (no int8_channel kernel)",
+        "linear: q4_k weight dequantized at prepare to float32 (no q4_k kernel)"]
 
 
 def test_backend_without_kernels_dequantizes_and_says_why(kernels):
@@ -258,8 +258,7 @@ def test_backend_without_kernels_dequantizes_and_says_why(kernels):
     handle = backend.prepare_linear(QuantizedWeight("q4_1", torch.from_numpy(data), 32, 64))
     x = torch.randn(2, 64)
     assert np.allclose(backend.linear(x, handle).double().numpy(), x.double().numpy() @ w.T, rtol=1e-4, atol=1e-4)
-    assert list(backend.fallbacks) == [
-        "q4_1 linear weight dequantized at load (fused kernels off (MODELCHIP_CPU_KERNELS=0))"]
+    assert list(backend.fallbacks) == ["linear: q4_1 weight dequantized at prepare to float32 (cpu kernels not built)"]
 
 
 def test_backend_takes_the_copy_the_environment_names(kernels, monkeypatch):
@@ -276,11 +275,10 @@ def test_backend_takes_the_copy_the_environment_names(kernels, monkeypatch):
 
 
 def test_backend_refuses_a_weight_that_does_not_fit_its_format(kernels):
-    backend = _backend()
-    with pytest.raises(ModelchipError, match="q6_k weight 4x256: data must be uint8 \\[4, 210\\]"):
-        backend.prepare_linear(QuantizedWeight("q6_k", torch.zeros(4, 200, dtype=torch.uint8), 4, 256))
-    with pytest.raises(ModelchipError, match="int8_channel weight 4x8: 3 scales"):
-        backend.prepare_linear(QuantizedWeight("int8_channel", torch.zeros(4, 8, dtype=torch.int8), 4, 8,
-                                               scales=torch.ones(3)))
-    with pytest.raises(ModelchipError, match="q8_0 weight 4x64: data must be uint8 \\[4, 68\\]"):
-        backend.prepare_linear(QuantizedWeight("q8_0", torch.zeros(4, 60, dtype=torch.uint8), 4, 64))
+    # QuantizedWeight checks its layout when made (runtime/quant.py), before any backend sees it
+    with pytest.raises(ModelchipError, match=r"\(q6_k\): data must be uint8 \[4, 210\]"):
+        QuantizedWeight("q6_k", torch.zeros(4, 200, dtype=torch.uint8), 4, 256)
+    with pytest.raises(ModelchipError, match=r"\(q8_0\): data must be uint8 \[4, 68\]"):
+        QuantizedWeight("q8_0", torch.zeros(4, 60, dtype=torch.uint8), 4, 64)
+    with pytest.raises(ModelchipError, match="int8_channel"):
+        QuantizedWeight("int8_channel", torch.zeros(4, 8, dtype=torch.int8), 4, 8, scales=torch.ones(3))

@@ -43,9 +43,7 @@ def build_dir() -> Path:
     """Where this torch, Python, architecture and these sources build (the CPU itself does not matter: the build
     carries a copy per instruction set)."""
     root = Path(os.environ.get("MODELCHIP_CACHE", Path.home() / ".cache" / "modelchip"))
-    # the sources' folder too: torch's builder rebuilds whenever the source paths change, so two checkouts of
-    # the same sources sharing one directory would rebuild on every switch between them
-    key = f"{torch.__version__}|{sys.version}|{platform.machine()}|{_sources_digest()}|{SOURCES[0].parent}"
+    key = f"{torch.__version__}|{sys.version}|{platform.machine()}|{_sources_digest()}"
     return root / "cpu_kernels" / hashlib.sha256(key.encode()).hexdigest()[:12]
 
 

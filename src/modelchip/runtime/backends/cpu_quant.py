@@ -25,6 +25,7 @@ from modelchip.runtime.quant import QuantizedWeight
 # (weight, the backend's prepare_linear for a float [out, in] tensor, count a fallback, the built kernels or
 # None) -> handle
 Prepare = Callable[[QuantizedWeight, Callable[..., object], Callable[[str], None], object], object]
+KERNEL_FORMATS = ("q8_0", "q4_0", "q4_1")  # run packed by the kernels' int8 matmul
 KERNEL_ACTIVATIONS = (torch.float32, torch.bfloat16)  # what the int8 matmul reads
 
 
