@@ -10,13 +10,17 @@ format:
 - greedy equality: the first 32 greedy tokens of several prompts from llama-server (temperature 0, the prompt
   given as token ids) vs modelchip on the same file; at a divergence, modelchip's top-2 logit margin there
   and the logit gap between its token and llama.cpp's (a tie or near-tie explains it), and llama.cpp's own.
+  The end-of-sequence token ends a stream on both sides: llama.cpp's `ignore_eos` bans that token (its logit
+  set to -inf) while modelchip's emits it and goes on, so with it the streams part at the first EOS the model
+  ranks first, for no numeric reason (the first run of this script found exactly that).
 
 modelchip runs as `LLM(path)` with its defaults (the fastest backend and dtype for this CPU), plus, for the F32
 file, the cpu backend in float32, so bf16 and fp32 each meet llama.cpp at the same precision. What it actually
 ran (backend, dtype, how its linear weights are held: packed bf16, or a GGUF block format once quantized
 execution lands) is read off the loaded model and printed, never assumed. Every measurement is the best of
 --repeat runs on each side, in fresh processes; the load average before and after each is recorded, since
-other processes on the machine skew everything.
+other processes on the machine skew everything. On a shared machine, point MODELCHIP_CACHE at a directory of
+your own, so that another process's kernel build in the shared cache cannot hold a lock the run waits on.
 
     benchmarks/build_llamacpp.sh /work/llamacpp
     python benchmarks/bench_llamacpp.py --llamacpp-dir /work/llamacpp            # markdown table
@@ -52,6 +56,8 @@ FORMATS = ("Q4_1", "Q8_0", "BF16", "F32")
 # issue 16's targets: modelchip / llama.cpp on the same file (decode = batch-1 tg; concurrent = 16 sequences)
 TARGETS = {("Q8_0", "decode"): 1.0, ("Q8_0", "concurrent"): 1.2, ("Q4_1", "decode"): 0.8,
            ("BF16", "decode"): 1.0, ("F32", "decode"): 1.0}
+# transformers runs the unquantized files at their own precision (it has no quantized GGUF execution)
+TRANSFORMERS_DTYPE = {"BF16": "bfloat16", "F32": "float32"}
 GREEDY_PROMPTS = ["The capital of France is", "Once upon a time, in a small village,",
                   "def fibonacci(n):", "The three primary colors are"]
 GREEDY_CHAT = "What is the capital of France?"
@@ -154,7 +160,7 @@ def llama_server_greedy(binary: Path, model: Path, prompts: list[list[int]], arg
         out = []
         for ids in prompts:
             body = json.dumps({"prompt": ids, "n_predict": args.greedy_tokens, "temperature": 0.0,
-                               "ignore_eos": True, "cache_prompt": False, "return_tokens": True,
+                               "ignore_eos": False, "cache_prompt": False, "return_tokens": True,
                                "n_probs": 2}).encode()
             req = urllib.request.Request(f"{base}/completion", body, {"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=600) as r:
@@ -258,14 +264,62 @@ def run_modelchip(path: str, backend: str | None, dtype: str | None, args) -> di
             "concurrent_prefill_tok_s": round(max(concurrent_pp), 2)}
 
 
-def greedy_prompt_ids(path: str) -> list[list[int]]:
-    """The greedy prompts as token ids, by modelchip's tokenizer of the file (both sides then get the same ids)."""
+# -- transformers ---------------------------------------------------------------------------------------------------
+
+
+def run_transformers(path: str, dtype: str, args) -> dict:
+    """transformers on the same file (its GGUF loader dequantizes to `dtype`), the same three measurements:
+    each a difference of two `generate` calls (N + 1 tokens minus 1), so prefill is left out of decode rates."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    file = Path(path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name,
+                                                              dtype=getattr(torch, dtype))
+    model.eval()
+    gen = model.generation_config
+    gen.eos_token_id = gen.bos_token_id = None
+    gen.pad_token_id = 0
+    vocab = model.config.vocab_size
+
+    def generate(batch: list[list[int]], tokens: int) -> float:
+        x = torch.tensor(batch)
+        t0 = time.perf_counter()
+        out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=tokens,
+                             min_new_tokens=tokens)
+        elapsed = time.perf_counter() - t0
+        if out.shape[1] != x.shape[1] + tokens:
+            raise RuntimeError(f"transformers generated {out.shape[1] - x.shape[1]} tokens, asked for {tokens}")
+        return elapsed
+
+    decode, prefill, concurrent = [], [], []
+    cpu, wall = cpu_seconds(resource.RUSAGE_SELF), time.perf_counter()
+    with torch.inference_mode():
+        generate(random_prompts(2, 8, vocab, seed=99), 4)  # warm-up
+        for i in range(args.repeat):
+            one = random_prompts(1, 1, vocab, seed=i)
+            decode.append(args.decode_tokens / (generate(one, args.decode_tokens + 1) - generate(one, 1)))
+            prefill.append(args.prefill / generate(random_prompts(1, args.prefill, vocab, seed=100 + i), 1))
+            batch = random_prompts(args.concurrency, args.batch_prompt_tokens, vocab, seed=200 + i)
+            t_all = generate(batch, args.batch_decode_tokens + 1)
+            concurrent.append(args.concurrency * args.batch_decode_tokens / (t_all - generate(batch, 1)))
+    util = (cpu_seconds(resource.RUSAGE_SELF) - cpu) / ((time.perf_counter() - wall) * args.threads)
+    return {"version": transformers.__version__, "dtype": dtype, "cpu_utilization": round(util, 2),
+            "decode_tok_s": round(max(decode), 2), "prefill_tok_s": round(max(prefill), 2),
+            "concurrent_decode_tok_s": round(max(concurrent), 2)}
+
+
+def greedy_prompt_ids(path: str) -> tuple[list[list[int]], list[int]]:
+    """The greedy prompts as token ids, by modelchip's tokenizer of the file (both sides then get the same ids),
+    and the file's end-of-sequence ids."""
     from modelchip import LLM
 
     llm = LLM(path, backend="reference", dtype="float32")
     ids = [llm.tokenizer.encode(p, add_special_tokens=False) for p in GREEDY_PROMPTS]
     chat = llm.tokenizer.apply_chat_template([{"role": "user", "content": GREEDY_CHAT}], add_generation_prompt=True)
-    return ids + [llm.tokenizer.encode(chat, add_special_tokens=False)]
+    return ids + [llm.tokenizer.encode(chat, add_special_tokens=False)], sorted(llm.eos_ids)
 
 
 def modelchip_greedy(path: str, backend: str | None, dtype: str | None, prompts: list[list[int]],
@@ -279,10 +333,10 @@ def modelchip_greedy(path: str, backend: str | None, dtype: str | None, prompts:
     from modelchip.engine import SamplingParams
 
     llm = LLM(path, backend=backend, dtype=dtype)
-    params = SamplingParams(max_tokens=args.greedy_tokens, temperature=0.0, ignore_eos=True)
+    params = SamplingParams(max_tokens=args.greedy_tokens, temperature=0.0)
     out = []
     for ids, theirs in zip(prompts, reference, strict=True):
-        ours = llm.generate([ids], params)[0].token_ids
+        ours = without_eos(llm.generate([ids], params)[0].token_ids, llm.eos_ids)
         k = first_divergence(ours, theirs)
         row = {"tokens": ours, "first_divergence": k}
         if k is not None and k < min(len(ours), len(theirs)):
@@ -292,6 +346,14 @@ def modelchip_greedy(path: str, backend: str | None, dtype: str | None, prompts:
             row["gap_to_llamacpp_token"] = round(float(logits[ours[k]] - logits[theirs[k]]), 4)
         out.append(row)
     return out
+
+
+def without_eos(tokens: list[int], eos: set[int] | list[int]) -> list[int]:
+    """A greedy stream up to its end-of-sequence token (which one side lists and the other may not)."""
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[:i]
+    return tokens
 
 
 def in_child(fn, *args):
@@ -312,24 +374,30 @@ def modelchip_configs(fmt: str) -> list[tuple[str, str | None, str | None]]:
 
 
 def bench_format(fmt: str, model: Path, bins: Path, args) -> dict:
-    res: dict = {"file": str(model), "load_before": load()}
-    res["llama_bench"] = llama_bench(bins / "llama-bench", model, args)
-    print(f"{fmt} llama-bench {res['llama_bench']}", file=sys.stderr)
-    res["llama_batched_bench"] = llama_batched_bench(bins / "llama-batched-bench", model, args)
-    print(f"{fmt} llama-batched-bench {res['llama_batched_bench']['concurrent_decode_tok_s']}", file=sys.stderr)
-    res["modelchip"] = {}
-    for label, backend, dtype in modelchip_configs(fmt):
+    res: dict = {"file": str(model), "load_before": load(), "modelchip": {}}
+    for label, backend, dtype in [] if args.greedy_only else modelchip_configs(fmt):
         mc = in_child(run_modelchip, str(model), backend, dtype, args)
         res["modelchip"][label] = mc
         print(f"{fmt} modelchip {label} {mc}", file=sys.stderr)
+    if not args.greedy_only:
+        res["llama_bench"] = llama_bench(bins / "llama-bench", model, args)
+        print(f"{fmt} llama-bench {res['llama_bench']}", file=sys.stderr)
+        res["llama_batched_bench"] = llama_batched_bench(bins / "llama-batched-bench", model, args)
+        print(f"{fmt} llama-batched-bench {res['llama_batched_bench']['concurrent_decode_tok_s']}", file=sys.stderr)
+    if fmt in TRANSFORMERS_DTYPE and not (args.no_transformers or args.greedy_only):
+        res["transformers"] = in_child(run_transformers, str(model), TRANSFORMERS_DTYPE[fmt], args)
+        print(f"{fmt} transformers {res['transformers']}", file=sys.stderr)
     if args.greedy_tokens:
-        prompts = in_child(greedy_prompt_ids, str(model))
+        prompts, eos = in_child(greedy_prompt_ids, str(model))
         theirs = llama_server_greedy(bins / "llama-server", model, prompts, args)
+        for t in theirs:
+            t["tokens"] = without_eos(t["tokens"], eos)
         res["greedy"] = {"prompts": prompts, "llamacpp": theirs, "modelchip": {}}
         for label, backend, dtype in modelchip_configs(fmt):
             ours = in_child(modelchip_greedy, str(model), backend, dtype, prompts, [t["tokens"] for t in theirs],
                             args)
             for o, t in zip(ours, theirs, strict=True):
+                o["lengths"] = [len(o["tokens"]), len(t["tokens"])]  # shorter than asked: EOS came first
                 k = o["first_divergence"]
                 if k is not None and k < len(t["top_logprobs"]) and len(t["top_logprobs"][k]) == 2:
                     a, b = sorted(t["top_logprobs"][k].values(), reverse=True)
@@ -344,10 +412,12 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "-"
 
 
-def markdown(result: dict, args) -> str:
+def markdown(result: dict) -> str:
+    args = argparse.Namespace(**result["settings"])
     lines = [f"CPU: {result['cpu']}; {args.threads} threads each side; {result['date']}; load average "
              f"{result['load_before']} before, {result['load_after']} after (other processes share this machine); "
-             f"llama.cpp {result['llamacpp_build']}; torch {result['torch']}.", "",
+             f"llama.cpp {result['llamacpp_build']}; torch {result['torch']}; transformers "
+             f"{result.get('transformers', '-')}.", "",
              "| file | modelchip ran | measurement | modelchip tok/s | llama.cpp tok/s | ratio | target | CPU busy, "
              "modelchip / llama.cpp |", "|---|---|---|---|---|---|---|---|"]
     what = {"decode": (f"batch-1 decode (tg{args.decode_tokens})", "decode_tok_s", "llama_bench"),
@@ -366,6 +436,18 @@ def markdown(result: dict, args) -> str:
                 lines.append(f"| {fmt} | {desc} | {name} | {ours:.1f} | {theirs:.1f} | {ratio(ours, theirs)} | "
                              f"{'>= ' + str(target) if target else ''} | {busy} |")
                 desc = ""
+    tf_rows = [(fmt, res) for fmt, res in result["formats"].items() if "transformers" in res]
+    if tf_rows:
+        lines += ["", "transformers on the same files (its GGUF loader dequantizes; same measurements, same threads), "
+                      "against modelchip's defaults (bf16 file) and cpu float32 (F32 file):", "",
+                  "| file | transformers dtype | measurement | modelchip tok/s | transformers tok/s | ratio | "
+                  "CPU busy, modelchip / transformers |", "|---|---|---|---|---|---|---|"]
+        for fmt, res in tf_rows:
+            tf = res["transformers"]
+            mc = res["modelchip"]["cpu float32" if tf["dtype"] == "float32" else "default"]
+            for name, field, _ in what.values():
+                lines.append(f"| {fmt} | {tf['dtype']} | {name} | {mc[field]:.1f} | {tf[field]:.1f} | "
+                             f"{ratio(mc[field], tf[field])} | {mc['cpu_utilization']} / {tf['cpu_utilization']} |")
     lines += ["", "Load average per file, before / after its measurements: " + "; ".join(
         f"{fmt} {res['load_before']} / {res['load_after']}" for fmt, res in result["formats"].items()) + "."]
     greedy = [(fmt, label, i, o) for fmt, res in result["formats"].items() if "greedy" in res
@@ -373,12 +455,14 @@ def markdown(result: dict, args) -> str:
     if greedy:
         lines += ["", f"Greedy, first {args.greedy_tokens} tokens, modelchip vs llama-server (temperature 0) on the "
                       f"same file and prompt ids:", "",
-                  "| file | modelchip | prompt | first divergence | modelchip top-2 margin there | modelchip logit "
-                  "gap, its token - llama.cpp's | llama.cpp top-2 logprob margin |", "|---|---|---|---|---|---|---|"]
+                  "| file | modelchip | prompt | tokens before EOS, modelchip / llama.cpp | first divergence | "
+                  "modelchip top-2 margin there | modelchip logit gap, its token - llama.cpp's | llama.cpp top-2 "
+                  "logprob margin |", "|---|---|---|---|---|---|---|---|"]
         names = [*GREEDY_PROMPTS, f"chat: {GREEDY_CHAT}"]
         for fmt, label, i, o in greedy:
             k = o["first_divergence"]
-            lines.append(f"| {fmt} | {label} | {names[i]} | {'none' if k is None else k} | "
+            lengths = " / ".join(map(str, o.get("lengths", [])))
+            lines.append(f"| {fmt} | {label} | {names[i]} | {lengths} | {'none' if k is None else k} | "
                          f"{o.get('top2_margin', '')} | {o.get('gap_to_llamacpp_token', '')} | "
                          f"{o.get('llamacpp_top2_margin', '')} |")
     return "\n".join(lines)
@@ -397,8 +481,14 @@ def main() -> None:
     ap.add_argument("--batch-decode-tokens", type=int, default=64, help="per sequence (llama-batched-bench -ntg)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement on each side; the best counts")
     ap.add_argument("--greedy-tokens", type=int, default=32, help="0 skips the greedy comparison")
+    ap.add_argument("--greedy-only", action="store_true", help="only the greedy comparison, no speed measurements")
+    ap.add_argument("--no-transformers", action="store_true", help="skip transformers on the BF16 and F32 files")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
+    ap.add_argument("--render", type=Path, help="print the tables of an earlier run's --json file, run nothing")
     args = ap.parse_args()
+    if args.render:
+        print(markdown(json.loads(args.render.read_text())))
+        return
 
     bins, models = args.llamacpp_dir / "build" / "bin", args.llamacpp_dir / "models"
     needed = [bins / b for b in ("llama-bench", "llama-batched-bench", "llama-server")]
@@ -409,16 +499,18 @@ def main() -> None:
                          f"{args.llamacpp_dir} first")
     result: dict = {"benchmark": "llamacpp", "cpu": cpu_model(), "threads": args.threads,
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_before": load(),
-                    "torch": importlib.metadata.version("torch"), "settings": {k: v for k, v in vars(args).items()
-                                                              if k not in ("llamacpp_dir", "json")},
+                    "torch": importlib.metadata.version("torch"),
+                    "transformers": importlib.metadata.version("transformers"),
+                    "settings": {k: v for k, v in vars(args).items() if k not in ("llamacpp_dir", "json", "render")},
                     "formats": {}}
     for fmt in args.formats:
         result["formats"][fmt] = bench_format(fmt, models / f"smollm2-135m-{fmt}.gguf", bins, args)
-    result["load_after"] = load()
-    result["llamacpp_build"] = next(iter(result["formats"].values()))["llama_bench"]["build"]
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    print(markdown(result, args))
+        result["load_after"] = load()
+        result["llamacpp_build"] = next((r["llama_bench"]["build"] for r in result["formats"].values()
+                                         if "llama_bench" in r), "-")
+        if args.json:  # after every file, so a long run stopped part-way keeps (and --render shows) what it has
+            args.json.write_text(json.dumps(result, indent=2))
+    print(markdown(result))
 
 
 if __name__ == "__main__":
