@@ -23,6 +23,7 @@ from modelchip.engine.model_runner import ModelRunner
 from modelchip.engine.sampling_params import SamplingParams
 from modelchip.engine.scheduler import Scheduler, SchedulerConfig
 from modelchip.engine.sequence import Sequence
+from modelchip.engine.structured_output import StructuredOutputManager
 from modelchip.errors import ModelchipError
 from modelchip.runtime.loaded_model import LoadedModel
 
@@ -83,6 +84,7 @@ class LLMEngine:
         self.runner = ModelRunner(llm.model, llm.ops, self.cache, bs, llm.device, llm.forward_step)
         self.requests: dict[str, Sequence] = {}
         self.stats = EngineStats()
+        self.structured_output = StructuredOutputManager(llm.tokenizer, llm.vocab_size, llm.eos_ids)
 
     # -- requests -------------------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
@@ -102,8 +104,11 @@ class LLMEngine:
         if generator is None and params.seed is not None and not params.greedy:
             generator = torch.Generator(device=self.llm.device)
             generator.manual_seed(params.seed & SEED_MASK)
+        processors = [] if params.structured_outputs is None else \
+            [self.structured_output.processor(params.structured_outputs)]
         detok = IncrementalDetokenizer(tokenizer, params.stop, self.llm.eos_ids) if tokenizer is not None else None
         seq = Sequence(request_id, ids, params, generator, detok, arrival_time)
+        seq.logits_processors = processors
         self.requests[request_id] = seq
         self.scheduler.add(seq)
         self.stats.requests_added += 1
@@ -159,7 +164,19 @@ class LLMEngine:
         if detok is not None:
             detok.add(token)
         params = seq.params
-        if (token in self.llm.eos_ids and not params.ignore_eos) or (detok is not None and detok.stopped):
+        grammar_done = False
+        for proc in seq.logits_processors:
+            accept = getattr(proc, "accept_token", None)
+            if accept is not None:
+                try:
+                    accept(token)
+                except ModelchipError as exc:
+                    out = self._finish(seq, "error", [token])
+                    out.error = str(exc)
+                    return out
+            grammar_done = grammar_done or getattr(proc, "is_finished", False)
+        if (token in self.llm.eos_ids and not params.ignore_eos) or (detok is not None and detok.stopped) \
+                or grammar_done:
             return self._finish(seq, "stop", [token])
         if seq.num_output_tokens >= params.max_tokens:
             return self._finish(seq, "length", [token])

@@ -42,6 +42,10 @@ class ModelRunner:
         logits = self.forward(ids, positions, meta, last, self.cache)
         if not rows:
             return [None] * len(seqs)
+        for j, i in enumerate(rows):  # per-request processors (structured outputs) see their own row only
+            seq = seqs[i]
+            for proc in seq.logits_processors:
+                logits[j] = proc(seq.output_token_ids, logits[j])
         picked = self.sample(logits, [seqs[i] for i in rows])
         out: list[int | None] = [None] * len(seqs)
         for i, tok in zip(rows, picked, strict=True):

@@ -1,13 +1,51 @@
-"""Per-request sampling parameters: how many tokens, how random, when to stop."""
+"""Per-request sampling parameters: how many tokens, how random, when to stop, and what shape the output must
+have (structured outputs)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from modelchip.errors import ModelchipError
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LEN = 256
+
+
+@dataclass
+class StructuredOutputsParams:
+    """A constraint on the output, as vLLM's: exactly one of a JSON schema (`json`, a dict or its JSON text), any
+    JSON object (`json_object`), a regular expression, a list of choices, or a Lark grammar (llguidance's
+    dialect, which can embed JSON schemas with `%json`). The engine masks the logits so that only tokens keeping
+    the output valid can be sampled, and ends the request once the constraint is complete."""
+
+    json: dict[str, Any] | str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("json", "json_object", "regex", "choice", "grammar") if getattr(self, k) not in
+                 (None, False)]
+        if len(given) != 1:
+            raise ModelchipError("structured outputs take exactly one of json, json_object, regex, choice or "
+                                 f"grammar (got {', '.join(given) or 'none'})")
+        if isinstance(self.json, str):
+            try:
+                self.json = json.loads(self.json)
+            except json.JSONDecodeError as exc:
+                raise ModelchipError(f"the JSON schema is not valid JSON: {exc}") from None
+        if self.json is not None and not isinstance(self.json, dict | bool):
+            raise ModelchipError(f"a JSON schema must be an object, got {type(self.json).__name__}")
+        if self.choice is not None and (not isinstance(self.choice, list) or not self.choice
+                                        or not all(isinstance(c, str) for c in self.choice)):
+            raise ModelchipError("choice must be a non-empty list of strings")
+        for name in ("regex", "grammar"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ModelchipError(f"{name} must be a non-empty string")
 
 
 @dataclass
@@ -18,7 +56,8 @@ class SamplingParams:
     its batches. `stop` strings end generation and are cut from the text (never streamed). `ignore_eos` keeps
     generating past end-of-sequence tokens (benchmarks use it for fixed-length outputs).
     `skip_reading_prefix_cache` (vLLM's name) computes the whole prompt even where it is cached: what needs
-    every prompt position's logits, such as prompt log-probabilities, sets it.
+    every prompt position's logits, such as prompt log-probabilities, sets it. `structured_outputs`
+    constrains the text to a JSON schema, a regex, choices or a grammar.
     """
 
     max_tokens: int = 16
@@ -29,6 +68,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     skip_reading_prefix_cache: bool = False
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -55,6 +95,9 @@ class SamplingParams:
         for s in self.stop:
             if not isinstance(s, str) or not s or len(s) > MAX_STOP_LEN:
                 raise ModelchipError(f"stop strings must be non-empty strings of at most {MAX_STOP_LEN} characters")
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise ModelchipError("structured_outputs must be a StructuredOutputsParams, got "
+                                 f"{type(self.structured_outputs).__name__}")
 
     @property
     def greedy(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from typing import Protocol
 
 import torch
 
@@ -15,6 +16,15 @@ class SequenceStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
+
+
+class RequestLogitsProcessor(Protocol):
+    """A per-request step before sampling: takes the request's output token ids so far and its logits row,
+    returns the row (in place is fine). It may also define `accept_token(token)`, called with every sampled
+    token, and `is_finished`, which ends the request with finish_reason "stop" once true (a grammar that is
+    complete)."""
+
+    def __call__(self, output_token_ids: list[int], logits: torch.Tensor) -> torch.Tensor: ...
 
 
 class Sequence:
@@ -40,6 +50,7 @@ class Sequence:
         self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
         self.first_token_time: float | None = None
         self.last_token_time: float | None = None
+        self.logits_processors: list[RequestLogitsProcessor] = []
 
     def __repr__(self) -> str:
         return (f"Sequence({self.request_id!r}, {self.status.value}, tokens={self.num_tokens}, "
