@@ -24,6 +24,7 @@ from modelchip.engine.model_runner import ModelRunner
 from modelchip.engine.sampling_params import SamplingParams
 from modelchip.engine.scheduler import Scheduler, SchedulerConfig
 from modelchip.engine.sequence import Sequence, SequenceStatus
+from modelchip.engine.structured_output import StructuredOutputManager
 from modelchip.errors import ModelchipError
 from modelchip.runtime.loaded_model import LoadedModel
 
@@ -101,6 +102,7 @@ class LLMEngine:
         # their prompt's full blocks are cached and shared (prefix caching) rather than computed n times
         self.deferred: dict[str, list[Sequence]] = {}
         self.stats = EngineStats()
+        self.structured_output = StructuredOutputManager(llm.tokenizer, llm.vocab_size, llm.eos_ids)
 
     # -- requests -------------------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
@@ -129,7 +131,11 @@ class LLMEngine:
                 gen.manual_seed((params.seed + i) & SEED_MASK)
             detok = IncrementalDetokenizer(tokenizer, params.stop, skip) if tokenizer is not None else None
             seq_id = request_id if params.n == 1 else f"{request_id}#{i}"
-            seqs.append(Sequence(request_id, ids, params, gen, detok, arrival_time, index=i, seq_id=seq_id))
+            seq = Sequence(request_id, ids, params, gen, detok, arrival_time, index=i, seq_id=seq_id)
+            # a grammar matcher holds its state per sequence: each of the n completions gets its own
+            if params.structured_outputs is not None:
+                seq.logits_processors = [self.structured_output.processor(params.structured_outputs)]
+            seqs.append(seq)
         for seq in seqs:
             self.requests[seq.seq_id] = seq
         self.groups[request_id] = seqs
@@ -227,8 +233,19 @@ class LLMEngine:
         if detok is not None:
             detok.add(token)
         params = seq.params
+        grammar_done = False
+        for proc in seq.logits_processors:
+            accept = getattr(proc, "accept_token", None)
+            if accept is not None:
+                try:
+                    accept(token)
+                except ModelchipError as exc:
+                    out = self._finish(seq, "error", [token], new_logprobs)
+                    out.error = str(exc)
+                    return out
+            grammar_done = grammar_done or getattr(proc, "is_finished", False)
         if ((token in self.llm.eos_ids and not params.ignore_eos) or token in params.stop_token_ids
-                or (detok is not None and detok.stopped)):
+                or (detok is not None and detok.stopped) or grammar_done):
             return self._finish(seq, "stop", [token], new_logprobs)
         if seq.num_output_tokens >= params.max_tokens:
             return self._finish(seq, "length", [token], new_logprobs)

@@ -70,7 +70,13 @@ class ModelRunner:
             return result
         logits = logits[offset:]
         sampled = [seqs[i] for i in rows]
-        picked = self.sample(logits_processors.apply(logits, sampled, self.eos_ids), sampled)
+        shaped = logits
+        if any(s.logits_processors for s in sampled):  # per-sequence processors (structured outputs), own row only
+            shaped = logits.clone()  # log-probabilities stay those of the raw logits
+            for j, s in enumerate(sampled):
+                for proc in s.logits_processors:
+                    shaped[j] = proc(s.output_token_ids, shaped[j])
+        picked = self.sample(logits_processors.apply(shaped, sampled, self.eos_ids), sampled)
         asked = [j for j, s in enumerate(sampled) if s.params.logprobs is not None]
         if asked:
             chosen = torch.tensor([picked[j] for j in asked], dtype=torch.long)

@@ -1,11 +1,13 @@
 """Per-request sampling parameters: how many tokens, how random, how the logits are shaped, what to report,
-when to stop."""
+when to stop, and what shape the output must have (structured outputs)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from modelchip.errors import ModelchipError
 
@@ -20,6 +22,41 @@ BIAS_RANGE = (-100.0, 100.0)
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)  # a JSON `true` must not pass as 1
+
+
+@dataclass
+class StructuredOutputsParams:
+    """A constraint on the output, as vLLM's: exactly one of a JSON schema (`json`, a dict or its JSON text), any
+    JSON object (`json_object`), a regular expression, a list of choices, or a Lark grammar (llguidance's
+    dialect, which can embed JSON schemas with `%json`). The engine masks the logits so that only tokens keeping
+    the output valid can be sampled, and ends the request once the constraint is complete."""
+
+    json: dict[str, Any] | str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("json", "json_object", "regex", "choice", "grammar") if getattr(self, k) not in
+                 (None, False)]
+        if len(given) != 1:
+            raise ModelchipError("structured outputs take exactly one of json, json_object, regex, choice or "
+                                 f"grammar (got {', '.join(given) or 'none'})")
+        if isinstance(self.json, str):
+            try:
+                self.json = json.loads(self.json)
+            except json.JSONDecodeError as exc:
+                raise ModelchipError(f"the JSON schema is not valid JSON: {exc}") from None
+        if self.json is not None and not isinstance(self.json, dict | bool):
+            raise ModelchipError(f"a JSON schema must be an object, got {type(self.json).__name__}")
+        if self.choice is not None and (not isinstance(self.choice, list) or not self.choice
+                                        or not all(isinstance(c, str) for c in self.choice)):
+            raise ModelchipError("choice must be a non-empty list of strings")
+        for name in ("regex", "grammar"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ModelchipError(f"{name} must be a non-empty string")
 
 
 @dataclass
@@ -45,6 +82,8 @@ class SamplingParams:
     `ignore_eos` keeps generating past end-of-sequence tokens (benchmarks use it for fixed-length outputs).
     `skip_reading_prefix_cache` (vLLM's name) computes the whole prompt even where it is cached: prompt
     log-probabilities need every prompt position's logits, so `prompt_logprobs` implies it.
+    `structured_outputs` constrains the text to a JSON schema, a regex, choices or a grammar (each of the n
+    completions has its own matcher, engine/structured_output.py).
     """
 
     max_tokens: int = 16
@@ -65,6 +104,7 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     logits_processors: list[Callable] = field(default_factory=list)
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -128,6 +168,9 @@ class SamplingParams:
         for s in self.stop:
             if not isinstance(s, str) or not s or len(s) > MAX_STOP_LEN:
                 raise ModelchipError(f"stop strings must be non-empty strings of at most {MAX_STOP_LEN} characters")
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise ModelchipError("structured_outputs must be a StructuredOutputsParams, got "
+                                 f"{type(self.structured_outputs).__name__}")
 
     def check_vocab(self, vocab_size: int) -> None:
         """Token ids the request names must exist in the model's vocabulary."""

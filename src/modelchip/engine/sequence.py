@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import time
+from typing import Protocol
 
 import torch
 
@@ -17,6 +18,15 @@ class SequenceStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
+
+
+class RequestLogitsProcessor(Protocol):
+    """A per-request step before sampling: takes the request's output token ids so far and its logits row,
+    returns the row (in place is fine). It may also define `accept_token(token)`, called with every sampled
+    token, and `is_finished`, which ends the request with finish_reason "stop" once true (a grammar that is
+    complete)."""
+
+    def __call__(self, output_token_ids: list[int], logits: torch.Tensor) -> torch.Tensor: ...
 
 
 class Sequence:
@@ -49,6 +59,7 @@ class Sequence:
         self.prompt_logprobs: list[PositionLogprobs | None] = [None]
         self.output_logprobs: list[PositionLogprobs] = []
         self.prompt_logprobs_sent = False
+        self.logits_processors: list[RequestLogitsProcessor] = []
 
     def __repr__(self) -> str:
         return (f"Sequence({self.seq_id!r}, {self.status.value}, tokens={self.num_tokens}, "

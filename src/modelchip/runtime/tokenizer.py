@@ -115,12 +115,14 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs: Any) -> str:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            tools: list[dict] | None = None, **kwargs: Any) -> str:
+        """The prompt for `messages` (HF's message dicts; `tools` as OpenAI/HF function definitions)."""
         if not self.chat_template:
             raise ModelchipError("this model has no chat template; pass a plain prompt (or token ids) instead")
         try:
             return _compile(self.chat_template).render(
-                messages=messages, add_generation_prompt=add_generation_prompt, tools=None, documents=None,
+                messages=messages, add_generation_prompt=add_generation_prompt, tools=tools, documents=None,
                 **{k: v for k, v in self.special.items() if v is not None}, **kwargs)
         except _jinja_errors() as exc:
             raise ModelchipError(f"the chat template failed on these messages: {exc}") from exc

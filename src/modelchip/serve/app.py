@@ -27,14 +27,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelchip.engine.async_engine import AsyncEngine
 from modelchip.engine.llm_engine import LLMEngine, RequestOutput
-from modelchip.engine.sampling_params import MAX_LOGPROBS, SamplingParams
+from modelchip.engine.sampling_params import MAX_LOGPROBS, SamplingParams, StructuredOutputsParams
 from modelchip.errors import ModelchipError
-from modelchip.serve import metrics, openapi
+from modelchip.serve import metrics, openapi, tools
 from modelchip.serve.logprobs_format import CompletionLogprobs, chat_content, merge
 from modelchip.serve.protocol import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
+    NamedToolChoice,
     check_unsupported,
     error_body,
     parse,
@@ -164,24 +165,32 @@ def create_app(state: ServerState) -> FastAPI:
         req: ChatCompletionRequest = parse(ChatCompletionRequest, await _json(request))
         _check_model(state, req.model)
         check_unsupported(req)
-        prompt = _chat_prompt(state, req)
+        plan = _tool_plan(state, req)
+        prompt = _chat_prompt(state, req, plan)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         top = _chat_top_logprobs(req)
         params = _sampling(state, req, [prompt], max_tokens, None, param, "messages", logprobs=top)
+        params.structured_outputs = await _constraint(state, req, plan)
         _check_queue(state, req.n or 1)  # each of the n completions is a sequence in the queue
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(_stream_chat(state, request, rid, req.model, prompt, params, include_usage))
+            return _sse(_stream_chat(state, request, rid, req.model, prompt, params, include_usage, plan))
         outs = await _collect(state, request, [prompt], params)
         choices = []
         for i, out in enumerate(outs):
             logprobs = None
             if top is not None:
                 logprobs = {"content": chat_content(out.token_ids, out.logprobs, top), "refusal": None}
-            choices.append({"index": i, "message": {"role": "assistant", "content": out.text},
-                            "logprobs": logprobs, "finish_reason": out.finish_reason})
+            message = {"role": "assistant", "content": out.text}
+            finish = out.finish_reason
+            if plan is not None and plan.choice != "none":
+                message["content"], calls = tools.parse_tool_calls(out.text)
+                if calls:
+                    message["tool_calls"] = calls
+                    finish = "tool_calls" if finish == "stop" else finish
+            choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish})
         return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.model,
                 "choices": choices, "usage": _usage([prompt], outs)}
 
@@ -193,6 +202,7 @@ def create_app(state: ServerState) -> FastAPI:
         prompts, texts = _completion_prompts(state, req)
         params = _sampling(state, req, prompts, req.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS, "max_tokens",
                            "prompt", logprobs=req.logprobs, echo=bool(req.echo))
+        params.structured_outputs = await _constraint(state, req, None)
         _check_queue(state, len(prompts) * (req.n or 1))
         rid = f"cmpl-{uuid.uuid4().hex}"
         if req.stream:
@@ -254,9 +264,6 @@ def _check_model(state: ServerState, name: str) -> None:
 
 
 def _message_text(m, i: int) -> str:
-    if m.tool_calls:
-        raise APIError("Tool calls in messages are not supported by this server.", param=f"messages.{i}.tool_calls",
-                       code="unsupported_parameter")
     if m.content is None or isinstance(m.content, str):
         return m.content or ""
     texts = []
@@ -268,22 +275,135 @@ def _message_text(m, i: int) -> str:
     return "\n".join(texts)
 
 
-def _chat_prompt(state: ServerState, req: ChatCompletionRequest, add_generation_prompt: bool = True,
-                 add_special_tokens: bool = False) -> list[int]:
+def _message_dict(m, i: int) -> dict:
+    """One OpenAI message as the chat template reads it (HF's convention: tool-call arguments as objects)."""
+    out = {"role": "system" if m.role == "developer" else m.role, "content": _message_text(m, i)}
+    if m.name:
+        out["name"] = m.name
+    if m.tool_calls:
+        if m.role != "assistant":
+            raise APIError("Only assistant messages carry tool_calls.", param=f"messages.{i}.tool_calls",
+                           code="invalid_messages")
+        calls = []
+        for j, call in enumerate(m.tool_calls):
+            try:
+                arguments = json.loads(call.function.arguments)
+            except json.JSONDecodeError:
+                arguments = None
+            if not isinstance(arguments, dict):
+                raise APIError("Tool call arguments must be a JSON object.", code="invalid_messages",
+                               param=f"messages.{i}.tool_calls.{j}.function.arguments")
+            calls.append({"id": call.id or tools.new_call_id(), "name": call.function.name, "arguments": arguments})
+        out["tool_calls"] = calls
+    if m.role == "tool":
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+@dataclass
+class ToolPlan:
+    """What a chat request asks of tools: the functions the model may call, how (auto, none, required or one
+    named function), and whether the chat template renders tools itself."""
+
+    functions: list[dict]
+    choice: str
+    parallel: bool
+    native: bool
+
+
+def _tool_plan(state: ServerState, req: ChatCompletionRequest) -> ToolPlan | None:
+    named = isinstance(req.tool_choice, NamedToolChoice)
+    if req.tools is None or not req.tools:
+        if req.tools is not None:
+            raise APIError("'tools' must not be empty; leave it out for no tools.", param="tools",
+                           code="invalid_value")
+        if req.tool_choice not in (None, "none"):
+            raise APIError("'tool_choice' is only allowed when 'tools' are given.", param="tool_choice",
+                           code="invalid_value")
+        return None
+    functions = [t.function.model_dump(exclude_none=True) for t in req.tools]
+    names = [f["name"] for f in functions]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise APIError(f"Tool names must be unique; '{dup}' is given twice.", param="tools", code="invalid_value")
+    choice = "named" if named else (req.tool_choice or "auto")
+    if named:
+        wanted = req.tool_choice.function.name
+        if wanted not in names:
+            raise APIError(f"tool_choice names the function '{wanted}', which is not among the tools "
+                           f"({', '.join(names)}).", param="tool_choice", code="invalid_value")
+        functions = [f for f in functions if f["name"] == wanted]
+    tokenizer = state.llm.tokenizer
+    native = tokenizer is not None and bool(tokenizer.chat_template) and tools.template_renders_tools(tokenizer)
+    if tokenizer is not None and choice != "none":
+        try:
+            tools.check_template_format(tokenizer)
+        except ModelchipError as exc:
+            raise APIError(str(exc), param="tools", code="unsupported_parameter") from None
+    parallel = req.parallel_tool_calls is not False and not named
+    return ToolPlan(functions, choice, parallel, native)
+
+
+def _chat_prompt(state: ServerState, req: ChatCompletionRequest, plan: ToolPlan | None = None,
+                 add_generation_prompt: bool = True, add_special_tokens: bool = False) -> list[int]:
     tokenizer = state.llm.tokenizer
     if tokenizer is None:
         raise APIError("This model has no tokenizer or chat template; use /v1/completions with token ids.",
                        param="messages", code="unsupported_model")
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": _message_text(m, i)}
-                | ({"name": m.name} if m.name else {}) for i, m in enumerate(req.messages)]
+    messages = [_message_dict(m, i) for i, m in enumerate(req.messages)]
+    # "none" keeps the tools out of the prompt, so the model is not invited to call them
+    offered = [{"type": "function", "function": f} for f in plan.functions] \
+        if plan is not None and plan.choice != "none" else None
+    has_tool_turns = any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+    if offered or has_tool_turns:
+        native = plan.native if plan is not None else tools.template_renders_tools(tokenizer)
+        messages, offered = tools.render_messages(messages, offered, native)
     try:
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tools=offered)
     except ModelchipError as exc:
         raise APIError(str(exc), param="messages", code="invalid_messages") from None
     ids = tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
     if not ids:
         raise APIError("The messages render to an empty prompt.", param="messages", code="empty_prompt")
     return ids
+
+
+async def _constraint(state: ServerState, req, plan: ToolPlan | None) -> StructuredOutputsParams | None:
+    """The structured-output constraint of a request (response_format, vLLM's structured_outputs, or a forced
+    tool call), compiled once here so that a bad schema is a 400 naming it."""
+    fmt = req.response_format
+    wanted = []
+    if fmt is not None and fmt.type != "text":
+        wanted.append("response_format")
+    if req.structured_outputs is not None:
+        wanted.append("structured_outputs")
+    if plan is not None and plan.choice in ("required", "named"):
+        wanted.append("tool_choice")
+    if len(wanted) > 1:
+        raise APIError(f"Only one of {' and '.join(wanted)} can constrain the output of one request.",
+                       param=wanted[1], code="invalid_value")
+    if not wanted:
+        return None
+    param = wanted[0]
+    try:
+        if param == "response_format" and fmt.type == "json_object":
+            constraint = StructuredOutputsParams(json_object=True)
+        elif param == "response_format":
+            if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+                raise APIError("response_format of type 'json_schema' needs json_schema.schema.",
+                               param="response_format.json_schema", code="invalid_value")
+            constraint = StructuredOutputsParams(json=fmt.json_schema.schema_)
+        elif param == "structured_outputs":
+            so = req.structured_outputs
+            constraint = StructuredOutputsParams(json=so.json_, json_object=bool(so.json_object), regex=so.regex,
+                                                 choice=so.choice, grammar=so.grammar)
+        else:
+            constraint = StructuredOutputsParams(grammar=tools.tool_call_grammar(plan.functions, plan.parallel))
+        await asyncio.to_thread(state.engine.structured_output.check, constraint)
+    except ModelchipError as exc:
+        raise APIError(f"Invalid {param}: {exc}", param="tools" if param == "tool_choice" else param,
+                       code="invalid_value") from None
+    return constraint
 
 
 def _decode_token(state: ServerState, token: int) -> str:
@@ -540,9 +660,12 @@ async def _stream(state: ServerState, request: Request, prompts: list[list[int]]
         sub.abort_pending()
 
 
-def _stream_chat(state, request, rid, model, prompt, params, include_usage) -> AsyncIterator[dict]:
+def _stream_chat(state, request, rid, model, prompt, params, include_usage, plan) -> AsyncIterator[dict]:
     created = int(time.time())
     top = params.logprobs
+    # tool-call text becomes tool_calls deltas, parsed per completion (each of the n has its own parser)
+    parsers = {i: tools.ToolCallParser() for i in range(params.n)} if plan is not None and plan.choice != "none" \
+        else {}
 
     def frame(choices: list, usage=None) -> dict:
         event = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -555,11 +678,20 @@ def _stream_chat(state, request, rid, model, prompt, params, include_usage) -> A
         logprobs = None
         if top is not None and out.new_token_ids:
             logprobs = {"content": chat_content(out.new_token_ids, out.logprobs, top), "refusal": None}
-        if not (out.new_text or out.finished or logprobs):
+        text, finish, calls = out.new_text, out.finish_reason if out.finished else None, []
+        parser = parsers.get(index)
+        if parser is not None:  # only the text around the tool calls is content
+            text, calls = parser.add(text)
+            if finish is not None:
+                rest, more = parser.finish()
+                text, calls = text + rest, calls + more
+                finish = "tool_calls" if parser.calls and finish == "stop" else finish
+        delta = {"content": text} if text else {}
+        if calls:
+            delta["tool_calls"] = [c.openai() for c in calls]
+        if not delta and finish is None and not logprobs:
             return None
-        delta = {"content": out.new_text} if out.new_text else {}
-        return frame([{"index": index, "delta": delta, "logprobs": logprobs,
-                       "finish_reason": out.finish_reason if out.finished else None}])
+        return frame([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}])
 
     first = [frame([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                      "finish_reason": None}]) for i in range(params.n)]

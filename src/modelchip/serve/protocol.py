@@ -83,13 +83,86 @@ class TextPart(BaseModel):
     text: StrictStr | None = None
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: StrictStr
+    arguments: StrictStr  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: StrictStr | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: StrictStr | None = None
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: Annotated[StrictStr, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: StrictStr
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: StrictStr | None = None
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's extension: one of these constrains the output (see SamplingParams.structured_outputs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_: dict[str, Any] | StrictStr | None = Field(default=None, alias="json")
+    json_object: StrictBool | None = None
+    regex: StrictStr | None = None
+    choice: list[StrictStr] | None = None
+    grammar: StrictStr | None = None
 
 
 class ChatCompletionRequest(_Request):
@@ -97,11 +170,13 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: StrictInt | None = None
     logprobs: StrictBool | None = None
     top_logprobs: StrictInt | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
     functions: list[Any] | None = None
     function_call: Any = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
 
 
 class CompletionRequest(_Request):
@@ -110,6 +185,8 @@ class CompletionRequest(_Request):
     echo: StrictBool | None = False
     suffix: StrictStr | None = None
     best_of: StrictInt | None = None
+    response_format: ResponseFormat | None = None  # vLLM takes it on completions too
+    structured_outputs: StructuredOutputs | None = None
 
 
 _Request.model_rebuild()
@@ -133,13 +210,10 @@ def check_unsupported(req: _Request) -> None:
         raise APIError(f"'{param}' {what} is not supported by this server.", param=param, code="unsupported_parameter")
 
     if isinstance(req, ChatCompletionRequest):
-        for name in ("tools", "functions"):
-            if getattr(req, name):
-                refuse(name, "(tool calling)")
-        if req.tool_choice not in (None, "none") or req.function_call not in (None, "none"):
-            refuse("tool_choice", "(tool calling)")
-        if req.response_format and req.response_format.get("type", "text") != "text":
-            refuse("response_format", "other than {\"type\": \"text\"}")
+        if req.functions:
+            refuse("functions", "(the deprecated form of tools; send 'tools')")
+        if req.function_call not in (None, "none"):
+            refuse("function_call", "(the deprecated form of tool_choice; send 'tool_choice')")
     else:
         if req.suffix:
             refuse("suffix", "")
