@@ -117,7 +117,7 @@ def test_smollm2_on_cpu_backend_matches_reference_greedy():
 
     # the reference reads weights dequantized at load: per call (its quantized path) would take minutes here
     ref = LLM("smollm2-135m", dtype="float32", backend="reference", quantization="none")
-    cpu = LLM("smollm2-135m", dtype="float32", backend="cpu")
+    cpu = LLM("smollm2-135m", dtype="float32", backend="cpu", quantization="none")  # float weights on both
     assert isinstance(cpu.model.lm_head, PackedLinear)
     assert cpu.model.embed_tokens.shape == (49152, 576)  # tied: the embedding keeps its plain tensor
     prompts = [ref.tokenizer.encode(p) for p in ("The capital of France is", "def fibonacci(n):")]

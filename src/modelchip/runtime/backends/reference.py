@@ -143,6 +143,7 @@ class ReferenceBackend:
         probs = torch.softmax(sorted_logits, dim=-1)
         # drop a token once the tokens ranked above it already cover top_p
         cut |= (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
+        cut[:, 0] = False  # the most likely token always stays (top_p 0, or one below float32's range, keeps it)
         probs = probs.masked_fill(cut, 0.0)
         picked = torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
         sampled = order.gather(1, picked[:, None]).squeeze(-1)
