@@ -275,3 +275,27 @@ def test_llm_generate_shares_a_system_prompt(tiny_dir):
     assert on.enable_prefix_caching and not off.enable_prefix_caching
     got = on.generate(ps, max_tokens=10, temperature=0.0)
     assert [g.token_ids for g in got] == [g.token_ids for g in off.generate(ps, max_tokens=10, temperature=0.0)]
+
+
+def test_n_completions_compute_the_prompt_once(tiny_llm):
+    # n = 3: completion 0 computes the prompt; the other two join once it has, and find its full blocks cached
+    prompt = shared_prompts(1, 5 * BS + 3, seed=7)[0]
+    engine = LLMEngine(tiny_llm, EngineConfig(enable_prefix_caching=True, block_size=BS))
+    engine.add_request("r", prompt, SamplingParams(max_tokens=4, n=3, temperature=1.0, seed=1))
+    outs = [o for o in run_all_outputs(engine) if o.finished]
+    assert sorted(o.index for o in outs) == [0, 1, 2]
+    bm = engine.block_manager
+    full = (len(prompt) - 1) // BS  # the last prompt token is always computed (its logits are needed)
+    assert bm.prefix_cache_queries == 3 * len(prompt)
+    assert bm.prefix_cache_hits == 2 * full * BS
+    assert_consistent(bm)
+    assert bm.num_used_blocks == 0
+
+
+def run_all_outputs(engine: LLMEngine, max_steps: int = 10_000) -> list:
+    outs, steps = [], 0
+    while engine.has_unfinished_requests():
+        outs += engine.step()
+        steps += 1
+        assert steps < max_steps, "engine made no progress"
+    return outs
