@@ -124,8 +124,10 @@ def test_hub_ids_with_dots_go_to_the_hub(repo, monkeypatch):
 
 
 @pytest.mark.parametrize("ref", ["./my/model", "models/config.json", "dir/model.gguf", "a/b/c", "../x"])
-def test_missing_paths_are_not_hub_ids(ref, monkeypatch):
+def test_missing_paths_are_not_hub_ids(ref, monkeypatch, tmp_path):
     monkeypatch.setattr(spec_config, "_from_hub", lambda r: pytest.fail(f"{r!r} was sent to the hub"))
+    (tmp_path / "in").mkdir()
+    monkeypatch.chdir(tmp_path / "in")  # where none of these paths exists ("../x" outside a checkout may)
     with pytest.raises(ModelchipError, match="unknown model"):
         spec_config.load_config(ref)
 
