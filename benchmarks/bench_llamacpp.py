@@ -279,20 +279,10 @@ def run_transformers(path: str, dtype: str, args) -> dict:
     model = transformers.AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name,
                                                               dtype=getattr(torch, dtype))
     model.eval()
-    gen = model.generation_config
-    gen.eos_token_id = gen.bos_token_id = None
-    gen.pad_token_id = 0
-    vocab = model.config.vocab_size
+    from bench_serving import fixed_length_generate
 
-    def generate(batch: list[list[int]], tokens: int) -> float:
-        x = torch.tensor(batch)
-        t0 = time.perf_counter()
-        out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=tokens,
-                             min_new_tokens=tokens)
-        elapsed = time.perf_counter() - t0
-        if out.shape[1] != x.shape[1] + tokens:
-            raise RuntimeError(f"transformers generated {out.shape[1] - x.shape[1]} tokens, asked for {tokens}")
-        return elapsed
+    vocab = model.config.vocab_size
+    generate = fixed_length_generate(model)
 
     decode, prefill, concurrent = [], [], []
     cpu, wall = cpu_seconds(resource.RUSAGE_SELF), time.perf_counter()

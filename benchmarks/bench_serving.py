@@ -257,6 +257,28 @@ def run_modelchip(args) -> dict:
 # -- transformers -----------------------------------------------------------------------------------------------
 
 
+def fixed_length_generate(model):
+    """`generate(batch, tokens) -> seconds` for a transformers model: greedy, exactly `tokens` new tokens per
+    row (no end-of-sequence stop), timed around `model.generate`."""
+    import torch
+
+    gen = model.generation_config
+    gen.eos_token_id = gen.bos_token_id = None
+    gen.pad_token_id = 0
+
+    def generate(batch: list[list[int]], tokens: int) -> float:
+        x = torch.tensor(batch)
+        t0 = time.perf_counter()
+        out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=tokens,
+                             min_new_tokens=tokens)
+        elapsed = time.perf_counter() - t0
+        if out.shape[1] != x.shape[1] + tokens:
+            raise RuntimeError(f"transformers generated {out.shape[1] - x.shape[1]} tokens, asked for {tokens}")
+        return elapsed
+
+    return generate
+
+
 def run_transformers(args) -> dict:
     import torch
 
@@ -272,18 +294,7 @@ def run_transformers(args) -> dict:
     model.eval()
     load_s = time.perf_counter() - t
     prompts = prompt_ids(args.concurrency, args.prompt_tokens, model.config.vocab_size)
-    gen = model.generation_config
-    gen.eos_token_id = gen.bos_token_id = None
-    gen.pad_token_id = 0
-
-    def generate(batch: list[list[int]], tokens: int) -> float:
-        x = torch.tensor(batch)
-        t0 = time.perf_counter()
-        out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=tokens,
-                             min_new_tokens=tokens)
-        elapsed = time.perf_counter() - t0
-        assert out.shape[1] == x.shape[1] + tokens
-        return elapsed
+    generate = fixed_length_generate(model)
 
     busy = Busy(args.threads)
     with torch.inference_mode(), busy:

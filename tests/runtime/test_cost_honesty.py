@@ -206,12 +206,8 @@ def test_op_calls_per_step_match_the_cost_model(family):
 
         setattr(ops, op, counted)
     try:
-        blocks = -(-CONTEXT // BLOCK)
-        cache = KVCache(model.cache_layouts(), blocks, BLOCK, torch.float32, torch.device("cpu"))
-        meta = AttentionMetadata(torch.tensor([0, 1]), torch.tensor([CONTEXT]), torch.arange(blocks)[None],
-                                 torch.tensor([CONTEXT - 1]), BLOCK)
         with torch.inference_mode():
-            logits = model.logits(model(torch.tensor([5]), torch.tensor([CONTEXT - 1]), meta, cache.layers))
+            logits = model.logits(_step(model, 1, CONTEXT))
             ops.sample(logits, torch.zeros(1), torch.ones(1), torch.zeros(1, dtype=torch.long))
     finally:
         for op, f in originals.items():
@@ -250,13 +246,10 @@ def test_packed_weight_bytes_read_by_a_decode_step_match_accounting(variant):
 
     ops.linear = linear
     try:
-        blocks = -(-CONTEXT // BLOCK)
-        cache = KVCache(model.cache_layouts(), blocks, BLOCK, torch.float32, torch.device("cpu"))
-        meta = AttentionMetadata(torch.tensor([0, 1]), torch.tensor([CONTEXT]), torch.arange(blocks)[None],
-                                 torch.tensor([CONTEXT - 1]), BLOCK)
         with torch.inference_mode():
-            model.logits(model(torch.tensor([5]), torch.tensor([CONTEXT - 1]), meta, cache.layers))
+            model.logits(_step(model, 1, CONTEXT))
     finally:
         del ops.linear
     expected = accounting.account(spec, CONTEXT, precision=Precision(weight=variant)).weight_bytes
     assert sum(read) == pytest.approx(expected, rel=1e-12)
+

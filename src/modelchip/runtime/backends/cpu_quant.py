@@ -67,11 +67,10 @@ def _dequantized(w: QuantizedWeight, pack: Callable[..., object], count: Callabl
 
 
 def _packed(w: QuantizedWeight, pack: Callable[..., object], count: Callable[[str], None], kernels) -> object:
-    """Q8_0/Q4_0/Q4_1: the kernels' int8 matmul over the packed blocks, where they are built."""
+    """Q8_0/Q4_0/Q4_1: the kernels' int8 matmul over the packed blocks, where they are built (the backend sends
+    only float32 and bfloat16 weights here, which is what the matmul reads)."""
     if kernels is None:
         return _dequantized(w, pack, count, why="cpu kernels not built")
-    if w.compute_dtype not in KERNEL_ACTIVATIONS:
-        return _dequantized(w, pack, count, why=f"the int8 matmul reads float32 or bfloat16, not {w.compute_dtype}")
     packed = kernels.prepare_linear_quant(w.data, w.format, w.out_features, w.in_features)
     return QuantLinear(packed, w.format, w.out_features, w.in_features)
 
