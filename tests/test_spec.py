@@ -12,7 +12,7 @@ from modelchip.spec.families import supported_model_types
 REQUIRED_PRESETS = (
     "deepseek-v3", "deepseek-r1", "kimi-k2", "qwen3-235b-a22b", "qwen3-32b", "step3", "llama4-maverick",
     "minimax-m1", "ernie-4.5-300b-a47b", "pangu-pro-moe", "llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b",
-    "qwen2.5-72b", "smollm2-135m",
+    "qwen2.5-72b", "smollm2-135m", "qwen3-8b",
 )
 
 
@@ -35,6 +35,13 @@ def test_published_parameter_counts(model, total, active):
     p = accounting.params(load_model(model))
     assert p.total == pytest.approx(total, rel=0.02)
     assert p.active == pytest.approx(active, rel=0.02)
+
+
+def test_qwen3_8b_parameter_counts_match_its_model_card():
+    # huggingface.co/Qwen/Qwen3-8B: 8.2B parameters, 6.95B without the (untied) embedding and output matrices
+    p = accounting.params(load_model("qwen3-8b"))
+    assert p.total == pytest.approx(8.2e9, rel=0.01)
+    assert p.total - 2 * 151936 * 4096 == pytest.approx(6.95e9, rel=0.005)
 
 
 def test_smollm2_parameter_count_matches_its_gguf():
