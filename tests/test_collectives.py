@@ -69,7 +69,7 @@ FITS = {"all_reduce": LinkFit(80e-6, 1.5e9), "all_gather": LinkFit(90e-6, 0.8e9)
         "broadcast_object": LinkFit(150e-6, 0.4e9)}
 
 
-def _profile(tmp_path, shared=True, cores=2, world=3):
+def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3):
     """A profile as `modelchip calibrate --collectives` writes it (figures made up, structure real)."""
     src = {"source": "test", "tag": "D"}
     data = {
@@ -78,8 +78,9 @@ def _profile(tmp_path, shared=True, cores=2, world=3):
         "memory": {"capacity": {"value": 64e9, **src}, "bandwidth": {"value": 40e9, **src}},
         "efficiency": {"gemm": 1.0, "memory": 0.8, "attention_memory": 0.5},
         "overhead": {"per_op_s": 5e-6, "per_seq_s": 2e-6, "per_step_s": 1e-4, "per_seq_step_s": 1e-5},
-        "calibrated": {"threads": cores},
-        "collectives": {"backend": "reference", "device": "cpu", "process_group": "gloo", "cores": cores,
+        "calibrated": {"threads": threads},
+        "collectives": {"backend": "reference", "device": "cpu", "process_group": "gloo", "threads": threads,
+                        "cpus": cpus,
                         "shared_device": shared,
                         "by_world_size": {str(world): {
                             "threads_per_rank": 1,
@@ -95,7 +96,8 @@ def _profile(tmp_path, shared=True, cores=2, world=3):
 def test_profile_collectives_round_trip(tmp_path):
     data = json.loads(_profile(tmp_path).read_text())
     measured = read_collectives(data, 3)
-    assert measured.fits == FITS and measured.world_size == 3 and measured.cores == 2 and measured.shared_device
+    assert measured.fits == FITS and measured.world_size == 3 and measured.shared_device
+    assert (measured.threads, measured.cpus) == (2, 2)
     # the stored fit is the fit of the stored raw sweep
     for name, raw in data["collectives"]["by_world_size"]["3"]["raw"].items():
         refit = fit_alpha_beta(raw["bytes"], raw["seconds"])
@@ -115,12 +117,17 @@ def test_missing_world_size_is_a_clear_error(tmp_path):
 
 def test_ranks_sharing_cores():
     # the runtime gives each of 3 ranks 2 // 3 -> 1 thread: 3 threads on 2 cores, each rank a third of the device
-    three = MeasuredCollectives(3, FITS, shared_device=True, cores=2)
+    three = MeasuredCollectives(3, FITS, shared_device=True, threads=2, cpus=2)
     assert three.threads_per_rank() == 1 and three.oversubscription() == 1.5
     assert three.compute_share() == pytest.approx(1 / 3)
-    two = MeasuredCollectives(2, FITS, shared_device=True, cores=2)
+    two = MeasuredCollectives(2, FITS, shared_device=True, threads=2, cpus=2)
     assert two.compute_share() == 0.5 and two.oversubscription() == 1.0
-    own_devices = MeasuredCollectives(4, FITS, shared_device=False, cores=8)
+    # profiled with 1 thread: each of 3 single-threaded ranks gets 2/3 of a core, so 2/3 of the profiled rate
+    one = MeasuredCollectives(3, FITS, shared_device=True, threads=1, cpus=2)
+    assert one.compute_share() == pytest.approx(2 / 3) and one.oversubscription() == 1.5
+    # 8 threads on 8 cores split over 4 ranks: 2 each, no oversubscription, a quarter of the device each
+    assert MeasuredCollectives(4, FITS, shared_device=True, threads=8, cpus=8).compute_share() == 0.25
+    own_devices = MeasuredCollectives(4, FITS, shared_device=False, threads=8, cpus=8)
     assert own_devices.compute_share() == 1.0 and own_devices.oversubscription() == 1.0
 
 
@@ -201,4 +208,5 @@ def test_calibrate_collectives_only_adds_a_fitted_sweep(tmp_path):
     # and the planner costs a 2-rank tensor-parallel step with them
     d = apply_profile(Deployment(chip=get_chip("h100"), chips=2, strategy="tp", batch=1, context=64), path)
     assert d.collectives.world_size == 2
-    assert d.collectives.threads_per_rank() == measured["threads_per_rank"] == max(1, data["collectives"]["cores"] // 2)
+    threads = data["collectives"]["threads"]
+    assert d.collectives.threads_per_rank() == measured["threads_per_rank"] == max(1, threads // 2)

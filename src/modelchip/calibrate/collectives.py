@@ -5,6 +5,7 @@ the communicator the runtime uses, and rank 0's medians are fitted to t(n) = alp
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -55,7 +56,9 @@ def _calls(comm, name: str, nbytes: int, device: torch.device) -> Callable[[], o
         return lambda: None
     if name == "broadcast_object":
         # rank 0's step message (executor.ParallelRun.publish) on the control group, followed by a barrier there
-        # so the time covers every rank having it; the barrier alone is timed and subtracted
+        # so the time covers every rank having it (rank 0's send returns once the bytes are buffered, but a step
+        # waits for the last rank to unpickle its inputs). Not less the barrier timed alone: on a busy machine
+        # the difference of two noisy medians can come out at zero or below
         payload = bytes(nbytes)
         group = launch.control_group()
 
@@ -90,18 +93,14 @@ def _rounds(nbytes: int) -> int:
 
 def sweep(ops, sizes: tuple[int, ...] = SIZES, progress: Callable[[str], None] = lambda m: None) -> dict:
     """Run on every rank in step: each collective at each size; rank 0's medians are what counts."""
-    from modelchip.runtime.distributed import launch
 
     comm = ops.comm
     raw: dict[str, dict] = {}
-    barrier = _time(lambda: torch.distributed.barrier(group=launch.control_group()), ops, False, ROUNDS)
     for name in COLLECTIVES:
         progress(f"{name} at {comm.world_size} ranks, {len(sizes)} sizes")
         times = []
         for n in sizes:
-            median = _time(_calls(comm, name, n, ops.device), ops, name == "send_recv", _rounds(n))
-            # the step message's barrier is not part of the broadcast
-            times.append(max(median - barrier, 1e-9) if name == "broadcast_object" else median)
+            times.append(_time(_calls(comm, name, n, ops.device), ops, name == "send_recv", _rounds(n)))
         raw[name] = {"dtype": str(DTYPES[name]).removeprefix("torch."), "bytes": list(sizes), "seconds": times}
     return raw
 
@@ -182,8 +181,8 @@ def section(world_sizes: list[int], backend: str, device: str, progress: Callabl
     """A profile's `collectives` section: every world size's sweep and fits, and how ranks share the device."""
     dev = torch.device(device)
     return {"backend": backend, "device": str(dev), "process_group": "gloo" if dev.type == "cpu" else dev.type,
-            "cores": torch.get_num_threads(), "shared_device": dev.type == "cpu",
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count() or 1, "shared_device": dev.type == "cpu",
             "timed": "rank 0, median of rounds of 3 calls, each round entered together after a barrier; "
                      "send_recv is half a ping-pong between ranks 0 and 1; broadcast_object is rank 0's "
-                     "broadcast_object_list on the control group, less a barrier",
+                     "broadcast_object_list on the control group followed by a barrier there (every rank has it)",
             "by_world_size": {str(n): measure(n, backend, device, sizes, progress) for n in world_sizes}}

@@ -68,7 +68,8 @@ class MeasuredCollectives:
     world_size: int
     fits: dict[str, LinkFit]
     shared_device: bool  # ranks share one device (CPU cores): each computes at a share of the profiled rate
-    cores: int  # threads the profile was calibrated with: the device's cores a run divides among its ranks
+    threads: int  # threads the profile was calibrated with, which a run divides among its ranks
+    cpus: int  # the cores the ranks' threads share
 
     def fit(self, name: str) -> LinkFit:
         if name not in self.fits:
@@ -79,20 +80,23 @@ class MeasuredCollectives:
     def threads_per_rank(self) -> int:
         """Threads each rank runs with: the runtime divides the machine's threads among its ranks
         (runtime/distributed/executor.spawn_workers), at least one each."""
-        return max(1, self.cores // self.world_size) if self.shared_device else self.cores
+        return max(1, self.threads // self.world_size) if self.shared_device else self.threads
 
     def oversubscription(self) -> float:
-        """Threads the ranks run over the cores they share (>= 1): 3 single-threaded ranks on 2 cores, 1.5."""
+        """Threads the ranks run over the cores they share (>= 1): 3 single-threaded ranks on 2 cores, 1.5.
+        Each thread then gets 1/oversubscription of a core, and so does each rank's host work."""
         if not self.shared_device:
             return 1.0
-        return max(1.0, self.world_size * self.threads_per_rank() / self.cores)
+        return max(1.0, self.world_size * self.threads_per_rank() / self.cpus)
 
     def compute_share(self) -> float:
-        """Fraction of the profiled device's compute and bandwidth one rank gets: its threads' share of the
-        cores, divided again when the ranks together run more threads than there are cores (time-slicing)."""
+        """One rank's compute and bandwidth as a fraction of the profiled rates (measured with `threads`
+        threads, each on a core of its own): its threads over the profile's, each thread time-sliced when the
+        ranks together run more threads than there are cores. 3 ranks of 1 thread on 2 cores, profiled with 2
+        threads: 1 / 1.5 / 2 = a third each."""
         if not self.shared_device:
             return 1.0
-        return self.threads_per_rank() / self.cores / self.oversubscription()
+        return self.threads_per_rank() / self.oversubscription() / self.threads
 
 
 def read_collectives(data: dict, world_size: int, source: str = "profile") -> MeasuredCollectives:
@@ -109,7 +113,8 @@ def read_collectives(data: dict, world_size: int, source: str = "profile") -> Me
                              f"`{how}`")
     try:
         fits = {name: LinkFit(f["alpha_s"], f["bandwidth_Bps"] or math.inf) for name, f in measured["fit"].items()}
-        return MeasuredCollectives(world_size, fits, bool(section["shared_device"]), int(section["cores"]))
+        return MeasuredCollectives(world_size, fits, bool(section["shared_device"]), int(section["threads"]),
+                                   int(section["cpus"]))
     except (KeyError, TypeError) as exc:
         raise ModelchipError(f"{source}: malformed collectives section ({exc!r})") from exc
 
