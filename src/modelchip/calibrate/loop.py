@@ -70,6 +70,8 @@ def measure_parallel(model: str, tensor_parallel_size: int, batches: list[int], 
             timing = microbench.take_log()[name]
             rows.append({"batch": batch, "step_s": seconds, "comm_s": h.comm_per_step, "spread": timing.spread,
                          "attempts": timing.attempts})
+            progress(f"tensor parallel {tensor_parallel_size}, batch {batch}: {seconds * 1e3:.1f} ms a step, "
+                     f"{h.comm_per_step * 1e3:.1f} ms in collectives")
     finally:
         llm.close()
     return rows

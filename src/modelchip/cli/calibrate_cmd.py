@@ -166,7 +166,7 @@ def _bench_parallel(args) -> int:
     for tp in args.tensor_parallel_size:
         measured = measure_parallel(args.model, tp, args.batch, args.context, args.steps, args.backend, args.device,
                                     args.dtype, args.quantization,
-                                    progress=lambda m: print(f"  {m}...", file=sys.stderr))
+                                    progress=lambda m: print(f"  {m}", file=sys.stderr))
         for m in measured:
             row = {"tensor_parallel_size": tp, "context": args.context, **m, "comm_share": m["comm_s"] / m["step_s"]}
             if args.profile:
