@@ -6,7 +6,9 @@ waiting for the slower rank).
     python benchmarks/bench_tensor_parallel.py --model tiny --tp 1 2
 
 `tiny` is the conformance kit's tiny Llama (hidden 48, 2 layers), written to a temporary checkpoint: a step of
-almost nothing but overhead and collectives. Prints one markdown row per size.
+almost nothing but overhead and collectives. Prints one markdown row per size. For decode step times beside the
+planner's prediction from a calibrated profile, use `modelchip bench --profile p.json --tensor-parallel-size 1 3`
+(docs/calibration.md).
 """
 
 from __future__ import annotations

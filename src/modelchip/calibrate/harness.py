@@ -4,6 +4,7 @@ measure the fixed host cost of a step on a model too small to cost anything else
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -26,7 +27,7 @@ class DecodeHarness:
         self.dtype = model.dtype
         capacity = context + steps + 1
         per_seq = -(-capacity // block_size)
-        self.cache = KVCache(model.cache_layouts(), batch * per_seq, block_size, model.dtype, model.device)
+        self.cache = self._make_cache(batch * per_seq)
         gen = torch.Generator().manual_seed(seed)
         vocab = model.spec.vocab_size
         self.tokens = [torch.randint(0, vocab, (context,), generator=gen).tolist() for _ in range(batch)]
@@ -36,14 +37,19 @@ class DecodeHarness:
         self.params = (torch.zeros(n, device=dev), torch.ones(n, device=dev), torch.zeros(n, dtype=torch.long,
                                                                                           device=dev))
 
+    def _make_cache(self, num_blocks: int) -> KVCache:
+        return KVCache(self.model.cache_layouts(), num_blocks, self.bs, self.model.dtype, self.model.device)
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, meta, last: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(self.model(ids, pos, meta, self.cache.layers)[last])
+
     def _run(self, new: int) -> None:
         from modelchip.runtime.batch import build_batch
 
         batch = [toks[-new:] for toks in self.tokens]
         ids, pos, meta = build_batch(batch, [len(t) - new for t in self.tokens], self.blocks, self.bs,
                                      self.model.device)
-        hidden = self.model(ids, pos, meta, self.cache.layers)
-        picked = self.ops.sample(self.model.logits(hidden[meta.query_start_loc[1:] - 1]), *self.params).tolist()
+        picked = self.ops.sample(self._forward(ids, pos, meta, meta.query_start_loc[1:] - 1), *self.params).tolist()
         for toks, t in zip(self.tokens, picked, strict=True):
             toks.append(int(t))
 
@@ -68,6 +74,38 @@ class DecodeHarness:
             return times
 
         return microbench.steady_samples(take, name).seconds
+
+
+class EngineHarness(DecodeHarness):
+    """The same decode loop through a LoadedModel's engine path (`make_cache`, `forward_step`), so the ranks of a
+    parallel run step together (rank 0 broadcasts each step's inputs), and the seconds each step spends inside
+    the communicator's collectives are kept (`comm_per_step`, median over the timed steps)."""
+
+    def __init__(self, loaded, batch: int, context: int, steps: int, seed: int = 0):
+        self.loaded = loaded
+        self.comm_log: list[float] = []
+        self.comm_per_step = 0.0
+        super().__init__(loaded.model, batch, context, steps, loaded.block_size, seed)
+
+    def _make_cache(self, num_blocks: int) -> KVCache:
+        return self.loaded.make_cache(num_blocks, self.bs)
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, meta, last: torch.Tensor) -> torch.Tensor:
+        before = self._comm_seconds()
+        logits = self.loaded.forward_step(ids, pos, meta, last, self.cache)
+        self.comm_log.append(self._comm_seconds() - before)
+        return logits
+
+    def _comm_seconds(self) -> float:
+        """Rank 0's seconds in the model's collectives and in broadcasting step inputs, so far."""
+        run = self.loaded.parallel
+        return self.ops.comm.seconds + (run.publish_seconds if run is not None else 0.0)
+
+    def time_decode(self, steps: int, name: str | None = None) -> float:
+        self.comm_log = []
+        seconds = super().time_decode(steps, name)
+        self.comm_per_step = statistics.median(self.comm_log[WARMUP_STEPS:])
+        return seconds
 
 
 @torch.inference_mode()

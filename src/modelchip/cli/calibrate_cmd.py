@@ -22,6 +22,15 @@ def register(sub) -> None:
                         "keeps busy, 1 avoids threads stalling on each other at every op")
     p.add_argument("--out", default="profile.json", help="profile path (default profile.json)")
     p.add_argument("--json", action="store_true", help="print the profile")
+    g = p.add_argument_group("collectives (a process group on this machine; docs/calibration.md)")
+    g.add_argument("--collectives", action="store_true",
+                   help="also sweep all-reduce, all-gather, all-to-all, send/recv and the step broadcast over "
+                        "message sizes on --world-size processes, and fit latency and bandwidth to each")
+    g.add_argument("--collectives-only", action="store_true",
+                   help="measure only the collectives and add them to the existing profile at --out")
+    g.add_argument("--world-size", type=int, nargs="+", default=[2], metavar="N",
+                   help="process counts to measure the collectives at (default 2); the planner predicts "
+                        "tensor parallelism over N ranks from the ones measured at N")
     p.set_defaults(func=run_calibrate)
 
     b = sub.add_parser("bench", help="measure the runtime's decode throughput; with --profile, compare to prediction",
@@ -33,6 +42,12 @@ def register(sub) -> None:
     b.add_argument("--context", type=int, default=128, help="prompt tokens per sequence (default 128)")
     b.add_argument("--steps", type=int, default=32, help="decode steps to time (default 32)")
     common.add_runtime(b)
+    b.add_argument("--quantization", default=None, metavar="Q",
+                   help="default: keep a quantized checkpoint's weights packed; 'none' dequantizes them to --dtype "
+                        "(tensor-parallel ranks dequantize GGUF weights anyway, so compare sizes with 'none')")
+    b.add_argument("--tensor-parallel-size", "-tp", type=int, nargs="+", default=None, metavar="N",
+                   help="measure decode steps with the model split over each N processes (1: one process); shows "
+                        "step time and rank 0's share in collectives, and with --profile the prediction of both")
     b.add_argument("--profile", default=None, help="a profile from `modelchip calibrate` to predict with")
     b.add_argument("--threads", type=int, default=None,
                    help="CPU threads torch may use (default: the profile's, so the run matches its calibration; "
@@ -42,15 +57,27 @@ def register(sub) -> None:
 
 
 def run_calibrate(args) -> int:
+    from modelchip.calibrate import collectives
     from modelchip.calibrate.profile import calibrate
 
     _set_threads(args.threads)
     start = time.perf_counter()
-    profile = calibrate(args.backend, args.device, progress=lambda m: print(f"  {m}", file=sys.stderr))
-    profile["calibrated"]["seconds"] = time.perf_counter() - start
+    progress = lambda m: print(f"  {m}", file=sys.stderr)  # noqa: E731
+    if args.collectives_only:
+        profile = _existing_profile(args.out)
+    else:
+        profile = calibrate(args.backend, args.device, progress=progress)
+        profile["calibrated"]["seconds"] = time.perf_counter() - start
+    if args.collectives or args.collectives_only:
+        profile["collectives"] = collectives.section(args.world_size, args.backend, args.device, progress)
+        profile["collectives"]["date"] = time.strftime("%Y-%m-%d %H:%M")
     Path(args.out).write_text(json.dumps(profile, indent=2))
     if args.json:
         common.print_json(profile)
+        return 0
+    if args.collectives_only:
+        print(_collectives_table(profile["collectives"]))
+        print(f"\nProfile: {Path(args.out).resolve()}  ({time.perf_counter() - start:.0f} s)")
         return 0
     e, o = profile["efficiency"], profile["overhead"]
     print(render(["figure", "value"], [
@@ -61,11 +88,37 @@ def run_calibrate(args) -> int:
         ["per op call", f"{o['per_op_s'] * 1e6:.1f} us"],
         ["per sequence per attention call", f"{o['per_seq_s'] * 1e6:.1f} us"],
     ], title=f"{profile['name']}"))
+    if "collectives" in profile:
+        print("\n" + _collectives_table(profile["collectives"]))
     unsteady = profile["measurements"]["unsteady"]
     if unsteady:
         print(f"\nStill unsteady after repeated attempts (a busy machine?): {', '.join(unsteady)}")
     print(f"\nProfile: {Path(args.out).resolve()}  ({profile['calibrated']['seconds']:.0f} s)")
     return 0
+
+
+def _existing_profile(path: str) -> dict:
+    from modelchip.errors import ModelchipError
+
+    try:
+        profile = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelchipError(f"--collectives-only adds to an existing profile, but {path} cannot be read ({exc}); "
+                             "run `modelchip calibrate --collectives` to write a whole one") from exc
+    if not isinstance(profile, dict) or "flops" not in profile:
+        raise ModelchipError(f"{path} is not a modelchip chip profile (no flops table)")
+    return profile
+
+
+def _collectives_table(section: dict) -> str:
+    rows = []
+    for world, m in section["by_world_size"].items():
+        for name, fit in m["fit"].items():
+            bw = fit["bandwidth_Bps"]
+            rows.append([world, m["threads_per_rank"], name, f"{fit['alpha_s'] * 1e6:.1f} us",
+                         si(bw, "B/s") if bw else "unbounded"])
+    return render(["ranks", "threads/rank", "collective", "latency (alpha)", "bandwidth (1/beta)"], rows,
+                  title=f"collectives on {section['process_group']} ({section['device']})")
 
 
 def run_bench(args) -> int:
@@ -76,10 +129,13 @@ def run_bench(args) -> int:
     if threads is None and args.profile:
         threads = json.loads(Path(args.profile).read_text()).get("calibrated", {}).get("threads")
     _set_threads(threads)
+    if args.tensor_parallel_size:
+        return _bench_parallel(args)
     rows = []
     for batch in args.batch:
         print(f"  batch {batch}...", file=sys.stderr)
-        measured = measure(args.model, batch, args.context, args.steps, args.backend, args.device, args.dtype)
+        measured = measure(args.model, batch, args.context, args.steps, args.backend, args.device, args.dtype,
+                           args.quantization)
         timing = microbench.take_log()[f"bench batch {batch}"]
         # the spread of the timed steps (interquartile range / median) and how many attempts it took to get
         # steady steps: a result that stayed unsteady was measured on a disturbed machine
@@ -99,6 +155,40 @@ def run_bench(args) -> int:
                            + ([f"{r['predicted_tokens_per_s']:.1f}", f"{100 * r['error']:+.1f}%"]
                               if args.profile else []) for r in rows],
                  title=f"{args.model} decode on {args.backend}/{args.device} {args.dtype}"))
+    return 0
+
+
+def _bench_parallel(args) -> int:
+    """Measured vs predicted decode step time and communication share at each tensor-parallel size."""
+    from modelchip.calibrate.loop import measure_parallel, predict_parallel
+
+    rows = []
+    for tp in args.tensor_parallel_size:
+        measured = measure_parallel(args.model, tp, args.batch, args.context, args.steps, args.backend, args.device,
+                                    args.dtype, args.quantization,
+                                    progress=lambda m: print(f"  {m}", file=sys.stderr))
+        for m in measured:
+            row = {"tensor_parallel_size": tp, "context": args.context, **m, "comm_share": m["comm_s"] / m["step_s"]}
+            if args.profile:
+                p = predict_parallel(args.model, args.profile, tp, m["batch"], args.context + args.steps // 2,
+                                     args.dtype)
+                step = p.tpot_ms / 1e3
+                comm = (p.breakdown_ms["communication"] + p.breakdown_ms["collective_latency"]) / 1e3
+                row |= {"predicted_step_s": step, "predicted_comm_share": comm / step,
+                        "error": step / m["step_s"] - 1}
+            rows.append(row)
+    if args.json:
+        common.print_json({"model": args.model, "backend": args.backend, "device": args.device, "dtype": args.dtype,
+                           "rows": rows})
+        return 0
+    headers = ["ranks", "batch", "measured step", "spread", "in collectives"] + (
+        ["predicted step", "predicted in collectives", "error"] if args.profile else [])
+    print(render(headers, [[r["tensor_parallel_size"], r["batch"], f"{r['step_s'] * 1e3:.1f} ms",
+                            f"{100 * r['spread']:.0f}%", f"{100 * r['comm_share']:.0f}%"]
+                           + ([f"{r['predicted_step_s'] * 1e3:.1f} ms", f"{100 * r['predicted_comm_share']:.0f}%",
+                               f"{100 * r['error']:+.1f}%"] if args.profile else []) for r in rows],
+                 title=f"{args.model} decode steps on {args.backend}/{args.device} {args.dtype}, "
+                       f"{args.context} tokens of context"))
     return 0
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from modelchip.cost import attention_layers
+from modelchip.cost import collectives as measured_comm
 from modelchip.cost import kernel_model as km
 from modelchip.cost.conventions import Precision
 from modelchip.cost.efficiency import Efficiency, defaults
@@ -93,6 +94,9 @@ class Deployment:
     # a layer ahead (vLLM's --cpu-offload-gb, SGLang's weight offload on Grace): only the part of the stream the
     # step's own work does not cover adds time
     weight_offload: bool = False
+    # collectives a calibration measured on this machine's process group (cost/collectives.py): a tp step's
+    # communication is costed with their alpha-beta fits, and ranks sharing one device compute at their share
+    collectives: measured_comm.MeasuredCollectives | None = None
 
     def check(self, cost: ModelCost) -> None:
         if self.strategy not in STRATEGIES:
@@ -119,6 +123,9 @@ class Deployment:
             raise ModelchipError(f"attention balance must be in (0, 1], got {self.attention_balance}")
         if self.mtp < 0 or not 0 <= self.mtp_acceptance <= 1:
             raise ModelchipError("--mtp must be >= 0 and --mtp-acceptance in [0, 1]")
+        if self.collectives is not None and self.strategy == "tp" and self.chips != self.collectives.world_size:
+            raise ModelchipError(f"the measured collectives are for {self.collectives.world_size} ranks, the "
+                                 f"deployment has {self.chips}")
         if self.phase == "prefill" and self.prompt_len < 1:
             raise ModelchipError("prefill needs a positive --prompt-len")
         if self.cached_prefix and self.phase != "prefill":
@@ -385,11 +392,24 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     if moe:
         widths += moe.layers * (pairs * moe.expert_params + shared_tokens * moe.shared_params) / (3 * H) / shard
     act_fn = widths * ACT_FN_PASSES * ACT_BYTES / mem_bw
+    host_slowdown = 1.0
+    if d.collectives is not None:
+        # ranks sharing one device (a CPU's cores) each run at their share of the profiled rate, and their host
+        # threads share the cores too
+        k, host_slowdown = 1 / d.collectives.compute_share(), d.collectives.oversubscription()
+        proj, core, lm_head, norms, sampling, dense, moe_t, imbalance, router, act_fn = (
+            v * k for v in (proj, core, lm_head, norms, sampling, dense, moe_t, imbalance, router, act_fn))
 
     # communication per step
     act = H * ACT_BYTES
     comm = comm_fixed = 0.0
-    if d.strategy == "tp":
+    if d.strategy == "tp" and d.collectives is not None:
+        # the runtime's own collectives (step broadcast, embedding, 2 per layer, logits) at measured alpha-beta,
+        # activations in the compute format as the runtime sends them
+        calls = measured_comm.tensor_parallel_step(L, H, cost.vocab, tp, inst_tokens, out_tokens,
+                                                   dtypes.nbytes(cdt), d.context)
+        comm_fixed, comm = measured_comm.step_seconds(calls, d.collectives)
+    elif d.strategy == "tp":
         comm = 2 * L * _all_reduce(d, tp, inst_tokens * act)
         comm_fixed = 2 * L * _collective_latency(d, tp)
     elif d.strategy == "ep" and moe:
@@ -418,7 +438,7 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
 
     # fixed per-call costs: every op call, plus per sequence in each attention call
     host = (d.overhead_per_op_s * cost.op_calls() + d.overhead_per_seq_s * L * b * tp
-            + d.overhead_per_step_s + d.overhead_per_seq_step_s * b * tp)
+            + d.overhead_per_step_s + d.overhead_per_seq_step_s * b * tp) * host_slowdown
     launch = _launch(cost, d)
     floor = _kernel_floor(cost, d)
     attn_side = proj + core + lm_head + norms + sampling

@@ -34,6 +34,7 @@ class ParallelRun:
         self.errors = errors  # a queue the spawned workers report their exceptions on
         self.failure: str | None = None
         self.cache_id = 0  # the KV cache the workers hold (they keep one: the engine's)
+        self.publish_seconds = 0.0  # rank 0's time broadcasting messages: a step's share of communication
 
     @property
     def is_driver(self) -> bool:
@@ -43,8 +44,10 @@ class ParallelRun:
     def publish(self, message: tuple) -> None:
         """Send the next message to every other rank (rank 0 only)."""
         self.check()
+        start = time.perf_counter()
         with self.guard():
             torch.distributed.broadcast_object_list([message], src=0, group=launch.control_group())
+        self.publish_seconds += time.perf_counter() - start
 
     def ready(self) -> None:
         """Wait until every rank has loaded its shard (a rank that failed to load ends the run here)."""

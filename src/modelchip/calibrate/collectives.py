@@ -1,0 +1,188 @@
+"""Measure the collectives of a process group on this machine: N ranks (this process and N-1 spawned workers,
+launched and connected as a tensor-parallel run is, runtime/distributed/launch.py) sweep message sizes through
+the communicator the runtime uses, and rank 0's medians are fitted to t(n) = alpha + n / bandwidth
+(cost/collectives.py). The result is a profile's `collectives` section."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from modelchip.cost.collectives import COLLECTIVES, fit_alpha_beta
+
+SIZES = tuple(256 << (2 * i) for i in range(9))  # 256 B .. 16 MiB, x4: a decode step's messages are at the small end
+ROUNDS = 9  # timed rounds per size: the median is kept
+WARMUP = 2
+# the dtype each collective carries in the runtime: activations in bfloat16, the LM head's logits in float32
+DTYPES = {"all_reduce": torch.bfloat16, "all_gather": torch.float32, "all_to_all": torch.bfloat16,
+          "send_recv": torch.bfloat16, "broadcast_object": torch.uint8}
+
+
+def synchronize(ops) -> None:
+    """Wait for the device's queued work before reading the clock: the contract's `synchronize()` where the
+    backend has it (an asynchronous device returns from a collective before the data moved), else nothing to
+    wait for (a CPU backend's ops return when done)."""
+    sync = getattr(ops, "synchronize", None) or getattr(getattr(ops, "backend", None), "synchronize", None)
+    if sync is not None:
+        sync()
+
+
+def _calls(comm, name: str, nbytes: int, device: torch.device) -> Callable[[], object]:
+    """One call of collective `name` with `nbytes` of input per rank, as the runtime makes it."""
+    from modelchip.runtime.distributed import launch
+
+    dtype = DTYPES[name]
+    numel = max(1, nbytes // torch.empty((), dtype=dtype).element_size())
+    n = comm.world_size
+    if name == "all_to_all":
+        numel = max(n, numel - numel % n)  # rows split evenly over the ranks
+    x = torch.ones(numel, dtype=dtype, device=device)
+    if name == "all_reduce":
+        return lambda: comm.all_reduce(x)
+    if name == "all_gather":
+        return lambda: comm.all_gather(x, dim=-1)
+    if name == "all_to_all":
+        return lambda: comm.all_to_all(x)
+    if name == "send_recv":
+        # ping-pong between ranks 0 and 1, counted as one way (half the round trip); other ranks sit it out
+        if comm.rank == 0:
+            return lambda: (comm.send(x, 1), comm.recv(x, 1))
+        if comm.rank == 1:
+            return lambda: (comm.recv(x, 0), comm.send(x, 0))
+        return lambda: None
+    if name == "broadcast_object":
+        # rank 0's step message (executor.ParallelRun.publish) on the control group, followed by a barrier there
+        # so the time covers every rank having it (rank 0's send returns once the bytes are buffered, but a step
+        # waits for the last rank to unpickle its inputs). Not less the barrier timed alone: on a busy machine
+        # the difference of two noisy medians can come out at zero or below
+        payload = bytes(nbytes)
+        group = launch.control_group()
+
+        def call() -> None:
+            torch.distributed.broadcast_object_list([payload if comm.rank == 0 else None], src=0, group=group)
+            torch.distributed.barrier(group=group)
+        return call
+    raise ValueError(f"unknown collective {name!r}")
+
+
+def _time(call: Callable[[], object], ops, one_way: bool, rounds: int) -> float:
+    """Median seconds per call over `rounds` rounds of 3 calls, each round entered together (a barrier) so
+    skew between ranks does not count as collective time. Every rank runs the same rounds: a count decided
+    by each rank's own clock could leave one rank waiting at a barrier the others never reach."""
+    for _ in range(WARMUP):
+        call()
+    synchronize(ops)
+    times, number = [], 3
+    for _ in range(rounds):
+        torch.distributed.barrier()
+        t = time.perf_counter()
+        for _ in range(number):
+            call()
+        synchronize(ops)
+        times.append((time.perf_counter() - t) / number / (2 if one_way else 1))
+    return statistics.median(times)
+
+
+def _rounds(nbytes: int) -> int:
+    return ROUNDS if nbytes <= 1 << 20 else 5  # large messages are steadier and slower: fewer rounds
+
+
+def sweep(ops, sizes: tuple[int, ...] = SIZES, progress: Callable[[str], None] = lambda m: None) -> dict:
+    """Run on every rank in step: each collective at each size; rank 0's medians are what counts."""
+
+    comm = ops.comm
+    raw: dict[str, dict] = {}
+    for name in COLLECTIVES:
+        progress(f"{name} at {comm.world_size} ranks, {len(sizes)} sizes")
+        times = []
+        for n in sizes:
+            times.append(_time(_calls(comm, name, n, ops.device), ops, name == "send_recv", _rounds(n)))
+        raw[name] = {"dtype": str(DTYPES[name]).removeprefix("torch."), "bytes": list(sizes), "seconds": times}
+    return raw
+
+
+def _fit(raw: dict) -> dict:
+    return {name: fit_alpha_beta(r["bytes"], r["seconds"]).as_dict() for name, r in raw.items()}
+
+
+def _worker(rank: int, world: int, port: int, backend: str, device: str, threads: int, errors) -> None:
+    from modelchip.runtime.backends import get_backend
+    from modelchip.runtime.distributed import launch
+
+    torch.set_num_threads(threads)
+    try:
+        ops = get_backend(backend, str(launch.rank_device(device, rank)))
+        launch.init_group(rank, world, ops.device, f"tcp://127.0.0.1:{port}")
+        ops.attach_group()
+        sweep(ops, _sizes_from_rank0())
+    except BaseException as exc:  # reported to rank 0, which names the rank
+        errors.put(f"rank {rank}: {type(exc).__name__}: {exc}")
+        raise SystemExit(1) from exc
+    finally:
+        launch.shutdown_group()
+
+
+def _sizes_from_rank0() -> tuple[int, ...]:
+    box = [None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return tuple(box[0])
+
+
+def measure(world_size: int, backend: str = "reference", device: str = "cpu", sizes: tuple[int, ...] = SIZES,
+            progress: Callable[[str], None] = lambda m: None) -> dict:
+    """The `by_world_size` entry for `world_size` ranks: raw sweep, fit, threads per rank. This process is
+    rank 0; the machine's threads are divided among the ranks as in a tensor-parallel run."""
+    import torch.multiprocessing as mp
+
+    from modelchip.errors import ModelchipError
+    from modelchip.runtime.backends import get_backend
+    from modelchip.runtime.distributed import launch
+
+    if world_size < 2:
+        raise ModelchipError(f"collectives need at least 2 ranks, got --world-size {world_size}")
+    total = torch.get_num_threads()
+    threads = max(1, total // world_size)
+    port = launch.free_port()
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_worker, args=(r, world_size, port, backend, device, threads, errors), daemon=True,
+                         name=f"modelchip-calibrate-rank{r}") for r in range(1, world_size)]
+    for p in procs:
+        p.start()
+    torch.set_num_threads(threads)
+    try:
+        ops = get_backend(backend, device)
+        launch.init_group(0, world_size, ops.device, f"tcp://127.0.0.1:{port}")
+        ops.attach_group()
+        torch.distributed.broadcast_object_list([list(sizes)], src=0)
+        raw = sweep(ops, sizes, progress)
+    except (RuntimeError, ModelchipError) as exc:
+        reports = []
+        while not errors.empty():
+            reports.append(errors.get())
+        raise ModelchipError(f"measuring collectives at {world_size} ranks failed: "
+                             f"{'; '.join(reports) or exc}") from exc
+    finally:
+        launch.shutdown_group()
+        for p in procs:
+            p.join(timeout=10.0)
+            if p.exitcode is None:
+                p.kill()
+        torch.set_num_threads(total)
+    return {"threads_per_rank": threads, "raw": raw, "fit": _fit(raw)}
+
+
+def section(world_sizes: list[int], backend: str, device: str, progress: Callable[[str], None] = lambda m: None,
+            sizes: tuple[int, ...] = SIZES) -> dict:
+    """A profile's `collectives` section: every world size's sweep and fits, and how ranks share the device."""
+    dev = torch.device(device)
+    return {"backend": backend, "device": str(dev), "process_group": "gloo" if dev.type == "cpu" else dev.type,
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count() or 1, "shared_device": dev.type == "cpu",
+            "timed": "rank 0, median of rounds of 3 calls, each round entered together after a barrier; "
+                     "send_recv is half a ping-pong between ranks 0 and 1; broadcast_object is rank 0's "
+                     "broadcast_object_list on the control group followed by a barrier there (every rank has it)",
+            "by_world_size": {str(n): measure(n, backend, device, sizes, progress) for n in world_sizes}}

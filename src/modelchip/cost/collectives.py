@@ -1,0 +1,170 @@
+"""Measured collectives: the alpha-beta fit of each collective a calibration timed on this machine's process
+group, and the collectives a tensor-parallel decode step makes, costed with them. Reading needs no torch.
+
+A calibration profile's `collectives` section (written by `modelchip calibrate --collectives`) holds, per world
+size, the raw message-size sweep of every collective and its fit t(n) = alpha + n / bandwidth. The planner
+costs a tensor-parallel step on the profiled machine with those fits instead of a catalog link (see
+`deploy.evaluate`), and with the compute share each rank gets when ranks share one device (a CPU's cores).
+Expert parallelism (all-to-all dispatch and combine) and attention-FFN disaggregation (send/recv of each layer's
+activations) read the `all_to_all` and `send_recv` fits the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from modelchip.errors import ModelchipError
+
+# what the calibration times, as the runtime calls it (runtime/distributed/communicator.py, executor.py)
+COLLECTIVES = ("all_reduce", "all_gather", "all_to_all", "send_recv", "broadcast_object")
+
+
+@dataclass(frozen=True)
+class LinkFit:
+    """t(n) = alpha_s + n / bandwidth seconds for a message of n bytes (per rank's input; see COLLECTIVES)."""
+
+    alpha_s: float
+    bandwidth: float  # bytes/s; inf where the sweep showed no size dependence
+
+    def seconds(self, nbytes: float) -> float:
+        return self.alpha_s + nbytes / self.bandwidth
+
+    def as_dict(self) -> dict:
+        return {"alpha_s": self.alpha_s, "bandwidth_Bps": None if math.isinf(self.bandwidth) else self.bandwidth}
+
+
+def fit_alpha_beta(sizes: Sequence[float], seconds: Sequence[float]) -> LinkFit:
+    """Least-squares fit of t = alpha + n * g over the sweep, each point weighted by 1/t (relative error), so
+    the latency-bound small messages a decode step sends weigh as much as the bandwidth-bound large ones (an
+    unweighted fit lets the 16 MiB points decide alpha). Both terms are kept non-negative: a negative one is
+    dropped and the other refitted alone."""
+    if len(sizes) != len(seconds) or len(sizes) < 2:
+        raise ModelchipError(f"an alpha-beta fit needs at least two (size, seconds) points, got {len(sizes)} sizes "
+                             f"and {len(seconds)} times")
+    if any(t <= 0 or not math.isfinite(t) for t in seconds) or any(n < 0 for n in sizes):
+        raise ModelchipError("an alpha-beta fit needs positive times and non-negative sizes")
+    w = [1.0 / t for t in seconds]
+    # weighted normal equations of min sum (w (alpha + n g - t))^2
+    s11 = sum(wi * wi for wi in w)
+    s12 = sum(wi * wi * n for wi, n in zip(w, sizes, strict=True))
+    s22 = sum(wi * wi * n * n for wi, n in zip(w, sizes, strict=True))
+    b1 = sum(wi * wi * t for wi, t in zip(w, seconds, strict=True))
+    b2 = sum(wi * wi * n * t for wi, n, t in zip(w, sizes, seconds, strict=True))
+    det = s11 * s22 - s12 * s12
+    alpha, g = ((s22 * b1 - s12 * b2) / det, (s11 * b2 - s12 * b1) / det) if det > 0 else (-1.0, -1.0)
+    if alpha < 0 or det <= 0:
+        alpha, g = 0.0, b2 / s22 if s22 > 0 else 0.0
+    if g <= 0:
+        alpha, g = b1 / s11, 0.0
+    return LinkFit(alpha, 1.0 / g if g > 0 else math.inf)
+
+
+@dataclass(frozen=True)
+class MeasuredCollectives:
+    """One world size's fits from a profile, and how its ranks shared the device when they were measured."""
+
+    world_size: int
+    fits: dict[str, LinkFit]
+    shared_device: bool  # ranks share one device (CPU cores): each computes at a share of the profiled rate
+    threads: int  # threads the profile was calibrated with, which a run divides among its ranks
+    cpus: int  # the cores the ranks' threads share
+
+    def fit(self, name: str) -> LinkFit:
+        if name not in self.fits:
+            raise ModelchipError(f"the profile's collectives at world size {self.world_size} have no {name!r} "
+                                 f"fit (measured: {', '.join(sorted(self.fits))})")
+        return self.fits[name]
+
+    def threads_per_rank(self) -> int:
+        """Threads each rank runs with: the runtime divides the machine's threads among its ranks
+        (runtime/distributed/executor.spawn_workers), at least one each."""
+        return max(1, self.threads // self.world_size) if self.shared_device else self.threads
+
+    def oversubscription(self) -> float:
+        """Threads the ranks run over the cores they share (>= 1): 3 single-threaded ranks on 2 cores, 1.5.
+        Each thread then gets 1/oversubscription of a core, and so does each rank's host work."""
+        if not self.shared_device:
+            return 1.0
+        return max(1.0, self.world_size * self.threads_per_rank() / self.cpus)
+
+    def compute_share(self) -> float:
+        """One rank's compute and bandwidth as a fraction of the profiled rates (measured with `threads`
+        threads, each on a core of its own): its threads over the profile's, each thread time-sliced when the
+        ranks together run more threads than there are cores. 3 ranks of 1 thread on 2 cores, profiled with 2
+        threads: 1 / 1.5 / 2 = a third each."""
+        if not self.shared_device:
+            return 1.0
+        return self.threads_per_rank() / self.oversubscription() / self.threads
+
+
+def read_collectives(data: dict, world_size: int, source: str = "profile") -> MeasuredCollectives:
+    """The fits measured at `world_size` in a profile's `collectives` section, or an error saying how to
+    measure them."""
+    section = data.get("collectives")
+    how = f"modelchip calibrate --collectives --world-size {world_size}"
+    if not isinstance(section, dict) or not section.get("by_world_size"):
+        raise ModelchipError(f"{source} has no measured collectives; run `{how}` to add them")
+    measured = section["by_world_size"].get(str(world_size))
+    if measured is None:
+        sizes = ", ".join(sorted(section["by_world_size"], key=int))
+        raise ModelchipError(f"{source} has collectives measured at world size {sizes}, not {world_size}; run "
+                             f"`{how}`")
+    try:
+        fits = {name: LinkFit(f["alpha_s"], f["bandwidth_Bps"] or math.inf) for name, f in measured["fit"].items()}
+        return MeasuredCollectives(world_size, fits, bool(section["shared_device"]), int(section["threads"]),
+                                   int(section["cpus"]))
+    except (KeyError, TypeError) as exc:
+        raise ModelchipError(f"{source}: malformed collectives section ({exc!r})") from exc
+
+
+# A step message as pickled by the runtime's broadcast_object_list: token ids, positions, the metadata's
+# query_start_loc, context_lens, slot_mapping, block table and the logit rows, int64, plus pickle's framing of
+# seven tensors (about 2 KB, read off a pickled message).
+STEP_MESSAGE_FRAMING_BYTES = 2000
+
+
+def step_message_bytes(sequences: float, context: int, block_size: int = 16) -> float:
+    return 8 * sequences * (5 + math.ceil(context / block_size)) + STEP_MESSAGE_FRAMING_BYTES
+
+
+@dataclass(frozen=True)
+class CollectiveCall:
+    name: str  # a COLLECTIVES entry
+    nbytes: float  # per rank's input, as the fit counts it
+    count: float  # calls per step
+    what: str
+
+
+def tensor_parallel_step(layers: int, hidden: int, vocab: int, tp: int, tokens: float, logit_rows: float,
+                         act_bytes: float, context: int) -> list[CollectiveCall]:
+    """The collectives one decode step of the runtime's tensor-parallel decoder makes on each rank (docs/
+    parallel.md): rank 0 broadcasts the step's inputs; the vocabulary-parallel embedding all-reduces [T, H];
+    each layer all-reduces [T, H] after o_proj and after down_proj; the LM head all-gathers each rank's
+    float32 logits of its ceil(V / tp) vocabulary rows."""
+    if tp <= 1:
+        return []
+    act = tokens * hidden * act_bytes
+    return [CollectiveCall("broadcast_object", step_message_bytes(logit_rows, context), 1, "step inputs"),
+            CollectiveCall("all_reduce", act, 1, "embedding"),
+            CollectiveCall("all_reduce", act, 2 * layers, "o_proj and down_proj"),
+            CollectiveCall("all_gather", logit_rows * math.ceil(vocab / tp) * 4.0, 1, "logits")]
+
+
+def step_seconds(calls: list[CollectiveCall], measured: MeasuredCollectives) -> tuple[float, float]:
+    """(latency, transfer) seconds of a step's collectives: sum of count * alpha, and of count * bytes / bandwidth."""
+    latency = sum(c.count * measured.fit(c.name).alpha_s for c in calls)
+    transfer = sum(c.count * c.nbytes / measured.fit(c.name).bandwidth for c in calls)
+    return latency, transfer
+
+
+def for_deployment(strategy: str, chips: int, path) -> MeasuredCollectives | None:
+    """The profile's collectives a deployment needs: a tensor-parallel one over several chips needs those
+    measured at its world size (an error says how to measure them); anything else none."""
+    import json
+    from pathlib import Path
+
+    if strategy != "tp" or chips <= 1:
+        return None
+    return read_collectives(json.loads(Path(path).read_text()), chips, str(path))

@@ -1,0 +1,212 @@
+"""Measured collectives in the cost model: the alpha-beta fit, the profile's collectives section, and the
+tensor-parallel step the planner costs with them (no torch needed)."""
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from modelchip.cost import collectives
+from modelchip.cost.collectives import LinkFit, MeasuredCollectives, fit_alpha_beta, read_collectives
+from modelchip.cost.conventions import Precision
+from modelchip.cost.deploy import Deployment, evaluate
+from modelchip.cost.model_cost import model_cost
+from modelchip.cost.profile import apply_profile
+from modelchip.errors import ModelchipError
+from modelchip.spec import families
+from modelchip.spec.chips import get_chip
+
+SIZES = [256 << (2 * i) for i in range(9)]  # the calibration's sweep, 256 B .. 16 MiB
+
+
+def _reference_fit(sizes, seconds):
+    """float64 weighted least squares: rows [1, n] and t, each scaled by 1/t."""
+    n, t = np.asarray(sizes, dtype=np.float64), np.asarray(seconds, dtype=np.float64)
+    a = np.stack([np.ones_like(n), n], axis=1) / t[:, None]
+    (alpha, g), *_ = np.linalg.lstsq(a, t / t, rcond=None)
+    return alpha, g
+
+
+def test_fit_matches_float64_least_squares_on_noisy_timings():
+    rng = np.random.default_rng(0)
+    alpha, bw = 60e-6, 2.5e9
+    seconds = [(alpha + n / bw) * rng.lognormal(0, 0.08) for n in SIZES]  # 8% multiplicative noise
+    fit = fit_alpha_beta(SIZES, seconds)
+    ref_alpha, ref_g = _reference_fit(SIZES, seconds)
+    assert fit.alpha_s == pytest.approx(ref_alpha, rel=1e-9)
+    assert 1 / fit.bandwidth == pytest.approx(ref_g, rel=1e-9)
+    assert fit.alpha_s == pytest.approx(alpha, rel=0.15) and fit.bandwidth == pytest.approx(bw, rel=0.15)
+
+
+def test_fit_recovers_exact_alpha_beta():
+    seconds = [30e-6 + n / 1e9 for n in SIZES]
+    fit = fit_alpha_beta(SIZES, seconds)
+    assert fit.alpha_s == pytest.approx(30e-6, rel=1e-9) and fit.bandwidth == pytest.approx(1e9, rel=1e-9)
+    assert fit.seconds(1 << 20) == pytest.approx(30e-6 + (1 << 20) / 1e9)
+
+
+def test_fit_keeps_both_terms_non_negative():
+    # times falling with size (a noisy flat sweep) would fit a negative slope: latency only, bandwidth unbounded
+    flat = fit_alpha_beta([1e3, 1e4, 1e5], [2e-4, 1.9e-4, 1.8e-4])
+    assert flat.bandwidth == math.inf and flat.alpha_s == pytest.approx(
+        sum(1 / t for t in [2e-4, 1.9e-4, 1.8e-4]) / sum(1 / t ** 2 for t in [2e-4, 1.9e-4, 1.8e-4]))
+    # a pure bandwidth sweep whose fit would give a negative intercept: alpha 0, bandwidth refitted alone
+    steep = fit_alpha_beta([1e3, 1e6, 1e7], [1e-7, 1e-3, 1.1e-2])
+    assert steep.alpha_s == 0.0 and steep.bandwidth > 0
+
+
+def test_fit_rejects_bad_input():
+    with pytest.raises(ModelchipError, match="at least two"):
+        fit_alpha_beta([1024], [1e-5])
+    with pytest.raises(ModelchipError, match="positive times"):
+        fit_alpha_beta([1024, 2048], [1e-5, 0.0])
+
+
+FITS = {"all_reduce": LinkFit(80e-6, 1.5e9), "all_gather": LinkFit(90e-6, 0.8e9),
+        "all_to_all": LinkFit(120e-6, 0.6e9), "send_recv": LinkFit(40e-6, 3e9),
+        "broadcast_object": LinkFit(150e-6, 0.4e9)}
+
+
+def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3):
+    """A profile as `modelchip calibrate --collectives` writes it (figures made up, structure real)."""
+    src = {"source": "test", "tag": "D"}
+    data = {
+        "id": "test-cpu", "name": "test CPU", "vendor": "measured", "kind": "cpu",
+        "flops": {"bf16": {"value": 1e12, **src}, "fp32": {"value": 5e11, **src}},
+        "memory": {"capacity": {"value": 64e9, **src}, "bandwidth": {"value": 40e9, **src}},
+        "efficiency": {"gemm": 1.0, "memory": 0.8, "attention_memory": 0.5},
+        "overhead": {"per_op_s": 5e-6, "per_seq_s": 2e-6, "per_step_s": 1e-4, "per_seq_step_s": 1e-5},
+        "calibrated": {"threads": threads},
+        "collectives": {"backend": "reference", "device": "cpu", "process_group": "gloo", "threads": threads,
+                        "cpus": cpus,
+                        "shared_device": shared,
+                        "by_world_size": {str(world): {
+                            "threads_per_rank": 1,
+                            "raw": {name: {"bytes": SIZES, "seconds": [f.seconds(n) for n in SIZES]}
+                                    for name, f in FITS.items()},
+                            "fit": {name: f.as_dict() for name, f in FITS.items()}}}},
+    }
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_profile_collectives_round_trip(tmp_path):
+    data = json.loads(_profile(tmp_path).read_text())
+    measured = read_collectives(data, 3)
+    assert measured.fits == FITS and measured.world_size == 3 and measured.shared_device
+    assert (measured.threads, measured.cpus) == (2, 2)
+    # the stored fit is the fit of the stored raw sweep
+    for name, raw in data["collectives"]["by_world_size"]["3"]["raw"].items():
+        refit = fit_alpha_beta(raw["bytes"], raw["seconds"])
+        assert refit.alpha_s == pytest.approx(FITS[name].alpha_s, rel=1e-9)
+        assert refit.bandwidth == pytest.approx(FITS[name].bandwidth, rel=1e-9)
+    unbounded = LinkFit(1e-5, math.inf)
+    assert LinkFit(1e-5, unbounded.as_dict()["bandwidth_Bps"] or math.inf) == unbounded  # JSON has no inf
+
+
+def test_missing_world_size_is_a_clear_error(tmp_path):
+    path = _profile(tmp_path)
+    with pytest.raises(ModelchipError, match="world size 3, not 2.*--world-size 2"):
+        read_collectives(json.loads(path.read_text()), 2)
+    with pytest.raises(ModelchipError, match="no measured collectives"):
+        read_collectives({}, 2)
+
+
+def test_ranks_sharing_cores():
+    # the runtime gives each of 3 ranks 2 // 3 -> 1 thread: 3 threads on 2 cores, each rank a third of the device
+    three = MeasuredCollectives(3, FITS, shared_device=True, threads=2, cpus=2)
+    assert three.threads_per_rank() == 1 and three.oversubscription() == 1.5
+    assert three.compute_share() == pytest.approx(1 / 3)
+    two = MeasuredCollectives(2, FITS, shared_device=True, threads=2, cpus=2)
+    assert two.compute_share() == 0.5 and two.oversubscription() == 1.0
+    # profiled with 1 thread: each of 3 single-threaded ranks gets 2/3 of a core, so 2/3 of the profiled rate
+    one = MeasuredCollectives(3, FITS, shared_device=True, threads=1, cpus=2)
+    assert one.compute_share() == pytest.approx(2 / 3) and one.oversubscription() == 1.5
+    # 8 threads on 8 cores split over 4 ranks: 2 each, no oversubscription, a quarter of the device each
+    assert MeasuredCollectives(4, FITS, shared_device=True, threads=8, cpus=8).compute_share() == 0.25
+    own_devices = MeasuredCollectives(4, FITS, shared_device=False, threads=8, cpus=8)
+    assert own_devices.compute_share() == 1.0 and own_devices.oversubscription() == 1.0
+
+
+def _smollm2():
+    config = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+              "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "rms_norm_eps": 1e-5,
+              "tie_word_embeddings": True}  # SmolLM2-135M's config.json
+    return families.read(config, "smollm2-135m")
+
+
+def test_tp_comm_term_from_profile_is_the_runtime_collectives_sum(tmp_path):
+    # SmolLM2-135M at 3 ranks, 6 sequences (2 per rank) decoding at 200 tokens of context, bf16 activations
+    precision = Precision(weight="bf16", kv="bf16", compute="bf16")
+    d = apply_profile(Deployment(chip=get_chip("h100"), chips=3, strategy="tp", batch=2, context=200,
+                                 precision=precision), _profile(tmp_path))
+    p = evaluate(model_cost(_smollm2(), precision), d)
+    ar = FITS["all_reduce"]
+    ag = FITS["all_gather"]
+    bc = FITS["broadcast_object"]
+    ar_bytes = 6 * 576 * 2  # [T, H] in bf16
+    ag_bytes = 6 * 16384 * 4  # each rank's float32 logits of ceil(49152 / 3) vocabulary rows
+    bc_bytes = 8 * 6 * (5 + 13) + 2000  # int64 step inputs with a 13-block table, plus pickle's framing
+    latency = (2 * 30 + 1) * ar.alpha_s + ag.alpha_s + bc.alpha_s
+    transfer = (2 * 30 + 1) * ar_bytes / ar.bandwidth + ag_bytes / ag.bandwidth + bc_bytes / bc.bandwidth
+    assert p.breakdown_ms["collective_latency"] == pytest.approx(latency * 1e3, rel=1e-12)
+    assert p.breakdown_ms["communication"] == pytest.approx(transfer * 1e3, rel=1e-12)
+
+
+def test_shared_device_ranks_compute_at_their_share(tmp_path):
+    precision = Precision(weight="bf16", kv="bf16", compute="bf16")
+    cost = model_cost(_smollm2(), precision)
+    base = Deployment(chip=get_chip("h100"), chips=3, strategy="tp", batch=2, context=200, precision=precision)
+    shared = evaluate(cost, apply_profile(base, _profile(tmp_path)))
+    d = apply_profile(base, _profile(tmp_path, shared=False))
+    own = evaluate(cost, d)
+    for part in ("attention_proj", "attention_core", "lm_head", "dense_ffn", "norms"):
+        assert shared.breakdown_ms[part] == pytest.approx(3 * own.breakdown_ms[part], rel=1e-12)
+    assert shared.breakdown_ms["host_overhead"] == pytest.approx(1.5 * own.breakdown_ms["host_overhead"], rel=1e-12)
+    assert shared.breakdown_ms["communication"] == own.breakdown_ms["communication"]
+    with pytest.raises(ModelchipError, match="measured collectives are for 3 ranks"):
+        evaluate(cost, replace(d, chips=2, batch=3))
+
+
+def test_tp_over_a_profile_without_collectives_says_how_to_measure(tmp_path):
+    path = _profile(tmp_path)
+    data = json.loads(path.read_text())
+    del data["collectives"]
+    path.write_text(json.dumps(data))
+    d = Deployment(chip=get_chip("h100"), chips=3, strategy="tp", batch=1, context=64)
+    with pytest.raises(ModelchipError, match="calibrate --collectives --world-size 3"):
+        apply_profile(d, path)
+    assert collectives.for_deployment("tp", 1, path) is None  # one rank needs no collectives
+
+
+@pytest.mark.slow  # spawns a process group and sweeps every collective
+def test_calibrate_collectives_only_adds_a_fitted_sweep(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    path = _profile(tmp_path)
+    before = json.loads(path.read_text())
+    p = subprocess.run([sys.executable, "-m", "modelchip", "calibrate", "--collectives-only", "--world-size", "2",
+                        "--out", str(path)], capture_output=True, text=True, timeout=1800)  # a hang guard
+    assert p.returncode == 0, p.stderr
+    data = json.loads(path.read_text())
+    assert {k: v for k, v in data.items() if k != "collectives"} == \
+        {k: v for k, v in before.items() if k != "collectives"}  # the rest of the profile is kept
+    measured = data["collectives"]["by_world_size"]["2"]
+    assert set(measured["raw"]) == set(collectives.COLLECTIVES) == set(measured["fit"])
+    for name, raw in measured["raw"].items():
+        assert raw["bytes"] == SIZES and all(t > 0 for t in raw["seconds"])
+        ref_alpha, ref_g = _reference_fit(raw["bytes"], raw["seconds"])
+        fit = read_collectives(data, 2).fit(name)
+        if ref_alpha >= 0 and ref_g > 0:  # otherwise the fit clamps (test_fit_keeps_both_terms_non_negative)
+            assert fit.alpha_s == pytest.approx(ref_alpha, rel=1e-6)
+            assert 1 / fit.bandwidth == pytest.approx(ref_g, rel=1e-6)
+    # and the planner costs a 2-rank tensor-parallel step with them
+    d = apply_profile(Deployment(chip=get_chip("h100"), chips=2, strategy="tp", batch=1, context=64), path)
+    assert d.collectives.world_size == 2
+    threads = data["collectives"]["threads"]
+    assert d.collectives.threads_per_rank() == measured["threads_per_rank"] == max(1, threads // 2)
