@@ -16,7 +16,7 @@ WARMUP_STEPS = 3
 
 
 def steps_needed(timed: int) -> int:
-    """Decode steps `time_decode(timed)` may run: warm-up plus every attempt (the cache must hold them)."""
+    """Decode steps `time_interleaved(..., timed)` may run: warm-up plus every attempt (the cache must hold them)."""
     return WARMUP_STEPS + timed * microbench.ATTEMPTS
 
 
@@ -50,25 +50,6 @@ class DecodeHarness:
     @torch.inference_mode()
     def prefill(self) -> None:
         self._run(len(self.tokens[0]))
-
-    @torch.inference_mode()
-    def time_decode(self, steps: int, name: str | None = None) -> float:
-        """Median seconds of a decode step over `steps` steps, each timed alone after three warm-up steps, so
-        a step slowed by other work on the machine moves the result no more than an ordinary one; steps that
-        spread too far are timed again (microbench.steady_samples). The cache must hold the extra steps."""
-        for _ in range(WARMUP_STEPS):
-            self._run(1)
-
-        def take() -> list[float]:
-            times = []
-            for _ in range(steps):
-                t = time.perf_counter()
-                self._run(1)
-                times.append(time.perf_counter() - t)
-            return times
-
-        return microbench.steady_samples(take, name).seconds
-
 
 @torch.inference_mode()
 def time_interleaved(harnesses: dict, steps: int) -> dict:
