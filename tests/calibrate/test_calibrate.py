@@ -17,8 +17,9 @@ from modelchip.calibrate.microbench import MAX_SPREAD, spread, steady_samples  #
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory):
     path = tmp_path_factory.mktemp("cal") / "profile.json"
-    p = subprocess.run([sys.executable, "-m", "modelchip", "calibrate", "--passes", "2", "--out", str(path)], capture_output=True,
-                       text=True, timeout=3600)  # a hang guard, not a speed check (benchmarks/ time it)
+    # (the timeout is a hang guard, not a speed check: benchmarks/ time it)
+    p = subprocess.run([sys.executable, "-m", "modelchip", "calibrate", "--passes", "2", "--out", str(path)],
+                       capture_output=True, text=True, timeout=3600)
     assert p.returncode == 0, p.stderr
     return path
 
