@@ -17,8 +17,9 @@ from modelchip.calibrate.microbench import MAX_SPREAD, spread, steady_samples  #
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory):
     path = tmp_path_factory.mktemp("cal") / "profile.json"
-    p = subprocess.run([sys.executable, "-m", "modelchip", "calibrate", "--out", str(path)], capture_output=True,
-                       text=True, timeout=3600)  # a hang guard, not a speed check (benchmarks/ time it)
+    # (the timeout is a hang guard, not a speed check: benchmarks/ time it)
+    p = subprocess.run([sys.executable, "-m", "modelchip", "calibrate", "--passes", "2", "--out", str(path)],
+                       capture_output=True, text=True, timeout=3600)
     assert p.returncode == 0, p.stderr
     return path
 
@@ -34,7 +35,8 @@ def test_profile_is_a_catalog_chip_with_measured_figures(profile):
     assert data["calibrated"]["backend"] == "reference" and data["calibrated"]["fallbacks"]["missing_ops"] == []
     # every timing records how far its rounds spread, and the ones that stayed unsteady are named
     spreads = data["measurements"]["spread"]
-    assert {"read bandwidth", "toy step 4 layers 1 seqs", "attention decode 4x4096"} <= set(spreads)
+    assert {f"pass {i}: {name}" for i in (1, 2) for name in ("read bandwidth", "toy step 4 layers 1 seqs",
+                                                                 "attention decode 4x4096")} <= set(spreads)
     assert data["measurements"]["unsteady"] == sorted(k for k, v in spreads.items() if v["spread"] > MAX_SPREAD)
 
 
@@ -98,3 +100,46 @@ def test_a_sample_that_stays_disturbed_is_reported():
     rounds = [1.0, 1.0, 1.5, 2.0, 2.0]
     timing = steady_samples(lambda: list(rounds))
     assert not timing.steady and timing.seconds == 1.5 and timing.attempts > 1
+
+
+def test_a_disturbed_bench_round_is_outvoted():
+    from modelchip.calibrate.loop import summarize
+
+    # four rounds of 4 sequences: the third ran while other work held the cores (twice as slow)
+    r = summarize(4, [0.010, 0.011, 0.020, 0.010], context=150)
+    assert r.tokens_per_s == pytest.approx(4 / 0.0105)  # the median round, not the mean (4 / 0.01275)
+    assert r.disturbed_rounds == 1 and r.rounds == 4
+    assert summarize(1, [0.010, 0.0105, 0.0101], context=150).disturbed_rounds == 0
+
+
+def test_a_disturbed_calibration_pass_is_outvoted(monkeypatch):
+    import modelchip.calibrate.profile as prof
+
+    # three passes of synthetic figures; the second ran on a busy machine (every time 1.5x, every rate 2/3)
+    def figures(scale: float) -> dict:
+        f = {f"gemm {d} {m}x{k}x{n}": 1e11 / scale for d in prof.DTYPES for m, k, n in prof.GEMM_SHAPES}
+        f |= {f"stream {d} {m}": 2e10 / scale for d in prof.DTYPES for m in prof.STREAM_TOKENS}
+        f |= {f"stream {d}": 2e10 / scale for d in prof.DTYPES} | {"read": 2.5e10 / scale}
+        f |= {"attention 4x4096": 1e-3 * scale, "attention 1x16": 1e-5 * scale, "attention 16x16": 4e-5 * scale,
+              "op alone": 3e-6 * scale, "op calls 1 layers": 20, "op calls 4 layers": 62,
+              "toy step 1 layers 1 seqs": 2e-4 * scale, "toy step 4 layers 1 seqs": 5e-4 * scale,
+              "toy step 1 layers 16 seqs": 3e-4 * scale, "toy step 4 layers 16 seqs": 8e-4 * scale}
+        return f
+
+    scales = iter([1.0, 1.5, 1.02])
+    monkeypatch.setattr(prof, "_measure_pass", lambda ops, dev, progress: figures(next(scales)))
+    profile = prof.calibrate(progress=lambda m: None, passes=3)
+    assert profile["measurements"]["disturbed_passes"] == [2]
+    # by hand from the median pass (scale 1.02): per sequence (4e-5 - 1e-5) / 15 = 2e-6 s, x 1.02;
+    # per op call (5e-4 - 2e-4 - 3 x 2e-6) / (62 - 20) = 7e-6 s, x 1.02
+    assert profile["overhead"]["per_seq_s"] == pytest.approx(2e-6 * 1.02)
+    assert profile["overhead"]["per_op_s"] == pytest.approx(7e-6 * 1.02)
+    assert profile["memory"]["bandwidth"]["value"] == pytest.approx(2.5e10 / 1.02)
+
+
+def test_bench_refuses_counts_below_one():
+    p = subprocess.run([sys.executable, "-m", "modelchip", "bench", "--rounds", "0"], capture_output=True, text=True)
+    assert p.returncode == 2 and "--rounds: 0 is not at least 1" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "modelchip", "calibrate", "--passes", "two"], capture_output=True,
+                       text=True)
+    assert p.returncode == 2 and "--passes: 'two' is not a whole number" in p.stderr

@@ -17,7 +17,8 @@ WARMUP_STEPS = 3
 
 
 def steps_needed(timed: int) -> int:
-    """Decode steps `time_decode(timed)` may run: warm-up plus every attempt (the cache must hold them)."""
+    """Decode steps `time_decode(timed)` or `time_interleaved(..., timed)` may run: warm-up plus every attempt
+    (the cache must hold them)."""
     return WARMUP_STEPS + timed * microbench.ATTEMPTS
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 
@@ -30,56 +31,97 @@ def _device_memory(device: torch.device) -> float:
     return float(props(device).total_memory) if props else 0.0
 
 
-def calibrate(backend: str = "reference", device: str = "cpu", progress: Callable[[str], None] = print) -> dict:
-    ops = get_backend(backend, device)
-    dev = ops.device
-    microbench.take_log()  # start a fresh log of this calibration's timings
-    load_before = os.getloadavg()[0]
-    stamp = time.strftime("%Y-%m-%d")
-    src = f"modelchip calibrate, backend {backend} on {dev}, {stamp}"
-    gemm = {}
+# Passes a calibration makes over every measurement; each figure is the median pass, so a burst of other
+# work on the machine during one pass is outvoted instead of moving the profile.
+PASSES = 3
+# A pass whose headline figures (the toy decode step, one-row weight streaming) are this far from the median
+# pass ran while something else took the cores; the profile names it.
+PASS_DISTURBED = 0.15
+
+
+def _measure_pass(ops, dev: torch.device, progress: Callable[[str], None]) -> dict:
+    """One pass over every microbenchmark: raw figures (rates in /s, times in s) by name."""
+    fig: dict = {}
     for name, dtype in DTYPES.items():
         for m, k, n in GEMM_SHAPES:
             progress(f"GEMM {name} {m}x{k}x{n}")
-            gemm[f"{name} {m}x{k}x{n}"] = microbench.gemm(ops, m, k, n, dtype)
+            fig[f"gemm {name} {m}x{k}x{n}"] = microbench.gemm(ops, m, k, n, dtype)
     progress("weight streaming by batch (1..64 rows), per weight dtype")
-    by_tokens = {name: {m: microbench.weight_streaming(ops, 576, 1536, dtype, tokens=m) for m in STREAM_TOKENS}
-                 for name, dtype in DTYPES.items()}
+    for name, dtype in DTYPES.items():
+        for m in STREAM_TOKENS:
+            fig[f"stream {name} {m}"] = microbench.weight_streaming(ops, 576, 1536, dtype, tokens=m)
     progress("memory bandwidth (256 MB read)")
-    read_bw = microbench.read_bandwidth(dev)
+    fig["read"] = microbench.read_bandwidth(dev)
     progress("weight streaming (one-token linears over a 512 MB pool of 1536x576 matrices)")
-    stream = {name: microbench.weight_streaming(ops, 576, 1536, dtype) for name, dtype in DTYPES.items()}
-    # the device's bandwidth: the best read rate any kernel reached; efficiencies are fractions of it
-    copy_bw = max(read_bw, *stream.values(), *(v for table in by_tokens.values() for v in table.values()))
+    for name, dtype in DTYPES.items():
+        fig[f"stream {name}"] = microbench.weight_streaming(ops, 576, 1536, dtype)
     progress("attention decode")
-    t_long = microbench.attention_decode(ops, 4, 4096)
-    kv_bytes = 4 * 4096 * 2 * 2 * 64 * 4  # seqs x context x (K, V) x kv heads x head dim x fp32
-    t_one = microbench.attention_decode(ops, 1, 16)
-    t_many = microbench.attention_decode(ops, 16, 16)
+    fig["attention 4x4096"] = microbench.attention_decode(ops, 4, 4096)
+    fig["attention 1x16"] = microbench.attention_decode(ops, 1, 16)
+    fig["attention 16x16"] = microbench.attention_decode(ops, 16, 16)
     progress("op call overhead")
-    per_op_alone = microbench.op_overhead(ops)
-    per_seq = max((t_many - t_one) / 15, 0.0)
+    fig["op alone"] = microbench.op_overhead(ops)
     progress("host cost of a decode step (toy models of 1 and 4 layers, 1 and 16 sequences)")
     from modelchip.calibrate.harness import DecodeHarness, steps_needed, time_interleaved, tiny_model
 
-    harnesses, calls = {}, {}
+    harnesses = {}
     for layers in (1, 4):
         toy = tiny_model(ops, layers=layers)
-        calls[layers] = model_cost(toy.spec, Precision()).op_calls()
+        fig[f"op calls {layers} layers"] = model_cost(toy.spec, Precision()).op_calls()
         for n in (1, 16):
             h = DecodeHarness(toy, n, 16, steps_needed(30))
             h.prefill()
             harnesses[f"toy step {layers} layers {n} seqs"] = h
     # the four toy models step in turn: the costs below are differences between them, which a burst of load
     # falling on one and not the others would distort
-    timed = time_interleaved(harnesses, 30)
-    steps = {(layers, n): timed[f"toy step {layers} layers {n} seqs"].seconds for layers in (1, 4) for n in (1, 16)}
+    for key, t in time_interleaved(harnesses, 30).items():
+        fig[key] = t.seconds
+    return fig
+
+
+def _disturbed(passes: list[dict], median: dict) -> list[int]:
+    """Passes (numbered from 1) whose headline figures strayed more than PASS_DISTURBED from the median."""
+    keys = ("toy step 1 layers 1 seqs", "toy step 4 layers 1 seqs", "stream fp32 1", "stream bf16 1")
+    return [i + 1 for i, f in enumerate(passes)
+            if any(abs(f[k] / median[k] - 1) > PASS_DISTURBED for k in keys)]
+
+
+def calibrate(backend: str = "reference", device: str = "cpu", progress: Callable[[str], None] = print,
+              passes: int = PASSES) -> dict:
+    if passes < 1:
+        raise ValueError(f"passes must be at least 1, not {passes}")
+    ops = get_backend(backend, device)
+    dev = ops.device
+    microbench.take_log()  # start a fresh log of this calibration's timings
+    load_before = os.getloadavg()[0]
+    stamp = time.strftime("%Y-%m-%d")
+    src = f"modelchip calibrate, backend {backend} on {dev}, {stamp}"
+    runs, timings = [], {}
+    for i in range(passes):
+        runs.append(_measure_pass(ops, dev, lambda m, i=i: progress(f"pass {i + 1}/{passes}: {m}")))
+        timings |= {(f"pass {i + 1}: {k}" if passes > 1 else k): t for k, t in microbench.take_log().items()}
+    fig = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    disturbed = _disturbed(runs, fig) if passes > 1 else []
+    if disturbed:
+        progress(f"pass {', '.join(map(str, disturbed))} strayed more than {PASS_DISTURBED:.0%} from the median "
+                 "pass (other work on the machine?); the median pass is used")
+    gemm = {f"{name} {m}x{k}x{n}": fig[f"gemm {name} {m}x{k}x{n}"] for name in DTYPES for m, k, n in GEMM_SHAPES}
+    by_tokens = {name: {m: fig[f"stream {name} {m}"] for m in STREAM_TOKENS} for name in DTYPES}
+    read_bw = fig["read"]
+    stream = {name: fig[f"stream {name}"] for name in DTYPES}
+    # the device's bandwidth: the best read rate any kernel reached; efficiencies are fractions of it
+    copy_bw = max(read_bw, *stream.values(), *(v for table in by_tokens.values() for v in table.values()))
+    t_long, t_one, t_many = fig["attention 4x4096"], fig["attention 1x16"], fig["attention 16x16"]
+    kv_bytes = 4 * 4096 * 2 * 2 * 64 * 4  # seqs x context x (K, V) x kv heads x head dim x fp32
+    per_op_alone = fig["op alone"]
+    per_seq = max((t_many - t_one) / 15, 0.0)
+    calls = {layers: fig[f"op calls {layers} layers"] for layers in (1, 4)}
+    steps = {(layers, n): fig[f"toy step {layers} layers {n} seqs"] for layers in (1, 4) for n in (1, 16)}
     # An op inside a model costs more than the same op timed alone in a hot loop (the model's glue between
     # calls, colder caches): the per-call cost is what three more layers add, per op call they make.
     per_op = max((steps[4, 1] - steps[1, 1] - 3 * per_seq) / (calls[4] - calls[1]), per_op_alone)
     step_fixed = max(steps[1, 1] - calls[1] * per_op - per_seq, 0.0)
     step_per_seq = max((steps[1, 16] - steps[1, 1]) / 15 - per_seq, 0.0)
-    timings = microbench.take_log()
     unsteady = sorted(name for name, t in timings.items() if not t.steady)
     if unsteady:
         progress(f"still unsteady after {microbench.ATTEMPTS} attempts (machine busy?): {', '.join(unsteady)}")
@@ -90,10 +132,13 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
         "name": f"{platform.processor() or platform.machine()} ({dev}, {backend} backend, {torch.get_num_threads()} "
                 f"threads)",
         "vendor": "measured", "kind": dev.type, "status": "ok",
-        "notes": "Measured by modelchip calibrate: each timing is the median of repeated rounds, retaken when "
+        "notes": f"Measured by modelchip calibrate in {passes} pass(es), each figure the median pass; each timing "
+                 "is the median of repeated rounds, retaken when "
                  f"they spread by more than {microbench.MAX_SPREAD:.0%} (interquartile range / median); peaks are "
                  "the best GEMM throughput reached, bandwidth the best read rate; efficiencies are measured "
                  "fractions of those. "
+                 + (f"Pass(es) {', '.join(map(str, disturbed))} strayed more than {PASS_DISTURBED:.0%} from the "
+                    "median (other work on the machine), outvoted by the others. " if disturbed else "")
                  + (f"Still unsteady after {microbench.ATTEMPTS} attempts, so less trustworthy: "
                     f"{', '.join(unsteady)}." if unsteady else "Every timing was steady."),
         "flops": {name: {"value": v, "source": f"{src}: best GEMM over {len(GEMM_SHAPES)} shapes", "tag": "D"}
@@ -126,7 +171,9 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
                          # per timing: relative spread of its rounds, and how many attempts it took
                          "spread": {name: {"spread": round(t.spread, 4), "rounds": t.rounds, "attempts": t.attempts}
                                     for name, t in timings.items()},
-                         "unsteady": unsteady},
+                         "unsteady": unsteady,
+                         # every pass's raw figures, and the ones that strayed from the median pass
+                         "passes": runs, "disturbed_passes": disturbed},
         "calibrated": {"date": stamp, "backend": backend, "device": str(dev), "torch": torch.__version__,
                        "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                        # runnable processes (1-minute average) before and after: above the CPU count, other

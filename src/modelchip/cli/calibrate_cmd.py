@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,9 +18,12 @@ def register(sub) -> None:
                                    "attention decode and per-op overhead, written as a chip profile that compare, "
                                    "predict and plan read with --profile.")
     common.add_runtime(p, dtype=False)
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=common.positive_int, default=None,
                    help="CPU threads torch may use (default torch's: one per core); on a machine other work "
                         "keeps busy, 1 avoids threads stalling on each other at every op")
+    p.add_argument("--passes", type=common.positive_int, default=3,
+                   help="passes over every measurement; each figure is the median pass, so a burst of other work "
+                        "during one pass is outvoted (default 3; 1 is about three times faster)")
     p.add_argument("--out", default="profile.json", help="profile path (default profile.json)")
     p.add_argument("--json", action="store_true", help="print the profile")
     g = p.add_argument_group("collectives (a process group on this machine; docs/calibration.md)")
@@ -38,9 +42,15 @@ def register(sub) -> None:
                                    "--profile, the planner predicts the same runs from the calibrated profile and "
                                    "the error is shown.")
     b.add_argument("--model", default="smollm2-135m", help="model to run (default smollm2-135m)")
-    b.add_argument("--batch", nargs="+", type=int, default=[1, 4, 16], help="batch sizes (default 1 4 16)")
-    b.add_argument("--context", type=int, default=128, help="prompt tokens per sequence (default 128)")
-    b.add_argument("--steps", type=int, default=32, help="decode steps to time (default 32)")
+    b.add_argument("--batch", nargs="+", type=common.positive_int, default=[1, 4, 16],
+                   help="batch sizes (default 1 4 16)")
+    b.add_argument("--context", type=common.positive_int, default=128,
+                   help="prompt tokens per sequence (default 128)")
+    b.add_argument("--steps", type=common.positive_int, default=32,
+                   help="decode steps to time per batch size (default 32)")
+    b.add_argument("--rounds", type=common.positive_int, default=4,
+                   help="rounds the timed steps are split into, the batch sizes taking turns; each figure is the "
+                        "median round, so a burst of other work outvoted (default 4)")
     common.add_runtime(b)
     b.add_argument("--quantization", default=None, metavar="Q",
                    help="default: keep a quantized checkpoint's weights packed; 'none' dequantizes them to --dtype "
@@ -49,7 +59,7 @@ def register(sub) -> None:
                    help="measure decode steps with the model split over each N processes (1: one process); shows "
                         "step time and rank 0's share in collectives, and with --profile the prediction of both")
     b.add_argument("--profile", default=None, help="a profile from `modelchip calibrate` to predict with")
-    b.add_argument("--threads", type=int, default=None,
+    b.add_argument("--threads", type=common.positive_int, default=None,
                    help="CPU threads torch may use (default: the profile's, so the run matches its calibration; "
                         "without a profile torch's default)")
     b.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -66,7 +76,7 @@ def run_calibrate(args) -> int:
     if args.collectives_only:
         profile = _existing_profile(args.out)
     else:
-        profile = calibrate(args.backend, args.device, progress=progress)
+        profile = calibrate(args.backend, args.device, progress=progress, passes=args.passes)
         profile["calibrated"]["seconds"] = time.perf_counter() - start
     if args.collectives or args.collectives_only:
         profile["collectives"] = collectives.section(args.world_size, args.backend, args.device, progress)
@@ -91,6 +101,10 @@ def run_calibrate(args) -> int:
     if "collectives" in profile:
         print("\n" + _collectives_table(profile["collectives"]))
     unsteady = profile["measurements"]["unsteady"]
+    disturbed = profile["measurements"].get("disturbed_passes", [])  # absent in profiles from before passes
+    if disturbed:
+        print(f"\nPass(es) {', '.join(map(str, disturbed))} of {args.passes} strayed from the median pass (a busy "
+              "machine?); the median pass is used")
     if unsteady:
         print(f"\nStill unsteady after repeated attempts (a busy machine?): {', '.join(unsteady)}")
     print(f"\nProfile: {Path(args.out).resolve()}  ({profile['calibrated']['seconds']:.0f} s)")
@@ -122,8 +136,7 @@ def _collectives_table(section: dict) -> str:
 
 
 def run_bench(args) -> int:
-    from modelchip.calibrate import microbench
-    from modelchip.calibrate.loop import measure, predict
+    from modelchip.calibrate.loop import measure_rounds, predict
 
     threads = args.threads
     if threads is None and args.profile:
@@ -131,27 +144,29 @@ def run_bench(args) -> int:
     _set_threads(threads)
     if args.tensor_parallel_size:
         return _bench_parallel(args)
+    measured = measure_rounds(args.model, list(dict.fromkeys(args.batch)), args.context, args.steps, args.rounds,
+                              args.backend, args.device, args.dtype, args.quantization,
+                              progress=lambda m: print(f"  {m}", file=sys.stderr))
     rows = []
-    for batch in args.batch:
-        print(f"  batch {batch}...", file=sys.stderr)
-        measured = measure(args.model, batch, args.context, args.steps, args.backend, args.device, args.dtype,
-                           args.quantization)
-        timing = microbench.take_log()[f"bench batch {batch}"]
-        # the spread of the timed steps (interquartile range / median) and how many attempts it took to get
-        # steady steps: a result that stayed unsteady was measured on a disturbed machine
-        row = {"batch": batch, "context": args.context, "measured_tokens_per_s": measured,
-               "spread": timing.spread, "attempts": timing.attempts}
+    for batch, m in measured.items():
+        # round spread: how far the rounds' median steps moved (interquartile range / median); disturbed: rounds
+        # more than loop.DISTURBED slower than the median round, outvoted by the others
+        row = {"batch": batch, "context": args.context, "measured_tokens_per_s": m.tokens_per_s,
+               "round_spread": m.round_spread, "rounds": m.rounds, "disturbed_rounds": m.disturbed_rounds}
         if args.profile:
-            predicted = predict(args.model, args.profile, batch, args.context + args.steps // 2, args.dtype)
-            row |= {"predicted_tokens_per_s": predicted, "error": predicted / measured - 1}
+            predicted = predict(args.model, args.profile, batch, round(m.context), args.dtype)
+            row |= {"predicted_tokens_per_s": predicted, "error": predicted / m.tokens_per_s - 1}
         rows.append(row)
     if args.json:
-        common.print_json({"model": args.model, "backend": args.backend, "device": args.device, "rows": rows})
+        common.print_json({"model": args.model, "backend": args.backend, "device": args.device,
+                           "load_average": os.getloadavg()[0], "rows": rows})
         return 0
-    headers = ["batch", "context", "measured tok/s", "step spread"] + (["predicted tok/s", "error"] if args.profile
-                                                                        else [])
+    headers = ["batch", "context", "measured tok/s", "round spread"] + (["predicted tok/s", "error"]
+                                                                         if args.profile else [])
     print(render(headers, [[r["batch"], r["context"], f"{r['measured_tokens_per_s']:.1f}",
-                            f"{100 * r['spread']:.0f}%" + ("" if r["attempts"] == 1 else f" ({r['attempts']} tries)")]
+                            f"{100 * r['round_spread']:.0f}%"
+                            + (f" ({r['disturbed_rounds']} of {r['rounds']} disturbed)" if r["disturbed_rounds"]
+                               else "")]
                            + ([f"{r['predicted_tokens_per_s']:.1f}", f"{100 * r['error']:+.1f}%"]
                               if args.profile else []) for r in rows],
                  title=f"{args.model} decode on {args.backend}/{args.device} {args.dtype}"))

@@ -9,6 +9,17 @@ from modelchip.cost.conventions import CONVENTIONS, Precision, convention  # noq
 from modelchip.spec import dtypes
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count of steps, rounds, threads...)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not at least 1")
+    return n
+
+
 def add_precision(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("number formats (default: the Step-3 paper's, everything 8-bit)")
     g.add_argument("--weight-dtype", default="fp8", metavar="D",
