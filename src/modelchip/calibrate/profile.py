@@ -45,6 +45,7 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
     progress("weight streaming by batch (1..64 rows), per weight dtype")
     by_tokens = {name: {m: microbench.weight_streaming(ops, 576, 1536, dtype, tokens=m) for m in STREAM_TOKENS}
                  for name, dtype in DTYPES.items()}
+    weight_streaming = _packed_streaming(ops, progress)
     progress("memory bandwidth (256 MB read)")
     read_bw = microbench.read_bandwidth(dev)
     progress("weight streaming (one-token linears over a 512 MB pool of 1536x576 matrices)")
@@ -117,6 +118,7 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
                                        "memory_by_tokens": _fractions(by_tokens[name], copy_bw)}
                                 for name in DTYPES},
         },
+        "weight_streaming": weight_streaming,
         "overhead": {"per_op_s": per_op, "per_seq_s": per_seq, "per_step_s": step_fixed,
                      "per_seq_step_s": step_per_seq},
         "measurements": {"gemm_flops": gemm, "read_bandwidth": read_bw, "weight_streaming_bandwidth": stream,
@@ -138,3 +140,17 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
 
 def _fractions(rates: dict[int, float], bandwidth: float) -> list[list[float]]:
     return [[m, min(v / bandwidth, 1.0)] for m, v in rates.items()]
+
+
+def _packed_streaming(ops, progress: Callable[[str], None]) -> dict:
+    """Weight streaming per packed format (calibrate/quant_streaming.py), in the activation dtype the backend
+    packs for (bfloat16 where it can), with its source line: the planner prices those formats' weight reads
+    from it (cost/streaming.py)."""
+    from modelchip.calibrate import quant_streaming
+
+    bf16 = torch.bfloat16 in getattr(ops, "pack_dtypes", {torch.bfloat16})
+    section = quant_streaming.measure(ops, torch.bfloat16 if bf16 else torch.float32, progress)
+    section["source"] = (f"modelchip calibrate, backend {ops.name} on {ops.device}: the backend's prepare_linear and "
+                         f"linear over {quant_streaming.POOL_BYTES >> 20} MB pools of packed "
+                         f"{quant_streaming.SHAPE[0]}x{quant_streaming.SHAPE[1]} weights")
+    return section

@@ -70,13 +70,13 @@ def run_calibrate(args) -> int:
 
 def run_bench(args) -> int:
     from modelchip.calibrate import microbench
-    from modelchip.calibrate.loop import measure, predict
+    from modelchip.calibrate.loop import measure, predict, profile_notes, run_precision
 
     threads = args.threads
     if threads is None and args.profile:
         threads = json.loads(Path(args.profile).read_text()).get("calibrated", {}).get("threads")
     _set_threads(threads)
-    rows = []
+    rows, precision, notes = [], None, []
     for batch in args.batch:
         print(f"  batch {batch}...", file=sys.stderr)
         measured = measure(args.model, batch, args.context, args.steps, args.backend, args.device, args.dtype)
@@ -86,11 +86,17 @@ def run_bench(args) -> int:
         row = {"batch": batch, "context": args.context, "measured_tokens_per_s": measured,
                "spread": timing.spread, "attempts": timing.attempts}
         if args.profile:
-            predicted = predict(args.model, args.profile, batch, args.context + args.steps // 2, args.dtype)
+            if precision is None:  # the formats the loaded model kept its weights in (a GGUF file's blocks)
+                precision, notes = run_precision(args.model, args.backend, args.device, args.dtype)
+                notes += profile_notes(args.profile, precision)
+            predicted = predict(args.model, args.profile, batch, args.context + args.steps // 2, args.dtype,
+                                precision)
             row |= {"predicted_tokens_per_s": predicted, "error": predicted / measured - 1}
         rows.append(row)
     if args.json:
-        common.print_json({"model": args.model, "backend": args.backend, "device": args.device, "rows": rows})
+        formats = _formats(precision) if precision else None
+        common.print_json({"model": args.model, "backend": args.backend, "device": args.device,
+                           "weight_formats": formats, "notes": notes, "rows": rows})
         return 0
     headers = ["batch", "context", "measured tok/s", "step spread"] + (["predicted tok/s", "error"] if args.profile
                                                                         else [])
@@ -98,8 +104,21 @@ def run_bench(args) -> int:
                             f"{100 * r['spread']:.0f}%" + ("" if r["attempts"] == 1 else f" ({r['attempts']} tries)")]
                            + ([f"{r['predicted_tokens_per_s']:.1f}", f"{100 * r['error']:+.1f}%"]
                               if args.profile else []) for r in rows],
-                 title=f"{args.model} decode on {args.backend}/{args.device} {args.dtype}"))
+                 title=f"{args.model} decode on {args.backend}/{args.device} {args.dtype}"
+                       + (f", weights {_formats(precision)}" if precision else "")))
+    for note in notes:
+        print(f"note: {note}")
     return 0
+
+
+def _formats(precision) -> str:
+    """'q4_1' or 'q4_1, LM head q8_0': the weight formats a prediction priced."""
+    parts = [precision.weight]
+    if precision.attention_weight:
+        parts.append(f"attention {precision.attention_weight}")
+    if precision.lm_head_weight:
+        parts.append(f"LM head {precision.lm_head_weight}")
+    return ", ".join(parts)
 
 
 def _set_threads(threads: int | None) -> None:
