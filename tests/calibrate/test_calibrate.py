@@ -98,3 +98,16 @@ def test_a_sample_that_stays_disturbed_is_reported():
     rounds = [1.0, 1.0, 1.5, 2.0, 2.0]
     timing = steady_samples(lambda: list(rounds))
     assert not timing.steady and timing.seconds == 1.5 and timing.attempts > 1
+
+
+@pytest.mark.slow  # runs `modelchip calibrate`
+def test_the_profile_measures_every_packed_format_the_backend_takes(profile):
+    # the reference backend takes every format and unpacks it inside each linear: measured as it keeps it
+    from modelchip.cost import streaming
+
+    data = json.loads(profile.read_text())
+    tables = streaming.parse(data["weight_streaming"], str(profile))
+    assert {t.format for t in tables} == set(streaming.PACKED)
+    assert {t.kept for t in tables} == {"unpacked per call"}
+    assert all(len(t.rates) == len(data["weight_streaming"]["rows"]) for t in tables)
+    assert "weight streaming q4_1 16 rows" in data["measurements"]["spread"]

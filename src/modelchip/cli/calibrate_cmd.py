@@ -60,12 +60,23 @@ def run_calibrate(args) -> int:
         ["attention decode / bandwidth", f"{e['attention_memory']:.2f}"],
         ["per op call", f"{o['per_op_s'] * 1e6:.1f} us"],
         ["per sequence per attention call", f"{o['per_seq_s'] * 1e6:.1f} us"],
+        *_streaming_rows(profile.get("weight_streaming")),
     ], title=f"{profile['name']}"))
     unsteady = profile["measurements"]["unsteady"]
     if unsteady:
         print(f"\nStill unsteady after repeated attempts (a busy machine?): {', '.join(unsteady)}")
     print(f"\nProfile: {Path(args.out).resolve()}  ({profile['calibrated']['seconds']:.0f} s)")
     return 0
+
+
+def _streaming_rows(section: dict | None) -> list[list[str]]:
+    """One row per packed format: its packed bytes/s at the fewest and most rows measured, and what was kept."""
+    rows = []
+    for fmt, entry in (section or {}).get("formats", {}).items():
+        (m0, r0), (m1, r1) = entry["bytes_per_s"][0], entry["bytes_per_s"][-1]
+        kept = "" if entry["kept"] == "packed" else f" ({entry['kept']})"
+        rows.append([f"{fmt} streaming, {m0} / {m1} rows{kept}", f"{si(r0, 'B/s')} / {si(r1, 'B/s')} packed"])
+    return rows
 
 
 def run_bench(args) -> int:
