@@ -148,7 +148,7 @@ def _packed_streaming(ops, progress: Callable[[str], None]) -> dict:
     from it (cost/streaming.py)."""
     from modelchip.calibrate import quant_streaming
 
-    bf16 = torch.bfloat16 in getattr(ops, "pack_dtypes", {torch.bfloat16})
+    bf16 = torch.bfloat16 in getattr(getattr(ops, "backend", ops), "pack_dtypes", {torch.bfloat16})
     section = quant_streaming.measure(ops, torch.bfloat16 if bf16 else torch.float32, progress)
     section["source"] = (f"modelchip calibrate, backend {ops.name} on {ops.device}: the backend's prepare_linear and "
                          f"linear over {quant_streaming.POOL_BYTES >> 20} MB pools of packed "
