@@ -128,6 +128,7 @@ def test_a_disturbed_calibration_pass_is_outvoted(monkeypatch):
 
     scales = iter([1.0, 1.5, 1.02])
     monkeypatch.setattr(prof, "_measure_pass", lambda ops, dev, progress: figures(next(scales)))
+    monkeypatch.setattr(prof, "_packed_streaming", lambda ops, progress: {})  # measured once, outside passes
     profile = prof.calibrate(progress=lambda m: None, passes=3)
     assert profile["measurements"]["disturbed_passes"] == [2]
     # by hand from the median pass (scale 1.02): per sequence (4e-5 - 1e-5) / 15 = 2e-6 s, x 1.02;
@@ -143,3 +144,16 @@ def test_bench_refuses_counts_below_one():
     p = subprocess.run([sys.executable, "-m", "modelchip", "calibrate", "--passes", "two"], capture_output=True,
                        text=True)
     assert p.returncode == 2 and "--passes: 'two' is not a whole number" in p.stderr
+
+
+@pytest.mark.slow  # runs `modelchip calibrate`
+def test_the_profile_measures_every_packed_format_the_backend_takes(profile):
+    # the reference backend takes every format and unpacks it inside each linear: measured as it keeps it
+    from modelchip.cost import streaming
+
+    data = json.loads(profile.read_text())
+    tables = streaming.parse(data["weight_streaming"], str(profile))
+    assert {t.format for t in tables} == set(streaming.PACKED)
+    assert {t.kept for t in tables} == {"unpacked per call"}
+    assert all(len(t.rates) == len(data["weight_streaming"]["rows"]) for t in tables)
+    assert "weight streaming q4_1 16 rows" in data["measurements"]["spread"]

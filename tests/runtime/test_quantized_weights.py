@@ -379,3 +379,24 @@ def test_cli_generate_says_what_stayed_packed(tmp_path, capsys):
     assert main([*common, "--quantization", "none"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["quantization"] is None and out["dequantized_at_load"] == {} and out["backend_fallbacks"] == {}
+
+
+def test_the_formats_a_packed_run_kept_are_what_its_prediction_prices(tmp_path):
+    # `bench --profile` prices the run it measured: a Q4_1 file whose tied LM head is Q8_0 (as SmolLM2's is)
+    from modelchip.calibrate.loop import run_precision
+
+    path = tmp_path / "mixed.gguf"
+    write_model(path, Q.Q4_1, tied=True, types={"token_embd": Q.Q8_0})
+    llm = LLM(str(path), backend="reference")
+    assert llm.weight_formats["lm_head"] == ("q8_0", llm.spec.vocab_size * 256)  # vocabulary x hidden
+    assert {f for n, (f, _) in llm.weight_formats.items() if n != "lm_head"} == {"q4_1"}
+    precision, notes = run_precision(str(path), "reference")
+    assert (precision.weight, precision.attention_weight, precision.lm_head_weight) == ("q4_1", "", "q8_0")
+    assert precision.kv == "fp32" and notes == []
+    # q, k (Q4_0) and v (Q8_0) cannot stack packed, so the loader unpacks them to float32 beside a Q4_0 o_proj:
+    # the attention is priced as its larger part (512 x 256 float32 weights against 256 x 256), and says so
+    path = tmp_path / "mixed_attention.gguf"
+    write_model(path, Q.Q4_0, types={"attn_v": Q.Q8_0, "token_embd": Q.F32, "output": Q.Q8_0})
+    precision, notes = run_precision(str(path), "reference")
+    assert (precision.weight, precision.attention_weight, precision.lm_head_weight) == ("q4_0", "fp32", "q8_0")
+    assert notes == ["attention weights mix 131,072 fp32, 65,536 q4_0: priced as fp32"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from modelchip.calibrate import microbench
@@ -83,15 +84,46 @@ def summarize(batch: int, round_medians: list[float], context: float) -> BenchRe
                        sum(t > mid * (1 + DISTURBED) for t in round_medians), len(round_medians))
 
 
-def predict(model: str, profile: str, batch: int, context: int, dtype: str = "float32") -> float:
-    """Decode tokens/s the planner predicts for the same run on the calibrated profile."""
+def run_precision(model: str, backend: str = "reference", device: str = "cpu", dtype: str = "float32",
+                  quantization: str | None = None) -> tuple[Precision, list[str]]:
+    """The number formats of the run `measure_rounds` times, as the planner names them: the activations' and KV
+    cache's dtype, and the formats its linear weights were kept in (a GGUF file's packed blocks, or the float
+    dtype of those loaded unpacked: the FFN's format by weight count, the attention projections' and the LM
+    head's where they differ), with a note where a part mixes formats the planner prices as one."""
+    name = DTYPE_NAMES.get(dtype, dtype)
+    attn, ffn, head = Counter(), Counter(), ""
+    for weight, (fmt, count) in _llm(model, backend, device, dtype, quantization).weight_formats.items():
+        fmt = DTYPE_NAMES.get(fmt, fmt)
+        if weight == "lm_head":
+            head = fmt
+        else:
+            (attn if ".self_attn." in weight else ffn)[fmt] += count
+    weight = (ffn or attn or Counter([name])).most_common(1)[0][0]
+    attention = attn.most_common(1)[0][0] if attn else weight
+    said = [f"{part} weights mix {', '.join(f'{n:,} {f}' for f, n in c.items())}: priced as {c.most_common(1)[0][0]}"
+            for part, c in (("attention", attn), ("FFN", ffn)) if len(c) > 1]
+    return Precision(weight=weight, kv=name, compute=name, attention_weight="" if attention == weight else attention,
+                     lm_head_weight="" if head in ("", attention) else head), said
+
+
+def predict(model: str, profile: str, batch: int, context: int, dtype: str = "float32",
+            precision: Precision | None = None) -> float:
+    """Decode tokens/s the planner predicts for the same run on the calibrated profile (`precision`: the run's
+    formats, from `run_precision`; default all weights in `dtype`)."""
     spec = families.read(_config(model), model)
     name = DTYPE_NAMES.get(dtype, dtype)
-    precision = Precision(weight=name, kv=name, compute=name)
+    precision = precision or Precision(weight=name, kv=name, compute=name)
     from modelchip.spec.chips import get_chip
 
     d = Deployment(chip=get_chip("h100"), chips=1, strategy="tp", batch=batch, context=context, precision=precision)
     return evaluate(model_cost(spec, precision), apply_profile(d, profile)).tokens_per_s_per_chip
+
+
+def profile_notes(profile: str, precision: Precision) -> list[str]:
+    """What the profile says about pricing these formats (a packed format it did not measure, ...)."""
+    from modelchip.cost import streaming
+
+    return streaming.from_profile(profile, precision)[1]
 
 
 def _config(model: str) -> dict:

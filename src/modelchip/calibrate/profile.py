@@ -101,6 +101,9 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
         runs.append(_measure_pass(ops, dev, lambda m, i=i: progress(f"pass {i + 1}/{passes}: {m}")))
         timings |= {(f"pass {i + 1}: {k}" if passes > 1 else k): t for k, t in microbench.take_log().items()}
     fig = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    # packed formats once: each of their timings is already retaken when disturbed (calibrate/quant_streaming.py)
+    weight_streaming = _packed_streaming(ops, progress)
+    timings |= microbench.take_log()
     disturbed = _disturbed(runs, fig) if passes > 1 else []
     if disturbed:
         progress(f"pass {', '.join(map(str, disturbed))} strayed more than {PASS_DISTURBED:.0%} from the median "
@@ -162,6 +165,7 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
                                        "memory_by_tokens": _fractions(by_tokens[name], copy_bw)}
                                 for name in DTYPES},
         },
+        "weight_streaming": weight_streaming,
         "overhead": {"per_op_s": per_op, "per_seq_s": per_seq, "per_step_s": step_fixed,
                      "per_seq_step_s": step_per_seq},
         "measurements": {"gemm_flops": gemm, "read_bandwidth": read_bw, "weight_streaming_bandwidth": stream,
@@ -185,3 +189,17 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
 
 def _fractions(rates: dict[int, float], bandwidth: float) -> list[list[float]]:
     return [[m, min(v / bandwidth, 1.0)] for m, v in rates.items()]
+
+
+def _packed_streaming(ops, progress: Callable[[str], None]) -> dict:
+    """Weight streaming per packed format (calibrate/quant_streaming.py), in the activation dtype the backend
+    packs for (bfloat16 where it can), with its source line: the planner prices those formats' weight reads
+    from it (cost/streaming.py)."""
+    from modelchip.calibrate import quant_streaming
+
+    bf16 = torch.bfloat16 in getattr(getattr(ops, "backend", ops), "pack_dtypes", {torch.bfloat16})
+    section = quant_streaming.measure(ops, torch.bfloat16 if bf16 else torch.float32, progress)
+    section["source"] = (f"modelchip calibrate, backend {ops.name} on {ops.device}: the backend's prepare_linear and "
+                         f"linear over {quant_streaming.POOL_BYTES >> 20} MB pools of packed "
+                         f"{quant_streaming.SHAPE[0]}x{quant_streaming.SHAPE[1]} weights")
+    return section

@@ -97,6 +97,7 @@ def run_calibrate(args) -> int:
         ["attention decode / bandwidth", f"{e['attention_memory']:.2f}"],
         ["per op call", f"{o['per_op_s'] * 1e6:.1f} us"],
         ["per sequence per attention call", f"{o['per_seq_s'] * 1e6:.1f} us"],
+        *_streaming_rows(profile.get("weight_streaming")),
     ], title=f"{profile['name']}"))
     if "collectives" in profile:
         print("\n" + _collectives_table(profile["collectives"]))
@@ -135,8 +136,18 @@ def _collectives_table(section: dict) -> str:
                   title=f"collectives on {section['process_group']} ({section['device']})")
 
 
+def _streaming_rows(section: dict | None) -> list[list[str]]:
+    """One row per packed format: its packed bytes/s at the fewest and most rows measured, and what was kept."""
+    rows = []
+    for fmt, entry in (section or {}).get("formats", {}).items():
+        (m0, r0), (m1, r1) = entry["bytes_per_s"][0], entry["bytes_per_s"][-1]
+        kept = "" if entry["kept"] == "packed" else f" ({entry['kept']})"
+        rows.append([f"{fmt} streaming, {m0} / {m1} rows{kept}", f"{si(r0, 'B/s')} / {si(r1, 'B/s')} packed"])
+    return rows
+
+
 def run_bench(args) -> int:
-    from modelchip.calibrate.loop import measure_rounds, predict
+    from modelchip.calibrate.loop import measure_rounds, predict, profile_notes, run_precision
 
     threads = args.threads
     if threads is None and args.profile:
@@ -147,19 +158,24 @@ def run_bench(args) -> int:
     measured = measure_rounds(args.model, list(dict.fromkeys(args.batch)), args.context, args.steps, args.rounds,
                               args.backend, args.device, args.dtype, args.quantization,
                               progress=lambda m: print(f"  {m}", file=sys.stderr))
-    rows = []
+    rows, precision, notes = [], None, []
+    if args.profile:  # the formats the loaded model kept its weights in (a GGUF file's blocks)
+        precision, notes = run_precision(args.model, args.backend, args.device, args.dtype, args.quantization)
+        notes += profile_notes(args.profile, precision)
     for batch, m in measured.items():
         # round spread: how far the rounds' median steps moved (interquartile range / median); disturbed: rounds
         # more than loop.DISTURBED slower than the median round, outvoted by the others
         row = {"batch": batch, "context": args.context, "measured_tokens_per_s": m.tokens_per_s,
                "round_spread": m.round_spread, "rounds": m.rounds, "disturbed_rounds": m.disturbed_rounds}
         if args.profile:
-            predicted = predict(args.model, args.profile, batch, round(m.context), args.dtype)
+            predicted = predict(args.model, args.profile, batch, round(m.context), args.dtype, precision)
             row |= {"predicted_tokens_per_s": predicted, "error": predicted / m.tokens_per_s - 1}
         rows.append(row)
     if args.json:
+        formats = _formats(precision) if precision else None
         common.print_json({"model": args.model, "backend": args.backend, "device": args.device,
-                           "load_average": os.getloadavg()[0], "rows": rows})
+                           "load_average": os.getloadavg()[0], "weight_formats": formats, "notes": notes,
+                           "rows": rows})
         return 0
     headers = ["batch", "context", "measured tok/s", "round spread"] + (["predicted tok/s", "error"]
                                                                          if args.profile else [])
@@ -169,7 +185,10 @@ def run_bench(args) -> int:
                                else "")]
                            + ([f"{r['predicted_tokens_per_s']:.1f}", f"{100 * r['error']:+.1f}%"]
                               if args.profile else []) for r in rows],
-                 title=f"{args.model} decode on {args.backend}/{args.device} {args.dtype}"))
+                 title=f"{args.model} decode on {args.backend}/{args.device} {args.dtype}"
+                       + (f", weights {_formats(precision)}" if precision else "")))
+    for note in notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -205,6 +224,16 @@ def _bench_parallel(args) -> int:
                  title=f"{args.model} decode steps on {args.backend}/{args.device} {args.dtype}, "
                        f"{args.context} tokens of context"))
     return 0
+
+
+def _formats(precision) -> str:
+    """'q4_1' or 'q4_1, LM head q8_0': the weight formats a prediction priced."""
+    parts = [precision.weight]
+    if precision.attention_weight:
+        parts.append(f"attention {precision.attention_weight}")
+    if precision.lm_head_weight:
+        parts.append(f"LM head {precision.lm_head_weight}")
+    return ", ".join(parts)
 
 
 def _set_threads(threads: int | None) -> None:

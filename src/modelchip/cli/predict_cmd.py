@@ -112,6 +112,8 @@ def build(args, chip_id: str, chips: int, strategy: str, batch: int, attn: int =
                    efficiency=defaults().override(parse_overrides(args.efficiency)))
     if getattr(args, "profile", None):
         d = apply_profile(d, args.profile)
+        for note in d.notes:  # e.g. a packed weight format the profile did not measure
+            print(f"note: {note}", file=sys.stderr)
         if args.efficiency:
             d = replace(d, efficiency=d.efficiency.override(parse_overrides(args.efficiency)))
     return model_cost(spec, precision), d

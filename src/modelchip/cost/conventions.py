@@ -50,6 +50,8 @@ class Precision:
     honor_pins: keep KV formats a model's deployment fixes (e.g. MiniMax M1's BF16 full-attention KV).
     attention_weight: the format of the attention projections and LM head where it differs from the FFN's
     (FP8 or BF16 attention beside FP4 experts, as NVIDIA's FP4 DeepSeek-R1 checkpoint keeps it); '' = weight.
+    lm_head_weight: the LM head's format where it differs from the attention projections' (a GGUF file often
+    keeps its output matrix at Q8_0 or Q6_K beside Q4 layers); '' = attention_weight, else weight.
     """
 
     weight: str = "fp8"
@@ -58,12 +60,14 @@ class Precision:
     linear_state: str = "fp32"
     honor_pins: bool = True
     attention_weight: str = ""
+    lm_head_weight: str = ""
 
     def __post_init__(self):
         for name in ("weight", "kv", "linear_state"):
             object.__setattr__(self, name, dtypes.canonical(getattr(self, name)))
-        if self.attention_weight:
-            object.__setattr__(self, "attention_weight", dtypes.canonical(self.attention_weight))
+        for name in ("attention_weight", "lm_head_weight"):
+            if getattr(self, name):
+                object.__setattr__(self, name, dtypes.canonical(getattr(self, name)))
         if self.compute != "auto":
             object.__setattr__(self, "compute", dtypes.canonical(self.compute))
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from modelchip.cost import attention_layers
+from modelchip.cost import attention_layers, streaming
 from modelchip.cost import collectives as measured_comm
 from modelchip.cost import kernel_model as km
 from modelchip.cost.conventions import Precision
@@ -97,6 +97,10 @@ class Deployment:
     # collectives a calibration measured on this machine's process group (cost/collectives.py): a tp step's
     # communication is costed with their alpha-beta fits, and ranks sharing one device compute at their share
     collectives: measured_comm.MeasuredCollectives | None = None
+    # a calibrated backend's measured streaming per packed weight format (cost/streaming.py): a matmul over
+    # weights in one of these formats reads them at its measured rate; `notes` says where a profile fell short
+    weight_streaming: tuple = ()
+    notes: tuple = ()
 
     def check(self, cost: ModelCost) -> None:
         if self.strategy not in STRATEGIES:
@@ -167,10 +171,14 @@ def _roofline(flops: float, nbytes: float, peak: float, bw: float, eff_c: float,
 
 
 def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw: float, dtype: str,
-          grouped: bool = False) -> float:
+          grouped: bool = False, weight_dtype: str = "") -> float:
     """A matmul of `m` rows at the efficiency its architecture's GEMM benchmark measured at that M; without
-    one (or with a calibrated or user-set efficiency), at the scalar gemm and weight-streaming defaults."""
+    one (or with a calibrated or user-set efficiency), at the scalar gemm and weight-streaming defaults. Weights
+    in a packed format a calibration measured (`d.weight_streaming`) are read at that format's rate."""
     eff = d.efficiency
+    packed = streaming.lookup(d.weight_streaming, weight_dtype) if weight_dtype and d.weight_streaming else None
+    if packed is not None:
+        return max(flops / (peak * eff.gemm), nbytes / packed.rate(m))
     e = None if eff.explicit & {"gemm", "memory", "memory_by_tokens"} else \
         km.gemm_efficiency(d.chip, dtype, m, grouped, d.exclude)
     if e is None:
@@ -347,22 +355,24 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     # attention beside FP4 experts)
     attn_dtype = prec.attention_weight or prec.weight
     awb = dtypes.nbytes(attn_dtype)
+    head_dtype = prec.lm_head_weight or attn_dtype
     attn_cdt = prec.compute_dtype(chip, attn_dtype)
     attn_peak_w = chip.peak(attn_cdt) or peak
     cdt = prec.compute_dtype(chip)
     proj = _gemm(d, 2 * inst_tokens * cost.attn_params / tp, cost.attn_params * awb / tp, inst_tokens, attn_peak_w,
-                 bw, attn_cdt)
+                 bw, attn_cdt, weight_dtype=attn_dtype)
     head_params = cost.lm_head_params or cost.embed_params
     out_tokens = b * tp * (q if decode else 1)  # prefill needs logits of the last token only
-    lm_head = _gemm(d, 2 * out_tokens * head_params / tp, head_params * awb / tp, out_tokens, attn_peak_w, bw,
-                    attn_cdt)
+    lm_head = _gemm(d, 2 * out_tokens * head_params / tp, head_params * dtypes.nbytes(head_dtype) / tp, out_tokens,
+                    chip.peak(prec.compute_dtype(chip, head_dtype)) or peak, bw, prec.compute_dtype(chip, head_dtype),
+                    weight_dtype=head_dtype)
 
     # FFN side, per FFN chip; under afd an FFN chip serves every attention chip's tokens
     ffn_tokens = inst_tokens * (attn_chips / ffn_group if d.strategy == "afd" else 1)
     dense_tp = tp if d.strategy == "tp" else (ffn_group if d.strategy == "afd" else 1)
     dense_tokens = ffn_tokens * (ffn_group if d.strategy == "afd" else 1)
     dense = _gemm(d, 2 * dense_tokens * cost.dense_params / dense_tp, cost.dense_params * wb / dense_tp,
-                  dense_tokens, peak, bw, cdt)
+                  dense_tokens, peak, bw, cdt, weight_dtype=prec.weight)
     moe_t = router = imbalance = 0.0
     if moe:
         group_tokens = ffn_tokens * ep if d.strategy != "tp" else inst_tokens
@@ -372,9 +382,9 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         shared_tokens = ffn_tokens if d.strategy != "tp" else inst_tokens
         # routed experts as one grouped GEMM of pairs/hit rows per expert, the shared expert as a dense one
         routed = _gemm(d, 2 * pairs * moe.expert_params / shard, hit * moe.expert_params * wb / shard,
-                       pairs / max(hit, 1e-9), peak, bw, cdt, grouped=True)
+                       pairs / max(hit, 1e-9), peak, bw, cdt, grouped=True, weight_dtype=prec.weight)
         shared = _gemm(d, 2 * shared_tokens * moe.shared_params / shard, moe.shared_params * wb / shard,
-                       shared_tokens, peak, bw, cdt) if moe.shared_params else 0.0
+                       shared_tokens, peak, bw, cdt, weight_dtype=prec.weight) if moe.shared_params else 0.0
         moe_t = moe.layers * (routed + shared)
         # the busiest expert-parallel rank sets the pace: routed work grows by its measured max/mean load
         if ep > 1 and d.moe_balance != "ideal":
@@ -464,7 +474,8 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     # memory per chip
     kv = b * tp * (d.context if decode else d.prompt_len) * cost.kv_bytes_per_token / kv_shard
     cap = chip.memory_capacity.value * (1 - eff.memory_reserved)
-    attn_w = (cost.attn_params + cost.attn_norm_params + cost.embed_params + cost.lm_head_params) * awb / tp
+    attn_w = ((cost.attn_params + cost.attn_norm_params + cost.embed_params) * awb
+              + cost.lm_head_params * dtypes.nbytes(head_dtype)) / tp
     expert_w = 0.0
     if moe:
         per_chip_experts = (moe.experts + d.redundant_experts) / max(ep, 1)

@@ -91,6 +91,11 @@ class LoadedModel:
             self.parameter_bytes |= {f"{n}.{a}".lstrip("."): w.nbytes for n, m in self.model.named_modules()
                                      for a in getattr(m, "LINEAR_WEIGHTS", ())
                                      if isinstance(w := getattr(m, a, None), QuantizedWeight)}
+            # each linear weight by name: (its packed format, or its float dtype; its weight count), what a
+            # prediction of this run prices
+            self.weight_formats = {f"{n}.{a}".lstrip("."): _format(w) for n, m in self.model.named_modules()
+                                   for a in getattr(m, "LINEAR_WEIGHTS", ())
+                                   if isinstance(w := getattr(m, a, None), QuantizedWeight | torch.Tensor)}
             self.model.prepare_weights()
         self.block_size = block_size
         self.layouts = self.model.cache_layouts()
@@ -181,3 +186,8 @@ def _meta_to(meta: AttentionMetadata, device: torch.device) -> AttentionMetadata
     return AttentionMetadata(meta.query_start_loc.to(device), meta.context_lens.to(device),
                              meta.block_tables.to(device), meta.slot_mapping.to(device), meta.block_size)
 
+
+def _format(w: torch.Tensor | QuantizedWeight) -> tuple[str, int]:
+    if isinstance(w, QuantizedWeight):
+        return w.format, w.out_features * w.in_features
+    return str(w.dtype).removeprefix("torch."), w.numel()
