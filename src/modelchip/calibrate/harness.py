@@ -26,7 +26,7 @@ class DecodeHarness:
         self.dtype = model.dtype
         capacity = context + steps + 1
         per_seq = -(-capacity // block_size)
-        self.cache = KVCache(model.cache_layouts(), batch * per_seq, block_size, model.dtype, model.device)
+        self.cache = KVCache(model.ops, model.cache_layouts(), batch * per_seq, block_size, model.dtype)
         gen = torch.Generator().manual_seed(seed)
         vocab = model.spec.vocab_size
         self.tokens = [torch.randint(0, vocab, (context,), generator=gen).tolist() for _ in range(batch)]
@@ -58,12 +58,16 @@ class DecodeHarness:
         spread too far are timed again (microbench.steady_samples). The cache must hold the extra steps."""
         for _ in range(WARMUP_STEPS):
             self._run(1)
+        sync = self.ops.synchronize  # every timing starts and ends with the device idle (contract v2)
+        sync()
 
         def take() -> list[float]:
             times = []
             for _ in range(steps):
+                sync()
                 t = time.perf_counter()
                 self._run(1)
+                sync()
                 times.append(time.perf_counter() - t)
             return times
 
@@ -80,14 +84,17 @@ def time_interleaved(harnesses: dict, steps: int) -> dict:
     for h in harnesses.values():
         for _ in range(WARMUP_STEPS):
             h._run(1)
+        h.ops.synchronize()
     best: tuple | None = None
     start = time.perf_counter()
     for attempt in range(1, microbench.ATTEMPTS + 1):
         times: dict = {key: [] for key in harnesses}
         for _ in range(steps):
             for key, h in harnesses.items():
+                h.ops.synchronize()
                 t = time.perf_counter()
                 h._run(1)
+                h.ops.synchronize()
                 times[key].append(time.perf_counter() - t)
         worst = max(microbench.spread(v) for v in times.values())
         if best is None or worst < best[0]:

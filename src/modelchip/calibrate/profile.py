@@ -46,7 +46,7 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
     by_tokens = {name: {m: microbench.weight_streaming(ops, 576, 1536, dtype, tokens=m) for m in STREAM_TOKENS}
                  for name, dtype in DTYPES.items()}
     progress("memory bandwidth (256 MB read)")
-    read_bw = microbench.read_bandwidth(dev)
+    read_bw = microbench.read_bandwidth(dev, sync=ops.synchronize)
     progress("weight streaming (one-token linears over a 512 MB pool of 1536x576 matrices)")
     stream = {name: microbench.weight_streaming(ops, 576, 1536, dtype) for name, dtype in DTYPES.items()}
     # the device's bandwidth: the best read rate any kernel reached; efficiencies are fractions of it
