@@ -68,7 +68,7 @@ def test_model_runs_on_partial_backend_with_same_logits(tmp_path, monkeypatch):
 
     outs = []
     for model in (ref, plug):
-        cache = KVCache(model.cache_layouts(), 2, 8, torch.float32, torch.device("cpu"))
+        cache = KVCache(model.ops, model.cache_layouts(), 2, 8, torch.float32)
         meta = AttentionMetadata(torch.tensor([0, 10]), torch.tensor([10]), torch.tensor([[0, 1]]),
                                  torch.arange(10), 8)
         with torch.inference_mode():

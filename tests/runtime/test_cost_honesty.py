@@ -44,7 +44,7 @@ def _model(family: str):
 def _step(model, tokens: int, context: int):
     """Run `tokens` new tokens ending at `context` through the paged cache; hidden states [tokens, H]."""
     blocks = -(-context // BLOCK)
-    cache = KVCache(model.cache_layouts(), blocks, BLOCK, torch.float32, torch.device("cpu"))
+    cache = KVCache(model.ops, model.cache_layouts(), blocks, BLOCK, torch.float32)
     positions = torch.arange(context - tokens, context)
     meta = AttentionMetadata(torch.tensor([0, tokens]), torch.tensor([context]), torch.arange(blocks)[None],
                              positions, BLOCK)
@@ -165,7 +165,7 @@ def test_weight_bytes_read_by_a_decode_step_match_accounting(family, dtype, name
     ops.linear, ops.batched_linear, ops.moe_experts = linear, batched_linear, moe_experts
     try:
         blocks = -(-CONTEXT // BLOCK)
-        cache = KVCache(model.cache_layouts(), blocks, BLOCK, dtype, torch.device("cpu"))
+        cache = KVCache(model.ops, model.cache_layouts(), blocks, BLOCK, dtype)
         meta = AttentionMetadata(torch.tensor([0, 1]), torch.tensor([CONTEXT]), torch.arange(blocks)[None],
                                  torch.tensor([CONTEXT - 1]), BLOCK)
         with torch.inference_mode():
@@ -180,7 +180,7 @@ def test_weight_bytes_read_by_a_decode_step_match_accounting(family, dtype, name
 @pytest.mark.parametrize("dtype,name", [(torch.float32, "fp32"), (torch.bfloat16, "bf16")])
 def test_cache_bytes_per_token_match_accounting(family, dtype, name):
     spec, model = _model(family)
-    cache = KVCache(model.cache_layouts(), 3, BLOCK, dtype, torch.device("cpu"))
+    cache = KVCache(model.ops, model.cache_layouts(), 3, BLOCK, dtype)
     held = sum(k.nbytes + (v.nbytes if v is not None else 0) for k, v in cache.layers) / (3 * BLOCK)
     assert held == accounting.kv_cache_bytes_per_token(spec, name)
     assert held == accounting.account(spec, 1, precision=Precision(kv=name)).kv_cache_bytes_per_token

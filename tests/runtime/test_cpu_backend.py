@@ -78,7 +78,7 @@ def test_model_passes_prepared_handles_and_keeps_router_and_tied_embedding_plain
 
     outs = []
     for model, ops in ((ref, ref_ops), (boxed, boxed_ops)):
-        cache = KVCache(model.cache_layouts(), 4, 4, torch.float32, ops.device)
+        cache = KVCache(ops, model.cache_layouts(), 4, 4, torch.float32)
         toks, pos, meta = build_batch([ids.tolist()], [0], [[0, 1]], 4, ops.device)
         with torch.inference_mode():
             outs.append(model.logits(model(toks, pos, meta, cache.layers)))

@@ -39,7 +39,7 @@ class DecodeHarness:
                                                                                           device=dev))
 
     def _make_cache(self, num_blocks: int) -> KVCache:
-        return KVCache(self.model.cache_layouts(), num_blocks, self.bs, self.model.dtype, self.model.device)
+        return KVCache(self.model.ops, self.model.cache_layouts(), num_blocks, self.bs, self.model.dtype)
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, meta, last: torch.Tensor) -> torch.Tensor:
         return self.model.logits(self.model(ids, pos, meta, self.cache.layers)[last])
@@ -65,12 +65,16 @@ class DecodeHarness:
         spread too far are timed again (microbench.steady_samples). The cache must hold the extra steps."""
         for _ in range(WARMUP_STEPS):
             self._run(1)
+        sync = self.ops.synchronize  # every timing starts and ends with the device idle (contract v2)
+        sync()
 
         def take() -> list[float]:
             times = []
             for _ in range(steps):
+                sync()
                 t = time.perf_counter()
                 self._run(1)
+                sync()
                 times.append(time.perf_counter() - t)
             return times
 
@@ -119,14 +123,17 @@ def time_interleaved(harnesses: dict, steps: int) -> dict:
     for h in harnesses.values():
         for _ in range(WARMUP_STEPS):
             h._run(1)
+        h.ops.synchronize()
     best: tuple | None = None
     start = time.perf_counter()
     for attempt in range(1, microbench.ATTEMPTS + 1):
         times: dict = {key: [] for key in harnesses}
         for _ in range(steps):
             for key, h in harnesses.items():
+                h.ops.synchronize()
                 t = time.perf_counter()
                 h._run(1)
+                h.ops.synchronize()
                 times[key].append(time.perf_counter() - t)
         worst = max(microbench.spread(v) for v in times.values())
         if best is None or worst < best[0]:

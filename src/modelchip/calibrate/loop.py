@@ -68,8 +68,10 @@ def measure_rounds(model: str, batches: list[int], context: int, steps: int, rou
             h._run(1)  # one untimed step: the caches now hold this batch's weights and KV, not the last one's
             times = []
             for _ in range(per_round):
+                h.ops.synchronize()  # every timing starts and ends with the device idle (contract v2)
                 t = time.perf_counter()
                 h._run(1)
+                h.ops.synchronize()
                 times.append(time.perf_counter() - t)
             medians[b].append(statistics.median(times))
     mean_context = context + WARMUP_STEPS + rounds * (per_round + 1) / 2

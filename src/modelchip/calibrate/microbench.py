@@ -79,13 +79,16 @@ def log_timing(name: str | None, samples: list[float], attempts: int) -> Timing:
 def median_time(fn: Callable[[], object], repeat: int = 7, number: int = 3, sync: Callable[[], None] = lambda: None,
               budget_s: float = 2.0, name: str | None = None) -> float:
     """Median seconds per call of `fn` over `repeat` rounds of `number` calls (fewer rounds past `budget_s`,
-    never fewer than 5), after a warm-up; remeasured when the rounds spread (see `steady_samples`)."""
+    never fewer than 5), after a warm-up; remeasured when the rounds spread (see `steady_samples`). `sync` (the
+    backend's `synchronize`) runs before the clock is read at the end of the warm-up and of every round, so an
+    asynchronous device's queued work is timed where it runs, not where it was queued."""
+    sync()  # the caller's setup is not part of the warm-up's time
     start = time.perf_counter()
     calls = 0
     while calls < 2 or time.perf_counter() - start < WARMUP_S:
         fn()
+        sync()  # the warm-up lasts WARMUP_S of the device running, not of the host queueing
         calls += 1
-    sync()
 
     def take() -> list[float]:
         rounds, begin = [], time.perf_counter()
@@ -108,14 +111,15 @@ def gemm(ops, m: int, k: int, n: int, dtype: torch.dtype) -> float:
     """FLOP/s of ops.linear on x [m, k] and a weight [n, k], prepared as the model prepares its weights."""
     x = torch.randn(m, k, dtype=dtype, device=ops.device)
     w = ops.prepare_linear(torch.randn(n, k, dtype=dtype, device=ops.device))
-    seconds = median_time(lambda: ops.linear(x, w), name=f"gemm {_short(dtype)} {m}x{k}x{n}")
+    seconds = median_time(lambda: ops.linear(x, w), sync=ops.synchronize, name=f"gemm {_short(dtype)} {m}x{k}x{n}")
     return 2.0 * m * k * n / seconds
 
 
-def read_bandwidth(device: torch.device, nbytes: int = 256 << 20) -> float:
-    """Bytes/s of reading a large tensor once (a sum): decode is dominated by reads of weights and cache."""
+def read_bandwidth(device: torch.device, nbytes: int = 256 << 20, sync: Callable[[], None] = lambda: None) -> float:
+    """Bytes/s of reading a large tensor once (a sum): decode is dominated by reads of weights and cache.
+    `sync`: the backend's `synchronize`, so an asynchronous device's work is inside the timing."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
-    seconds = median_time(lambda: src.sum(), number=2, name="read bandwidth")
+    seconds = median_time(lambda: src.sum(), number=2, sync=sync, name="read bandwidth")
     return nbytes / seconds
 
 
@@ -132,7 +136,7 @@ def weight_streaming(ops, k: int, n: int, dtype: torch.dtype, pool_bytes: int = 
             ops.linear(x, w)
 
     name = f"weight streaming {_short(dtype)} {tokens} rows"
-    return len(pool) * per / median_time(sweep, repeat=5, number=1, name=name)
+    return len(pool) * per / median_time(sweep, repeat=5, number=1, sync=ops.synchronize, name=name)
 
 
 def op_overhead(ops, width: int = 576) -> float:
@@ -148,7 +152,8 @@ def op_overhead(ops, width: int = 576) -> float:
     calls = (lambda: ops.rms_norm(x, w, 1e-6), lambda: ops.rotary_embedding(heads, cos, sin),
              lambda: ops.silu_and_mul(gate_up), lambda: ops.write_kv(cache, heads, slot))
     names = ("rms_norm", "rotary_embedding", "silu_and_mul", "write_kv")
-    return sum(median_time(c, number=100, name=f"op call {n}") for c, n in zip(calls, names, strict=True)) / len(calls)
+    return sum(median_time(c, number=100, sync=ops.synchronize, name=f"op call {n}")
+               for c, n in zip(calls, names, strict=True)) / len(calls)
 
 
 def attention_decode(ops, seqs: int, context: int, heads: int = 8, kv_heads: int = 2, head_dim: int = 64,
@@ -163,5 +168,5 @@ def attention_decode(ops, seqs: int, context: int, heads: int = 8, kv_heads: int
         query_start_loc=torch.arange(seqs + 1, device=dev), context_lens=torch.full((seqs,), context, device=dev),
         block_tables=torch.arange(seqs * blocks_per_seq, device=dev).view(seqs, blocks_per_seq),
         slot_mapping=torch.zeros(seqs, dtype=torch.long, device=dev), block_size=block)
-    return median_time(lambda: ops.paged_attention(q, k, v, meta, head_dim ** -0.5), number=3,
-                     name=f"attention decode {seqs}x{context}")
+    return median_time(lambda: ops.paged_attention(q, k, v, meta, head_dim ** -0.5), number=3, sync=ops.synchronize,
+                       name=f"attention decode {seqs}x{context}")

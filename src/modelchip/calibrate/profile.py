@@ -51,7 +51,7 @@ def _measure_pass(ops, dev: torch.device, progress: Callable[[str], None]) -> di
         for m in STREAM_TOKENS:
             fig[f"stream {name} {m}"] = microbench.weight_streaming(ops, 576, 1536, dtype, tokens=m)
     progress("memory bandwidth (256 MB read)")
-    fig["read"] = microbench.read_bandwidth(dev)
+    fig["read"] = microbench.read_bandwidth(dev, sync=ops.synchronize)
     progress("weight streaming (one-token linears over a 512 MB pool of 1536x576 matrices)")
     for name, dtype in DTYPES.items():
         fig[f"stream {name}"] = microbench.weight_streaming(ops, 576, 1536, dtype)

@@ -23,6 +23,8 @@ def markdown(report: Report) -> str:
              f"checks, {len(r.accuracy)} accuracy checks, {len(r.failures)} failed)", "",
              f"Native ops: {', '.join(r.native_ops) or 'none'}. "
              f"Run on the reference backend instead (fallback): {', '.join(r.missing_ops) or 'none'}.", ""]
+    if r.notes:
+        lines += [f"Note: {n}." for n in r.notes] + [""]
     if r.failures:
         lines += ["## Failures", ""] + [f"- {f}" for f in r.failures] + [""]
     lines += ["## Ops", "",

@@ -12,6 +12,9 @@ import torch
 
 from modelchip.conformance import oracle
 from modelchip.conformance.tolerances import TIE_TOL, closeness, exactness
+from modelchip.runtime.contract import AttentionMetadata, CacheLayout
+
+HOST_FIELDS = ("query_start_loc_cpu", "context_lens_cpu")
 
 
 @dataclass
@@ -41,8 +44,9 @@ def to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.to(device, copy=True)  # a backend that writes into its inputs must not touch the case
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        host = HOST_FIELDS if isinstance(obj, AttentionMetadata) else ()  # host copies stay on the host
         return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device)
-                                           for f in dataclasses.fields(obj)})
+                                           for f in dataclasses.fields(obj) if f.name not in host})
     if isinstance(obj, tuple | list):
         return type(obj)(to_device(o, device) for o in obj)
     if isinstance(obj, dict):
@@ -69,6 +73,8 @@ def run_case(ops, case: Case, device: torch.device) -> Verdict:
             if case.prepare_arg is not None:
                 i = case.prepare_arg
                 args = args[:i] + (ops.prepare_linear(args[i]),) + args[i + 1:]
+            if case.op == "paged_attention" and getattr(ops, "owns_kv_layout", False):
+                args = (args[0], *own_layout(ops, args[1], args[2]), *args[3:])
             out = getattr(ops, case.op)(*args, **kwargs)
             if case.inplace_arg is not None:
                 out = args[case.inplace_arg]
@@ -76,6 +82,19 @@ def run_case(ops, case: Case, device: torch.device) -> Verdict:
     except Exception as exc:  # a crash is a failure of this case, not of the whole run
         return Verdict(False, detail=f"raised {type(exc).__name__}: {str(exc)[:300]}")
     return (case.judge or close)(case, out)
+
+
+def own_layout(ops, k_cache: torch.Tensor, v_cache: torch.Tensor | None) -> tuple:
+    """A case's caches (written in the default layout [blocks, block_size, g, d]) moved into caches the
+    backend allocated in its own layout, every slot written through its own `write_kv`, garbage included."""
+    blocks, block_size, heads, k_dim = k_cache.shape
+    layout = CacheLayout(heads, k_dim, k_dim if v_cache is None else v_cache.shape[-1], v_cache is not None)
+    k_own, v_own = ops.allocate_kv_cache(layout, blocks, block_size, k_cache.dtype)
+    slots = torch.arange(blocks * block_size, device=k_cache.device)
+    ops.write_kv(k_own, k_cache.flatten(0, 1), slots)
+    if v_cache is not None:
+        ops.write_kv(v_own, v_cache.flatten(0, 1), slots)
+    return k_own, v_own
 
 
 def _form(out: Any, dtype: torch.dtype, shape: tuple) -> str:

@@ -33,7 +33,7 @@ def run(model: DecoderLM, ops, forced: list[list[int]] | None = None) -> Trace:
     need = [-(-(len(p) + NEW_TOKENS) // BLOCK) for p in PROMPTS]
     order = torch.randperm(sum(need) + 1, generator=torch.Generator().manual_seed(0)).tolist()
     tables = [order[:need[0]], order[need[0]:need[0] + need[1]]]
-    cache = KVCache(model.cache_layouts(), sum(need) + 1, BLOCK, model.dtype, device)
+    cache = KVCache(ops, model.cache_layouts(), sum(need) + 1, BLOCK, model.dtype)
     trace = Trace([], [[], []], [[], []], seqs)
     # a step is [(sequence, first new position, end)]: chunk 1 of prompt 0 alone (no token to pick yet),
     # then chunk 2 of prompt 0 with all of prompt 1, then decode steps of both

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from modelchip.engine import step_capture
 from modelchip.engine.block_manager import BlockManager
 from modelchip.engine.detokenizer import IncrementalDetokenizer
 from modelchip.engine.logprobs import PositionLogprobs
@@ -91,11 +92,18 @@ class LLMEngine:
             raise ModelchipError("the engine needs at least one KV block, one sequence and one token per step")
         context = llm.spec.max_position_embeddings or num_blocks * bs
         self.max_model_len = min(context, num_blocks * bs, config.max_model_len or context)
-        self.cache = llm.make_cache(num_blocks, bs)  # under tensor parallelism every rank makes its shard
+        capture = step_capture.enabled(llm.ops, getattr(llm, "parallel", None))
+        # under tensor parallelism every rank makes its shard; a capturing backend gets one scratch block more
+        # than the block manager hands out, for the rows that pad a decode step to a captured size
+        self.cache = llm.make_cache(num_blocks + capture, bs)
         self.block_manager = BlockManager(num_blocks, bs, config.enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                                    int(config.watermark * num_blocks)), self.block_manager)
         self.runner = ModelRunner(llm.model, llm.ops, self.cache, bs, llm.device, llm.forward_step, llm.eos_ids)
+        if capture:
+            self.runner.capture = step_capture.DecodeCapture(llm.ops, llm.forward_step, self.cache, bs, num_blocks,
+                                                             -(-self.max_model_len // bs), config.max_num_seqs,
+                                                             llm.device)
         self.requests: dict[str, Sequence] = {}  # unfinished sequences by seq_id (the request id when n = 1)
         self.groups: dict[str, list[Sequence]] = {}  # request id -> its unfinished sequences
         # completions 1..n-1 of a request wait here until completion 0 has computed the prompt; admitted then,

@@ -16,6 +16,7 @@ import torch
 from modelchip.engine import logits_processors
 from modelchip.engine.logprobs import PositionLogprobs, gather
 from modelchip.engine.sequence import Sequence
+from modelchip.engine.step_capture import DecodeCapture
 from modelchip.runtime.batch import build_batch
 from modelchip.runtime.kv_cache import KVCache
 
@@ -33,11 +34,12 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, model, ops, cache: KVCache, block_size: int, device: torch.device, forward=None,
-                 eos_ids: set[int] | None = None):
+                 eos_ids: set[int] | None = None, capture: DecodeCapture | None = None):
         self.model, self.ops, self.cache = model, ops, cache
         # forward(ids, positions, meta, rows, cache) -> logits of `rows`: LoadedModel.forward_step, which also
         # runs the step on the other ranks of a parallel run; by default the model in this process
         self.forward = forward or self._forward
+        self.capture = capture  # padded, backend-captured decode steps (engine/step_capture.py), or None
         self.eos_ids = set(eos_ids or ())
         self.block_size, self.device = block_size, device
         # unseeded sampling requests share one stream; seeded ones bring their own generator
@@ -49,9 +51,14 @@ class ModelRunner:
         """Run one step: sample a token for every sequence whose tokens are now all computed."""
         # a preempted sequence re-feeds its generated tokens too: they are part of what it lacks in the cache
         new = [s.token_ids[s.num_computed_tokens:s.num_computed_tokens + n] for s, n in zip(seqs, num_new, strict=True)]
-        ids, positions, meta = build_batch(new, [s.num_computed_tokens for s in seqs], [s.block_table for s in seqs],
-                                           self.block_size, self.device)
-        starts = meta.query_start_loc.tolist()
+        tables = [s.block_table for s in seqs]
+        if self.capture is not None and self.capture.fits(tables) and _pure_decode(seqs, num_new):
+            logits = self.capture.run([t[0] for t in new], [s.num_computed_tokens for s in seqs], tables)
+            return self._sample_rows(StepResult([None] * len(seqs), [None] * len(seqs)), seqs,
+                                     list(range(len(seqs))), logits)
+        ids, positions, meta = build_batch(new, [s.num_computed_tokens for s in seqs], tables, self.block_size,
+                                           self.device)
+        starts = meta.query_start_loc_cpu.tolist()
         result = StepResult([None] * len(seqs), [None] * len(seqs))
         scored = self._prompt_rows(starts, seqs, num_new)
         rows = [i for i, (s, n) in enumerate(zip(seqs, num_new, strict=True))
@@ -68,7 +75,11 @@ class ModelRunner:
             offset += len(prows)
         if not rows:
             return result
-        logits = logits[offset:]
+        return self._sample_rows(result, seqs, rows, logits[offset:])
+
+    def _sample_rows(self, result: StepResult, seqs: list[Sequence], rows: list[int],
+                     logits: torch.Tensor) -> StepResult:
+        """Sample sequences `rows` from their logits (one row each, in order) into `result`."""
         sampled = [seqs[i] for i in rows]
         shaped = logits
         if any(s.logits_processors for s in sampled):  # per-sequence processors (structured outputs), own row only
@@ -131,3 +142,11 @@ class ModelRunner:
                               strict=True):
                 picked[i] = int(tok)
         return picked
+
+
+def _pure_decode(seqs: list[Sequence], num_new: list[int]) -> bool:
+    """Every sequence feeds its one missing token and samples the next, and none scores prompt positions:
+    a step the padded, fixed-shape decode path (step_capture.py) can run."""
+    return all(n == 1 and s.num_computed_tokens + 1 == s.num_tokens and
+               (s.params.prompt_logprobs is None or len(s.prompt_logprobs) >= s.num_prompt_tokens)
+               for s, n in zip(seqs, num_new, strict=True))

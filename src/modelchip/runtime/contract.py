@@ -21,6 +21,11 @@ without it, and for every v1 backend, the default runs torch.distributed collect
 built (gloo on CPU, the device's own library elsewhere: runtime/distributed/communicator.py). A single-process
 run's communicator is the identity. docs/vendor-kit.md, "contract v2: collectives", says what each must do.
 
+Also new in v2, each optional with a default, so a backend written for v1 or early v2 runs unchanged
+(docs/vendor-kit.md, "contract v2: cache, metadata, synchronize, capture"): `allocate_kv_cache` (the backend
+chooses the KV cache's layout), host-side copies in `AttentionMetadata`, `synchronize()` (calibration closes
+every timing with it) and `capture_step` (whole-step graph capture for fixed decode batch sizes).
+
 Quantized weights (an opt-in extension of version 1, so no version bump: a backend that does not opt in
 computes exactly what it did). A backend whose `quantized_formats` attribute lists a format receives that
 format's `modelchip.runtime.quant.QuantizedWeight` (packed bytes as stored, scales, and `compute_dtype`, the
@@ -32,6 +37,8 @@ tensors, dequantized once at load by the model and counted in `Ops.fallbacks`.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,15 +64,36 @@ OPS = (
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send", "recv")
 
 
+@dataclass(frozen=True)
+class CacheLayout:
+    """One layer's per-token KV cache entry, what `allocate_kv_cache` sizes: K [heads, k_dim], and V [heads, v_dim]
+    (`separate_v`) or values read from the first v_dim channels of K (MLA's latent, MFA-KR). For MLA, heads is 1,
+    k_dim the latent plus the rotary key (`rope_dim`, its last channels) and v_dim the latent."""
+
+    heads: int
+    k_dim: int
+    v_dim: int
+    separate_v: bool
+    rope_dim: int = 0
+
+
 @dataclass
 class AttentionMetadata:
-    """Where each sequence's tokens sit in the batch and in the paged cache.
+    """Where each sequence's tokens sit in the batch and in the paged cache, on the device and on the host.
 
     query_start_loc: [S+1] int64, offsets of each sequence's new tokens in the flattened batch.
     context_lens: [S] int64, tokens in the cache per sequence after this step's tokens were written.
     block_tables: [S, max_blocks] int64, physical block ids per sequence (-1 padding).
     slot_mapping: [T] int64, cache slot (block * block_size + offset) of each new token.
     block_size: tokens per cache block.
+
+    Host copies (contract v2; vLLM's `query_start_loc_cpu`, `seq_lens_cpu`, `max_query_len`, `max_seq_len`,
+    `num_prefills`/`num_decodes`), built once per step on the host (runtime/batch.py) so a backend learns
+    shapes without reading device tensors back (a sync per layer on an asynchronous device):
+    query_start_loc_cpu, context_lens_cpu: CPU int64 tensors equal to the two above.
+    max_query_len: most new tokens of one sequence; max_context_len: longest context_lens.
+    num_decodes: sequences with one new token, num_prefills: the others (prompts and prompt chunks).
+    Left out, they are computed from the device tensors once, when the metadata is made.
     """
 
     query_start_loc: torch.Tensor
@@ -73,10 +101,41 @@ class AttentionMetadata:
     block_tables: torch.Tensor
     slot_mapping: torch.Tensor
     block_size: int
+    query_start_loc_cpu: torch.Tensor | None = None
+    context_lens_cpu: torch.Tensor | None = None
+    max_query_len: int = -1
+    max_context_len: int = -1
+    num_prefills: int = -1
+    num_decodes: int = -1
+
+    def __post_init__(self) -> None:
+        if self.query_start_loc_cpu is None:
+            self.query_start_loc_cpu = self.query_start_loc.cpu()
+        if self.context_lens_cpu is None:
+            self.context_lens_cpu = self.context_lens.cpu()
+        if self.max_query_len < 0 or self.num_decodes < 0:
+            counts = self.query_start_loc_cpu.diff()
+            self.max_query_len = int(counts.max()) if counts.numel() else 0
+            self.num_decodes = int((counts == 1).sum())
+            self.num_prefills = counts.numel() - self.num_decodes
+        if self.max_context_len < 0:
+            self.max_context_len = int(self.context_lens_cpu.max()) if self.context_lens_cpu.numel() else 0
 
     @property
     def num_seqs(self) -> int:
         return self.context_lens.shape[0]
+
+    @property
+    def is_decode(self) -> bool:
+        """Every sequence has exactly one new token (a pure decode step)."""
+        return self.num_prefills == 0
+
+    def to(self, device: torch.device) -> AttentionMetadata:
+        """The device tensors on `device`; the host copies stay on the host."""
+        return dataclasses.replace(self, query_start_loc=self.query_start_loc.to(device),
+                                   context_lens=self.context_lens.to(device),
+                                   block_tables=self.block_tables.to(device),
+                                   slot_mapping=self.slot_mapping.to(device))
 
 
 class Communicator(Protocol):
@@ -139,8 +198,34 @@ class Backend(Protocol):
     def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         """[T, 2I] -> silu(gate) * up, [T, I] (gate is the first half)."""
 
+    def allocate_kv_cache(self, layout: CacheLayout, num_blocks: int, block_size: int,
+                          dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Optional hook (v2, not an op): one layer's (K cache, V cache or None when not layout.separate_v),
+        zeroed, in this backend's own layout; `write_kv` and `paged_attention` then receive exactly these
+        tensors. Called when the engine makes its cache (every rank its own), before any step. Default (the
+        reference's): K [num_blocks, block_size, heads, k_dim], V [num_blocks, block_size, heads, v_dim]. A
+        backend that allocates must implement `write_kv` and `paged_attention` (the reference cannot read
+        another layout)."""
+
+    def synchronize(self) -> None:
+        """Optional hook (v2): return once all work queued on this backend's device has finished (a CUDA
+        backend calls its device's synchronize). Calibration calls it before reading the clock around every
+        timed region. Default: the reference's, which waits on torch's module for the device type where it has
+        one, and does nothing on CPU (CPU ops finish before they return)."""
+
+    def capture_step(self, step: Callable[[], torch.Tensor], batch_size: int) -> Callable[[], torch.Tensor] | None:
+        """Optional hook (v2): whole-step capture (CUDA graphs, ACL graphs). `step()` runs one decode step of
+        `batch_size` sequences, reading inputs the engine rewrites in place before each call (fixed tensors,
+        fixed shapes) and returning the logits; the backend may run it to warm up and record it, and returns a
+        callable that replays it (same outputs as `step()` on the inputs present at replay), or None to leave
+        the step uncaptured. Called once per padded batch size the engine meets. Host-side metadata
+        (AttentionMetadata.max_context_len and the rest) is refreshed before every replay, but a recorded graph
+        sees the values of its capture: a capturing backend's attention must not size work by them. Default:
+        None (the CPU backends capture nothing)."""
+
     def write_kv(self, cache: torch.Tensor, values: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-        """Store values [T, ...] into cache [blocks, block_size, ...] at flat slots; in place."""
+        """Store values [T, g, d] into the cache at flat slots (block * block_size + offset); in place. `cache`
+        is a tensor this backend's `allocate_kv_cache` returned (default [blocks, block_size, g, d])."""
 
     def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor | None,
                         meta: AttentionMetadata, scale: float, v_dim: int | None = None,
@@ -148,9 +233,11 @@ class Backend(Protocol):
         """Causal attention of new tokens over each sequence's cached tokens (prefill, chunked prefill and
         decode alike: the new tokens' K/V are already written).
 
-        q [T, h, d_k]; k_cache [blocks, block_size, g, d_k]; v_cache [blocks, block_size, g, d_v], or None
-        when values are the first `v_dim` channels of the keys (MLA's latent, MFA-KR). A query at position p
-        sees cached positions <= p (and > p - window when window > 0). Returns [T, h, d_v]; softmax in fp32.
+        q [T, h, d_k]; k_cache, v_cache: what `allocate_kv_cache` returned (default [blocks, block_size, g,
+        d_k] and [blocks, block_size, g, d_v]); v_cache None when values are the first `v_dim` channels of the
+        keys (MLA's latent, MFA-KR). A query at position p sees cached positions <= p (and > p - window when
+        window > 0). Returns [T, h, d_v]; softmax in fp32. Shapes and lengths come from meta's host copies:
+        reading its device tensors back (.item(), .tolist()) would stall an asynchronous device every layer.
         """
 
     def moe_route(self, router_logits: torch.Tensor, top_k: int, scoring: str, norm_topk_prob: bool,

@@ -15,7 +15,6 @@ from modelchip.errors import ModelchipError
 from modelchip.runtime.backends import get_backend
 from modelchip.runtime.backends.defaults import announce, default_backend_and_dtype
 from modelchip.runtime.batch import build_batch
-from modelchip.runtime.contract import AttentionMetadata
 from modelchip.runtime.distributed import executor, launch
 from modelchip.runtime.kv_cache import KVCache
 from modelchip.runtime.loaders.resolve import resolve
@@ -131,7 +130,7 @@ class LoadedModel:
         if self._driving():
             self.parallel.publish(("logits", ids))
         blocks = -(-len(ids) // self.block_size)
-        cache = KVCache(self.layouts, blocks, self.block_size, self.dtype, self.device)
+        cache = KVCache(self.ops, self.layouts, blocks, self.block_size, self.dtype)
         x, positions, meta = build_batch([ids], [0], [list(range(blocks))], self.block_size, self.device)
         with self._guard():
             return self.model.logits(self.model(x, positions, meta, cache.layers))
@@ -142,7 +141,7 @@ class LoadedModel:
         if self._driving():
             self.parallel.publish(("cache", num_blocks, block_size))
             self.parallel.cache_id += 1
-        cache = KVCache(self.layouts, num_blocks, block_size, self.dtype, self.device)
+        cache = KVCache(self.ops, self.layouts, num_blocks, block_size, self.dtype)
         cache.parallel_id = self.parallel.cache_id if self.parallel is not None else 0
         return cache
 
@@ -155,11 +154,11 @@ class LoadedModel:
             if cache.parallel_id != self.parallel.cache_id:
                 raise ModelchipError("a tensor-parallel model runs one engine at a time: this KV cache is not "
                                      "the one the other ranks hold (make a new engine, or a new LLM)")
-            host = (ids.cpu(), positions.cpu(), _meta_to(meta, torch.device("cpu")),
+            host = (ids.cpu(), positions.cpu(), meta.to(torch.device("cpu")),
                     None if last is None else last.cpu())
             self.parallel.publish(("step", *host))
         elif self.parallel is not None:  # a worker: inputs arrived on the host
-            ids, positions, meta = ids.to(self.device), positions.to(self.device), _meta_to(meta, self.device)
+            ids, positions, meta = ids.to(self.device), positions.to(self.device), meta.to(self.device)
             last = None if last is None else last.to(self.device)
         with self._guard():
             hidden = self.model(ids, positions, meta, cache.layers)
@@ -180,11 +179,6 @@ class LoadedModel:
 
     def _guard(self):
         return self.parallel.guard() if self._driving() else contextlib.nullcontext()
-
-
-def _meta_to(meta: AttentionMetadata, device: torch.device) -> AttentionMetadata:
-    return AttentionMetadata(meta.query_start_loc.to(device), meta.context_lens.to(device),
-                             meta.block_tables.to(device), meta.slot_mapping.to(device), meta.block_size)
 
 
 def _format(w: torch.Tensor | QuantizedWeight) -> tuple[str, int]:

@@ -18,6 +18,7 @@ from modelchip.runtime.contract import CONTRACT_VERSION, OPS, SUPPORTED_CONTRACT
 from modelchip.runtime.distributed.communicator import SingleProcess, make_communicator
 
 ENTRY_POINT_GROUP = "modelchip.backends"
+HOOKS = ("allocate_kv_cache", "synchronize", "capture_step")  # contract v2, each with the reference's default
 BUILTIN: dict[str, Callable] = {"reference": ReferenceBackend, "cpu": CPUBackend}
 
 
@@ -55,6 +56,12 @@ class Ops:
     moe_experts: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     sample: Callable[..., torch.Tensor]  # (logits, temperature, top_p, top_k, generator=None)
     comm: Communicator  # collectives (contract v2); the identity until `attach_group`
+    # contract v2 hooks (not ops: no fallback count); the backend's own, else the reference's default
+    allocate_kv_cache: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]  # (layout, blocks, block_size, dtype)
+    synchronize: Callable[[], None]
+    capture_step: Callable[..., Callable[[], torch.Tensor] | None]  # (step, batch_size)
+    owns_kv_layout: bool  # the backend allocates its KV cache itself
+    captures_steps: bool  # the backend has its own capture_step (the engine pads decode steps for it)
 
     def __init__(self, backend, reference: ReferenceBackend):
         self.backend = backend
@@ -76,6 +83,16 @@ class Ops:
         owner = backend if getattr(backend, "linear", None) is not None else reference
         self.quantized_formats = frozenset(getattr(owner, "quantized_formats", ()))
         self.comm = SingleProcess()
+        for hook in HOOKS:
+            setattr(self, hook, getattr(backend, hook, None) or getattr(reference, hook))
+        # its own layout: an allocate_kv_cache that is not the reference's (the cpu backend inherits that one)
+        self.owns_kv_layout = _own(backend, "allocate_kv_cache")
+        self.captures_steps = _own(backend, "capture_step")
+        lacking = [op for op in ("write_kv", "paged_attention") if getattr(backend, op, None) is None]
+        if self.owns_kv_layout and lacking:
+            raise ModelchipError(f"backend {self.name!r} allocates its own KV cache but has no "
+                                 f"{' or '.join(lacking)}; the reference cannot read its layout (implement them, "
+                                 "or drop allocate_kv_cache)")
 
     def attach_group(self, group=None) -> None:
         """Run collectives on a torch.distributed process group (None: the default group): the backend's own
@@ -97,6 +114,12 @@ class Ops:
         """Ops this backend lacks and how often each ran on the reference instead."""
         missing = [op for op in OPS if op not in self.native_ops]
         return {"backend": self.name, "missing_ops": missing, "fallback_calls": dict(self.fallbacks)}
+
+
+def _own(backend, hook: str) -> bool:
+    """The backend has `hook` and it is not the reference's default (which the cpu backend inherits)."""
+    impl = getattr(type(backend), hook, None) or getattr(backend, hook, None)
+    return impl is not None and impl is not getattr(ReferenceBackend, hook)
 
 
 def _unchanged(weight: torch.Tensor) -> torch.Tensor:

@@ -191,7 +191,7 @@ class CPUBackend(ReferenceBackend):
         if not self._eager():  # every query, prefill or decode, read from the paged cache in place
             tables, lens = self._queries(meta, q.shape[0])
             return self.kernels.decode_attention(q, k_cache, v_cache, v_dim or 0, tables, lens, scale, window)
-        if q.shape[0] == meta.num_seqs:  # decode: one query per sequence, all sequences in one call
+        if meta.is_decode:  # decode: one query per sequence, all sequences in one call
             tables, length, mask = self._decode_plan(meta, window, q.dtype)
             k, v = gather_blocks(k_cache, v_cache, tables, length, v_dim)  # [S, L, g, d]
             s = meta.num_seqs
@@ -201,8 +201,8 @@ class CPUBackend(ReferenceBackend):
                                                  scale=scale)
             return out.reshape(s, heads, v.shape[-1])
         out = []
-        starts = meta.query_start_loc.tolist()
-        for s, ctx in enumerate(meta.context_lens.tolist()):
+        starts = meta.query_start_loc_cpu.tolist()  # host copies: no read-back of the device tensors
+        for s, ctx in enumerate(meta.context_lens_cpu.tolist()):
             n = starts[s + 1] - starts[s]
             blocks = meta.block_tables[s, : -(-ctx // meta.block_size)]
             k = k_cache.index_select(0, blocks).flatten(0, 1)[:ctx]  # [ctx, g, dk]
@@ -221,14 +221,14 @@ class CPUBackend(ReferenceBackend):
         scaled-dot-product attention, as before, gave prompt tokens other roundings than decode, and decodes
         sharing a step with a prefill took that path too.)"""
         if self._per_query[0] is not meta:
-            if tokens == meta.num_seqs:  # decode: already one query per sequence
+            if meta.is_decode:  # already one query per sequence
                 self._per_query = (meta, meta.block_tables, meta.context_lens)
-            else:
-                counts = meta.query_start_loc.diff()
-                seq = torch.repeat_interleave(torch.arange(meta.num_seqs), counts)
-                from_end = meta.query_start_loc[1:].index_select(0, seq) - 1 - torch.arange(tokens)
-                lens = meta.context_lens.index_select(0, seq) - from_end
-                self._per_query = (meta, meta.block_tables.index_select(0, seq), lens)
+            else:  # from the host copies (a repeat_interleave over device counts reads them back)
+                starts, ctx = meta.query_start_loc_cpu, meta.context_lens_cpu
+                seq = torch.repeat_interleave(torch.arange(meta.num_seqs), starts.diff(), output_size=tokens)
+                lens = ctx.index_select(0, seq) - (starts[1:].index_select(0, seq) - 1 - torch.arange(tokens))
+                seq = seq.to(meta.block_tables.device)
+                self._per_query = (meta, meta.block_tables.index_select(0, seq), lens.to(meta.context_lens.device))
         return self._per_query[1], self._per_query[2]
 
     def _decode_plan(self, meta: AttentionMetadata, window: int,

@@ -11,7 +11,7 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from modelchip.runtime.contract import AttentionMetadata
+from modelchip.runtime.contract import AttentionMetadata, CacheLayout
 from modelchip.runtime.dequant import quantized_linear
 from modelchip.runtime.quant import FORMATS, QuantizedWeight
 
@@ -56,19 +56,36 @@ class ReferenceBackend:
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate) * up
 
+    def allocate_kv_cache(self, layout: CacheLayout, num_blocks: int, block_size: int,
+                          dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        k = torch.zeros(num_blocks, block_size, layout.heads, layout.k_dim, dtype=dtype, device=self.device)
+        v = (torch.zeros(num_blocks, block_size, layout.heads, layout.v_dim, dtype=dtype, device=self.device)
+             if layout.separate_v else None)
+        return k, v
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work: only torch's accelerator modules need it (CPU ops are done)."""
+        if self.device.type != "cpu":
+            accel = getattr(torch, self.device.type, None)
+            if accel is not None and hasattr(accel, "synchronize"):
+                accel.synchronize(self.device)
+
+    def capture_step(self, step, batch_size: int):
+        return None  # eager: nothing to capture
+
     def write_kv(self, cache: torch.Tensor, values: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         cache.view(-1, *cache.shape[2:]).index_copy_(0, slot_mapping, values.to(cache.dtype))
 
     def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor | None,
                         meta: AttentionMetadata, scale: float, v_dim: int | None = None,
                         window: int = 0) -> torch.Tensor:
-        if q.shape[0] == meta.context_lens.shape[0]:  # one new token per sequence: decode them all at once
+        if meta.is_decode:  # one new token per sequence: decode them all at once
             return self._decode_attention(q, k_cache, v_cache, meta, scale, v_dim, window)
         heads = q.shape[1]
         groups = k_cache.shape[2]
         out = []
-        starts = meta.query_start_loc.tolist()
-        for s, ctx in enumerate(meta.context_lens.tolist()):
+        starts = meta.query_start_loc_cpu.tolist()  # host copies: no device read-back per layer
+        for s, ctx in enumerate(meta.context_lens_cpu.tolist()):
             qs = q[starts[s]:starts[s + 1]]  # [n, h, dk]
             n = qs.shape[0]
             blocks = meta.block_tables[s, : -(-ctx // meta.block_size)]
@@ -163,7 +180,7 @@ def visible(ends: torch.Tensor, length: int, window: int) -> torch.Tensor:
 def decode_blocks(meta: AttentionMetadata) -> tuple[torch.Tensor, int]:
     """(every sequence's block ids up to the longest context [S, blocks]; that longest context L). -1 padding
     becomes block 0, whose positions the mask hides."""
-    longest = int(meta.context_lens.max())
+    longest = meta.max_context_len  # the host copy: reading the device tensor would sync every layer
     return meta.block_tables[:, :-(-longest // meta.block_size)].clamp_min(0), longest
 
 

@@ -7,27 +7,15 @@ core_flops with the exact convention, projection_weights).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from modelchip.errors import ModelchipError
-from modelchip.runtime.contract import AttentionMetadata
+from modelchip.runtime.contract import AttentionMetadata, CacheLayout
 from modelchip.runtime.distributed.tensor_parallel import Shard, split_heads, tp_of
 from modelchip.runtime.layers.base import Layer, Slot, stacked_slots
 from modelchip.runtime.layers.norm import RMSNorm
 from modelchip.runtime.layers.rotary import RotaryEmbedding
 from modelchip.spec.model import AttentionSpec
-
-
-@dataclass(frozen=True)
-class CacheLayout:
-    """Per-token cache entry of one layer: K [heads, k_dim], and V [heads, v_dim] or values read from K."""
-
-    heads: int
-    k_dim: int
-    v_dim: int
-    separate_v: bool
 
 
 class GQAAttention(Layer):
@@ -149,7 +137,7 @@ class MLAAttention(Layer):
         self.kv_b_proj = self.p(h * (nope + v), r_kv)
         self.o_proj = self.p(hidden, h * v)
         self.scale = scale if scale is not None else a.head_dim ** -0.5
-        self.layout = CacheLayout(1, r_kv + rope_d, r_kv, False)
+        self.layout = CacheLayout(1, r_kv + rope_d, r_kv, False, rope_dim=rope_d)
 
     def forward(self, x, positions, meta: AttentionMetadata, cache):
         a, ops, t = self.a, self.ops, x.shape[0]
