@@ -76,11 +76,14 @@ class Ops:
         owner = backend if getattr(backend, "linear", None) is not None else reference
         self.quantized_formats = frozenset(getattr(owner, "quantized_formats", ()))
         self.comm = SingleProcess()
+        self.layout = None  # how the ranks divide the model (distributed/layout.py); None: one process
 
-    def attach_group(self, group=None) -> None:
+    def attach_group(self, group=None, layout=None) -> None:
         """Run collectives on a torch.distributed process group (None: the default group): the backend's own
-        communicator if it has `make_communicator`, else the torch.distributed one. Before building a model."""
+        communicator if it has `make_communicator`, else the torch.distributed one. Before building a model.
+        `layout` (a ParallelLayout) says how the model is divided; None: tensor parallel over the group."""
         self.comm = make_communicator(self.backend, group)
+        self.layout = layout
 
     def _fallback(self, op: str, impl: Callable) -> Callable:
         def call(*args, **kwargs):
