@@ -90,6 +90,9 @@ class MoE(Layer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s, ops = self.spec, self.ops
+        if not x.shape[0]:  # a data-parallel rank with no tokens this step still computes the others' rows
+            none = torch.zeros(0, s.top_k, dtype=torch.long, device=x.device)
+            return run_experts(ops, x, none.float(), none, self.experts_gate_up, self.experts_down, False)
         logits = ops.linear(x.float(), self.gate.float())  # routing decides discretely: keep it in fp32
         weights, ids = ops.moe_route(
             logits, s.top_k, s.scoring, s.norm_topk_prob, s.n_group, s.topk_group,

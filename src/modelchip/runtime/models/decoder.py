@@ -59,8 +59,9 @@ class DecoderLayer(Layer):
                     else MoE(ops, hidden, f, dtype))
 
     def forward(self, h, positions, meta, cache):
-        if h.shape[0]:  # a data-parallel rank with no sequences this step still joins the MoE collectives
-            h = h + self.self_attn(self.input_layernorm(h), positions, meta, cache)
+        if not h.shape[0]:  # a data-parallel rank with no sequences this step: it only joins the MoE collectives
+            return self.mlp(h) if isinstance(self.mlp, MoE) else h
+        h = h + self.self_attn(self.input_layernorm(h), positions, meta, cache)
         return h + self.mlp(self.post_attention_layernorm(h))
 
     def slots(self, prefix: str) -> dict[str, Slot]:
@@ -113,7 +114,7 @@ class DecoderLM(Layer):
         h = self._embed(ids)
         for layer, cache in zip(self.layers, caches, strict=True):
             h = layer(h, positions, meta, cache)
-        return self.norm(h)
+        return self.norm(h) if h.shape[0] else h
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
