@@ -36,6 +36,7 @@ CASES = [
     ("qwen3_moe", DP2, True),
     ("step3_text", DP2, True),
     ("qwen3_moe", TP2_EP2, True),  # GQA attention tensor parallel, experts sharded over the same ranks
+    ("deepseek_v3", TP2_EP2, True),  # MLA tensor parallel; shared experts split by TP, routed ones by EP
     ("mixtral", {"expert_parallel_size": 4}, True),
     ("deepseek_v3", {"expert_parallel_size": 4, "data_parallel_size": 4}, True),
 ]
