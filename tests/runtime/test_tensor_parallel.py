@@ -1,6 +1,7 @@
 """Tensor parallelism over torch.distributed (gloo on 127.0.0.1): the parallel run of a tiny random checkpoint
-must give the single-process run's logits (within float32 rounding of a different summation order) and the
-same greedy tokens; a worker that dies must end the run with a clear error, never a hang."""
+of every family (dense GQA, MoE, MLA, MFA) must give the single-process run's logits (within float32 rounding of
+a different summation order) and the same greedy tokens; a worker that dies must end the run with a clear
+error, never a hang."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from modelchip.conformance.tiny_checkpoint import write_checkpoint
 from modelchip.conformance.tiny_models import CONFIGS
 from modelchip.errors import ModelchipError
 from modelchip.llm import LLM
+from modelchip.runtime.distributed.layout import make_layout
 from modelchip.runtime.distributed.tensor_parallel import check_family, split_heads, vocab_rows
 from modelchip.spec import families
 
@@ -25,8 +27,18 @@ VARIANTS = {
     "qwen2_qkv_bias": CONFIGS["qwen2"],
     "qwen3_qk_norm": CONFIGS["qwen3"],
     "llama_biases": {**LLAMA, "attention_bias": True, "mlp_bias": True},  # row-parallel o_proj/down biases
+    # MoE: every expert's width split, the router replicated; qwen3_moe's first layer is dense
+    "qwen3_moe": CONFIGS["qwen3_moe"],
+    "mixtral": CONFIGS["mixtral"],
+    # MLA by head (latent replicated), shared experts split, o_proj bias on rank 0 only
+    "deepseek_v3": CONFIGS["deepseek_v3"],
+    "deepseek_v3_biases": {**CONFIGS["deepseek_v3"], "attention_bias": True},
+    "kimi_k2_no_q_lora": {**CONFIGS["deepseek_v3"], "model_type": "kimi_k2", "q_lora_rank": None},
+    # MFA: low-rank q replicated, wq by head, the one shared K/V head replicated; experts fused in the file
+    "step3_text": CONFIGS["step3_text"],
 }
-SLOW = {"qwen2_qkv_bias", "qwen3_qk_norm", "llama_biases"}
+SLOW = {"qwen2_qkv_bias", "qwen3_qk_norm", "llama_biases", "qwen3_moe", "mixtral", "deepseek_v3",
+        "deepseek_v3_biases", "kimi_k2_no_q_lora", "step3_text"}
 PROMPTS = [[1, 5, 9, 33, 2, 7, 60, 11], [3, 4]]
 
 
@@ -63,10 +75,12 @@ def test_tensor_parallel_equals_single_process(checkpoints, variant):
 
 
 @pytest.mark.slow
-def test_four_ranks_replicate_kv_heads(checkpoints):
-    # 4 ranks over 2 K/V heads: each K/V head lives on two ranks
-    want_logits, want, got_logits, got, _ = _single_and_parallel(checkpoints["llama"], 4)
-    torch.testing.assert_close(got_logits[0], want_logits[0], atol=1e-4, rtol=1e-4)
+@pytest.mark.parametrize("variant", ["llama", "deepseek_v3", "step3_text"])
+def test_four_ranks(checkpoints, variant):
+    # llama: 4 ranks over 2 K/V heads, each K/V head on two ranks; MLA one head per rank; MFA's K/V head on all
+    want_logits, want, got_logits, got, _ = _single_and_parallel(checkpoints[variant], 4)
+    for w, g in zip(want_logits, got_logits, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
     assert got == want
 
 
@@ -112,12 +126,9 @@ def test_heads_split_and_replicate():
     assert vocab_rows(97, 1, 2) == (49, 97, 49)
 
 
-@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3", "step3_text"])
-def test_families_not_split_yet_are_refused_by_name(family):
-    spec = families.read(CONFIGS[family], family)
-    with pytest.raises(ModelchipError, match=f"{family!r} has"):
-        check_family(spec, 2)
-    check_family(spec, 1)
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3", "step3_text", "llama"])
+def test_every_family_splits_under_tensor_parallelism(family):
+    check_family(families.read(CONFIGS[family], family), make_layout(tensor_parallel_size=2))
 
 
 def test_each_rank_on_a_machine_gets_its_own_accelerator():
@@ -132,8 +143,11 @@ def test_each_rank_on_a_machine_gets_its_own_accelerator():
 def test_conformance_parallel_equals_single():
     from modelchip.conformance import run
 
-    report = run("reference", "cpu", ["float32"], ops=[], families=["llama", "mixtral"], tensor_parallel=2)
-    parallel = [f for f in report.families if f.family.endswith("tp2")]
-    assert [f.family for f in parallel] == ["llama tp2"]  # MoE families are not split yet: not checked
-    assert parallel[0].passed, parallel[0].detail
-    assert parallel[0].tokens_matched == parallel[0].tokens_total
+    report = run("reference", "cpu", ["float32"], ops=[], families=["llama", "mixtral"], tensor_parallel=2,
+                 expert_parallel=2)
+    parallel = [f for f in report.families if f.family.endswith("p2")]
+    # expert parallel layouts only for the MoE family
+    assert [f.family for f in parallel] == ["llama tp2", "mixtral tp2", "mixtral ep2", "mixtral dp2+ep2"]
+    for check in parallel:
+        assert check.passed, check.detail
+        assert check.tokens_matched == check.tokens_total

@@ -84,6 +84,18 @@ def print_json(obj) -> None:
 
 def add_parallel(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
-                   help="split the model over N processes (tensor parallel; dense GQA families): this process is "
+                   help="split the model over N processes (tensor parallel): this process is "
                         "rank 0 and spawns N-1 workers on this machine, or, under torchrun (MASTER_ADDR, "
                         "MASTER_PORT, RANK, WORLD_SIZE set), every rank runs the command and joins (default 1)")
+    p.add_argument("--expert-parallel-size", "-ep", type=int, default=1, metavar="M",
+                   help="shard MoE experts whole over M processes, tokens sent to them by all-to-all; 1 or the "
+                        "tensor- or data-parallel size; alone, attention is replicated (default 1)")
+    p.add_argument("--data-parallel-size", "-dp", type=int, default=1, metavar="D",
+                   help="data-parallel attention over D processes (each its own sequences and KV cache) with "
+                        "expert-parallel MoE, as DeepSeek deploys it; needs --expert-parallel-size D (default 1)")
+
+
+def parallel_sizes(args) -> dict:
+    """The LLM keywords of add_parallel's options."""
+    return dict(tensor_parallel_size=args.tensor_parallel_size, expert_parallel_size=args.expert_parallel_size,
+                data_parallel_size=args.data_parallel_size)

@@ -22,8 +22,11 @@ def register(sub) -> None:
     p.add_argument("--families", nargs="+", metavar="F", help="only these model families (default: all; "
                                                                "'none' for ops only)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
-                   help="also check that the dense families (llama, qwen2, qwen3) over N tensor-parallel ranks, on "
-                        "this backend, device and its collectives, equal one process (default 1: skip)")
+                   help="also check that every family over N tensor-parallel ranks, on this backend, device and "
+                        "its collectives, equals one process (default 1: skip)")
+    p.add_argument("--expert-parallel-size", type=int, default=1, metavar="M",
+                   help="also check the MoE families over M expert-parallel ranks (attention replicated) and "
+                        "over M data-parallel attention + expert-parallel ranks against one process (default 1: skip)")
     p.add_argument("--accuracy", nargs="?", const="smollm2-135m", default=None, metavar="MODEL",
                    help="also run the accuracy step: the kit's lm-eval tasks on MODEL (default smollm2-135m) on "
                         "this backend and on the reference, in each dtype (needs lm-eval[api])")
@@ -38,7 +41,7 @@ def run(args) -> int:
 
     families = [] if args.families == ["none"] else args.families
     report = check(args.backend, args.device, args.dtype, args.ops, families, args.tensor_parallel_size,
-                   args.accuracy)
+                   args.accuracy, args.expert_parallel_size)
     card = markdown(report)
     if args.card:
         args.card.write_text(card)

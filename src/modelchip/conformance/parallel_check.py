@@ -1,6 +1,7 @@
-""""Parallel equals single": a dense tiny model run over N tensor-parallel ranks on the vendor's backend, device
-and collectives, against the same backend in one process. Logits within the family tolerance of the dtype and
-greedy tokens equal (or near-tied), as check_family holds one process to the reference."""
+""""Parallel equals single": a tiny model run over N ranks on the vendor's backend, device and collectives,
+against the same backend in one process. Logits within the family tolerance of the dtype and greedy tokens
+equal. Three layouts: tensor parallel (every family), expert parallel with attention replicated, and
+data-parallel attention with expert-parallel MoE (the MoE families; their all-to-all dispatch and combine)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,38 @@ import torch
 
 from modelchip.conformance.family_check import FamilyResult
 from modelchip.conformance.tiny_checkpoint import write_checkpoint
-from modelchip.conformance.tiny_models import CONFIGS
+from modelchip.conformance.tiny_models import CONFIGS, spec
 from modelchip.conformance.tolerances import LOGITS_ATOL
 
-DENSE = ("llama", "qwen2", "qwen3")  # the families tensor parallelism splits today
+LAYOUTS = ("tp", "ep", "dp+ep")
 PROMPTS = [[1, 5, 9, 33, 2, 7, 60, 11], [3, 4]]
 NEW_TOKENS = 6
 
 
-def check_parallel(backend: str, device: str, family: str, dtype: torch.dtype, size: int) -> FamilyResult:
+def sizes_of(layout: str, size: int) -> dict:
+    """LLM keywords of a layout over `size` ranks."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown parallel layout {layout!r}; layouts: {', '.join(LAYOUTS)}")
+    return {"tp": {"tensor_parallel_size": size}, "ep": {"expert_parallel_size": size},
+            "dp+ep": {"data_parallel_size": size, "expert_parallel_size": size}}[layout]
+
+
+def applies(family: str, layout: str, size: int) -> bool:
+    """Whether `layout` over `size` ranks splits this tiny family (EP layouts: MoE families whose expert count
+    the size divides)."""
+    if layout == "tp":
+        return True
+    experts = [layer.ffn.num_experts for layer in spec(family).layers if layer.ffn.kind == "moe"]
+    return bool(experts) and experts[0] % size == 0
+
+
+def check_parallel(backend: str, device: str, family: str, dtype: torch.dtype, size: int,
+                   layout: str = "tp") -> FamilyResult:
     from modelchip.llm import LLM
 
     start = time.perf_counter()
     atol = LOGITS_ATOL[dtype]
-    name = f"{family} tp{size}"
+    name = f"{family} " + "+".join(f"{part}{size}" for part in layout.split("+"))
     dt = str(dtype).removeprefix("torch.")
     total = len(PROMPTS) * NEW_TOKENS
     with tempfile.TemporaryDirectory() as tmp:
@@ -34,7 +53,7 @@ def check_parallel(backend: str, device: str, family: str, dtype: torch.dtype, s
             single = LLM(path, backend=backend, device=device, dtype=dtype)
             want = [single.logits(p) for p in PROMPTS]
             want_ids = [g.token_ids for g in single.generate(PROMPTS, max_tokens=NEW_TOKENS)]
-            par = LLM(path, backend=backend, device=device, dtype=dtype, tensor_parallel_size=size)
+            par = LLM(path, backend=backend, device=device, dtype=dtype, **sizes_of(layout, size))
             try:
                 got = [par.logits(p).to(w.device) for p, w in zip(PROMPTS, want, strict=True)]
                 got_ids = [g.token_ids for g in par.generate(PROMPTS, max_tokens=NEW_TOKENS)]

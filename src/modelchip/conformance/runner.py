@@ -85,9 +85,12 @@ def parse_dtypes(names: list[str]) -> list[torch.dtype]:
 
 
 def run(backend: str, device: str = "cpu", dtypes: list[str] | None = None, ops: list[str] | None = None,
-        families: list[str] | None = None, tensor_parallel: int = 1, accuracy_model: str | None = None) -> Report:
+        families: list[str] | None = None, tensor_parallel: int = 1, accuracy_model: str | None = None,
+        expert_parallel: int = 1) -> Report:
     """Check `backend` on `device` (default dtypes: float32, bfloat16, float16; default: every op and family).
-    With tensor_parallel N > 1, also "parallel equals single" for the dense families over N ranks; with
+    With tensor_parallel N > 1, also "parallel equals single" for every family over N tensor-parallel ranks;
+    with expert_parallel M > 1, for the MoE families over M expert-parallel ranks (attention replicated) and
+    over M data-parallel attention + expert-parallel ranks; with
     `accuracy_model` (e.g. "smollm2-135m"), also the accuracy step on that model in each dtype."""
     start = time.perf_counter()
     wanted = parse_dtypes(dtypes or ["float32", "bfloat16", "float16"])
@@ -121,12 +124,12 @@ def run(backend: str, device: str = "cpu", dtypes: list[str] | None = None, ops:
     for fam in families:
         for dt in wanted:
             report.families.append(check_family(bound, fam, dt))
-    if tensor_parallel > 1:
-        from modelchip.conformance.parallel_check import DENSE, check_parallel
+    from modelchip.conformance.parallel_check import applies, check_parallel
 
-        for fam in [f for f in families if f in DENSE]:
+    for layout, size in (("tp", tensor_parallel), ("ep", expert_parallel), ("dp+ep", expert_parallel)):
+        for fam in [f for f in families if size > 1 and applies(f, layout, size)]:
             for dt in wanted:
-                report.families.append(check_parallel(backend, device, fam, dt, tensor_parallel))
+                report.families.append(check_parallel(backend, device, fam, dt, size, layout))
     report.fallback_calls = {"op checks": dict(after_ops), "model runs": dict(Counter(bound.fallbacks) - after_ops)}
     own = getattr(bound.backend, "fallbacks", None)  # optional: a backend's count of its own internal fallbacks
     if isinstance(own, dict):

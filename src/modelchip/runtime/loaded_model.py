@@ -15,7 +15,8 @@ from modelchip.errors import ModelchipError
 from modelchip.runtime.backends import get_backend
 from modelchip.runtime.backends.defaults import announce, default_backend_and_dtype
 from modelchip.runtime.batch import build_batch
-from modelchip.runtime.distributed import executor, launch
+from modelchip.runtime.distributed import data_parallel, executor, launch
+from modelchip.runtime.distributed.layout import make_layout
 from modelchip.runtime.kv_cache import KVCache
 from modelchip.runtime.loaders.resolve import resolve
 from modelchip.runtime.loaders.weights import load_weights
@@ -40,13 +41,16 @@ class LoadedModel:
 
     quantization: None (default) keeps a quantized checkpoint's linear weights packed as stored (GGUF blocks,
     block-scaled FP8, compressed-tensors INT8; docs/runtime.md); "none" dequantizes everything to `dtype` at
-    load; naming the checkpoint's own method ("gguf", "fp8", "compressed-tensors") checks that it is that."""
+    load; naming the checkpoint's own method ("gguf", "fp8", "compressed-tensors") checks that it is that.
+
+    tensor_parallel_size, data_parallel_size, expert_parallel_size: how many processes share the model and how
+    (runtime/distributed/layout.py, docs/parallel.md)."""
 
     def __init__(self, model: str, backend: str | None = None, device: str = "cpu",
                  dtype: str | torch.dtype | None = None, allow_pickle: bool = False, block_size: int = 16,
-                 tensor_parallel_size: int = 1, quantization: str | None = None):
-        if tensor_parallel_size < 1:
-            raise ModelchipError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
+                 tensor_parallel_size: int = 1, quantization: str | None = None, data_parallel_size: int = 1,
+                 expert_parallel_size: int = 1):
+        self.layout = make_layout(tensor_parallel_size, data_parallel_size, expert_parallel_size)
         if backend is None or dtype is None:  # the fastest for the device (backends/defaults.py), said in one line
             backend, dtype, why = default_backend_and_dtype(device, backend, dtype)
             announce(why)
@@ -55,9 +59,11 @@ class LoadedModel:
         self.ops = get_backend(backend, device)
         self.device = self.ops.device
         # a parallel run (runtime/distributed): None for one process; rank 0 spawns or joins the other ranks
-        self.parallel = executor.start(tensor_parallel_size, self.device, dict(
+        self.parallel = executor.start(self.layout, self.device, dict(
             model=str(model), backend=backend, device=device, dtype=self.dtype, allow_pickle=allow_pickle,
             block_size=block_size, quantization=quantization))
+        if self.parallel is not None:
+            self.layout = self.parallel.layout  # under torchrun with no sizes given: tensor parallel over all
         try:
             self._load(model, allow_pickle, block_size, quantization)
         except BaseException:
@@ -69,7 +75,7 @@ class LoadedModel:
 
     def _load(self, model: str, allow_pickle: bool, block_size: int, quantization: str | None) -> None:
         if self.parallel is not None:
-            self.ops.attach_group()
+            self.ops.attach_group(layout=self.layout)
         found = resolve(model, allow_pickle=allow_pickle, quantization=quantization)
         self.quantization = found.quantization  # the method of the weights kept packed (None: all float)
         model_type = families.text_config(found.config)[1]
@@ -133,7 +139,7 @@ class LoadedModel:
         cache = KVCache(self.ops, self.layouts, blocks, self.block_size, self.dtype)
         x, positions, meta = build_batch([ids], [0], [list(range(blocks))], self.block_size, self.device)
         with self._guard():
-            return self.model.logits(self.model(x, positions, meta, cache.layers))
+            return self._run(x, positions, meta, torch.arange(len(ids), device=self.device), cache)
 
     # -- what the engine runs (on every rank of a parallel run) ----------------------------------------------
     def make_cache(self, num_blocks: int, block_size: int) -> KVCache:
@@ -161,8 +167,20 @@ class LoadedModel:
             ids, positions, meta = ids.to(self.device), positions.to(self.device), meta.to(self.device)
             last = None if last is None else last.to(self.device)
         with self._guard():
+            return self._run(ids, positions, meta, last, cache)
+
+    def _run(self, ids, positions, meta, last, cache) -> torch.Tensor | None:
+        if self.layout.data_parallel_size == 1:
             hidden = self.model(ids, positions, meta, cache.layers)
             return None if last is None else self.model.logits(hidden[last])
+        # data-parallel attention: this rank's sequences only; the rows needing logits gathered to rank 0
+        comm = self.ops.comm
+        mine = data_parallel.local_batch(ids, positions, meta, last, comm.rank, comm.world_size)
+        hidden = self.model(mine.ids, mine.positions, mine.meta, cache.layers)
+        if last is None:
+            return None
+        rows = data_parallel.gather_rows(comm, hidden, mine)
+        return self.model.logits(rows) if self.is_driver else None
 
     def close(self) -> None:
         """End a parallel run (stop the worker ranks); a no-op for one process."""

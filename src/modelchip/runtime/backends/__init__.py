@@ -93,11 +93,14 @@ class Ops:
             raise ModelchipError(f"backend {self.name!r} allocates its own KV cache but has no "
                                  f"{' or '.join(lacking)}; the reference cannot read its layout (implement them, "
                                  "or drop allocate_kv_cache)")
+        self.layout = None  # how the ranks divide the model (distributed/layout.py); None: one process
 
-    def attach_group(self, group=None) -> None:
+    def attach_group(self, group=None, layout=None) -> None:
         """Run collectives on a torch.distributed process group (None: the default group): the backend's own
-        communicator if it has `make_communicator`, else the torch.distributed one. Before building a model."""
+        communicator if it has `make_communicator`, else the torch.distributed one. Before building a model.
+        `layout` (a ParallelLayout) says how the model is divided; None: tensor parallel over the group."""
         self.comm = make_communicator(self.backend, group)
+        self.layout = layout
 
     def _fallback(self, op: str, impl: Callable) -> Callable:
         def call(*args, **kwargs):

@@ -28,8 +28,8 @@ def _describe(rank: int, exitcode: int) -> str:
 
 
 class ParallelRun:
-    def __init__(self, rank: int, world_size: int, procs: list | None = None, errors=None):
-        self.rank, self.world_size = rank, world_size
+    def __init__(self, rank: int, world_size: int, procs: list | None = None, errors=None, layout=None):
+        self.rank, self.world_size, self.layout = rank, world_size, layout
         self.procs = procs or []  # the workers this process spawned (rank 0 of a local run), else none
         self.errors = errors  # a queue the spawned workers report their exceptions on
         self.failure: str | None = None
@@ -135,32 +135,41 @@ class ParallelRun:
         return box[0]
 
 
-def start(tensor_parallel_size: int, device: torch.device, worker_kwargs: dict) -> ParallelRun | None:
+def start(layout, device: torch.device, worker_kwargs: dict) -> ParallelRun | None:
     """This process's place in the run: None for a single process; else joins (torchrun, or a worker rank
-    spawned by `spawn_workers`) or starts (rank 0 spawning N-1 local workers) the process group."""
+    spawned by `spawn_workers`) or starts (rank 0 spawning world-1 local workers) the process group.
+    `layout` (distributed/layout.py) gives the world size; the workers get the same sizes."""
     import torch.distributed as dist
 
+    from modelchip.runtime.distributed.layout import ParallelLayout
+
+    world_asked = layout.world_size
+    sizes = dict(tensor_parallel_size=layout.tensor_parallel_size, data_parallel_size=layout.data_parallel_size,
+                 expert_parallel_size=layout.expert_parallel_size)
     env = launch.torchrun_env()
     if dist.is_available() and dist.is_initialized() and launch.control_group() is not None:
         rank, world = dist.get_rank(), dist.get_world_size()  # a worker spawned below, already connected
     elif env is not None:
         rank, world = env
-        if tensor_parallel_size not in (1, world):
-            raise ModelchipError(f"--tensor-parallel-size {tensor_parallel_size}, but the launcher started "
-                                 f"WORLD_SIZE={world} ranks; they must match (or leave the size unset)")
+        if world_asked not in (1, world):
+            raise ModelchipError(f"the parallel sizes ({layout.describe()}) need {world_asked} ranks, but the "
+                                 f"launcher started WORLD_SIZE={world}; they must match (or leave the sizes unset)")
         if world == 1:
             return None
         launch.init_group(rank, world, device, "env://")
-    elif tensor_parallel_size > 1:
-        return spawn_workers(tensor_parallel_size, device, worker_kwargs)
+    elif world_asked > 1:
+        return spawn_workers(world_asked, device, {**worker_kwargs, **sizes}, layout)
     else:
         return None
-    if tensor_parallel_size not in (1, world):
-        raise ModelchipError(f"tensor parallel size {tensor_parallel_size} but the process group has {world} ranks")
-    return ParallelRun(rank, world)
+    if world_asked not in (1, world):
+        raise ModelchipError(f"the parallel sizes ({layout.describe()}) need {world_asked} ranks but the process "
+                             f"group has {world}")
+    if world_asked == 1:  # torchrun with no sizes given: tensor parallel over every rank
+        layout = ParallelLayout(tensor_parallel_size=world)
+    return ParallelRun(rank, world, layout=layout)
 
 
-def spawn_workers(world: int, device: torch.device, worker_kwargs: dict) -> ParallelRun:
+def spawn_workers(world: int, device: torch.device, worker_kwargs: dict, layout) -> ParallelRun:
     """Rank 0 of a run on this machine: spawn ranks 1..world-1 and meet them on 127.0.0.1 at a free port.
     The machine's threads are divided among the ranks (each compute-bound rank gets its share of cores)."""
     import torch.multiprocessing as mp
@@ -177,7 +186,7 @@ def spawn_workers(world: int, device: torch.device, worker_kwargs: dict) -> Para
              for r in range(1, world)]
     for p in procs:
         p.start()
-    run = ParallelRun(0, world, procs, errors)
+    run = ParallelRun(0, world, procs, errors, layout)
     torch.set_num_threads(threads)
     try:
         launch.init_group(0, world, device, f"tcp://127.0.0.1:{port}")

@@ -1,4 +1,4 @@
-"""How tensor parallelism (Megatron's layout, as vLLM implements it) splits the dense GQA decoder over ranks.
+"""How tensor parallelism (Megatron's layout, as vLLM implements it) splits the decoder over ranks.
 
 - Attention: each rank owns a contiguous block of query heads and the K/V heads they read. QKV is
   column-parallel (each rank computes its heads' q, k, v); o_proj is row-parallel (each rank multiplies its
@@ -8,6 +8,9 @@
 - Vocabulary-parallel embedding and LM head: rank r owns vocabulary rows [r*Vp, (r+1)*Vp), Vp = ceil(V/N) (the
   last rank's tail is zero padding). Embedding: ids outside a rank's rows give zeros, an all-reduce adds them
   up. LM head: each rank's logits for its rows, all-gathered, the padding cut off.
+- MLA (DeepSeek, Kimi) and MFA (Step-3): heads split likewise; their low-rank down-projections are
+  replicated (layers/attention.py). MoE: every expert's width split as the MLP's, router replicated
+  (layers/ffn.py), unless expert parallelism shards the experts whole (expert_parallel.py).
 - Norms, RoPE and biases that follow a reduction are replicated (a row-parallel bias is added by rank 0 only,
   before the all-reduce, so it is added once).
 
@@ -19,6 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelchip.errors import ModelchipError
+from modelchip.runtime.distributed.layout import ParallelLayout, tp_of
+
+__all__ = ["HeadShard", "Shard", "check_family", "even_split", "split_heads", "tp_of", "vocab_rows"]
 
 
 @dataclass(frozen=True)
@@ -32,12 +38,6 @@ class Shard:
 
     def index(self) -> tuple:
         return (slice(None),) * self.dim + (slice(self.start, self.stop),)
-
-
-def tp_of(ops) -> tuple[int, int]:
-    """(rank, size) of the tensor-parallel group `ops` computes in; (0, 1) for a single process."""
-    comm = getattr(ops, "comm", None)
-    return (0, 1) if comm is None else (comm.rank, comm.world_size)
 
 
 def even_split(n: int, rank: int, size: int, what: str) -> tuple[int, int]:
@@ -78,13 +78,9 @@ def vocab_rows(vocab: int, rank: int, size: int) -> tuple[int, int, int]:
     return start, min(start + per, vocab), per
 
 
-def check_family(spec, size: int) -> None:
-    """Refuse, naming the family, what this tensor-parallel implementation does not split yet."""
-    if size <= 1:
-        return
-    for i, layer in enumerate(spec.layers):
-        if layer.attention.kind != "gqa" or layer.ffn.kind != "dense":
-            raise ModelchipError(
-                f"tensor parallelism (--tensor-parallel-size {size}) covers the dense GQA families (llama, mistral, "
-                f"qwen2, qwen3) so far; {spec.family!r} has {layer.attention.kind} attention with a "
-                f"{layer.ffn.kind} FFN in layer {i}. Run it with --tensor-parallel-size 1")
+def check_family(spec, layout: ParallelLayout) -> None:
+    """Refuse, naming the family, what these parallel sizes cannot split (sizes that do not divide a head or
+    expert count are refused by the layer that splits it, naming the number)."""
+    if layout.expert_parallel_size > 1 and not any(layer.ffn.kind == "moe" for layer in spec.layers):
+        raise ModelchipError(f"expert parallelism (--expert-parallel-size {layout.expert_parallel_size}) needs a "
+                             f"mixture-of-experts model; {spec.family!r} has no MoE layer")

@@ -15,7 +15,7 @@ def worker_main(rank: int, world: int, port: int, kwargs: dict, errors, threads:
     torch.set_num_threads(threads)
     try:
         launch.init_group(rank, world, torch.device(kwargs.get("device", "cpu")), f"tcp://127.0.0.1:{port}")
-        loaded = LoadedModel(**kwargs, tensor_parallel_size=world)
+        loaded = LoadedModel(**kwargs)  # kwargs carry the run's parallel sizes
         serve_steps(loaded)
     except BaseException as exc:  # report anything, even KeyboardInterrupt, then exit non-zero
         errors.put(f"rank {rank}: {type(exc).__name__}: {exc}")

@@ -11,7 +11,7 @@ import torch
 
 from modelchip.errors import ModelchipError
 from modelchip.runtime.contract import AttentionMetadata, CacheLayout
-from modelchip.runtime.distributed.tensor_parallel import Shard, split_heads, tp_of
+from modelchip.runtime.distributed.tensor_parallel import Shard, even_split, split_heads, tp_of
 from modelchip.runtime.layers.base import Layer, Slot, stacked_slots
 from modelchip.runtime.layers.norm import RMSNorm
 from modelchip.runtime.layers.rotary import RotaryEmbedding
@@ -75,7 +75,11 @@ class GQAAttention(Layer):
 
 
 class MFAAttention(Layer):
-    """Step-3: q = wq(norm(q_proj x)) with a low-rank bottleneck; few shared K/V heads; full-dim RoPE."""
+    """Step-3: q = wq(norm(q_proj x)) with a low-rank bottleneck; few shared K/V heads; full-dim RoPE.
+
+    Tensor parallel: the low-rank q_proj and its norm are replicated (every rank needs the whole bottleneck);
+    wq is column-parallel by query head, o_proj row-parallel; the shared K/V heads are split as GQA's, or
+    replicated when there are fewer than ranks (Step-3 has one)."""
 
     LINEAR_WEIGHTS = ("qkv_proj", "wq", "o_proj")
 
@@ -84,7 +88,9 @@ class MFAAttention(Layer):
         if a.kind != "mfa":
             raise ModelchipError(f"the runtime has no {a.kind!r} attention (MFA-KR is a cost-model what-if)")
         self.a, self.rope = a, rope
-        h, g, d, r = a.num_heads, a.num_kv_heads, a.head_dim, a.q_lora_rank
+        self.tp_rank, self.tp_size = tp_of(ops)
+        self.heads = split_heads(a.num_heads, a.num_kv_heads, self.tp_rank, self.tp_size)
+        h, g, d, r = self.heads.heads, self.heads.kv_heads, a.head_dim, a.q_lora_rank
         self.split = (r, g * d, g * d)
         self.qkv_proj = self.p(sum(self.split), hidden)  # low-rank q, k and v stacked: one matmul
         self.inter_norm = RMSNorm(ops, r, eps, dtype)
@@ -94,26 +100,39 @@ class MFAAttention(Layer):
         self.layout = CacheLayout(g, d, d, True)
 
     def forward(self, x, positions, meta: AttentionMetadata, cache):
-        a, ops, t = self.a, self.ops, x.shape[0]
+        a, ops, t, heads = self.a, self.ops, x.shape[0], self.heads
         q_low, k, v = ops.linear(x, self.qkv_proj).split(self.split, dim=-1)
-        q = ops.linear(self.inter_norm(q_low), self.wq).view(t, a.num_heads, a.head_dim)
-        k, v = k.view(t, a.num_kv_heads, a.head_dim), v.view(t, a.num_kv_heads, a.head_dim)
+        q = ops.linear(self.inter_norm(q_low), self.wq).view(t, heads.heads, a.head_dim)
+        k, v = k.view(t, heads.kv_heads, a.head_dim), v.view(t, heads.kv_heads, a.head_dim)
         cos, sin = self.rope(positions)
         q, k = ops.rotary_embedding(q, cos, sin), ops.rotary_embedding(k, cos, sin)
         ops.write_kv(cache[0], k, meta.slot_mapping)
         ops.write_kv(cache[1], v, meta.slot_mapping)
         o = ops.paged_attention(q, cache[0], cache[1], meta, self.scale)
-        return ops.linear(o.reshape(t, -1), self.o_proj)
+        out = ops.linear(o.reshape(t, -1), self.o_proj)
+        return out if self.tp_size == 1 else ops.comm.all_reduce(out)  # row-parallel o_proj: partial sums
 
     def slots(self, prefix: str) -> dict[str, Slot]:
-        out = stacked_slots(prefix, ("q_proj", "k_proj", "v_proj"), "weight", self.qkv_proj, self.split)
-        out |= {f"{prefix}.{n}.weight": Slot(getattr(self, n)) for n in ("wq", "o_proj")}
+        sources = q_src = o_src = None
+        if self.tp_size > 1:  # q_proj whole; this rank's K/V heads, its rows of wq and columns of o_proj
+            a, hs, d = self.a, self.heads, self.a.head_dim
+            kv_src = Shard(0, hs.kv_start * d, (hs.kv_start + hs.kv_heads) * d, a.num_kv_heads * d)
+            sources = (None, kv_src, kv_src)
+            q_src = Shard(0, hs.q_start * d, (hs.q_start + hs.heads) * d, a.num_heads * d)
+            o_src = Shard(1, q_src.start, q_src.stop, q_src.full)
+        out = stacked_slots(prefix, ("q_proj", "k_proj", "v_proj"), "weight", self.qkv_proj, self.split, sources)
+        out[f"{prefix}.wq.weight"] = Slot(self.wq, source=q_src)
+        out[f"{prefix}.o_proj.weight"] = Slot(self.o_proj, source=o_src)
         return out | self.inter_norm.slots(f"{prefix}.inter_norm")
 
 
 class MLAAttention(Layer):
     """DeepSeek MLA in absorbed form: the cache holds the normalised latent and the roped key part (576 for
-    V3); queries are moved into latent space by W_UK and outputs out of it by W_UV, both slices of kv_b_proj."""
+    V3); queries are moved into latent space by W_UK and outputs out of it by W_UV, both slices of kv_b_proj.
+
+    Tensor parallel (as vLLM): the down-projections (q_a_proj, kv_a_proj_with_mqa) and their norms are
+    replicated, so every rank caches the whole latent; q_b_proj (or q_proj) and kv_b_proj are column-parallel
+    by head, o_proj row-parallel with one all-reduce."""
 
     LINEAR_WEIGHTS = ("q_a_proj", "q_b_proj", "q_proj", "kv_a_proj_with_mqa", "o_proj")  # kv_b_proj: sliced
 
@@ -121,7 +140,10 @@ class MLAAttention(Layer):
                  interleaved_rope: bool = True, scale: float | None = None):
         super().__init__(ops, dtype)
         self.a, self.rope, self.interleaved = a, rope, interleaved_rope
-        h, r_kv, rope_d, nope, v = a.num_heads, a.kv_lora_rank, a.qk_rope_head_dim, a.qk_nope_head_dim, a.v_head_dim
+        self.tp_rank, self.tp_size = tp_of(ops)
+        self.head_start, head_stop = even_split(a.num_heads, self.tp_rank, self.tp_size, "number of attention heads")
+        self.num_heads = h = head_stop - self.head_start
+        r_kv, rope_d, nope, v = a.kv_lora_rank, a.qk_rope_head_dim, a.qk_nope_head_dim, a.v_head_dim
         # attention_bias: biases on q_a_proj, kv_a_proj_with_mqa and o_proj (as transformers' DeepseekV3)
         self.q_a_bias = self.p(a.q_lora_rank) if a.q_lora_rank and a.qkv_bias else None
         self.kv_a_bias = self.p(r_kv + rope_d) if a.qkv_bias else None
@@ -141,7 +163,7 @@ class MLAAttention(Layer):
 
     def forward(self, x, positions, meta: AttentionMetadata, cache):
         a, ops, t = self.a, self.ops, x.shape[0]
-        h, r_kv, nope = a.num_heads, a.kv_lora_rank, a.qk_nope_head_dim
+        h, r_kv, nope = self.num_heads, a.kv_lora_rank, a.qk_nope_head_dim
         if a.q_lora_rank:
             q = ops.linear(self.q_a_layernorm(ops.linear(x, self.q_a_proj, self.q_a_bias)), self.q_b_proj)
         else:
@@ -158,12 +180,25 @@ class MLAAttention(Layer):
         ops.write_kv(cache[0], torch.cat([latent[:, None], k_pe], dim=-1), meta.slot_mapping)
         o = ops.paged_attention(torch.cat([q_latent, q_pe], dim=-1), cache[0], None, meta, self.scale, v_dim=r_kv)
         o = ops.batched_linear(o, w[:, nope:])  # [t, h, v]
-        return ops.linear(o.reshape(t, -1), self.o_proj, self.o_bias)
+        if self.tp_size == 1:
+            return ops.linear(o.reshape(t, -1), self.o_proj, self.o_bias)
+        bias = self.o_bias if self.tp_rank == 0 else None  # row-parallel: the bias added once, before the sum
+        return ops.comm.all_reduce(ops.linear(o.reshape(t, -1), self.o_proj, bias))
 
     def slots(self, prefix: str) -> dict[str, Slot]:
+        a = self.a
         names = ["kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
-        names += ["q_a_proj", "q_b_proj"] if self.a.q_lora_rank else ["q_proj"]
-        out = {f"{prefix}.{n}.weight": Slot(getattr(self, n)) for n in names}
+        names += ["q_a_proj", "q_b_proj"] if a.q_lora_rank else ["q_proj"]
+        sources = {}
+        if self.tp_size > 1:  # this rank's heads' rows of the up-projections, their columns of o_proj
+            def by_head(dim: int, per_head: int) -> Shard:
+                return Shard(dim, self.head_start * per_head, (self.head_start + self.num_heads) * per_head,
+                             a.num_heads * per_head)
+
+            q_up = "q_b_proj" if a.q_lora_rank else "q_proj"
+            sources = {q_up: by_head(0, a.head_dim), "kv_b_proj": by_head(0, a.qk_nope_head_dim + a.v_head_dim),
+                       "o_proj": by_head(1, a.v_head_dim)}
+        out = {f"{prefix}.{n}.weight": Slot(getattr(self, n), source=sources.get(n)) for n in names}
         biases = {"q_a_proj": self.q_a_bias, "kv_a_proj_with_mqa": self.kv_a_bias, "o_proj": self.o_bias}
         out |= {f"{prefix}.{n}.bias": Slot(b) for n, b in biases.items() if b is not None}
         out |= self.kv_a_layernorm.slots(f"{prefix}.kv_a_layernorm")

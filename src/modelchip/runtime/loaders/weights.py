@@ -76,7 +76,8 @@ def load_weights(model, tensors: Iterable[tuple[str, torch.Tensor | QuantizedWei
     tensors unpacked at load, by reason.
 
     Tensors may be lazy (`.shape` and `.read(index)`), so a tensor-parallel rank reads only its shards; a
-    quantized weight split over ranks is dequantized whole, then sliced (counted).
+    quantized weight split over ranks is dequantized whole, then sliced (counted). A name whose slot is None
+    belongs to another rank (an expert-parallel rank's experts): it must be in the checkpoint but is not read.
 
     Raises ModelchipError naming a missing tensor, a tensor with no place in the model, or a shape mismatch
     (expected vs actual).
@@ -88,6 +89,9 @@ def load_weights(model, tensors: Iterable[tuple[str, torch.Tensor | QuantizedWei
     packed: dict[int, list[tuple[int, str, QuantizedWeight]]] = {}  # id(param) -> (first row, name, part)
     for name, tensor in tensors:
         slot = slots.get(name)
+        if slot is None and name in slots:  # another rank's expert (expert parallel): this rank never reads it
+            seen.add(name)
+            continue
         if slot is None:
             if ignorable(name, model.spec):
                 ignored.append(name)
@@ -122,7 +126,7 @@ def load_weights(model, tensors: Iterable[tuple[str, torch.Tensor | QuantizedWei
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ModelchipError(f"checkpoint is missing tensor {missing[0]!r}{more}")
-    params = {id(s.param): s.param for s in slots.values()}
+    params = {id(s.param): s.param for s in slots.values() if s is not None}
     for key, parts in packed.items():
         _keep_packed(params[key], sorted(parts, key=lambda p: p[0]), holders[key], registered[key], dequantized)
     return ignored

@@ -8,6 +8,7 @@ from torch import nn
 
 from modelchip.errors import ModelchipError
 from modelchip.runtime.contract import AttentionMetadata
+from modelchip.runtime.distributed.layout import ParallelLayout
 from modelchip.runtime.distributed.tensor_parallel import Shard, check_family, tp_of, vocab_rows
 from modelchip.runtime.layers.attention import GQAAttention, MFAAttention, MLAAttention
 from modelchip.runtime.layers.base import Layer, Slot, prepare_linear_weights
@@ -58,6 +59,8 @@ class DecoderLayer(Layer):
                     else MoE(ops, hidden, f, dtype))
 
     def forward(self, h, positions, meta, cache):
+        if not h.shape[0]:  # a data-parallel rank with no sequences this step: it only joins the MoE collectives
+            return self.mlp(h) if isinstance(self.mlp, MoE) else h
         h = h + self.self_attn(self.input_layernorm(h), positions, meta, cache)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -83,7 +86,7 @@ class DecoderLM(Layer):
                 + ", ".join(sorted(FAMILIES)))
         check_supported(spec.config, spec.family)
         self.tp_rank, self.tp_size = tp_of(ops)
-        check_family(spec, self.tp_size)
+        check_family(spec, getattr(ops, "layout", None) or ParallelLayout(tensor_parallel_size=self.tp_size))
         self.spec = spec
         ropes: dict[int, RotaryEmbedding] = {}
         for layer in spec.layers:
@@ -111,7 +114,7 @@ class DecoderLM(Layer):
         h = self._embed(ids)
         for layer, cache in zip(self.layers, caches, strict=True):
             h = layer(h, positions, meta, cache)
-        return self.norm(h)
+        return self.norm(h) if h.shape[0] else h
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
