@@ -34,6 +34,7 @@ class ParallelRun:
         self.errors = errors  # a queue the spawned workers report their exceptions on
         self.failure: str | None = None
         self.cache_id = 0  # the KV cache the workers hold (they keep one: the engine's)
+        self.label = "tensor-parallel"  # how errors name the run's ranks ("attention-FFN" under AFD)
 
     @property
     def is_driver(self) -> bool:
@@ -75,7 +76,7 @@ class ParallelRun:
                 if self.failure is None and any(p.exitcode is not None for p in self.procs):
                     dead = ", ".join(_describe(i + 1, p.exitcode) for i, p in enumerate(self.procs)
                                      if p.exitcode is not None)
-                    return on_failure(f"tensor-parallel {dead}; the run cannot continue")
+                    return on_failure(f"{self.label} {dead}; the run cannot continue")
 
         threading.Thread(target=loop, name="modelchip-tp-watchdog", daemon=True).start()
 
@@ -95,7 +96,7 @@ class ParallelRun:
         while self.errors is not None and not self.errors.empty():
             reports.append(self.errors.get())
         dead = [_describe(i + 1, p.exitcode) for i, p in enumerate(self.procs) if p.exitcode is not None]
-        what = f"tensor-parallel {', '.join(dead)}" if dead else "a tensor-parallel rank failed"
+        what = f"{self.label} {', '.join(dead)}" if dead else f"a {self.label} rank failed"
         message = f"{what}; the run cannot continue"
         if reports:
             message += ": " + "; ".join(reports)

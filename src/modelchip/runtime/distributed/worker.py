@@ -15,7 +15,7 @@ def worker_main(rank: int, world: int, port: int, kwargs: dict, errors, threads:
     torch.set_num_threads(threads)
     try:
         launch.init_group(rank, world, torch.device(kwargs.get("device", "cpu")), f"tcp://127.0.0.1:{port}")
-        loaded = LoadedModel(**kwargs, tensor_parallel_size=world)
+        loaded = LoadedModel(**kwargs, tensor_parallel_size=1 if kwargs.get("afd") else world)
         serve_steps(loaded)
     except BaseException as exc:  # report anything, even KeyboardInterrupt, then exit non-zero
         errors.put(f"rank {rank}: {type(exc).__name__}: {exc}")
@@ -27,8 +27,10 @@ def worker_main(rank: int, world: int, port: int, kwargs: dict, errors, threads:
 @torch.inference_mode()
 def serve_steps(loaded) -> None:
     """Ranks > 0 of a parallel run: hold a KV cache shard and run each step rank 0 sends, until 'stop'."""
-    from modelchip.runtime.distributed import launch
+    from modelchip.runtime.distributed import afd, launch
 
+    if afd.is_ffn_rank(loaded):  # attention-FFN disaggregation: an FFN rank serves the attention ranks
+        return afd.serve_ffn(loaded)
     run = loaded.parallel
     cache = None
     while True:
