@@ -68,7 +68,7 @@ class LLM(LoadedModel):
     """A model on this machine for offline generation, called as vLLM's `LLM` is.
 
     LLM(model, backend=None, device="cpu", dtype=None, allow_pickle=False, block_size=16, enable_prefix_caching=True,
-        quantization=None, tensor_parallel_size=1)
+        quantization=None, tensor_parallel_size=1, afd=None, afd_micro_batches=2)
 
     model: an alias (`smollm2-135m`), a `.gguf` file, an HF checkpoint directory, or a hub id.
     backend, dtype: None picks the fastest built-in pair for the device and says which on stderr
@@ -83,6 +83,9 @@ class LLM(LoadedModel):
       prompt) compute them once and share their KV blocks (default True, as in vLLM).
     quantization: None keeps a quantized checkpoint's linear weights packed as stored (GGUF Q8_0/Q4_0/Q4_1/
       Q4_K/Q6_K, block-scaled FP8, compressed-tensors INT8); "none" dequantizes them to `dtype` at load.
+    tensor_parallel_size: split the model over that many processes (docs/parallel.md).
+    afd: (A, F) runs attention-FFN disaggregation: A attention ranks, F FFN ranks exchanging activations every
+      layer, each step split into `afd_micro_batches` micro-batches that pipeline (docs/parallel.md).
 
     Loading is strict (docs/runtime.md): every checkpoint tensor must have a place in the model and every
     config switch must be one the runtime honours, or the load fails naming it.

@@ -76,3 +76,24 @@ def add_parallel(p: argparse.ArgumentParser) -> None:
                    help="split the model over N processes (tensor parallel; dense GQA families): this process is "
                         "rank 0 and spawns N-1 workers on this machine, or, under torchrun (MASTER_ADDR, "
                         "MASTER_PORT, RANK, WORLD_SIZE set), every rank runs the command and joins (default 1)")
+    p.add_argument("--afd-attention-ranks", type=int, default=None, metavar="A",
+                   help="attention-FFN disaggregation (Step-3's AFD): A ranks hold attention, KV cache, embedding "
+                        "and LM head (tensor parallel among them); with --afd-ffn-ranks (docs/parallel.md)")
+    p.add_argument("--afd-ffn-ranks", type=int, default=None, metavar="F",
+                   help="attention-FFN disaggregation: F ranks hold every layer's FFN (dense: tensor parallel; "
+                        "MoE: experts split over them); the run has A + F processes")
+    p.add_argument("--afd-micro-batches", type=int, default=2, metavar="M",
+                   help="AFD: split each step's sequences into M micro-batches so attention of one overlaps the "
+                        "FFN of another (default 2)")
+
+
+def afd_of(args) -> tuple[int, int] | None:
+    """(attention ranks, FFN ranks) from --afd-attention-ranks/--afd-ffn-ranks, or None (both unset)."""
+    from modelchip.errors import ModelchipError
+
+    a, f = args.afd_attention_ranks, args.afd_ffn_ranks
+    if a is None and f is None:
+        return None
+    if a is None or f is None:
+        raise ModelchipError("attention-FFN disaggregation needs both --afd-attention-ranks and --afd-ffn-ranks")
+    return a, f

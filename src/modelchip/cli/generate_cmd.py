@@ -35,6 +35,7 @@ def run(args) -> int:
     start = time.perf_counter()
     llm = LLM(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
               enable_prefix_caching=args.enable_prefix_caching, tensor_parallel_size=args.tensor_parallel_size,
+              afd=common.afd_of(args), afd_micro_batches=args.afd_micro_batches,
               quantization=args.quantization)
     if not llm.is_driver:  # a torchrun rank > 0: run the steps rank 0 sends, print nothing
         from modelchip.runtime.distributed.worker import serve_steps
@@ -66,7 +67,7 @@ def _generate(args, llm, start: float) -> int:
     print(out.text)
     n = len(out.token_ids)
     dtype = str(llm.dtype).removeprefix("torch.") + (f", {llm.quantization} weights" if llm.quantization else "")
-    ranks = f" x{args.tensor_parallel_size} ranks" if llm.parallel is not None else ""
+    ranks = f" x{llm.parallel.world_size} ranks" if llm.parallel is not None else ""
     print(f"[{args.model} on {llm.ops.name}/{args.device}{ranks} {dtype}: load {loaded - start:.1f} s, "
           f"{n} tokens in {done - loaded:.1f} s ({n / max(done - loaded, 1e-9):.1f} tok/s)]", file=sys.stderr)
     return 0

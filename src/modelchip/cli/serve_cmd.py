@@ -95,7 +95,8 @@ def run(args) -> int:
     rank = (launch.torchrun_env() or (0, 1))[0]
     sock = _listen(args.host, args.port) if rank == 0 else None  # before loading: a taken port should fail fast
     llm = LLM(args.model, backend=args.backend, device=args.device, dtype=args.dtype, block_size=args.block_size,
-              tensor_parallel_size=args.tensor_parallel_size, quantization=args.quantization)
+              tensor_parallel_size=args.tensor_parallel_size,
+              afd=common.afd_of(args), afd_micro_batches=args.afd_micro_batches, quantization=args.quantization)
     if not llm.is_driver:  # a torchrun rank > 0: run the steps rank 0 sends
         from modelchip.runtime.distributed.worker import serve_steps
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from modelchip.errors import ModelchipError
 from modelchip.runtime.contract import AttentionMetadata
-from modelchip.runtime.distributed.tensor_parallel import Shard, even_split, tp_of
+from modelchip.runtime.distributed.tensor_parallel import Shard, check_family, even_split, tp_of
 from modelchip.runtime.layers.base import Layer, Slot, prepare_linear_weights
 from modelchip.runtime.layers.ffn import GatedMLP, MoE
 from modelchip.runtime.models.decoder import FAMILIES, DecoderLM, build_ffn, ffn_slots
@@ -196,6 +196,14 @@ class AttentionLM(DecoderLM):
     """The attention ranks' model: DecoderLM without FFN weights, whose forward pipelines micro-batches."""
 
     def __init__(self, ops, spec: ModelSpec, dtype: torch.dtype, role: Role):
+        attention = role.config.attention_ranks
+        if attention > 1:
+            try:
+                check_family(spec, attention)
+            except ModelchipError as exc:
+                raise ModelchipError(f"--afd-attention-ranks {attention} splits attention by tensor parallelism, "
+                                     f"which does not cover this model yet ({exc}); use --afd-attention-ranks 1"
+                                     ) from exc
         self.role, self.link = role, Link(role)  # before DecoderLM builds the layers (`_remote_ffn` reads them)
         super().__init__(ops, spec, dtype)
 
