@@ -3,7 +3,7 @@ this machine, with 1 micro-batch (no overlap) and 2 (attention of one micro-batc
 the other), and the share of rank 0's generation time spent waiting for FFN outputs (transfer + FFN compute
 not hidden behind attention).
 
-    python benchmarks/bench_afd.py --model tiny --afd 1 1 --sequences 4
+    python benchmarks/bench_afd.py --model tiny --afd 1 1 --sequences 4 --single-threads 1
     python benchmarks/bench_afd.py --model smollm2-135m --afd 1 1 --tokens 16 --sequences 4
 
 Micro-batches split a step's sequences, so overlap needs at least 2 sequences per step (--sequences).
@@ -28,7 +28,13 @@ def main() -> None:
     ap.add_argument("--sequences", type=int, default=4)
     ap.add_argument("--backend", default=None)
     ap.add_argument("--dtype", default=None)
+    ap.add_argument("--single-threads", type=int, default=None,
+                    help="torch threads of the one-process run (the AFD ranks split the machine's threads)")
     args = ap.parse_args()
+    if args.single_threads:
+        import torch
+
+        torch.set_num_threads(args.single_threads)
 
     from modelchip.llm import LLM
 
