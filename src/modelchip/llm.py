@@ -68,7 +68,8 @@ class LLM(LoadedModel):
     """A model on this machine for offline generation, called as vLLM's `LLM` is.
 
     LLM(model, backend=None, device="cpu", dtype=None, allow_pickle=False, block_size=16, enable_prefix_caching=True,
-        quantization=None, tensor_parallel_size=1, expert_parallel_size=1, data_parallel_size=1)
+        quantization=None, tensor_parallel_size=1, expert_parallel_size=1, data_parallel_size=1, afd=None,
+        afd_micro_batches=2)
 
     model: an alias (`smollm2-135m`), a `.gguf` file, an HF checkpoint directory, or a hub id.
     backend, dtype: None picks the fastest built-in pair for the device and says which on stderr
@@ -86,6 +87,8 @@ class LLM(LoadedModel):
     tensor_parallel_size, expert_parallel_size, data_parallel_size: run over several processes (docs/parallel.md):
       attention and MLPs split by tensor parallelism, MoE experts sharded by expert parallelism, attention
       data parallel (DeepSeek's layout, with expert parallelism of the same size); `close()` when done.
+    afd: (A, F) runs attention-FFN disaggregation: A attention ranks, F FFN ranks exchanging activations every
+      layer, each step split into `afd_micro_batches` micro-batches that pipeline (docs/parallel.md).
 
     Loading is strict (docs/runtime.md): every checkpoint tensor must have a place in the model and every
     config switch must be one the runtime honours, or the load fails naming it.

@@ -93,9 +93,30 @@ def add_parallel(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-parallel-size", "-dp", type=int, default=1, metavar="D",
                    help="data-parallel attention over D processes (each its own sequences and KV cache) with "
                         "expert-parallel MoE, as DeepSeek deploys it; needs --expert-parallel-size D (default 1)")
+    p.add_argument("--afd-attention-ranks", type=int, default=None, metavar="A",
+                   help="attention-FFN disaggregation (Step-3's AFD): A ranks hold attention, KV cache, embedding "
+                        "and LM head (tensor parallel among them); with --afd-ffn-ranks (docs/parallel.md)")
+    p.add_argument("--afd-ffn-ranks", type=int, default=None, metavar="F",
+                   help="attention-FFN disaggregation: F ranks hold every layer's FFN (dense: tensor parallel; "
+                        "MoE: experts split over them); the run has A + F processes")
+    p.add_argument("--afd-micro-batches", type=int, default=2, metavar="M",
+                   help="AFD: split each step's sequences into M micro-batches so attention of one overlaps the "
+                        "FFN of another (default 2)")
+
+
+def afd_of(args) -> tuple[int, int] | None:
+    """(attention ranks, FFN ranks) from --afd-attention-ranks/--afd-ffn-ranks, or None (both unset)."""
+    from modelchip.errors import ModelchipError
+
+    a, f = args.afd_attention_ranks, args.afd_ffn_ranks
+    if a is None and f is None:
+        return None
+    if a is None or f is None:
+        raise ModelchipError("attention-FFN disaggregation needs both --afd-attention-ranks and --afd-ffn-ranks")
+    return a, f
 
 
 def parallel_sizes(args) -> dict:
     """The LLM keywords of add_parallel's options."""
     return dict(tensor_parallel_size=args.tensor_parallel_size, expert_parallel_size=args.expert_parallel_size,
-                data_parallel_size=args.data_parallel_size)
+                data_parallel_size=args.data_parallel_size, afd=afd_of(args), afd_micro_batches=args.afd_micro_batches)

@@ -15,6 +15,7 @@ from modelchip.errors import ModelchipError
 from modelchip.runtime.backends import get_backend
 from modelchip.runtime.backends.defaults import announce, default_backend_and_dtype
 from modelchip.runtime.batch import build_batch
+from modelchip.runtime.distributed import afd as afd_parallel
 from modelchip.runtime.distributed import data_parallel, executor, launch
 from modelchip.runtime.distributed.layout import make_layout
 from modelchip.runtime.kv_cache import KVCache
@@ -44,13 +45,22 @@ class LoadedModel:
     load; naming the checkpoint's own method ("gguf", "fp8", "compressed-tensors") checks that it is that.
 
     tensor_parallel_size, data_parallel_size, expert_parallel_size: how many processes share the model and how
-    (runtime/distributed/layout.py, docs/parallel.md)."""
+    (runtime/distributed/layout.py, docs/parallel.md).
+
+    afd: (attention ranks, FFN ranks) runs attention-FFN disaggregation over that many processes, the step's
+    batch split into `afd_micro_batches` micro-batches (runtime/distributed/afd.py, docs/parallel.md)."""
 
     def __init__(self, model: str, backend: str | None = None, device: str = "cpu",
                  dtype: str | torch.dtype | None = None, allow_pickle: bool = False, block_size: int = 16,
                  tensor_parallel_size: int = 1, quantization: str | None = None, data_parallel_size: int = 1,
-                 expert_parallel_size: int = 1):
+                 expert_parallel_size: int = 1, afd: tuple[int, int] | None = None,
+                 afd_micro_batches: int = afd_parallel.DEFAULT_MICRO_BATCHES):
         self.layout = make_layout(tensor_parallel_size, data_parallel_size, expert_parallel_size)
+        if afd is not None and self.layout.world_size > 1:
+            raise ModelchipError(f"attention-FFN disaggregation and {self.layout.describe()} are exclusive: with "
+                                 "AFD the attention ranks are one tensor-parallel group and the FFN ranks split the "
+                                 "FFN (experts or width) among themselves")
+        afd_config = afd_parallel.make_config(afd, afd_micro_batches, tensor_parallel_size)
         if backend is None or dtype is None:  # the fastest for the device (backends/defaults.py), said in one line
             backend, dtype, why = default_backend_and_dtype(device, backend, dtype)
             announce(why)
@@ -61,11 +71,13 @@ class LoadedModel:
         # a parallel run (runtime/distributed): None for one process; rank 0 spawns or joins the other ranks
         self.parallel = executor.start(self.layout, self.device, dict(
             model=str(model), backend=backend, device=device, dtype=self.dtype, allow_pickle=allow_pickle,
-            block_size=block_size, quantization=quantization))
-        if self.parallel is not None:
+            block_size=block_size, quantization=quantization, afd=afd, afd_micro_batches=afd_micro_batches),
+            world_size=afd_config.world_size if afd_config else None)
+        if self.parallel is not None and afd_config is None:
             self.layout = self.parallel.layout  # under torchrun with no sizes given: tensor parallel over all
+        self.afd: afd_parallel.Role | None = None
         try:
-            self._load(model, allow_pickle, block_size, quantization)
+            self._load(model, allow_pickle, block_size, quantization, afd_config)
         except BaseException:
             if self.parallel is not None and self.parallel.is_driver:
                 self.parallel.close()
@@ -73,8 +85,12 @@ class LoadedModel:
         if self.parallel is not None and self.parallel.is_driver:
             self.parallel.ready()  # every rank has loaded its shard, or the run ends naming the one that failed
 
-    def _load(self, model: str, allow_pickle: bool, block_size: int, quantization: str | None) -> None:
-        if self.parallel is not None:
+    def _load(self, model: str, allow_pickle: bool, block_size: int, quantization: str | None,
+              afd_config: afd_parallel.AFDConfig | None) -> None:
+        if afd_config is not None:  # this rank's side; its group becomes ops.comm
+            self.afd = afd_parallel.Role(afd_config, self.parallel.rank, self.ops)
+            self.parallel.label = "attention-FFN"
+        elif self.parallel is not None:
             self.ops.attach_group(layout=self.layout)
         found = resolve(model, allow_pickle=allow_pickle, quantization=quantization)
         self.quantization = found.quantization  # the method of the weights kept packed (None: all float)
@@ -87,9 +103,11 @@ class LoadedModel:
         self.tokenizer = found.tokenizer
         self.source = found.source
         with torch.inference_mode():
-            self.model = DecoderLM(self.ops, self.spec, self.dtype)
+            self.model = (DecoderLM(self.ops, self.spec, self.dtype) if self.afd is None
+                          else afd_parallel.build_model(self.ops, self.spec, self.dtype, self.afd))
             self.dequantized: Counter[str] = Counter()  # quantized tensors unpacked at load, by reason
-            self.ignored_tensors = load_weights(self.model, found.tensors, self.dequantized)
+            tensors = found.tensors if self.afd is None else afd_parallel.tensors_for(self.model, found.tensors)
+            self.ignored_tensors = load_weights(self.model, tensors, self.dequantized)
             # as loaded, before the backend re-lays linear weights out (a tied LM head is listed once; a
             # quantized weight at its packed size, scales included)
             self.parameter_bytes = {n: p.numel() * p.element_size() for n, p in self.model.named_parameters()}

@@ -128,6 +128,17 @@ class TorchCommunicator:
         self._timed(start)
         return x
 
+    def isend(self, x: torch.Tensor, dst: int):
+        """Start sending x to rank dst; returns a handle whose wait() ends it (x must live until then).
+        Not a contract op: attention-FFN disaggregation overlaps its exchanges with compute through it."""
+        self.calls += 1
+        return self._dist.isend(x.contiguous(), self._peer(dst), group=self.group)
+
+    def irecv(self, x: torch.Tensor, src: int):
+        """Start receiving from rank src into x; wait() on the handle returned, then read x."""
+        self.calls += 1
+        return self._dist.irecv(x, self._peer(src), group=self.group)
+
     def _peer(self, rank: int) -> int:
         # point-to-point calls take global ranks; the contract speaks ranks within the group
         return rank if self.group is None else self._dist.get_global_rank(self.group, rank)

@@ -35,6 +35,7 @@ class ParallelRun:
         self.failure: str | None = None
         self.cache_id = 0  # the KV cache the workers hold (they keep one: the engine's)
         self.publish_seconds = 0.0  # rank 0's time broadcasting messages: a step's share of communication
+        self.label = "tensor-parallel"  # how errors name the run's ranks ("attention-FFN" under AFD)
 
     @property
     def is_driver(self) -> bool:
@@ -78,7 +79,7 @@ class ParallelRun:
                 if self.failure is None and any(p.exitcode is not None for p in self.procs):
                     dead = ", ".join(_describe(i + 1, p.exitcode) for i, p in enumerate(self.procs)
                                      if p.exitcode is not None)
-                    return on_failure(f"tensor-parallel {dead}; the run cannot continue")
+                    return on_failure(f"{self.label} {dead}; the run cannot continue")
 
         threading.Thread(target=loop, name="modelchip-tp-watchdog", daemon=True).start()
 
@@ -98,7 +99,7 @@ class ParallelRun:
         while self.errors is not None and not self.errors.empty():
             reports.append(self.errors.get())
         dead = [_describe(i + 1, p.exitcode) for i, p in enumerate(self.procs) if p.exitcode is not None]
-        what = f"tensor-parallel {', '.join(dead)}" if dead else "a tensor-parallel rank failed"
+        what = f"{self.label} {', '.join(dead)}" if dead else f"a {self.label} rank failed"
         message = f"{what}; the run cannot continue"
         if reports:
             message += ": " + "; ".join(reports)
@@ -135,15 +136,17 @@ class ParallelRun:
         return box[0]
 
 
-def start(layout, device: torch.device, worker_kwargs: dict) -> ParallelRun | None:
+def start(layout, device: torch.device, worker_kwargs: dict, world_size: int | None = None) -> ParallelRun | None:
     """This process's place in the run: None for a single process; else joins (torchrun, or a worker rank
     spawned by `spawn_workers`) or starts (rank 0 spawning world-1 local workers) the process group.
-    `layout` (distributed/layout.py) gives the world size; the workers get the same sizes."""
+    `layout` (distributed/layout.py) gives the world size, unless `world_size` says it (attention-FFN disaggregation,
+    whose ranks the layout does not describe); the workers get the same sizes."""
     import torch.distributed as dist
 
     from modelchip.runtime.distributed.layout import ParallelLayout
 
-    world_asked = layout.world_size
+    world_asked = world_size or layout.world_size
+    what = layout.describe() if world_size is None else f"{world_size} ranks"
     sizes = dict(tensor_parallel_size=layout.tensor_parallel_size, data_parallel_size=layout.data_parallel_size,
                  expert_parallel_size=layout.expert_parallel_size)
     env = launch.torchrun_env()
@@ -152,7 +155,7 @@ def start(layout, device: torch.device, worker_kwargs: dict) -> ParallelRun | No
     elif env is not None:
         rank, world = env
         if world_asked not in (1, world):
-            raise ModelchipError(f"the parallel sizes ({layout.describe()}) need {world_asked} ranks, but the "
+            raise ModelchipError(f"the parallel sizes ({what}) need {world_asked} ranks, but the "
                                  f"launcher started WORLD_SIZE={world}; they must match (or leave the sizes unset)")
         if world == 1:
             return None
@@ -162,7 +165,7 @@ def start(layout, device: torch.device, worker_kwargs: dict) -> ParallelRun | No
     else:
         return None
     if world_asked not in (1, world):
-        raise ModelchipError(f"the parallel sizes ({layout.describe()}) need {world_asked} ranks but the process "
+        raise ModelchipError(f"the parallel sizes ({what}) need {world_asked} ranks but the process "
                              f"group has {world}")
     if world_asked == 1:  # torchrun with no sizes given: tensor parallel over every rank
         layout = ParallelLayout(tensor_parallel_size=world)

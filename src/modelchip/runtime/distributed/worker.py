@@ -27,8 +27,10 @@ def worker_main(rank: int, world: int, port: int, kwargs: dict, errors, threads:
 @torch.inference_mode()
 def serve_steps(loaded) -> None:
     """Ranks > 0 of a parallel run: hold a KV cache shard and run each step rank 0 sends, until 'stop'."""
-    from modelchip.runtime.distributed import launch
+    from modelchip.runtime.distributed import afd, launch
 
+    if afd.is_ffn_rank(loaded):  # attention-FFN disaggregation: an FFN rank serves the attention ranks
+        return afd.serve_ffn(loaded)
     run = loaded.parallel
     cache = None
     while True:

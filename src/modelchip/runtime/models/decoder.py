@@ -37,10 +37,23 @@ def _mla_scale(spec: ModelSpec, head_dim: int) -> float:
     return scale
 
 
+def build_ffn(ops, spec: ModelSpec, layer: LayerSpec, dtype) -> Layer:
+    """The layer's FFN as the spec says: a gated MLP (split when tensor parallel) or a mixture of experts."""
+    f = layer.ffn
+    if f.kind == "dense":
+        return GatedMLP(ops, spec.hidden_size, f.intermediate_size, dtype, f.bias, tensor_parallel=True)
+    return MoE(ops, spec.hidden_size, f, dtype)
+
+
+def ffn_slots(mlp: Layer, prefix: str, flavor: str) -> dict[str, Slot]:
+    """Checkpoint names of a layer's FFN (`prefix` is the layer's, e.g. model.layers.3)."""
+    return mlp.slots(prefix, flavor) if isinstance(mlp, MoE) else mlp.slots(f"{prefix}.mlp")
+
+
 class DecoderLayer(Layer):
-    def __init__(self, ops, spec: ModelSpec, layer: LayerSpec, ropes: dict, dtype):
+    def __init__(self, ops, spec: ModelSpec, layer: LayerSpec, ropes: dict, dtype, mlp: Layer | None = None):
         super().__init__(ops, dtype)
-        a, f, hidden, eps = layer.attention, layer.ffn, spec.hidden_size, spec.rms_norm_eps
+        a, hidden, eps = layer.attention, spec.hidden_size, spec.rms_norm_eps
         self.flavor = FAMILIES[spec.family]
         self.input_layernorm = RMSNorm(ops, hidden, eps, dtype)
         self.post_attention_layernorm = RMSNorm(ops, hidden, eps, dtype)
@@ -54,9 +67,8 @@ class DecoderLayer(Layer):
                                           scale=_mla_scale(spec, a.head_dim))
         else:
             raise ModelchipError(f"the runtime has no {a.kind!r} attention")
-        dense = f.kind == "dense"
-        self.mlp = (GatedMLP(ops, hidden, f.intermediate_size, dtype, f.bias, tensor_parallel=True) if dense
-                    else MoE(ops, hidden, f, dtype))
+        # `mlp` given: the FFN lives elsewhere (attention-FFN disaggregation puts a link to the FFN ranks here)
+        self.mlp = mlp if mlp is not None else build_ffn(ops, spec, layer, dtype)
 
     def forward(self, h, positions, meta, cache):
         if not h.shape[0]:  # a data-parallel rank with no sequences this step: it only joins the MoE collectives
@@ -68,11 +80,7 @@ class DecoderLayer(Layer):
         out = self.input_layernorm.slots(f"{prefix}.input_layernorm")
         out |= self.post_attention_layernorm.slots(f"{prefix}.post_attention_layernorm")
         out |= self.self_attn.slots(f"{prefix}.self_attn")
-        if isinstance(self.mlp, MoE):
-            out |= self.mlp.slots(prefix, self.flavor)
-        else:
-            out |= self.mlp.slots(f"{prefix}.mlp")
-        return out
+        return out | ffn_slots(self.mlp, prefix, self.flavor)
 
 
 class DecoderLM(Layer):
@@ -97,10 +105,15 @@ class DecoderLM(Layer):
         # vocabulary parallel: this rank's rows [vocab_start, vocab_stop), padded to the same count on every rank
         self.vocab_start, self.vocab_stop, rows = vocab_rows(spec.vocab_size, self.tp_rank, self.tp_size)
         self.embed_tokens = self._vocab_param(rows, spec.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(ops, spec, layer, ropes, dtype) for layer in spec.layers)
+        self.layers = nn.ModuleList(DecoderLayer(ops, spec, layer, ropes, dtype, self._remote_ffn(i))
+                                    for i, layer in enumerate(spec.layers))
         self.norm = RMSNorm(ops, spec.hidden_size, spec.rms_norm_eps, dtype)
         self.lm_head = (self.embed_tokens if spec.tie_word_embeddings
                         else self._vocab_param(rows, spec.hidden_size))
+
+    def _remote_ffn(self, index: int) -> Layer | None:
+        """The FFN of layer `index` when it is computed elsewhere (a subclass's hook); None builds it here."""
+        return None
 
     def _vocab_param(self, rows: int, hidden: int) -> nn.Parameter:
         w = self.p(rows, hidden)
