@@ -56,10 +56,15 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 16, 64, 256, 512])
     ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2))
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                    help="thread: CPU time of this thread (with --threads 1), for a machine shared with other work")
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
                     help="float32 measures the blocked float32 matmul (cpu_linear_f32.cpp) against oneDNN")
     args = ap.parse_args()
+    if args.clock == "thread" and args.threads != 1:
+        raise SystemExit("bench_linear: --clock thread counts this thread only; use it with --threads 1")
     torch.set_num_threads(args.threads)
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
     from modelchip.runtime.backends import cpu_kernels
     from modelchip.runtime.backends.cpu import _LINEAR
 
@@ -85,10 +90,10 @@ def main() -> None:
         for _ in range(args.repeat):  # interleaved, so drift in the machine hits every layout alike
             for name, weights in layouts.items():
                 call = calls[name]
-                start = time.perf_counter()
+                start = clock()
                 for w, (o, i) in zip(weights, shapes, strict=True):
                     call(xs[i], w, o)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
         ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         row = {"rows": rows, "ms": {k: round(v, 3) for k, v in ms.items()},
                "weights_gb_s": {k: round(weight_bytes / v / 1e6, 1) for k, v in ms.items()},
@@ -97,6 +102,7 @@ def main() -> None:
         print(f"rows {rows}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()), file=sys.stderr)
     print(json.dumps({
         "benchmark": "linear-layouts", "model": args.model, "dtype": args.dtype, "matmuls": len(shapes),
+        "clock": args.clock,
         "weight_mb": round(weight_bytes / 1e6, 1), "threads": args.threads,
         "own_kernel": next((k for k in ("bf16_pairs", "f32_blocks") if k in layouts),
                            f"unavailable ({why or 'no AVX512-BF16'})"),
