@@ -131,7 +131,7 @@ class CPUBackend(ReferenceBackend):
         if weight.dtype == torch.bfloat16 and self.bf16_linear == "bf16-pairs":
             return PackedLinear(self.kernels.pack_linear_bf16(weight), "bf16-pairs", out,
                                 kernel=self.kernels.linear_bf16)
-        if weight.dtype == torch.float32 and self.f32_linear == "f32-blocks":
+        if weight.dtype == torch.float32 and self.f32_linear == "f32-blocks" and self.kernels is not None:
             return PackedLinear(self.kernels.pack_linear_f32(weight), "f32-blocks", out,
                                 kernel=self.kernels.linear_f32)
         return PackedLinear(torch.ops.mkldnn._reorder_linear_weight(weight.contiguous()), "onednn", out)
