@@ -52,19 +52,12 @@ class GQAAttention(Layer):
 
     def forward(self, x, positions, meta: AttentionMetadata, cache: tuple[torch.Tensor, torch.Tensor]):
         a, ops, t, heads = self.a, self.ops, x.shape[0], self.heads
-        qkv = ops.linear(x, self.qkv_proj, self.qkv_bias)
+        q, k, v = ops.linear(x, self.qkv_proj, self.qkv_bias).split(self.split, dim=-1)
+        q, k, v = q.view(t, heads.heads, -1), k.view(t, heads.kv_heads, -1), v.view(t, heads.kv_heads, -1)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = self.rope(positions)
-        if self.q_norm is None:
-            # q's and k's heads lie side by side in qkv and rotate alike: one rotary call for both (per-call
-            # dispatch is a visible share of a decode step; the arithmetic per element is unchanged)
-            qk_width = self.split[0] + self.split[1]
-            qk = ops.rotary_embedding(qkv[:, :qk_width].view(t, heads.heads + heads.kv_heads, -1), cos, sin)
-            q, k = qk[:, :heads.heads], qk[:, heads.heads:]
-            v = qkv[:, qk_width:].view(t, heads.kv_heads, -1)
-        else:
-            q, k, v = qkv.split(self.split, dim=-1)
-            q, k, v = q.view(t, heads.heads, -1), k.view(t, heads.kv_heads, -1), v.view(t, heads.kv_heads, -1)
-            q, k = ops.rotary_embedding(self.q_norm(q), cos, sin), ops.rotary_embedding(self.k_norm(k), cos, sin)
+        q, k = ops.rotary_embedding(q, cos, sin), ops.rotary_embedding(k, cos, sin)
         ops.write_kv(cache[0], k, meta.slot_mapping)
         ops.write_kv(cache[1], v, meta.slot_mapping)
         o = ops.paged_attention(q, cache[0], cache[1], meta, self.scale, window=a.window)
