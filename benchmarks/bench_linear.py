@@ -3,13 +3,15 @@ through each weight layout the cpu backend can use, in one run, same weights, sa
 
 Layouts: the cpu backend's pair-blocked bfloat16 matmul (cpu_linear_bf16.cpp, wherever the CPU has
 AVX512-BF16: on an AMX machine this is the measurement that decides whether pair blocks or oneDNN's AMX
-tiles should be the default there), oneDNN's packed weights, and `F.linear` on plain [out, in] weights. Per
+tiles should be the default there), or with --dtype float32 the blocked float32 matmul (cpu_linear_f32.cpp),
+oneDNN's packed weights, and `F.linear` on plain [out, in] weights. Per
 row count: milliseconds for the whole set (median of --repeat), the weights' read rate, and each layout's ratio
 against oneDNN packed.
 Not a timed unit test; record the JSON it prints in BENCHMARKS.md.
 
     python benchmarks/bench_linear.py                       # smollm2-135m, bfloat16, rows 1 2 4 16 64 256 512
     python benchmarks/bench_linear.py --model qwen3-0.6b --rows 1 16
+    python benchmarks/bench_linear.py --dtype float32 --rows 1 2 16 128
 """
 
 from __future__ import annotations
@@ -54,33 +56,44 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 16, 64, 256, 512])
     ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2))
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                    help="thread: CPU time of this thread (with --threads 1), for a machine shared with other work")
+    ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                    help="float32 measures the blocked float32 matmul (cpu_linear_f32.cpp) against oneDNN")
     args = ap.parse_args()
+    if args.clock == "thread" and args.threads != 1:
+        raise SystemExit("bench_linear: --clock thread counts this thread only; use it with --threads 1")
     torch.set_num_threads(args.threads)
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
     from modelchip.runtime.backends import cpu_kernels
     from modelchip.runtime.backends.cpu import _LINEAR
 
     kernels, why = cpu_kernels.load()
     shapes = weight_shapes(args.model)
     g = torch.Generator().manual_seed(0)
-    plain = [(torch.randn(o, i, generator=g) / i ** 0.5).bfloat16() for o, i in shapes]
+    dtype = getattr(torch, args.dtype)
+    plain = [(torch.randn(o, i, generator=g) / i ** 0.5).to(dtype) for o, i in shapes]
     layouts = {"onednn_packed": [torch.ops.mkldnn._reorder_linear_weight(w) for w in plain], "plain": plain}
     calls = {"onednn_packed": lambda x, w, o: _LINEAR(x, w, None, "none", [], ""),
              "plain": lambda x, w, o: F.linear(x, w)}
-    if kernels is not None and kernels.has_linear_bf16:
+    if kernels is not None and kernels.has_linear_bf16 and dtype == torch.bfloat16:
         layouts["bf16_pairs"] = [kernels.pack_linear_bf16(w) for w in plain]
         calls["bf16_pairs"] = lambda x, w, o: kernels.linear_bf16(x, w, o)
-    weight_bytes = sum(o * i * 2 for o, i in shapes)
+    if kernels is not None and dtype == torch.float32:
+        layouts["f32_blocks"] = [kernels.pack_linear_f32(w) for w in plain]
+        calls["f32_blocks"] = lambda x, w, o: kernels.linear_f32(x, w, o)
+    weight_bytes = sum(o * i * dtype.itemsize for o, i in shapes)
     results = []
     for rows in args.rows:
-        xs = {i: torch.randn(rows, i, generator=g).bfloat16() for i in {i for _, i in shapes}}
+        xs = {i: torch.randn(rows, i, generator=g).to(dtype) for i in {i for _, i in shapes}}
         times: dict[str, list[float]] = {name: [] for name in layouts}
         for _ in range(args.repeat):  # interleaved, so drift in the machine hits every layout alike
             for name, weights in layouts.items():
                 call = calls[name]
-                start = time.perf_counter()
+                start = clock()
                 for w, (o, i) in zip(weights, shapes, strict=True):
                     call(xs[i], w, o)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
         ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         row = {"rows": rows, "ms": {k: round(v, 3) for k, v in ms.items()},
                "weights_gb_s": {k: round(weight_bytes / v / 1e6, 1) for k, v in ms.items()},
@@ -88,9 +101,12 @@ def main() -> None:
         results.append(row)
         print(f"rows {rows}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()), file=sys.stderr)
     print(json.dumps({
-        "benchmark": "linear-layouts", "model": args.model, "dtype": "bfloat16", "matmuls": len(shapes),
+        "benchmark": "linear-layouts", "model": args.model, "dtype": args.dtype, "matmuls": len(shapes),
+        "clock": args.clock,
         "weight_mb": round(weight_bytes / 1e6, 1), "threads": args.threads,
-        "pair_blocked": "available" if "bf16_pairs" in layouts else f"unavailable ({why or 'no AVX512-BF16'})",
+        "own_kernel": next((k for k in ("bf16_pairs", "f32_blocks") if k in layouts),
+                           f"unavailable ({why or 'no AVX512-BF16'})"),
+        "f32_isa": kernels.f32_isa() if kernels is not None else None,
         "machine": machine() + f", torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d %H:%M"), "results": results,
     }, indent=1))

@@ -49,3 +49,15 @@ def test_bf16_greedy_tokens_do_not_depend_on_the_batch(kernels):
     # no eager op ran; the only counted fallbacks are SmolLM2's Q4_1/Q8_0 weights dequantized once at prepare
     # (the cpu backend has no packed kernels for them yet: backends/cpu_quant.py)
     assert all("dequantized at prepare" in reason for reason in llm.ops.backend.fallbacks)
+
+
+def test_f32_greedy_tokens_do_not_depend_on_the_batch(kernels):
+    # float32 weights dequantized from the file, on the blocked float32 matmul (one FMA chain per output in a
+    # fixed order): batch-invariant like bfloat16 (oneDNN's float32 matmul was not: docs/serving.md)
+    llm = LLM("smollm2-135m", backend="cpu", dtype="float32", quantization="none")
+    if llm.ops.backend.f32_linear != "f32-blocks":
+        pytest.skip("float32 runs on oneDNN on this CPU (the blocked matmul is the default with AVX-512)")
+    alone = [_greedy(llm, [p], arrive_one_per_step=False, budget=512)[0] for p in PROMPTS]
+    together = _greedy(llm, PROMPTS, arrive_one_per_step=True, budget=16)
+    assert all(alone)
+    assert together == alone

@@ -1,9 +1,11 @@
 """The CPU backend: the reference backend's ops, with linear weights laid out once for a fast matmul.
 
 A matmul over weights kept [out, in] (nn.Linear's layout) streams them well under memory bandwidth on x86.
-float32 weights, and bfloat16 ones on CPUs without AVX512-BF16, are packed once into oneDNN's blocked layout
-(bfloat16 1.4-1.6x faster than plain at every row count, float32 3.3x at one row on a Zen 4 EPYC;
-BENCHMARKS.md). On AVX512-BF16 CPUs, bfloat16 weights go to pair blocks for the fused kernels' own matmul
+float32 weights go, on AVX-512 CPUs, to blocks of 16 outputs for the kernels' own matmul (cpu_linear_f32.cpp:
+one FMA per 64-byte weight line, no per-call setup; faster than oneDNN's packed float32 at one row, BENCHMARKS.md),
+elsewhere to oneDNN's blocked layout, as bfloat16 ones on CPUs without AVX512-BF16 (1.4-1.6x faster than plain
+at every row count on a Zen 4 EPYC; BENCHMARKS.md); MODELCHIP_F32_MATMUL=blocks or =onednn overrides the
+float32 choice. On AVX512-BF16 CPUs, bfloat16 weights go to pair blocks for the fused kernels' own matmul
 (cpu_linear_bf16.cpp): at one row it reads weights near memory bandwidth without oneDNN's ~10 us per call, and
 it matches oneDNN from there up to prefill sizes. On CPUs that also have AMX, oneDNN's AMX tiles stay the
 default until pair blocks are measured against them on such a machine (`benchmarks/bench_linear.py` measures
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -45,12 +48,14 @@ _LINEAR = torch.ops.mkldnn._linear_pointwise.default  # resolved once: the overl
 @dataclass(frozen=True)
 class PackedLinear:
     """What `prepare_linear` returns; the model drops its plain tensor. `layout` is "onednn" (an opaque oneDNN
-    tensor) or "bf16-pairs" (cpu_linear_bf16.cpp's blocks, padded); either has the weight's dtype."""
+    tensor), "bf16-pairs" (cpu_linear_bf16.cpp's blocks, padded) or "f32-blocks" (cpu_linear_f32.cpp's); each
+    has the weight's dtype."""
 
     packed: torch.Tensor
     layout: str
     out_features: int
     row_scales: torch.Tensor | None = None  # W8A8: integers packed; activations quantized per call (cpu_quant)
+    kernel: Callable | None = None  # the kernels' matmul for this layout, called straight for 2-D inputs
 
 
 def bf16_matmul(kernels) -> str:
@@ -71,6 +76,23 @@ def bf16_matmul(kernels) -> str:
     return "bf16-pairs" if has_pairs and not has_amx_bf16() else "onednn"
 
 
+def f32_matmul(kernels) -> str:
+    """Which matmul float32 weights get: "f32-blocks" (the kernels' own, cpu_linear_f32.cpp) where its AVX-512
+    copy runs (measured there against oneDNN, BENCHMARKS.md), else "onednn". MODELCHIP_F32_MATMUL=blocks|onednn
+    decides instead (the blocks then run the widest copy this CPU has: AVX2 or plain C++)."""
+    has_blocks = kernels is not None and hasattr(kernels, "linear_f32")
+    forced = os.environ.get("MODELCHIP_F32_MATMUL", "")
+    if forced == "onednn":
+        return "onednn"
+    if forced == "blocks":
+        if not has_blocks:
+            raise ModelchipError("MODELCHIP_F32_MATMUL=blocks, but the kernels are not built here")
+        return "f32-blocks"
+    if forced:
+        raise ModelchipError(f"MODELCHIP_F32_MATMUL={forced!r}: choose blocks or onednn, or leave it unset")
+    return "f32-blocks" if has_blocks and kernels.best_f32_isa == "avx512" else "onednn"
+
+
 class CPUBackend(ReferenceBackend):
     name = "cpu"
     quantized_formats = frozenset(FORMATS)  # each prepared by its function in cpu_quant.PREPARE
@@ -87,6 +109,7 @@ class CPUBackend(ReferenceBackend):
         self.fallbacks: Counter[str] = Counter()  # weights left unpacked, eager ops, by reason (conformance shows it)
         self.kernels, self.kernels_missing = cpu_kernels.load()
         self.bf16_linear = bf16_matmul(self.kernels)
+        self.f32_linear = f32_matmul(self.kernels)
         cpu_quant.choose_isa(self.kernels)
         # per-step tables, rebuilt when a new step's tensors arrive (every layer of a step shares them)
         self._rope: tuple = (None, None, None)
@@ -106,7 +129,11 @@ class CPUBackend(ReferenceBackend):
         if weight.dtype == torch.bfloat16 and self.kernels is None:  # the pair-blocked matmul is not built
             self.fallbacks[f"bfloat16 linear weight on oneDNN ({self.kernels_missing})"] += 1
         if weight.dtype == torch.bfloat16 and self.bf16_linear == "bf16-pairs":
-            return PackedLinear(self.kernels.pack_linear_bf16(weight), "bf16-pairs", out)
+            return PackedLinear(self.kernels.pack_linear_bf16(weight), "bf16-pairs", out,
+                                kernel=self.kernels.linear_bf16)
+        if weight.dtype == torch.float32 and self.f32_linear == "f32-blocks" and self.kernels is not None:
+            return PackedLinear(self.kernels.pack_linear_f32(weight), "f32-blocks", out,
+                                kernel=self.kernels.linear_f32)
         return PackedLinear(torch.ops.mkldnn._reorder_linear_weight(weight.contiguous()), "onednn", out)
 
     def _linear_quantized(self, x: torch.Tensor, weight: QuantLinear, bias: torch.Tensor | None) -> torch.Tensor:
@@ -116,6 +143,10 @@ class CPUBackend(ReferenceBackend):
         return cpu_quant.linear_packed(self.kernels, x.float(), weight, bias).to(x.dtype)
 
     def linear(self, x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+        # the model's case first, with the fewest checks (~121 calls a decode step)
+        if (type(weight) is PackedLinear and weight.kernel is not None and weight.row_scales is None
+                and x.dim() == 2 and x.dtype == weight.packed.dtype):
+            return weight.kernel(x, weight.packed, weight.out_features, bias)
         if isinstance(weight, QuantLinear):
             if x.dim() == 2 and x.dtype in cpu_quant.KERNEL_ACTIVATIONS:  # the model's case, straight to the kernel
                 return self.kernels.linear_quant(x, weight.packed, weight.format, weight.out_features, bias)
@@ -132,8 +163,8 @@ class CPUBackend(ReferenceBackend):
             out = scaled_output(self.linear(q.to(x.dtype), replace(weight, row_scales=None)), x_scale,
                                 weight.row_scales, bias, x.dtype)
             return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.out_features)
-        if weight.layout == "bf16-pairs":
-            out = self.kernels.linear_bf16(rows, weight.packed, weight.out_features, bias)
+        if weight.kernel is not None:  # bf16-pairs, f32-blocks
+            out = weight.kernel(rows, weight.packed, weight.out_features, bias)
         else:
             out = _LINEAR(rows if rows.is_contiguous() else rows.contiguous(), weight.packed, bias, "none", [], "")
         return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.out_features)

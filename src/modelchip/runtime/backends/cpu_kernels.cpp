@@ -4,8 +4,8 @@
 // 576 numbers. Each kernel here reproduces the reference backend's roundings (every intermediate the reference
 // keeps in the activation dtype is rounded to it here too), so results stay within the conformance tolerances
 // and greedy text does not drift. Float32 accumulation everywhere. Built once per machine by cpu_kernels.py,
-// together with the bfloat16 matmul (cpu_linear_bf16.cpp) and the quantized one (cpu_linear_quant.cpp), which
-// register into the same module.
+// together with the bfloat16 and float32 matmuls (cpu_linear_bf16.cpp, cpu_linear_f32.cpp) and the quantized
+// one (cpu_linear_quant.cpp), which register into the same module.
 //
 // This file checks arguments and allocates; the loops are in cpu_kernels_isa.h, compiled here once per
 // instruction set with function-level targets (no -march flag), and one copy is chosen by CPUID when the
@@ -249,10 +249,12 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k_cache, c
 
 void register_linear_bf16(pybind11::module& m);  // cpu_linear_bf16.cpp
 void register_linear_quant(pybind11::module& m);  // cpu_linear_quant.cpp
+void register_linear_f32(pybind11::module& m);  // cpu_linear_f32.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_linear_bf16(m);
   register_linear_quant(m);
+  register_linear_f32(m);
   m.def("rms_norm", &rms_norm, "RMSNorm with the reference's roundings");
   m.def("rotary", &rotary, "half-split rotary embedding with the reference's roundings");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up");
