@@ -5,11 +5,9 @@ the run with a clear error, never a hang."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 import torch
+from kill_worker import check_killed_rank_ends_the_run
 
 from modelchip.conformance.tiny_checkpoint import write_checkpoint
 from modelchip.conformance.tiny_models import CONFIGS
@@ -78,30 +76,7 @@ def test_killed_ffn_rank_ends_the_run_with_an_error(checkpoints):
     torch.set_num_threads(1)
     par = LLM(str(checkpoints["llama"]), backend="reference", dtype="float32", afd=(1, 1))
     ffn_rank = par.parallel.procs[0]  # rank 1: the FFN rank
-    result: dict = {}
-
-    def generate() -> None:
-        try:
-            par.generate([[1, 2, 3], [4, 5]], max_tokens=200)  # the context bounds it; killed long before
-            result["out"] = "finished"
-        except Exception as exc:  # noqa: BLE001 (the test inspects whatever it was)
-            result["out"] = exc
-
-    thread = threading.Thread(target=generate, daemon=True)
-    thread.start()
-    time.sleep(0.5)
-    ffn_rank.kill()
-    thread.join(timeout=60)  # a hang fails here instead of stalling the suite
-    assert not thread.is_alive(), "the run hung after the FFN rank died"
-    err = result["out"]
-    if err == "finished":  # generation beat the kill: the next call must still fail clearly
-        with pytest.raises(ModelchipError, match="attention-FFN rank 1 died"):
-            par.generate([[1, 2, 3]], max_tokens=2)
-    else:
-        assert isinstance(err, ModelchipError) and "attention-FFN rank 1 died (killed by SIGKILL)" in str(err)
-    with pytest.raises(ModelchipError, match="rank 1 died"):  # and the run stays ended
-        par.logits([1, 2])
-    par.close()
+    check_killed_rank_ends_the_run(par, [[1, 2, 3], [4, 5]], ffn_rank, "attention-FFN rank 1 died")
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))

@@ -356,22 +356,9 @@ def is_ffn_rank(loaded) -> bool:
     return role is not None and not role.is_attention
 
 
-def serve_ffn(loaded) -> None:
-    """What an FFN rank does after loading: serve every forward rank 0 announces, until 'stop'."""
-    from modelchip.runtime.distributed import launch
-
-    run = loaded.parallel
-    while True:
-        kind, *args = run.receive()
-        if kind == "stop":
-            return
-        if kind == "ready":
-            torch.distributed.barrier(group=launch.control_group())
-        elif kind == "cache":
-            continue  # the KV cache lives on the attention ranks
-        elif kind == "step":
-            loaded.model.serve(args[2].query_start_loc.tolist())
-        elif kind == "logits":
-            loaded.model.serve([0, len(args[0])])
-        else:
-            raise RuntimeError(f"unknown message {kind!r} from rank 0")
+def ffn_handlers(loaded) -> dict:
+    """An FFN rank's answer to each message rank 0 broadcasts (worker.serve_steps runs the loop): it keeps no
+    KV cache, and serves every forward by the step's sequence offsets (host copies: no device read)."""
+    return {"cache": lambda *args: None,
+            "step": lambda ids, positions, meta, last: loaded.model.serve(meta.query_start_loc_cpu.tolist()),
+            "logits": lambda ids: loaded.model.serve([0, len(ids)])}

@@ -29,21 +29,24 @@ def serve_steps(loaded) -> None:
     """Ranks > 0 of a parallel run: hold a KV cache shard and run each step rank 0 sends, until 'stop'."""
     from modelchip.runtime.distributed import afd, launch
 
-    if afd.is_ffn_rank(loaded):  # attention-FFN disaggregation: an FFN rank serves the attention ranks
-        return afd.serve_ffn(loaded)
     run = loaded.parallel
     cache = None
+
+    def make_cache(*args) -> None:
+        nonlocal cache
+        cache = loaded.make_cache(*args)
+
+    handlers = {"cache": make_cache, "step": lambda *args: loaded.forward_step(*args, cache=cache),
+                "logits": loaded.logits}
+    if afd.is_ffn_rank(loaded):  # attention-FFN disaggregation: an FFN rank serves the attention ranks
+        handlers = afd.ffn_handlers(loaded)
     while True:
         kind, *args = run.receive()
         if kind == "stop":
             return
         if kind == "ready":
             torch.distributed.barrier(group=launch.control_group())
-        elif kind == "cache":
-            cache = loaded.make_cache(*args)
-        elif kind == "step":
-            loaded.forward_step(*args, cache=cache)
-        elif kind == "logits":
-            loaded.logits(*args)
+        elif kind in handlers:
+            handlers[kind](*args)
         else:
             raise RuntimeError(f"unknown message {kind!r} from rank 0")
