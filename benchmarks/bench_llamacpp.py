@@ -208,8 +208,10 @@ def what_ran(llm) -> dict:
             if weight is not None:
                 kind = describe_linear(weight)
                 counts[kind] = counts.get(kind, 0) + 1
+    layers = (f"fused stack x{len(llm.model.layers)}" if getattr(llm.model, "fused_stack", None) is not None
+              else f"op by op ({getattr(llm.ops.backend, 'unfused', 'the backend has no fused stack')})")
     return {"backend": llm.ops.name, "dtype": str(llm.dtype).removeprefix("torch."), "linear_weights": counts,
-            "weight_mb_as_loaded": round(sum(llm.parameter_bytes.values()) / 1e6, 1)}
+            "decoder_layers": layers, "weight_mb_as_loaded": round(sum(llm.parameter_bytes.values()) / 1e6, 1)}
 
 
 def run_modelchip(path: str, backend: str | None, dtype: str | None, args) -> dict:
@@ -418,7 +420,8 @@ def markdown(result: dict) -> str:
         for label, mc in res["modelchip"].items():
             ran = mc["ran"]
             weights = ", ".join(f"{k} x{v}" for k, v in ran["linear_weights"].items())
-            desc = f"{label}: {ran['backend']} {ran['dtype']}, linear weights {weights}"
+            desc = (f"{label}: {ran['backend']} {ran['dtype']}, linear weights {weights}, decoder layers "
+                    f"{ran.get('decoder_layers', '?')}")
             for key, (name, field, tool) in what.items():
                 ours, theirs = mc[field], res[tool][field]
                 target = TARGETS.get((fmt, key))

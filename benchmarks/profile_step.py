@@ -3,7 +3,9 @@
 Wraps the backend's ops with timers (matmuls by [out x in] shape, attention, norms, rotary, SiLU, cache writes,
 sampling) and reports per step each op's time and call count, and the rest of the step (Python between ops,
 module calls, the engine). `--clock thread` times CPU seconds of the calling thread instead of wall time, for
-a machine shared with other work (then use --threads 1: other threads' work is not counted). Not a timed test;
+a machine shared with other work (then use --threads 1: other threads' work is not counted). The cpu backend's
+fused decoder stack runs a whole step's layers in one call the timers cannot see into, so this profile turns it
+off (MODELCHIP_FUSED_LAYERS=0): it shows the ops one by one, and the glue the fused stack removes. Not a timed test;
 record what it prints in BENCHMARKS.md with the CPU model, date and load average.
 
     python benchmarks/profile_step.py /work/llamacpp/models/smollm2-135m-F32.gguf --dtype float32
@@ -34,6 +36,7 @@ def main() -> None:
     if args.clock == "thread" and args.threads != 1:
         raise SystemExit("profile_step: --clock thread counts this thread only; use it with --threads 1")
     torch.set_num_threads(args.threads)
+    os.environ["MODELCHIP_FUSED_LAYERS"] = "0"  # per-op timers: the layers op by op (see above)
     from modelchip import LLM
     from modelchip.engine import EngineConfig, LLMEngine, SamplingParams
 

@@ -112,19 +112,27 @@ def test_a_disturbed_bench_round_is_outvoted():
     assert summarize(1, [0.010, 0.0105, 0.0101], context=150).disturbed_rounds == 0
 
 
+def _figures(scale: float, op_alone: float = 3e-6, fused: bool = False) -> dict:
+    """One calibration pass's raw figures, synthetic, every time x scale (a busy machine)."""
+    import modelchip.calibrate.profile as prof
+
+    f = {f"gemm {d} {m}x{k}x{n}": 1e11 / scale for d in prof.DTYPES for m, k, n in prof.GEMM_SHAPES}
+    f |= {f"stream {d} {m}": 2e10 / scale for d in prof.DTYPES for m in prof.STREAM_TOKENS}
+    f |= {f"stream {d}": 2e10 / scale for d in prof.DTYPES} | {"read": 2.5e10 / scale}
+    f |= {"attention 4x4096": 1e-3 * scale, "attention 1x16": 1e-5 * scale, "attention 16x16": 4e-5 * scale,
+          "op alone": op_alone * scale, "op calls 1 layers": 20, "op calls 4 layers": 62,
+          "toy step 1 layers 1 seqs": 2e-4 * scale, "toy step 4 layers 1 seqs": 5e-4 * scale,
+          "toy step 1 layers 16 seqs": 3e-4 * scale, "toy step 4 layers 16 seqs": 8e-4 * scale,
+          "fused layers": float(fused)}
+    return f
+
+
 def test_a_disturbed_calibration_pass_is_outvoted(monkeypatch):
     import modelchip.calibrate.profile as prof
 
     # three passes of synthetic figures; the second ran on a busy machine (every time 1.5x, every rate 2/3)
     def figures(scale: float) -> dict:
-        f = {f"gemm {d} {m}x{k}x{n}": 1e11 / scale for d in prof.DTYPES for m, k, n in prof.GEMM_SHAPES}
-        f |= {f"stream {d} {m}": 2e10 / scale for d in prof.DTYPES for m in prof.STREAM_TOKENS}
-        f |= {f"stream {d}": 2e10 / scale for d in prof.DTYPES} | {"read": 2.5e10 / scale}
-        f |= {"attention 4x4096": 1e-3 * scale, "attention 1x16": 1e-5 * scale, "attention 16x16": 4e-5 * scale,
-              "op alone": 3e-6 * scale, "op calls 1 layers": 20, "op calls 4 layers": 62,
-              "toy step 1 layers 1 seqs": 2e-4 * scale, "toy step 4 layers 1 seqs": 5e-4 * scale,
-              "toy step 1 layers 16 seqs": 3e-4 * scale, "toy step 4 layers 16 seqs": 8e-4 * scale}
-        return f
+        return _figures(scale)
 
     scales = iter([1.0, 1.5, 1.02])
     monkeypatch.setattr(prof, "_measure_pass", lambda ops, dev, progress: figures(next(scales)))
@@ -136,6 +144,20 @@ def test_a_disturbed_calibration_pass_is_outvoted(monkeypatch):
     assert profile["overhead"]["per_seq_s"] == pytest.approx(2e-6 * 1.02)
     assert profile["overhead"]["per_op_s"] == pytest.approx(7e-6 * 1.02)
     assert profile["memory"]["bandwidth"]["value"] == pytest.approx(2.5e10 / 1.02)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_an_op_in_a_model_costs_at_least_the_op_alone_unless_the_layers_are_fused(monkeypatch, fused):
+    import modelchip.calibrate.profile as prof
+
+    # an op alone costs 2e-5 s; three more layers add (5e-4 - 2e-4 - 3 x 2e-6) / 42 = 7e-6 s per op call. Op by
+    # op, Python glue sits between the calls, so the in-model cost is floored at the op alone; a fused stack has
+    # no glue, and what the layers add is the cost
+    monkeypatch.setattr(prof, "_measure_pass", lambda ops, dev, progress: _figures(1.0, 2e-5, fused))
+    monkeypatch.setattr(prof, "_packed_streaming", lambda ops, progress: {})
+    profile = prof.calibrate(progress=lambda m: None, passes=1)
+    assert profile["overhead"]["per_op_s"] == pytest.approx(7e-6 if fused else 2e-5)
+    assert profile["measurements"]["fused_layers"] is fused
 
 
 def test_bench_refuses_counts_below_one():

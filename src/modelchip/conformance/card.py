@@ -57,6 +57,10 @@ def markdown(report: Report) -> str:
             tokens = f"{f.tokens_matched}/{f.tokens_total}" + (f" (+{f.ties} ties)" if f.ties else "")
             result = _ok(f.passed) + (f": {f.detail}" if f.detail else "")
             lines.append(f"| {f.family} | {f.dtype} | {_num(f.max_abs_err)} | {f.tolerance:g} | {tokens} | {result} |")
+        fused = [f"{f.family} {f.dtype}" for f in r.families if getattr(f, "fused", False)]
+        if fused:  # these rows checked the backend's fused stack, not its ops one by one
+            lines += ["", "Decoder layers ran as the backend's own fused stack (`fuse_decoder_layers`) in: "
+                      + ", ".join(fused) + "."]
         lines.append("")
     lines += _accuracy(r)
     lines += ["## Fallbacks", "", "| op | calls in op checks | calls in model runs |", "|---|---|---|"]

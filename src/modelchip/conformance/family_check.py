@@ -29,6 +29,7 @@ class FamilyResult:
     ties: int  # greedy picks that differ from the reference's only between near-tied logits
     detail: str
     seconds: float
+    fused: bool = False  # the backend ran the layers as its own stack (contract: fuse_decoder_layers)
 
 
 _REFERENCE: dict[tuple[str, torch.dtype], drive.Trace] = {}
@@ -51,6 +52,7 @@ def check_family(ops, family: str, dtype: torch.dtype) -> FamilyResult:
     ref = reference_trace(family, dtype)
     try:
         model = tiny_models.build(ops, family, tiny_models.random_state(family), dtype)
+        fused = model.fused_stack is not None
         got = drive.run(model, ops, forced=ref.picks)
     except Exception as exc:  # a crash fails this family, not the whole run
         return FamilyResult(family, name, False, None, atol, 0, total, 0,
@@ -76,4 +78,4 @@ def check_family(ops, family: str, dtype: torch.dtype) -> FamilyResult:
             elif len(problems) < 3:
                 problems.append(f"sequence {s} step {i}: greedy token {mine}, reference {theirs}")
     return FamilyResult(family, name, not problems, err, atol, matched, total, ties, "; ".join(problems),
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, fused)

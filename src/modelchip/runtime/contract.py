@@ -24,7 +24,8 @@ run's communicator is the identity. docs/vendor-kit.md, "contract v2: collective
 Also new in v2, each optional with a default, so a backend written for v1 or early v2 runs unchanged
 (docs/vendor-kit.md, "contract v2: cache, metadata, synchronize, capture"): `allocate_kv_cache` (the backend
 chooses the KV cache's layout), host-side copies in `AttentionMetadata`, `synchronize()` (calibration closes
-every timing with it) and `capture_step` (whole-step graph capture for fixed decode batch sizes).
+every timing with it), `capture_step` (whole-step graph capture for fixed decode batch sizes) and
+`fuse_decoder_layers` (the backend runs a stack of standard decoder layers in one call of its own).
 
 Quantized weights (an opt-in extension of version 1, so no version bump: a backend that does not opt in
 computes exactly what it did). A backend whose `quantized_formats` attribute lists a format receives that
@@ -138,6 +139,47 @@ class AttentionMetadata:
                                    slot_mapping=self.slot_mapping.to(device))
 
 
+@dataclass(frozen=True)
+class DecoderLayerWeights:
+    """One standard decoder layer as `fuse_decoder_layers` receives it: GQA attention (stacked q/k/v, optional
+    per-head q/k RMSNorm, half-split rotary, sliding `window` when > 0) and a gated (SwiGLU) MLP with stacked
+    gate/up, each block behind an RMSNorm and added back to the residual. Linear weights are what the backend's
+    `prepare_linear` returned (or the plain tensors, for a backend without it); norms are [H] or [d] tensors.
+
+    The layer computes, on h [T, H], exactly these ops in this order (runtime/models/decoder.py):
+      x = rms_norm(h, input_norm, eps); q, k, v = split(linear(x, qkv, qkv_bias)) viewed [T, heads, d]
+      (q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps) when given); q, k = rotary(q), rotary(k)
+      write_kv(k_cache, k), write_kv(v_cache, v); o = paged_attention(q, k_cache, v_cache, meta, scale, window)
+      h = h + linear(o, o_proj, o_bias)
+      h = h + linear(silu_and_mul(linear(rms_norm(h, post_norm, eps), gate_up, gate_up_bias)), down, down_bias)
+    """
+
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    eps: float
+    qkv: object
+    qkv_bias: torch.Tensor | None
+    o_proj: object
+    o_bias: torch.Tensor | None
+    gate_up: object
+    gate_up_bias: torch.Tensor | None
+    down: object
+    down_bias: torch.Tensor | None
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    scale: float
+    window: int
+
+
+# what a fused stack is called with: (h [T, H], cos, sin [T, d/2] float32, meta, per-layer (K, V) caches) -> h
+# after the last layer, or None to run this step's layers op by op (inputs it does not take, e.g. a KV cache dtype)
+FusedLayers = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata,
+                        list[tuple[torch.Tensor, torch.Tensor | None]]], torch.Tensor | None]
+
+
 class Communicator(Protocol):
     """Collectives over the ranks of one group (ranks 0..world_size-1 within it). Tensors live on the
     backend's device; every rank calls a collective with tensors of the same shape and dtype, in the same
@@ -222,6 +264,14 @@ class Backend(Protocol):
         (AttentionMetadata.max_context_len and the rest) is refreshed before every replay, but a recorded graph
         sees the values of its capture: a capturing backend's attention must not size work by them. Default:
         None (the CPU backends capture nothing)."""
+
+    def fuse_decoder_layers(self, layers: list[DecoderLayerWeights]) -> FusedLayers | None:
+        """Optional hook (v2): run a stack of standard decoder layers (`DecoderLayerWeights`: GQA + gated MLP, one
+        process) in one call of the backend's own, where a model's per-op calls cost more than their work (a
+        small model's decode step on a CPU, llama.cpp's single graph). Called once after `prepare_linear`, when
+        every layer of a model is such a layer; returns a callable (h, cos, sin, meta, caches) -> h after the
+        last layer, which must compute what the layers' ops would (the kit checks it against them), or None to
+        leave the layers to the ops one by one. Default: None."""
 
     def write_kv(self, cache: torch.Tensor, values: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         """Store values [T, g, d] into the cache at flat slots (block * block_size + offset); in place. `cache`

@@ -18,7 +18,8 @@ from modelchip.runtime.contract import CONTRACT_VERSION, OPS, SUPPORTED_CONTRACT
 from modelchip.runtime.distributed.communicator import SingleProcess, make_communicator
 
 ENTRY_POINT_GROUP = "modelchip.backends"
-HOOKS = ("allocate_kv_cache", "synchronize", "capture_step")  # contract v2, each with the reference's default
+# contract v2, each with the reference's default
+HOOKS = ("allocate_kv_cache", "synchronize", "capture_step", "fuse_decoder_layers")
 BUILTIN: dict[str, Callable] = {"reference": ReferenceBackend, "cpu": CPUBackend}
 
 
@@ -60,6 +61,7 @@ class Ops:
     allocate_kv_cache: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]  # (layout, blocks, block_size, dtype)
     synchronize: Callable[[], None]
     capture_step: Callable[..., Callable[[], torch.Tensor] | None]  # (step, batch_size)
+    fuse_decoder_layers: Callable[..., Callable[..., torch.Tensor] | None]  # (list of DecoderLayerWeights)
     owns_kv_layout: bool  # the backend allocates its KV cache itself
     captures_steps: bool  # the backend has its own capture_step (the engine pads decode steps for it)
 

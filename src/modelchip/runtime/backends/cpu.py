@@ -20,7 +20,9 @@ token, prefill or decode, as a decode over its own context, so a token's result 
 Where the kernels cannot be built these ops run in eager PyTorch (decode attention through the fused
 scaled-dot-product attention over blocks gathered once per step, prefill per sequence; bfloat16 matmuls
 through oneDNN), and `fallbacks` says why; that path is not batch-invariant. Every other op is the
-reference's.
+reference's. A model made of standard layers (GQA + gated MLP: Llama, Qwen2/3, Mistral, SmolLM2) runs its
+whole decoder stack in one call (`fuse_decoder_layers`, cpu_decoder_layers.cpp): the same kernels in the same
+order, so the same bits, without the interpreter between ~16 op calls a layer (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from modelchip.runtime.backends import cpu_kernels, cpu_quant
 from modelchip.runtime.backends.cpu_features import has_amx_bf16
 from modelchip.runtime.backends.cpu_quant import QuantLinear, prepare_quantized, scaled_output
 from modelchip.runtime.backends.reference import ReferenceBackend, decode_blocks, gather_blocks, visible
-from modelchip.runtime.contract import AttentionMetadata
+from modelchip.runtime.contract import AttentionMetadata, DecoderLayerWeights, FusedLayers
 from modelchip.runtime.dequant import quantize_activation_int8
 from modelchip.runtime.quant import FORMATS, QuantizedWeight
 
@@ -93,6 +95,34 @@ def f32_matmul(kernels) -> str:
     return "f32-blocks" if has_blocks and kernels.best_f32_isa == "avx512" else "onednn"
 
 
+def _why_not_fused(kernels, missing: str, layers: list[DecoderLayerWeights]) -> str:
+    """Why these layers cannot run as one stack of the kernels' ("" when they can)."""
+    if os.environ.get("MODELCHIP_FUSED_LAYERS", "1") == "0":
+        return "MODELCHIP_FUSED_LAYERS=0"
+    if kernels is None or not hasattr(kernels, "DecoderLayers"):
+        return missing or "the kernels have no decoder stack"
+    if not layers:
+        return "no layers"
+    dtype = layers[0].input_norm.dtype
+    for i, w in enumerate(layers):
+        for name in ("qkv", "o_proj", "gate_up", "down"):
+            handle = getattr(w, name)
+            if isinstance(handle, QuantLinear):
+                if dtype not in cpu_quant.KERNEL_ACTIVATIONS:
+                    return f"layer {i} {name}: {handle.format} weight on {dtype} activations"
+            elif not (type(handle) is PackedLinear and handle.kernel is not None and handle.row_scales is None
+                      and handle.packed.dtype == dtype):
+                layout = handle.layout if isinstance(handle, PackedLinear) else type(handle).__name__
+                return f"layer {i} {name}: a {layout} weight, which the fused kernels' matmuls do not read"
+    return ""
+
+
+def _fused_linear(kernels, handle, bias: torch.Tensor | None):
+    if isinstance(handle, QuantLinear):
+        return kernels.fused_linear(handle.format, handle.packed, handle.out_features, bias)
+    return kernels.fused_linear(handle.layout, handle.packed, handle.out_features, bias)
+
+
 class CPUBackend(ReferenceBackend):
     name = "cpu"
     quantized_formats = frozenset(FORMATS)  # each prepared by its function in cpu_quant.PREPARE
@@ -115,6 +145,7 @@ class CPUBackend(ReferenceBackend):
         self._rope: tuple = (None, None, None)
         self._plan: tuple = (None, {}, None, 0)
         self._per_query: tuple = (None, None, None)
+        self.unfused = "no model prepared"  # why the last model's layers run op by op ("" when fused)
 
     def prepare_linear(self, weight: torch.Tensor | QuantizedWeight) -> torch.Tensor | PackedLinear:
         if isinstance(weight, QuantizedWeight):
@@ -168,6 +199,32 @@ class CPUBackend(ReferenceBackend):
         else:
             out = _LINEAR(rows if rows.is_contiguous() else rows.contiguous(), weight.packed, bias, "none", [], "")
         return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.out_features)
+
+    def fuse_decoder_layers(self, layers: list[DecoderLayerWeights]) -> FusedLayers | None:
+        """The layers as one C++ stack (cpu_decoder_layers.cpp: the same kernels, in the same order, without the
+        interpreter between them; ~16 op calls a layer at batch 1) when the kernels are built and every linear
+        weight is on one of their matmuls; else None and `unfused` says why. MODELCHIP_FUSED_LAYERS=0 turns it
+        off (to measure what it saves, or check it against the ops one by one)."""
+        self.unfused = _why_not_fused(self.kernels, self.kernels_missing, layers)
+        if self.unfused:
+            return None
+        k = self.kernels
+        stack = k.DecoderLayers(layers[0].input_norm.numel())
+        for w in layers:
+            linears = [_fused_linear(k, handle, bias) for handle, bias in
+                       ((w.qkv, w.qkv_bias), (w.o_proj, w.o_bias), (w.gate_up, w.gate_up_bias), (w.down, w.down_bias))]
+            stack.add_layer(w.input_norm, w.post_norm, w.eps, *linears, w.q_norm, w.k_norm, w.num_heads,
+                            w.num_kv_heads, w.head_dim, w.scale, w.window)
+        dtype = layers[0].input_norm.dtype
+
+        def run(h, cos, sin, meta, caches):
+            if h.dtype != dtype or caches[0][0].dtype != dtype:  # e.g. a KV cache in another dtype: op by op
+                return None
+            tables, lens = self._queries(meta, h.shape[0])
+            return stack.forward(h, cos, sin, [c[0] for c in caches], [c[1] for c in caches], meta.slot_mapping,
+                                 tables, lens)
+
+        return run
 
     def _count(self, reason: str) -> None:
         self.fallbacks[reason] += 1

@@ -14,6 +14,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "cpu_ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -119,6 +121,10 @@ void check_index(const char* op, const char* name, const at::Tensor& t, int64_t 
               " must hold integers, not ", t.scalar_type());
   TORCH_CHECK(t.dim() == dims, op, ": ", name, " must be ", dims, "-D, got ", t.dim(), "-D");
 }
+
+}  // namespace
+
+namespace mc_ops {
 
 at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w_in, double eps) {
   check_float("rms_norm", "x", x_in);
@@ -245,21 +251,23 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k_cache, c
   return out;
 }
 
-}  // namespace
+}  // namespace mc_ops
 
 void register_linear_bf16(pybind11::module& m);  // cpu_linear_bf16.cpp
 void register_linear_quant(pybind11::module& m);  // cpu_linear_quant.cpp
 void register_linear_f32(pybind11::module& m);  // cpu_linear_f32.cpp
+void register_decoder_layers(pybind11::module& m);  // cpu_decoder_layers.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_linear_bf16(m);
   register_linear_quant(m);
   register_linear_f32(m);
-  m.def("rms_norm", &rms_norm, "RMSNorm with the reference's roundings");
-  m.def("rotary", &rotary, "half-split rotary embedding with the reference's roundings");
-  m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up");
-  m.def("write_kv", &write_kv, "store rows at flat cache slots, in place");
-  m.def("decode_attention", &decode_attention, "decode attention over the paged KV cache");
+  register_decoder_layers(m);
+  m.def("rms_norm", &mc_ops::rms_norm, "RMSNorm with the reference's roundings");
+  m.def("rotary", &mc_ops::rotary, "half-split rotary embedding with the reference's roundings");
+  m.def("silu_and_mul", &mc_ops::silu_and_mul, "silu(gate) * up");
+  m.def("write_kv", &mc_ops::write_kv, "store rows at flat cache slots, in place");
+  m.def("decode_attention", &mc_ops::decode_attention, "decode attention over the paged KV cache");
   m.def("isa", &isa, "the instruction set whose copy of the loops runs: avx512, avx2 or baseline");
   m.def("set_isa", &set_isa, "run another copy of the loops (one this CPU supports); for tests and benchmarks");
   m.attr("best_isa") = isa_name(kBestIsa);

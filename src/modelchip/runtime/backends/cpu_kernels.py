@@ -1,5 +1,6 @@
 """Builds and loads the cpu backend's fused C++ kernels (cpu_kernels.cpp, cpu_linear_bf16.cpp,
-cpu_linear_f32.cpp, cpu_linear_quant.cpp) once per machine.
+cpu_linear_f32.cpp, cpu_linear_quant.cpp, and cpu_decoder_layers.cpp, which runs them a whole decoder stack at a
+time) once per machine.
 
 They are compiled on first use with torch's extension builder and the machine's C++ compiler into a cache keyed
 by torch and Python version, architecture and the sources. No -march flag: the loops are compiled once per
@@ -27,8 +28,8 @@ from types import ModuleType
 import torch
 
 SOURCES = [Path(__file__).with_name(name) for name in (
-    "cpu_kernels.cpp", "cpu_linear_bf16.cpp", "cpu_linear_f32.cpp", "cpu_linear_quant.cpp")]
-HEADERS = [Path(__file__).with_name("cpu_kernels_isa.h")]
+    "cpu_kernels.cpp", "cpu_linear_bf16.cpp", "cpu_linear_f32.cpp", "cpu_linear_quant.cpp", "cpu_decoder_layers.cpp")]
+HEADERS = [Path(__file__).with_name(name) for name in ("cpu_kernels_isa.h", "cpu_ops.h")]
 _loaded: tuple[ModuleType | None, str] | None = None
 
 

@@ -14,6 +14,8 @@
 // Accumulation is float32, rounded once to bfloat16 at the end (round-to-nearest-even), as oneDNN does.
 
 #include <torch/extension.h>
+
+#include "cpu_ops.h"
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -190,6 +192,11 @@ at::Tensor linear_bf16(const at::Tensor& x_in, const at::Tensor& blocked, int64_
 }
 
 }  // namespace
+
+// for the fused decoder stack (cpu_ops.h)
+at::Tensor mc_ops::linear_bf16(const at::Tensor& x, const at::Tensor& blocked, int64_t n, const c10::optional<at::Tensor>& bias) {
+  return ::linear_bf16(x, blocked, n, bias);
+}
 
 void register_linear_bf16(pybind11::module& m) {
 #if MODELCHIP_LINEAR_BF16

@@ -16,6 +16,8 @@
 // batch-invariant.
 
 #include <torch/extension.h>
+
+#include "cpu_ops.h"
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -283,6 +285,11 @@ at::Tensor linear_f32(const at::Tensor& x_in, const at::Tensor& blocked, int64_t
 }
 
 }  // namespace
+
+// for the fused decoder stack (cpu_ops.h)
+at::Tensor mc_ops::linear_f32(const at::Tensor& x, const at::Tensor& blocked, int64_t n, const c10::optional<at::Tensor>& bias) {
+  return ::linear_f32(x, blocked, n, bias);
+}
 
 void register_linear_f32(pybind11::module& m) {
   m.def("pack_linear_f32", &pack_linear_f32, "lay a float32 [out, in] weight out in blocks of 16 outputs");

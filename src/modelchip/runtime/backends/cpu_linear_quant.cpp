@@ -23,6 +23,8 @@
 // not here: no machine this was written on has it, and a path nobody ran does not ship.
 
 #include <torch/extension.h>
+
+#include "cpu_ops.h"
 #include <ATen/Parallel.h>
 #include <c10/util/Half.h>
 
@@ -613,6 +615,12 @@ at::Tensor linear_quant(const at::Tensor& x_in, const at::Tensor& packed, const 
 }
 
 }  // namespace
+
+// for the fused decoder stack (cpu_ops.h)
+at::Tensor mc_ops::linear_quant(const at::Tensor& x, const at::Tensor& packed, const std::string& format, int64_t out_features,
+                                const c10::optional<at::Tensor>& bias) {
+  return ::linear_quant(x, packed, format, out_features, bias);
+}
 
 void register_linear_quant(pybind11::module& m) {
   m.def("prepare_linear_quant", &prepare_linear_quant,

@@ -73,6 +73,9 @@ class ReferenceBackend:
     def capture_step(self, step, batch_size: int):
         return None  # eager: nothing to capture
 
+    def fuse_decoder_layers(self, layers):
+        return None  # the ops one by one: the reference is what a fused stack is checked against
+
     def write_kv(self, cache: torch.Tensor, values: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         cache.view(-1, *cache.shape[2:]).index_copy_(0, slot_mapping, values.to(cache.dtype))
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from modelchip.errors import ModelchipError
-from modelchip.runtime.contract import AttentionMetadata
+from modelchip.runtime.contract import AttentionMetadata, DecoderLayerWeights
 from modelchip.runtime.distributed.layout import ParallelLayout
 from modelchip.runtime.distributed.tensor_parallel import Shard, check_family, tp_of, vocab_rows
 from modelchip.runtime.layers.attention import GQAAttention, MFAAttention, MLAAttention
@@ -48,6 +48,10 @@ def build_ffn(ops, spec: ModelSpec, layer: LayerSpec, dtype) -> Layer:
 def ffn_slots(mlp: Layer, prefix: str, flavor: str) -> dict[str, Slot]:
     """Checkpoint names of a layer's FFN (`prefix` is the layer's, e.g. model.layers.3)."""
     return mlp.slots(prefix, flavor) if isinstance(mlp, MoE) else mlp.slots(f"{prefix}.mlp")
+
+
+def _data(p: torch.Tensor | None) -> torch.Tensor | None:
+    return None if p is None else p.data
 
 
 class DecoderLayer(Layer):
@@ -110,6 +114,7 @@ class DecoderLM(Layer):
         self.norm = RMSNorm(ops, spec.hidden_size, spec.rms_norm_eps, dtype)
         self.lm_head = (self.embed_tokens if spec.tie_word_embeddings
                         else self._vocab_param(rows, spec.hidden_size))
+        self.fused_stack = None  # the backend's stack of every layer, once weights are prepared (prepare_weights)
 
     def _remote_ffn(self, index: int) -> Layer | None:
         """The FFN of layer `index` when it is computed elsewhere (a subclass's hook); None builds it here."""
@@ -125,9 +130,18 @@ class DecoderLM(Layer):
                 caches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
         """Hidden states [T, H] after the final norm, for the flattened new tokens of every sequence."""
         h = self._embed(ids)
-        for layer, cache in zip(self.layers, caches, strict=True):
-            h = layer(h, positions, meta, cache)
+        fused = self._run_fused(h, positions, meta, caches) if self.fused_stack is not None and h.shape[0] else None
+        if fused is not None:
+            h = fused
+        else:
+            for layer, cache in zip(self.layers, caches, strict=True):
+                h = layer(h, positions, meta, cache)
         return self.norm(h) if h.shape[0] else h
+
+    def _run_fused(self, h, positions, meta, caches) -> torch.Tensor | None:
+        """Every layer in the backend's fused stack (contract: fuse_decoder_layers), or None to run them op by op."""
+        cos, sin = self.layers[0].self_attn.rope(positions)
+        return self.fused_stack(h, cos, sin, meta, caches)
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
@@ -159,8 +173,33 @@ class DecoderLM(Layer):
         return out
 
     def prepare_weights(self) -> int:
-        """Let the backend lay out its linear weights once (contract: prepare_linear); after loading."""
-        return prepare_linear_weights(self, self.ops)
+        """Let the backend lay out its linear weights once (contract: prepare_linear), then offer it the layers
+        to run as one stack (contract: fuse_decoder_layers); after loading."""
+        count = prepare_linear_weights(self, self.ops)
+        layers = self._standard_layers()
+        self.fused_stack = self.ops.fuse_decoder_layers(layers) if layers else None
+        return count
+
+    def _standard_layers(self) -> list[DecoderLayerWeights] | None:
+        """The layers as `DecoderLayerWeights` when every one is GQA + a gated MLP on this one process with one
+        rotary table (what a fused stack computes), else None."""
+        if self.tp_size > 1 or getattr(self.ops, "layout", None) is not None:
+            return None
+        out = []
+        for layer in self.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            if type(a) is not GQAAttention or type(mlp) is not GatedMLP or a.rope is not self.layers[0].self_attn.rope:
+                return None
+            out.append(DecoderLayerWeights(
+                input_norm=layer.input_layernorm.weight.data, post_norm=layer.post_attention_layernorm.weight.data,
+                eps=layer.input_layernorm.eps, qkv=a.qkv_proj, qkv_bias=_data(a.qkv_bias), o_proj=a.o_proj,
+                o_bias=_data(a.o_bias), gate_up=mlp.gate_up_proj, gate_up_bias=_data(mlp.gate_up_bias),
+                down=mlp.down_proj, down_bias=_data(mlp.down_bias),
+                q_norm=a.q_norm.weight.data if a.q_norm is not None else None,
+                k_norm=a.k_norm.weight.data if a.k_norm is not None else None,
+                num_heads=a.heads.heads, num_kv_heads=a.heads.kv_heads, head_dim=a.a.head_dim, scale=a.scale,
+                window=a.a.window))
+        return out
 
     def cache_layouts(self):
         return [layer.self_attn.layout for layer in self.layers]
