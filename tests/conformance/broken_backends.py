@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from modelchip.runtime.backends.reference import ReferenceBackend
+from modelchip.runtime.distributed.communicator import TorchCommunicator
 from modelchip.runtime.quant import QuantizedWeight
 
 
@@ -170,3 +171,68 @@ class Q6KUnsignedScales(_QuantizedOneOp):
         high = torch.cat([(qh >> s) & 3 for s in (0, 2, 4, 6)], dim=2).reshape(n, 8, 32)
         q = ((low | (high << 4)).to(torch.int16) - 32).reshape(n, 16, 16).float()
         return ((d * scales)[:, :, None] * q).reshape(w.shape)
+
+
+
+class _CommOnly:
+    """Every op the reference's (each call a counted fallback); only the communicator is the backend's own."""
+
+    contract_version = 2
+
+    def __init__(self, device="cpu"):
+        self.device = torch.device(device)
+
+
+class _Drain:
+    """LIFOCommunicator.irecv's handle: wait() receives everything outstanding from the peer."""
+
+    def __init__(self, comm, src):
+        self.comm, self.src = comm, src
+
+    def wait(self):
+        self.comm.drain(self.src)
+
+
+class LIFOCommunicator(TorchCommunicator):
+    """Receives posted to one peer are filled newest first, not in posting order (MPI's non-overtaking rule
+    broken): AFD's micro-batches of equal size get each other's FFN outputs (unequal sizes, whose messages
+    would not fit, are filled in order)."""
+
+    def __init__(self, group):
+        super().__init__(group)
+        self.posted: dict[int, list] = {}
+
+    def irecv(self, x, src):
+        self.posted.setdefault(src, []).append(x)
+        return _Drain(self, src)
+
+    def drain(self, src):
+        buffers, self.posted[src] = self.posted.get(src, []), []
+        same = len({tuple(b.shape) for b in buffers}) == 1
+        for buf in reversed(buffers) if same else buffers:
+            self.recv(buf, src)
+
+
+class Bf16WireCommunicator(TorchCommunicator):
+    """Point-to-point messages rounded to bfloat16 on the wire to halve the bytes (Step-3 sends FP8, but as a
+    declared format with scales, not silently): float32 activations arrive changed."""
+
+    def send(self, x, dst):
+        super().send(x.to(torch.bfloat16).to(x.dtype), dst)
+
+    def isend(self, x, dst):
+        return super().isend(x.to(torch.bfloat16).to(x.dtype), dst)
+
+
+class LIFOReceives(_CommOnly):
+    name = "lifo-receives"
+
+    def make_communicator(self, group):
+        return LIFOCommunicator(group)
+
+
+class Bf16Wire(_CommOnly):
+    name = "bf16-wire"
+
+    def make_communicator(self, group):
+        return Bf16WireCommunicator(group)

@@ -15,7 +15,7 @@ from modelchip.errors import ModelchipError
 from modelchip.llm import LLM
 from modelchip.runtime.backends import get_backend
 from modelchip.runtime.batch import build_batch
-from modelchip.runtime.distributed.afd import is_ffn_tensor, make_config, micro_batches
+from modelchip.runtime.distributed.afd import check_split, is_ffn_tensor, make_config, micro_batches
 from modelchip.runtime.layers.ffn import GatedMLP, MoE
 from modelchip.runtime.models.decoder import FAMILIES, DecoderLM, ffn_slots
 from modelchip.spec import families
@@ -110,3 +110,20 @@ def test_bad_afd_sizes_are_refused_by_name():
         make_config((1, 1), micro_batches=0)
     assert make_config(None) is None
     assert make_config((2, 3)).world_size == 5
+
+
+def test_sizes_a_side_cannot_split_are_refused_by_option_and_number():
+    def tiny(family):
+        return families.read(CONFIGS[family], f"tiny-{family}")
+
+    for family in ("llama", "qwen3_moe", "mixtral", "deepseek_v3", "step3_text"):
+        check_split(tiny(family), make_config((2, 2)))  # what test_afd_equals_single_process runs splits
+    with pytest.raises(ModelchipError, match=r"--afd-ffn-ranks 4 cannot split tiny-qwen3_moe: .*number of "
+                                             r"experts \(6\)"):
+        check_split(tiny("qwen3_moe"), make_config((1, 4)))
+    with pytest.raises(ModelchipError, match=r"--afd-attention-ranks 3 cannot split tiny-deepseek_v3: .*attention "
+                                             r"heads \(4\)"):
+        check_split(tiny("deepseek_v3"), make_config((3, 1)))  # MLA splits heads evenly
+    with pytest.raises(ModelchipError, match=r"--afd-ffn-ranks 3 cannot split tiny-llama: .*MLP intermediate "
+                                             r"size \(64\)"):
+        check_split(tiny("llama"), make_config((1, 3)))

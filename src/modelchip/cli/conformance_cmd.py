@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from modelchip.cli import common
+from modelchip.errors import ModelchipError
 
 
 def register(sub) -> None:
@@ -18,7 +19,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="torch device for the backend (default cpu)")
     p.add_argument("--dtype", nargs="+", default=["float32", "bfloat16", "float16"], metavar="D",
                    help="activation dtypes to check (default: float32 bfloat16 float16)")
-    p.add_argument("--ops", nargs="+", metavar="OP", help="only these contract ops (default: all)")
+    p.add_argument("--ops", nargs="+", metavar="OP", help="only these contract ops (default: all; 'none' for model "
+                                                                "and parallel checks only)")
     p.add_argument("--families", nargs="+", metavar="F", help="only these model families (default: all; "
                                                                "'none' for ops only)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
@@ -27,6 +29,13 @@ def register(sub) -> None:
     p.add_argument("--expert-parallel-size", type=int, default=1, metavar="M",
                    help="also check the MoE families over M expert-parallel ranks (attention replicated) and "
                         "over M data-parallel attention + expert-parallel ranks against one process (default 1: skip)")
+    p.add_argument("--afd", nargs=2, type=int, metavar=("A", "F"),
+                   help="also check that every family under attention-FFN disaggregation (Step-3's AFD: A "
+                        "attention ranks and F FFN ranks exchanging activations every layer by send/recv, on this "
+                        "backend, device and its communicator) equals one process")
+    p.add_argument("--afd-micro-batches", type=int, metavar="M",
+                   help="with --afd: split each step's sequences into M micro-batches that pipeline (default 2; "
+                        "the check runs at least M sequences, so every micro-batch is exercised)")
     p.add_argument("--accuracy", nargs="?", const="smollm2-135m", default=None, metavar="MODEL",
                    help="also run the accuracy step: the kit's lm-eval tasks on MODEL (default smollm2-135m) on "
                         "this backend and on the reference, in each dtype (needs lm-eval[api])")
@@ -40,8 +49,12 @@ def run(args) -> int:
     from modelchip.conformance import run as check
 
     families = [] if args.families == ["none"] else args.families
-    report = check(args.backend, args.device, args.dtype, args.ops, families, args.tensor_parallel_size,
-                   args.accuracy, args.expert_parallel_size)
+    ops = [] if args.ops == ["none"] else args.ops
+    if args.afd_micro_batches is not None and args.afd is None:
+        raise ModelchipError("--afd-micro-batches sets the micro-batches of the --afd check; give --afd A F too")
+    micro = {} if args.afd_micro_batches is None else {"afd_micro_batches": args.afd_micro_batches}
+    report = check(args.backend, args.device, args.dtype, ops, families, args.tensor_parallel_size,
+                   args.accuracy, args.expert_parallel_size, tuple(args.afd) if args.afd else None, **micro)
     card = markdown(report)
     if args.card:
         args.card.write_text(card)

@@ -50,7 +50,10 @@ def markdown(report: Report) -> str:
                   "through the paged KV cache (block size 4, shuffled blocks), against the reference backend on "
                   "CPU in the same dtype with the same weights. Greedy tokens: the backend's own "
                   "picks, fed the reference's tokens; a different pick counts as a tie when its reference logit is "
-                  "within twice the tolerance of the best.", "",
+                  "within twice the tolerance of the best. Rows named with a parallel layout (`tp2`, `ep2`, "
+                  "`dp2+ep2`, `afd1+1 mb2`: A attention + F FFN ranks, M micro-batches) run that many processes "
+                  "on this backend and its communicator against this backend in one process: the one-shot "
+                  "logits of each prompt, a batched prefill and decode step, and greedy generation.", "",
                   "| family | dtype | max logit err | tolerance | greedy tokens | result |",
                   "|---|---|---|---|---|---|"]
         for f in r.families:

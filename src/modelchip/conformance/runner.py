@@ -18,6 +18,7 @@ from modelchip.conformance.family_check import FamilyResult, check_family
 from modelchip.errors import ModelchipError
 from modelchip.runtime.backends import get_backend
 from modelchip.runtime.contract import CONTRACT_VERSION, OPS
+from modelchip.runtime.distributed.afd import DEFAULT_MICRO_BATCHES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -86,11 +87,13 @@ def parse_dtypes(names: list[str]) -> list[torch.dtype]:
 
 def run(backend: str, device: str = "cpu", dtypes: list[str] | None = None, ops: list[str] | None = None,
         families: list[str] | None = None, tensor_parallel: int = 1, accuracy_model: str | None = None,
-        expert_parallel: int = 1) -> Report:
+        expert_parallel: int = 1, afd: tuple[int, int] | None = None,
+        afd_micro_batches: int = DEFAULT_MICRO_BATCHES) -> Report:
     """Check `backend` on `device` (default dtypes: float32, bfloat16, float16; default: every op and family).
     With tensor_parallel N > 1, also "parallel equals single" for every family over N tensor-parallel ranks;
     with expert_parallel M > 1, for the MoE families over M expert-parallel ranks (attention replicated) and
-    over M data-parallel attention + expert-parallel ranks; with
+    over M data-parallel attention + expert-parallel ranks; with afd (A, F), for every family over A attention
+    and F FFN ranks (attention-FFN disaggregation, `afd_micro_batches` micro-batches a step); with
     `accuracy_model` (e.g. "smollm2-135m"), also the accuracy step on that model in each dtype."""
     start = time.perf_counter()
     wanted = parse_dtypes(dtypes or ["float32", "bfloat16", "float16"])
@@ -102,6 +105,10 @@ def run(backend: str, device: str = "cpu", dtypes: list[str] | None = None, ops:
     for fam in families:
         if fam not in tiny_models.CONFIGS:
             raise ModelchipError(f"unknown family {fam!r}; families: {', '.join(tiny_models.CONFIGS)}")
+    from modelchip.conformance.parallel_check import applies, check_afd, check_afd_sizes, check_parallel
+
+    # refused before anything runs: a bad size would otherwise surface only after the op grid
+    afd_config = check_afd_sizes(families, afd, afd_micro_batches) if afd is not None else None
     bound = get_backend(backend, device)
     report = Report(backend, str(bound.device), [str(d).removeprefix("torch.") for d in wanted],
                     native_ops=bound.native_ops, missing_ops=[o for o in OPS if o not in bound.native_ops],
@@ -124,12 +131,13 @@ def run(backend: str, device: str = "cpu", dtypes: list[str] | None = None, ops:
     for fam in families:
         for dt in wanted:
             report.families.append(check_family(bound, fam, dt))
-    from modelchip.conformance.parallel_check import applies, check_parallel
-
     for layout, size in (("tp", tensor_parallel), ("ep", expert_parallel), ("dp+ep", expert_parallel)):
         for fam in [f for f in families if size > 1 and applies(f, layout, size)]:
             for dt in wanted:
                 report.families.append(check_parallel(backend, device, fam, dt, size, layout))
+    for fam in families if afd_config is not None else []:
+        for dt in wanted:
+            report.families.append(check_afd(backend, device, fam, dt, afd_config))
     report.fallback_calls = {"op checks": dict(after_ops), "model runs": dict(Counter(bound.fallbacks) - after_ops)}
     own = getattr(bound.backend, "fallbacks", None)  # optional: a backend's count of its own internal fallbacks
     if isinstance(own, dict):

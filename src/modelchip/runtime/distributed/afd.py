@@ -26,7 +26,7 @@ from torch import nn
 from modelchip.errors import ModelchipError
 from modelchip.runtime.contract import AttentionMetadata
 from modelchip.runtime.distributed.layout import ParallelLayout
-from modelchip.runtime.distributed.tensor_parallel import Shard, check_family, even_split, tp_of
+from modelchip.runtime.distributed.tensor_parallel import Shard, check_family, even_split, split_heads, tp_of
 from modelchip.runtime.layers.base import Layer, Slot, prepare_linear_weights
 from modelchip.runtime.layers.ffn import GatedMLP, MoE
 from modelchip.runtime.models.decoder import FAMILIES, DecoderLM, build_ffn, ffn_slots
@@ -117,7 +117,35 @@ def tensors_for(model: Layer, tensors: Iterable) -> Iterable:
     return ((name, t) for name, t in tensors if is_ffn_tensor(name) and model.holds(name))
 
 
+def check_split(spec: ModelSpec, config: AFDConfig) -> None:
+    """Refuse, naming the option and the number, sizes a side cannot split: A attention ranks split heads as
+    tensor parallelism does, F FFN ranks split dense widths and the shared experts' width, and the experts whole.
+    The same arithmetic the layers do when they build their shards, so a run (or a conformance check) can refuse
+    before any process starts."""
+    a, f = config.attention_ranks, config.ffn_ranks
+    splits = []  # (option, size, the layer's own split function, its arguments)
+    for layer in spec.layers:
+        attn, ffn = layer.attention, layer.ffn
+        if a > 1 and attn.kind == "mla":
+            splits.append(("--afd-attention-ranks", a, even_split, (attn.num_heads, 0, a, "number of attention heads")))
+        elif a > 1:
+            splits.append(("--afd-attention-ranks", a, split_heads, (attn.num_heads, attn.num_kv_heads, 0, a)))
+        if f > 1 and ffn.kind == "moe":
+            splits.append(("--afd-ffn-ranks", f, even_split, (ffn.num_experts, 0, f, "number of experts")))
+            if ffn.shared_intermediate_size:
+                splits.append(("--afd-ffn-ranks", f, even_split,
+                               (ffn.shared_intermediate_size, 0, f, "MLP intermediate size")))
+        elif f > 1:
+            splits.append(("--afd-ffn-ranks", f, even_split, (ffn.intermediate_size, 0, f, "MLP intermediate size")))
+    for option, size, split, args in splits:
+        try:
+            split(*args)
+        except ModelchipError as exc:
+            raise ModelchipError(f"{option} {size} cannot split {spec.name}: {exc}") from exc
+
+
 def build_model(ops, spec: ModelSpec, dtype: torch.dtype, role: Role) -> Layer:
+    check_split(spec, role.config)
     return AttentionLM(ops, spec, dtype, role) if role.is_attention else FFNStack(ops, spec, dtype, role)
 
 
