@@ -35,8 +35,10 @@ def test_projection_calls_split_the_projection_weights():
         for layer in spec.layers:
             calls = attention.projection_calls(layer.attention, spec.hidden_size)
             assert sum(calls) == attention.projection_weights(layer.attention, spec.hidden_size), model
-    # MLA with a low-rank query: q_a, q_b, kv_a, the two absorptions of kv_b, o
+    # MLA with a low-rank query: q_a, q_b, kv_a, the two absorptions of kv_b, o; Step-3's MFA: the query's
+    # first matmul stacked with k and v, then its second, then o
     assert len(attention.projection_calls(load_model("deepseek-v3").layers[0].attention, 7168)) == 6
+    assert len(attention.projection_calls(load_model("step3").layers[0].attention, 7168)) == 3
 
 
 def test_small_op_calls_count_the_non_matmul_kernels():
@@ -46,6 +48,9 @@ def test_small_op_calls_count_the_non_matmul_kernels():
     # DeepSeek-V3: MLA adds q_a and kv_a norms and one latent write (6 with attention and 2 rotary); the MoE
     # layer's routing and shared SiLU-and-mul are 2, a dense layer's SiLU-and-mul 1; 58 MoE and 3 dense layers
     assert model_cost(load_model("deepseek-v3"), FP8).small_op_calls == 58 * (2 + 6 + 2) + 3 * (2 + 6 + 1) + 3
+    # Step-3 (61 layers, MFA with a low-rank query): q norm, 2 rotary, 2 KV writes, attention; 5 dense layers
+    # (SiLU-and-mul) and 56 MoE layers with a shared expert (routing, the shared SiLU-and-mul)
+    assert model_cost(load_model("step3"), FP8).small_op_calls == 61 * (2 + 6) + 5 * 1 + 56 * 2 + 3
 
 
 def test_gemm_calls_wait_on_the_measured_floor():
