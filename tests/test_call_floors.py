@@ -116,3 +116,17 @@ def test_host_bound_step_waits_for_dispatch():
                  )[1].breakdown_ms["host_dispatch_wait"] == 0
     for chip, engine in (("ascend-910b", "mindie"), ("ascend-910b", ""), ("h100", "vllm")):
         assert _eval("qwen3-8b", chip, engine=engine, **kw)[1].breakdown_ms["host_dispatch_wait"] == 0
+
+
+def test_ascend_prefill_attention_runs_at_the_measured_flash_attention_utilization():
+    # pto-isa's 910B2 sweep: torch_npu flash attention forward at 32K tokens, 150.78 TFLOPS = 42.60% utilization
+    bf16 = Precision(weight="bf16", kv="bf16")
+    cost, p = _eval("qwen3-8b", "ascend-910b", precision=bf16, chips=1, batch=1, phase="prefill",
+                    prompt_len=32768)
+    flops, _ = cost.prefill_attention(32768)
+    want = flops * 32768 / (2.8e14 * 0.4260)  # the catalog 910B's BF16 peak (Step-3 paper, Table 4)
+    assert p.breakdown_ms["attention_core"] == pytest.approx(want * 1e3, rel=1e-9)
+    # without that publication the scalar default (a decode kernel's compute fraction) applies
+    out = _eval("qwen3-8b", "ascend-910b", precision=bf16, chips=1, batch=1, phase="prefill", prompt_len=32768,
+                exclude=frozenset({"pto-isa-fa-910b2"}))[1]
+    assert out.breakdown_ms["attention_core"] < p.breakdown_ms["attention_core"]

@@ -19,9 +19,10 @@ def test_validation_error_bounds():
     # today's errors (docs/validation.md); lower these as mechanisms land, never raise them. The 30 points
     # added with issue 14 (GPUStack's lab, ROCm's vLLM tables) were predicted before anything was changed for
     # them and widened the medians from 14.8% to 20.6% (in-sample) and 21.8% (LOSO); the per-call kernel floors
-    # measured on MI300X and vLLM-Ascend's host dispatch took them to 17.1% and 17.4%
-    assert ins["median_abs_error"] <= 0.172 and ins["within_30"] >= 69
-    assert loso["median_abs_error"] <= 0.175 and loso["within_30"] >= 68
+    # measured on MI300X, vLLM-Ascend's host dispatch and torch_npu's flash-attention utilization took them to
+    # 16.4% and 17.1%
+    assert ins["median_abs_error"] <= 0.165 and ins["within_30"] >= 71
+    assert loso["median_abs_error"] <= 0.172 and loso["within_30"] >= 70
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 

@@ -29,13 +29,15 @@ NOTES = """
 
 Every miss stays in the table. The mechanisms we believe are missing, by group:
 
-- **Ascend 910C decode (+25-58% in-sample, +30-65% out of sample) and prefill (+50%, +67%).** Dispatch and
+- **Ascend 910C decode (+25-58% in-sample, +30-65% out of sample) and prefill (+37%, +50%).** Dispatch and
   combine now keep the small-batch floor DeepEP-Ascend's fused-MoE doc measures (80 / 75 us at 32 tokens per
   rank), which took the 8-sequence point from +92% to +35%; the 24-sequence point (+58%) and the 96-128
   sequence points (+25-35%) remain. CloudMatrix-Infer pipelines two micro-batches in decode by splitting the
   910C's cube and vector cores between them; the model has no measurement of what that split costs each
   stream, nor a kernel floor for Ascend's graph mode. Out of sample the 910C also loses the CloudMatrix GEMM
-  and MLA figures (the scalar defaults apply).
+  and MLA figures (the scalar defaults apply). Prefill attention on davinci now runs at the utilization
+  torch_npu's flash attention reaches on a 910B2 at 32K tokens (42.6%, pto-isa's sweep), where it took a decode
+  kernel's 65%: the prefill point moved from +50% to +37% (+67% to +50% out of sample).
 - **Step-3 AFD on Hopper (+44% to +87%).** The paper does not name the GPU (H800 assumed). Its measured
   TPOT is 47.5 ms (6,144 sequences at 4,039 tokens/s per GPU over 32 GPUs); the model gives about 28 ms. The
   attention stage is not the gap at BF16: the paper's own Table 9 (in the catalog) measures MFA layers close to
@@ -84,7 +86,8 @@ from 14.8% to 20.6% in-sample and 21.8% out of sample. 11 of the 30 land within 
 +8% TPOT at 4 sequences), Llama 405B on MI300X (-28% to +24%), 70B at 128 sequences and 2K prompts (+29%),
 and two of the 910B's prompt-heavy runs (+17%, +26%).
 The misses, and what we found about their mechanisms (after the per-call floors and host dispatch of the
-next paragraphs, the medians are 17.1% in-sample and 17.4% out of sample, 69 and 68 of 101 within 30%):
+next paragraphs and the 910B2 flash-attention figure, the medians are 16.4% in-sample and 17.1% out of
+sample, 71 and 70 of 101 within 30%):
 
 - **Ascend 910B, Qwen3-8B on one card: small-batch decode too fast (vLLM-Ascend BF16 +55% TPOT at 4
   sequences, MindIE W8A8 +304%).** The model's device work is 11.7 ms (BF16 weights read at 1.6 TB/s: 10.2 ms);
@@ -96,9 +99,12 @@ next paragraphs, the medians are 17.1% in-sample and 17.4% out of sample, 69 and
   figure is one user's profile of a MoE model at TP2 on vLLM-Ascend 0.18 (the run here is 0.9.1 on a dense
   model); a dispatch measurement on the version and model served would settle the remaining gap. MindIE runs
   its own graph engine, whose per-operator host time is not published, so its W8A8 point pays none and stays at
-  +304%. The 32K-prompt run (+158%) adds a prefill attention kernel the catalog has no 910B measurement of (only
-  the 910C's MLA); the 128-in / 4-out burst of 1,000 requests (+145%) is host work per request (tokenising,
-  scheduling) for which no measurement was found. The 2K and 4K prompt runs land at +17% to +33%.
+  +304%. The 32K-prompt run (+158%, now +114%) is prefill-bound: its attention now runs at torch_npu's measured
+  flash-attention utilization on a 910B2 (42.6% at 32K tokens, pto-isa's sweep; 27.5% at 8K), and the rest of
+  the gap is not explained by a measurement we have (vLLM-Ascend chunks a 32K prompt into 8K-token pieces whose
+  attention runs nearer the 8K utilization, which the model does not split). The 128-in / 4-out burst of 1,000
+  requests (+145%) is host work per request (tokenising, scheduling) for which no measurement was found. The 2K
+  and 4K prompt runs land at +12% to +28%.
 - **MI300X, Llama 3.1 70B FP8 at TP8: +13% and +14% at one sequence, +34% and +42% at 16, +27% and +69% at
   128 (was +29% to +117%); 405B -28% to +13% (ROCm) and 0% to +18% (Oracle).** Two per-call floors measured on
   MI300X kernels are now charged per call: a matmul takes at least 10.7 us, the fastest tuned FP8 kernel for
