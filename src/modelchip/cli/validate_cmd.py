@@ -113,9 +113,10 @@ sample, 71 and 70 of 101 within 30%):
   a non-matmul kernel at least 2.7 us, a 16-row RMSNorm on gfx942 in AITER PR #3747 (`small_kernel_floor`: 643
   such calls in a 70B step, 1.7 ms at batch 1). Both are AMD kernel benchmarks, not the ROCm docker's
   end-to-end table, so leave-one-source-out keeps them; counted as the same team's, the 70B points would return
-  to +29% to +117%. At 16 and 128 sequences with 128-token prompts 70B stays too fast: the catalog's all-reduce
-  latency for MI300X (7.2 us) is measured at TP4 with 2-16 KB, and no MI300X decode-attention kernel time at
-  small batch was found.
+  to +29% to +117%. At 16 and 128 sequences with 128-token prompts 70B stays too fast, and not for its
+  collectives: the catalog's MI300X all-reduce latency (7.2 us at TP4) is close to what a TP8 custom all-reduce
+  takes on the next generation (6.3-7.6 us for 24-96 KB on MI355X, vLLM PR #39080). No MI300X decode-attention
+  kernel time at small batch was found, which is the next figure to look for.
 - **Qwen3-235B on H100 with vLLM tensor parallelism: +31% to +62% at 2K to 32K prompts (+148%, +284% at
   128 / 4).** These runs are prefill-bound; vLLM's Triton fused-MoE kernel runs each 1,536-wide expert split
   four or eight ways, and the catalog's Hopper grouped-GEMM figures are DeepGEMM's at DeepSeek's expert shapes.
