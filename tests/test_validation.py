@@ -18,9 +18,11 @@ def test_validation_error_bounds():
     assert {"ascend-910b", "ascend-910c", "mi300x"} <= {r["chip"] for r in res["rows"]}
     # today's errors (docs/validation.md); lower these as mechanisms land, never raise them. The 30 points
     # added with issue 14 (GPUStack's lab, ROCm's vLLM tables) were predicted before anything was changed for
-    # them and widened the medians from 14.8% to 20.6% (in-sample) and 21.8% (LOSO)
-    assert ins["median_abs_error"] <= 0.21 and ins["within_30"] >= 67
-    assert loso["median_abs_error"] <= 0.22 and loso["within_30"] >= 66
+    # them and widened the medians from 14.8% to 20.6% (in-sample) and 21.8% (LOSO); the per-call kernel floors
+    # measured on MI300X, vLLM-Ascend's host dispatch and torch_npu's flash-attention utilization took them to
+    # 16.4% and 17.1%
+    assert ins["median_abs_error"] <= 0.165 and ins["within_30"] >= 71
+    assert loso["median_abs_error"] <= 0.172 and loso["within_30"] >= 70
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 

@@ -35,6 +35,26 @@ def projection_weights(a: AttentionSpec, hidden: int) -> int:
     raise ValueError(f"unknown attention kind {a.kind!r}")
 
 
+def projection_calls(a: AttentionSpec, hidden: int) -> tuple[int, ...]:
+    """Weights of each matmul call of the projections, in the runtime's order (they sum to projection_weights):
+    a call, not a layer, is what pays a kernel's per-call floor. GQA stacks q, k and v into one call (MFA its
+    low-rank query's first matmul with k and v); MLA's kv_b runs as the two absorptions of decode (keys, then
+    values)."""
+    h, g, d, dv = a.num_heads, a.num_kv_heads, a.head_dim, a.v_head_dim
+    o = h * dv * hidden
+    if a.kind == "gqa":
+        return hidden * (h * d + g * d + g * dv), o
+    q = (hidden * a.q_lora_rank, a.q_lora_rank * h * d) if a.q_lora_rank else (hidden * h * d,)
+    if a.kind in ("mfa", "mfa-kr"):  # the query's first matmul is stacked with the keys and values
+        return q[0] + hidden * g * d * (1 if a.kind == "mfa-kr" else 2), *q[1:], o
+    if a.kind == "mla":
+        absorb = (a.kv_lora_rank * h * a.qk_nope_head_dim, a.kv_lora_rank * h * dv)
+        return *q, hidden * (a.kv_lora_rank + a.qk_rope_head_dim), *absorb, o
+    if a.kind == "linear":
+        return hidden * (2 * h * d + h * dv) + (hidden * h * dv if a.output_gate else 0), o
+    raise ValueError(f"unknown attention kind {a.kind!r}")
+
+
 def params(a: AttentionSpec, hidden: int) -> int:
     """All parameters of the block: projections, biases, and the norms inside it."""
     n = projection_weights(a, hidden)

@@ -14,7 +14,10 @@ Measured mechanisms (spec/catalog/kernels.toml, cost/kernel_model.py), where the
 benchmark: matmuls run at the roofline efficiency a GEMM benchmark measured at their M (grouped GEMMs for the
 routed experts), attention at its kernel's measured fraction of peak and bandwidth, decode expert dispatch and
 combine take the low-latency kernels' measured time, and each collective pays its link class's small-message
-latency; a step the engine does not capture in a graph (`graphs=False`) pays a launch per op call. Without a
+latency; a step the engine does not capture in a graph (`graphs=False`) pays a launch per op call. Where a
+kernel benchmark measured an architecture's per-call floor, each matmul call (`gemm_call_floor`) and each
+small kernel (`small_kernel_floor`) takes at least that long, and where a profile measured an engine's host
+dispatch per op on an architecture, a step takes at least that dispatch (`host_dispatch_wait`). Without a
 benchmark the scalar defaults of efficiency.toml apply. Attention projections may keep a wider format than the
 experts (Precision.attention_weight).
 A deployment that does not fit in memory is reported infeasible with the numbers, never estimated.
@@ -311,6 +314,43 @@ def _kernel_floor(cost: ModelCost, d: Deployment) -> float:
     return (km.fixed("graph_kernel", (d.chip.arch,), d.exclude) or 0.0) * cost.op_calls()
 
 
+def _call_floor(d: Deployment, dtype: str) -> float:
+    """Least seconds one GEMM call of `dtype` takes on the chip's architecture, where a kernel benchmark
+    measured it (0 elsewhere: the NVIDIA GPUs' small-kernel time is in their graph_kernel figure)."""
+    if not d.chip.arch:
+        return 0.0
+    return km.fixed("gemm_call_floor", (f"{d.chip.arch}/{dtypes.canonical(dtype)}",), d.exclude) or 0.0
+
+
+def _below_floor(floor: float, total: float, layers: int, fractions: tuple[float, ...]) -> float:
+    """Seconds a GEMM group's calls wait on the per-call floor: over `layers` layers taking `total` seconds,
+    the call holding fraction f of a layer's weights runs max(floor, f x total / layers) (at one M a call's
+    roofline time is proportional to its weights)."""
+    if not floor or not layers:
+        return 0.0
+    per_layer = total / layers
+    return layers * sum(max(0.0, floor - f * per_layer) for f in fractions)
+
+
+def _small_kernel_floor(cost: ModelCost, d: Deployment, work: float) -> float:
+    """Seconds the step's non-matmul kernels (norms, rotary, KV writes, attention, activation) wait on their
+    architecture's measured per-call floor beyond `work`, their own roofline time; 0 where none is measured.
+    Charged on the group: at small batch each call is far below the floor, at large batch far above it."""
+    if not d.chip.arch:
+        return 0.0
+    per_call = km.fixed("small_kernel_floor", (d.chip.arch,), d.exclude) or 0.0
+    return max(0.0, per_call * cost.small_op_calls - work)
+
+
+def _host_dispatch(cost: ModelCost, d: Deployment) -> float:
+    """Seconds the host takes to issue a step's operators where the engine does not replay the step as one
+    graph and the architecture/engine pair has a measured per-op dispatch time (0 elsewhere)."""
+    if not (d.engine and d.chip.arch):
+        return 0.0
+    per_op = km.fixed("host_dispatch", (f"{d.chip.arch}/{d.engine}",), d.exclude) or 0.0
+    return per_op * cost.op_calls()
+
+
 def _all_reduce(d: Deployment, group: int, nbytes: float) -> float:
     if group <= 1:
         return 0.0
@@ -393,6 +433,16 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         router = moe.layers * _roofline(2 * shared_tokens * moe.router_params / shard, moe.router_params * wb / shard,
                                         peak, bw, eff.gemm, eff.memory)
 
+    # a matmul call cannot run faster than its architecture's measured per-call floor: small weight shards (70B
+    # at TP8) wait on it where their streaming time is shorter; FFN matmuls are gate_up (2/3) and down (1/3)
+    ffn_split = (2 / 3, 1 / 3)
+    floor_attn = (_below_floor(_call_floor(d, attn_cdt), proj, L, cost.attn_call_fractions)
+                  + _below_floor(_call_floor(d, prec.compute_dtype(chip, head_dtype)), lm_head, 1, (1.0,)))
+    floor_ffn = _below_floor(_call_floor(d, cdt), dense, cost.dense_layers, ffn_split)
+    if moe:
+        floor_ffn += _below_floor(_call_floor(d, cdt), moe.layers * routed, moe.layers, ffn_split)
+        floor_ffn += _below_floor(_call_floor(d, cdt), moe.layers * shared, moe.layers, ffn_split) if shared else 0.0
+
     # memory-bound kernels between the matmuls (see NORM_PASSES): norms and sampling beside attention,
     # SiLU-and-mul beside the FFN weights it follows
     mem_bw = bw * eff.memory
@@ -451,11 +501,12 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
             + d.overhead_per_step_s + d.overhead_per_seq_step_s * b * tp) * host_slowdown
     launch = _launch(cost, d)
     floor = _kernel_floor(cost, d)
-    attn_side = proj + core + lm_head + norms + sampling
+    floor_small = _small_kernel_floor(cost, d, core + norms + sampling + act_fn)
+    attn_side = proj + core + lm_head + norms + sampling + floor_attn + floor_small
     # data-parallel attention ranks wait for the busiest one at the next expert all-to-all
     dp_wait = attn_side * (1 / d.attention_balance - 1) if d.strategy == "ep" else 0.0
     attn_side += dp_wait
-    ffn_side = dense + moe_t + imbalance + router + act_fn
+    ffn_side = dense + moe_t + imbalance + router + act_fn + floor_ffn
     comm_total = comm + comm_fixed
     if d.strategy == "afd":
         per_layer = max(attn_side / L, comm / L, ffn_side / L)
@@ -496,6 +547,10 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         cap = weights_w + (chip.memory_capacity.value - weights_w) * kv_fraction
     mem["usable"] = cap / 1e9
     step += host + launch + floor
+    # the host issues the step's operators while the device runs them: where issuing is slower, the device
+    # idles for the difference (host-bound)
+    dispatch_wait = max(0.0, _host_dispatch(cost, d) - step)
+    step += dispatch_wait
     offload = 0.0
     if d.weight_offload and used > cap and d.strategy != "afd":
         problem = _offload_problem(chip, used - cap, weights_w)
@@ -510,6 +565,8 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
                  "sampling": sampling, "dense_ffn": dense, "moe": moe_t, "moe_imbalance": imbalance,
                  "router": router, "act_fn": act_fn, "dp_attention_wait": dp_wait, "communication": comm,
                  "collective_latency": comm_fixed, "host_overhead": host, "launch": launch, "kernel_floor": floor,
+                 "gemm_call_floor": floor_attn + floor_ffn,
+                 "small_kernel_floor": floor_small, "host_dispatch_wait": dispatch_wait,
                  "weight_offload": offload}
     breakdown = {k: v * 1e3 for k, v in breakdown.items()}
     if used > cap:

@@ -47,6 +47,13 @@ class ModelCost:
     spec: ModelSpec = field(repr=False)
     precision: Precision = field(repr=False)
     attention_kind: str = "gqa"  # the kind most layers use
+    # each projection matmul's share of a layer's projection weights (the most common attention kind), and the
+    # dense FFN layers: a per-call kernel floor is charged per call, not per summed group
+    attn_call_fractions: tuple[float, ...] = (1.0,)
+    dense_layers: int = 0
+    # op calls of a step that are not matmuls (norms, rotary, KV writes, attention, activation, routing, embedding,
+    # sampling): each pays a small kernel's per-call floor where one is measured
+    small_op_calls: int = 0
     # attention accounting per (context, phase), memoised here: hashing the spec per lookup would dominate a plan
     _memo: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
 
@@ -74,23 +81,29 @@ def model_cost(spec: ModelSpec, precision: Precision) -> ModelCost:
     H = spec.hidden_size
     attn = norms = dense = 0
     moe = None
-    moe_layers = 0
+    moe_layers = dense_layers = 0
     kv_heads = []
-    calls = 0
+    op_calls = small = 0
     for layer, n in Counter(spec.layers).items():
         a, f = layer.attention, layer.ffn
         attn_calls = OPS_PER_ATTENTION[a.kind] + 2 * a.qk_norm - (2 if a.kind == "mla" and not a.q_lora_rank else 0)
         ffn_calls = 3 if f.kind == "dense" else 3 + 3 * bool(f.shared_intermediate_size)  # router, route, experts
-        calls += n * (2 + attn_calls + ffn_calls)
+        op_calls += n * (2 + attn_calls + ffn_calls)
+        # matmuls: the projections, gate_up and down (dense and shared expert), the router and the routed experts
+        ffn_matmuls = 2 if f.kind == "dense" else 2 + 2 * bool(f.shared_intermediate_size)
+        small += n * (2 + attn_calls - len(attention.projection_calls(a, H)) + ffn_calls - ffn_matmuls)
         attn += n * attention.projection_weights(a, H)
         norms += n * (attention.params(a, H) - attention.projection_weights(a, H) + 2 * H)
         kv_heads.append(1 if a.kind == "mla" else a.num_kv_heads)
         if f.kind == "dense":
             dense += n * ffn.active_weights(f, H)
+            dense_layers += n
         else:
             moe_layers += n
             moe = MoECost(0, f.num_experts, f.top_k, 3 * H * f.intermediate_size, 3 * H * f.shared_intermediate_size,
                           ffn.router_weights(f, H))
+    kind = Counter(layer.attention for layer in spec.layers).most_common(1)[0][0]
+    calls = attention.projection_calls(kind, H)
     if moe is not None:
         moe = MoECost(moe_layers, moe.experts, moe.top_k, moe.expert_params, moe.shared_params, moe.router_params)
     return ModelCost(
@@ -98,6 +111,8 @@ def model_cost(spec: ModelSpec, precision: Precision) -> ModelCost:
         attn_norm_params=norms, dense_params=dense, moe=moe, embed_params=spec.vocab_size * H,
         lm_head_params=0 if spec.tie_word_embeddings else spec.vocab_size * H, kv_heads=min(kv_heads),
         kv_bytes_per_token=accounting.account(spec, 1, precision=precision).kv_cache_bytes_per_token,
-        layer_op_calls=calls, spec=spec, precision=precision,
+        layer_op_calls=op_calls, spec=spec, precision=precision,
+        attn_call_fractions=tuple(w / sum(calls) for w in calls), dense_layers=dense_layers,
+        small_op_calls=small + 3,  # embedding, final norm, sampling (the LM head is a matmul)
         attention_kind=Counter(layer.attention.kind for layer in spec.layers).most_common(1)[0][0],
     )
