@@ -25,6 +25,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #if defined(__x86_64__) || defined(_M_X64)
 #define MC_X86 1
 #endif
@@ -125,6 +129,28 @@ void check_index(const char* op, const char* name, const at::Tensor& t, int64_t 
 }  // namespace
 
 namespace mc_ops {
+
+at::Tensor in_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr size_t kHuge = size_t(2) << 20, kPage = 4096;
+  const size_t bytes = t.nbytes();
+  if (bytes < kHuge || !t.is_contiguous() || !t.device().is_cpu()) return t;
+  // map 2 MB more than needed, then unmap the slack on both sides: the mapping starts on a 2 MB boundary and
+  // ends at the last 4 KB page the weight uses, so no huge page is made for memory the weight does not fill
+  const size_t length = (bytes + kPage - 1) / kPage * kPage;
+  void* raw = mmap(nullptr, length + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return t;
+  char* const start = static_cast<char*>(raw);
+  char* const aligned = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(start) + kHuge - 1) & ~(kHuge - 1));
+  if (aligned > start) munmap(start, aligned - start);
+  if (start + length + kHuge > aligned + length) munmap(aligned + length, start + length + kHuge - (aligned + length));
+  madvise(aligned, length, MADV_HUGEPAGE);  // a request: where THP is off, ordinary pages
+  std::memcpy(aligned, t.data_ptr(), bytes);
+  return at::from_blob(aligned, t.sizes(), t.strides(), [length](void* p) { munmap(p, length); }, t.options());
+#else
+  return t;
+#endif
+}
 
 at::Tensor rms_norm(const at::Tensor& x_in, const at::Tensor& w_in, double eps) {
   check_float("rms_norm", "x", x_in);

@@ -130,7 +130,7 @@ at::Tensor pack_linear_bf16(const at::Tensor& weight) {
   const int64_t blocks_n = (n + kBlock - 1) / kBlock, k2 = (k + 1) / 2;
   at::Tensor padded = at::zeros({blocks_n * kBlock, k2 * 2}, weight.options());
   padded.narrow(0, 0, n).narrow(1, 0, k).copy_(weight);
-  return padded.view({blocks_n, kBlock, k2, 2}).transpose(1, 2).contiguous();
+  return mc_ops::in_huge_pages(padded.view({blocks_n, kBlock, k2, 2}).transpose(1, 2).contiguous());
 }
 
 at::Tensor linear_bf16(const at::Tensor& x_in, const at::Tensor& blocked, int64_t n,

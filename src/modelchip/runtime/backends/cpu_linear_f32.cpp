@@ -231,7 +231,7 @@ at::Tensor pack_linear_f32(const at::Tensor& weight) {
   const int64_t n = weight.size(0), k = weight.size(1), blocks_n = (n + kBlock - 1) / kBlock;
   at::Tensor padded = at::zeros({blocks_n * kBlock, k}, weight.options());
   padded.narrow(0, 0, n).copy_(weight);
-  return padded.view({blocks_n, kBlock, k}).transpose(1, 2).contiguous();  // [blocks, k, 16]
+  return mc_ops::in_huge_pages(padded.view({blocks_n, kBlock, k}).transpose(1, 2).contiguous());  // [blocks, k, 16]
 }
 
 at::Tensor linear_f32(const at::Tensor& x_in, const at::Tensor& blocked, int64_t n,

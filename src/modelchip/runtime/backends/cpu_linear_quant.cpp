@@ -552,7 +552,7 @@ at::Tensor prepare_linear_quant(const at::Tensor& data_in, const std::string& fo
         }
       }
   });
-  return packed;
+  return mc_ops::in_huge_pages(packed);
 }
 
 at::Tensor linear_quant(const at::Tensor& x_in, const at::Tensor& packed, const std::string& format,
