@@ -47,6 +47,7 @@ class ModelCost:
     spec: ModelSpec = field(repr=False)
     precision: Precision = field(repr=False)
     attention_kind: str = "gqa"  # the kind most layers use
+    ffn_op_calls: int = 0  # the FFNs' share of layer_op_calls (attention-FFN disaggregation runs them apart)
     # attention accounting per (context, phase), memoised here: hashing the spec per lookup would dominate a plan
     _memo: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
 
@@ -76,12 +77,13 @@ def model_cost(spec: ModelSpec, precision: Precision) -> ModelCost:
     moe = None
     moe_layers = 0
     kv_heads = []
-    calls = 0
+    calls = ffn_op_calls = 0
     for layer, n in Counter(spec.layers).items():
         a, f = layer.attention, layer.ffn
         attn_calls = OPS_PER_ATTENTION[a.kind] + 2 * a.qk_norm - (2 if a.kind == "mla" and not a.q_lora_rank else 0)
         ffn_calls = 3 if f.kind == "dense" else 3 + 3 * bool(f.shared_intermediate_size)  # router, route, experts
         calls += n * (2 + attn_calls + ffn_calls)
+        ffn_op_calls += n * ffn_calls
         attn += n * attention.projection_weights(a, H)
         norms += n * (attention.params(a, H) - attention.projection_weights(a, H) + 2 * H)
         kv_heads.append(1 if a.kind == "mla" else a.num_kv_heads)
@@ -100,4 +102,5 @@ def model_cost(spec: ModelSpec, precision: Precision) -> ModelCost:
         kv_bytes_per_token=accounting.account(spec, 1, precision=precision).kv_cache_bytes_per_token,
         layer_op_calls=calls, spec=spec, precision=precision,
         attention_kind=Counter(layer.attention.kind for layer in spec.layers).most_common(1)[0][0],
+        ffn_op_calls=ffn_op_calls,
     )
