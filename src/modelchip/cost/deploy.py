@@ -483,8 +483,8 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     comm_total = comm + comm_fixed
     afd_host = None
     if d.strategy == "afd" and d.collectives is not None:
-        step, comm, afd_host = _afd_pipeline(cost, d, attn_side, ffn_side, lm_head + sampling, tp * b,
-                                             dtypes.nbytes(cdt), host_slowdown)
+        step, comm, afd_host = _afd_pipeline(cost, d, attn_side, ffn_side, lm_head + sampling, tp * b, inst_tokens,
+                                             out_tokens, dtypes.nbytes(cdt), host_slowdown)
         bound = "attention" if attn_side >= ffn_side else "ffn"
     elif d.strategy == "afd":
         per_layer = max(attn_side / L, comm / L, ffn_side / L)
@@ -564,7 +564,8 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
 
 
 def _afd_pipeline(cost: ModelCost, d: Deployment, attn_side: float, ffn_side: float, head: float,
-                  sequences: float, act_bytes: float, host_slowdown: float) -> tuple[float, float, float]:
+                  sequences: float, tokens: float, logit_rows: float, act_bytes: float,
+                  host_slowdown: float) -> tuple[float, float, float]:
     """(step seconds, seconds attention rank 0 waits on the FFN side and in its own collectives, its host
     seconds) of an AFD decode step on a profile with measured collectives, scheduled as the runtime runs it
     (runtime/distributed/afd.py): micro-batch i of layer l starts its attention once the attention rank is
@@ -575,8 +576,7 @@ def _afd_pipeline(cost: ModelCost, d: Deployment, attn_side: float, ffn_side: fl
     (every op runs once per micro-batch) and its collectives; messages cost the measured send/recv fit."""
     L, H, fit = cost.layers, cost.hidden, d.collectives
     m = max(1, min(d.microbatches, round(sequences)))  # a step of fewer sequences gets fewer micro-batches
-    tokens = sequences  # decode: one token per sequence
-    calls = measured_comm.afd_step(L, H, cost.vocab, d.attn_chips, d.ffn_chips, m, tokens, tokens, act_bytes,
+    calls = measured_comm.afd_step(L, H, cost.vocab, d.attn_chips, d.ffn_chips, m, tokens, logit_rows, act_bytes,
                                    d.context, bool(cost.moe and cost.moe.shared_params),
                                    cost.moe.layers if cost.moe else 0)
     seconds = lambda cs: sum(measured_comm.step_seconds(cs, fit))  # noqa: E731
