@@ -69,7 +69,7 @@ FITS = {"all_reduce": LinkFit(80e-6, 1.5e9), "all_gather": LinkFit(90e-6, 0.8e9)
         "broadcast_object": LinkFit(150e-6, 0.4e9)}
 
 
-def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3):
+def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS):
     """A profile as `modelchip calibrate --collectives` writes it (figures made up, structure real)."""
     src = {"source": "test", "tag": "D"}
     data = {
@@ -85,8 +85,8 @@ def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3):
                         "by_world_size": {str(world): {
                             "threads_per_rank": 1,
                             "raw": {name: {"bytes": SIZES, "seconds": [f.seconds(n) for n in SIZES]}
-                                    for name, f in FITS.items()},
-                            "fit": {name: f.as_dict() for name, f in FITS.items()}}}},
+                                    for name, f in fits.items()},
+                            "fit": {name: f.as_dict() for name, f in fits.items()}}}},
     }
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(data))
@@ -210,3 +210,87 @@ def test_calibrate_collectives_only_adds_a_fitted_sweep(tmp_path):
     assert d.collectives.world_size == 2
     threads = data["collectives"]["threads"]
     assert d.collectives.threads_per_rank() == measured["threads_per_rank"] == max(1, threads // 2)
+
+
+# a small MoE model (Qwen3-MoE naming): 2 layers, the first dense, the second 4 experts of top 2
+TINY_MOE = {"model_type": "qwen3_moe", "vocab_size": 96, "hidden_size": 48, "num_hidden_layers": 2,
+            "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "head_dim": 16, "intermediate_size": 64, "moe_intermediate_size": 24, "num_experts": 4,
+            "num_experts_per_tok": 2, "decoder_sparse_step": 1, "mlp_only_layers": [0]}
+FP32 = Precision(weight="fp32", kv="fp32", compute="fp32")
+
+
+def _on_profile(tmp_path, d, **profile):
+    return evaluate(model_cost(families.read(TINY_MOE, "tiny-moe"), FP32),
+                    apply_profile(d, _profile(tmp_path, world=d.chips, **profile)))
+
+
+def test_ep_comm_term_from_profile_is_the_runtime_collectives_sum(tmp_path):
+    # EP 2, attention replicated: 4 sequences decoding at 64 tokens of context, float32 activations
+    d = Deployment(chip=get_chip("h100"), chips=2, strategy="ep", batch=4, context=64, precision=FP32,
+                   attention="replicated")
+    p = _on_profile(tmp_path, d)
+    a2a, ag, bc = FITS["all_to_all"], FITS["all_gather"], FITS["broadcast_object"]
+    # one MoE layer: row counts (2 int64), rank 0's 2 tokens x top 2 rows of 48 floats out and back, their
+    # expert ids (int64); the 2 tokens' results all-gathered; the step's inputs (4-block tables) broadcast
+    a2a_bytes = 16 + 4 * 48 * 4 + 4 * 8 + 4 * 48 * 4
+    bc_bytes = 8 * 4 * (5 + 4) + 2000
+    assert p.breakdown_ms["collective_latency"] == pytest.approx(
+        (4 * a2a.alpha_s + ag.alpha_s + bc.alpha_s) * 1e3, rel=1e-12)
+    assert p.breakdown_ms["communication"] == pytest.approx(
+        (a2a_bytes / a2a.bandwidth + 2 * 48 * 4 / ag.bandwidth + bc_bytes / bc.bandwidth) * 1e3, rel=1e-12)
+    # data-parallel attention: rank 0 attends its own 2 sequences, dispatches their 4 rows, and all-gathers the
+    # rows needing logits once (2 per rank) instead of the layer's chunks
+    dp = _on_profile(tmp_path, replace(d, batch=2, attention="data-parallel"))
+    assert dp.breakdown_ms["collective_latency"] == p.breakdown_ms["collective_latency"]
+    assert dp.breakdown_ms["communication"] == pytest.approx(p.breakdown_ms["communication"], rel=1e-12)
+    # ... and half the attention, but every row's logits (gathered to rank 0), and the same experts' work (with
+    # attention replicated the ranks route one set of 4 tokens, not 4 each: 1/2 of the 8 expert rows each)
+    assert dp.breakdown_ms["attention_core"] == pytest.approx(p.breakdown_ms["attention_core"] / 2, rel=1e-12)
+    for part in ("lm_head", "moe"):
+        assert dp.breakdown_ms[part] == pytest.approx(p.breakdown_ms[part], rel=1e-12)
+
+
+def _afd_parts(p, cost, d):
+    """(attention side without the LM head and sampling, LM head + sampling, FFN side) of a prediction, s."""
+    ms = p.breakdown_ms
+    head = (ms["lm_head"] + ms["sampling"]) / 1e3
+    attention = (ms["attention_proj"] + ms["attention_core"] + ms["norms"]) / 1e3
+    ffn = (ms["dense_ffn"] + ms["moe"] + ms["moe_imbalance"] + ms["router"] + ms["act_fn"]) / 1e3
+    return attention, head, ffn
+
+
+def test_afd_step_from_profile_follows_the_runtime_schedule(tmp_path):
+    # AFD 1 + 1, 4 sequences, float32. Per layer and micro-batch of n tokens: the attention rank's share of the
+    # attention compute, 11 op calls (2 norms, 7 GQA ops, q and k norms) at 5 us each and 2 us per sequence;
+    # the FFN rank's share of the FFN compute and its op calls (router, route, experts or gate_up, silu, down:
+    # 3 each); a message of n x 48 floats each way at the send/recv fit
+    cost = model_cost(families.read(TINY_MOE, "tiny-moe"), FP32)
+    sr = FITS["send_recv"]
+    bc = FITS["broadcast_object"]
+    bc_bytes = 8 * 4 * (5 + 4) + 2000
+    once_host = 4 * 5e-6 + 1e-4 + 4 * 1e-5  # embedding, final norm, LM head, sampling; per step; per sequence
+    base = Deployment(chip=get_chip("h100"), chips=2, strategy="afd", attn_chips=1, ffn_chips=1, batch=4,
+                      context=64, precision=FP32, attention="tensor-parallel")
+    # one micro-batch: nothing overlaps, each layer is attention, wire, FFN, wire
+    p = _on_profile(tmp_path, replace(base, microbatches=1))
+    attention, head, ffn = _afd_parts(p, cost, base)
+    a = attention / 2 + 11 * 5e-6 + 4 * 2e-6
+    f = ffn / 2 + 3 * 5e-6
+    wire = sr.seconds(4 * 48 * 4)
+    once = bc.seconds(bc_bytes) + head + once_host
+    assert p.tpot_ms == pytest.approx((2 * (a + wire + f + wire) + once) * 1e3, rel=1e-9)
+    # rank 0 waits for each layer's round trip, and in the step broadcast
+    assert p.breakdown_ms["communication"] == pytest.approx((2 * (wire + f + wire) + bc.seconds(bc_bytes)) * 1e3,
+                                                            rel=1e-9)
+    # two micro-batches on a fast wire: the FFN of one hides behind the attention of the other, so each layer
+    # costs the attention rank's two micro-batches, and the step the last micro-batch's trip after them
+    fast = dict(FITS, send_recv=LinkFit(1e-7, 1e12))
+    p2 = _on_profile(tmp_path, replace(base, microbatches=2), fits=fast)
+    attention, head, ffn = _afd_parts(p2, cost, base)
+    a = attention / 2 / 2 + 11 * 5e-6 + 2 * 2e-6
+    f = ffn / 2 / 2 + 3 * 5e-6
+    wire = fast["send_recv"].seconds(2 * 48 * 4)
+    assert a >= wire + f + wire  # the regime the closed form below holds in
+    once = bc.seconds(bc_bytes) + head + once_host
+    assert p2.tpot_ms == pytest.approx((2 * 2 * a + wire + f + wire + once) * 1e3, rel=1e-9)

@@ -28,6 +28,9 @@ class DecodeHarness:
         self.dtype = model.dtype
         capacity = context + steps + 1
         per_seq = -(-capacity // block_size)
+        # an odd block count per sequence spreads the sequences' first blocks, and so (data_parallel.owners) a
+        # data-parallel run's sequences, evenly over 2 or 4 ranks
+        per_seq += 1 - per_seq % 2
         self.cache = self._make_cache(batch * per_seq)
         gen = torch.Generator().manual_seed(seed)
         vocab = model.spec.vocab_size
@@ -102,9 +105,11 @@ class EngineHarness(DecodeHarness):
         return logits
 
     def _comm_seconds(self) -> float:
-        """Rank 0's seconds in the model's collectives and in broadcasting step inputs, so far."""
-        run = self.loaded.parallel
-        return self.ops.comm.seconds + (run.publish_seconds if run is not None else 0.0)
+        """Rank 0's seconds in the model's collectives and in broadcasting step inputs (and, under attention-FFN
+        disaggregation, waiting for the FFN ranks' outputs), so far."""
+        run, afd = self.loaded.parallel, getattr(self.loaded, "afd", None)
+        return (self.ops.comm.seconds + (run.publish_seconds if run is not None else 0.0)
+                + (afd.seconds if afd is not None else 0.0))  # AFD: waiting for the FFN ranks' outputs
 
     def time_decode(self, steps: int, name: str | None = None) -> float:
         self.comm_log = []

@@ -134,44 +134,92 @@ def _config(model: str) -> dict:
     return resolve(model).config
 
 
-def measure_parallel(model: str, tensor_parallel_size: int, batches: list[int], context: int, steps: int,
+@dataclass(frozen=True)
+class BenchLayout:
+    """One parallel layout `modelchip bench` runs and predicts: "tp" N ranks, "ep" M ranks (attention
+    replicated), "dp+ep" M ranks (data-parallel attention, expert-parallel MoE), "afd" `size` attention and
+    `ffn_ranks` FFN ranks. Size 1 (tp or ep) is one process."""
+
+    kind: str
+    size: int
+    ffn_ranks: int = 0
+    micro_batches: int = 2
+
+    @property
+    def world_size(self) -> int:
+        return self.size + self.ffn_ranks
+
+    @property
+    def label(self) -> str:
+        if self.world_size == 1:
+            return "1 process"
+        if self.kind == "afd":
+            return f"afd {self.size}+{self.ffn_ranks} ({self.micro_batches} micro-batches)"
+        return f"{self.kind} {self.size}"
+
+    def llm_kwargs(self) -> dict:
+        if self.world_size == 1:
+            return {}
+        return {"tp": {"tensor_parallel_size": self.size}, "ep": {"expert_parallel_size": self.size},
+                "dp+ep": {"expert_parallel_size": self.size, "data_parallel_size": self.size},
+                "afd": {"afd": (self.size, self.ffn_ranks), "afd_micro_batches": self.micro_batches}}[self.kind]
+
+    def deployment(self, batch: int, context: int, precision: Precision) -> Deployment:
+        """The planner's description of this run: per-chip batch and the runtime's attention layout."""
+        from modelchip.spec.chips import get_chip
+
+        base = dict(chip=get_chip("h100"), context=context, precision=precision)
+        n = self.size
+        if self.world_size == 1 or self.kind == "tp":
+            return Deployment(chips=n, strategy="tp", batch=batch / n, **base)
+        if self.kind == "ep":  # every rank attends every sequence
+            return Deployment(chips=n, strategy="ep", batch=batch, attention="replicated", **base)
+        if self.kind == "dp+ep":  # rank 0 attends its own sequences: ceil(B / M) of them (harness.py spreads them)
+            return Deployment(chips=n, strategy="ep", batch=-(-batch // n), attention="data-parallel", **base)
+        return Deployment(chips=self.world_size, strategy="afd", attn_chips=n, ffn_chips=self.ffn_ranks,
+                          batch=batch / n, attention="tensor-parallel", microbatches=self.micro_batches, **base)
+
+
+def measure_parallel(model: str, layout: BenchLayout | int, batches: list[int], context: int, steps: int,
                      backend: str = "reference", device: str = "cpu", dtype: str = "float32",
                      quantization: str | None = None, progress=lambda m: None) -> list[dict]:
     """Median decode step seconds, and rank 0's median seconds per step inside collectives (the model's and the
-    step broadcast), at each batch, for the model split over `tensor_parallel_size` processes (1: one process,
-    through the same engine path). The run is closed before returning."""
+    step broadcast; under AFD also waiting for the FFN ranks' outputs), at each batch, for the model run in
+    `layout` (an int: that many tensor-parallel ranks; 1: one process, through the same engine path). The run
+    is closed before returning."""
     from modelchip.calibrate import microbench
     from modelchip.calibrate.harness import EngineHarness
 
-    llm = LLM(model, backend=backend, device=device, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-              quantization=quantization)
+    if isinstance(layout, int):
+        layout = BenchLayout("tp", layout)
+    llm = LLM(model, backend=backend, device=device, dtype=dtype, quantization=quantization, **layout.llm_kwargs())
     rows = []
     try:
         for batch in batches:
-            progress(f"tensor parallel {tensor_parallel_size}, batch {batch}")
+            progress(f"{layout.label}, batch {batch}")
             h = EngineHarness(llm, batch, context, steps_needed(steps))
             h.prefill()
-            name = f"bench tp {tensor_parallel_size} batch {batch}"
+            name = f"bench {layout.label} batch {batch}"
             seconds = h.time_decode(steps, name=name)
             timing = microbench.take_log()[name]
             rows.append({"batch": batch, "step_s": seconds, "comm_s": h.comm_per_step, "spread": timing.spread,
                          "attempts": timing.attempts})
-            progress(f"tensor parallel {tensor_parallel_size}, batch {batch}: {seconds * 1e3:.1f} ms a step, "
+            progress(f"{layout.label}, batch {batch}: {seconds * 1e3:.1f} ms a step, "
                      f"{h.comm_per_step * 1e3:.1f} ms in collectives")
     finally:
         llm.close()
     return rows
 
 
-def predict_parallel(model: str, profile: str, tensor_parallel_size: int, batch: int, context: int,
+def predict_parallel(model: str, profile: str, layout: BenchLayout | int, batch: int, context: int,
                      dtype: str = "float32"):
-    """The planner's Prediction of one decode step of `batch` sequences over `tensor_parallel_size` ranks of
-    this machine, from the profile (its measured collectives when the size is above 1)."""
+    """The planner's Prediction of one decode step of `batch` sequences run in `layout` (an int: that many
+    tensor-parallel ranks) on this machine, from the profile (its collectives measured at the layout's world
+    size when that is above 1)."""
+    if isinstance(layout, int):
+        layout = BenchLayout("tp", layout)
     spec = families.read(_config(model), model)
     name = DTYPE_NAMES.get(dtype, dtype)
     precision = Precision(weight=name, kv=name, compute=name)
-    from modelchip.spec.chips import get_chip
-
-    d = Deployment(chip=get_chip("h100"), chips=tensor_parallel_size, strategy="tp",
-                   batch=batch / tensor_parallel_size, context=context, precision=precision)
-    return evaluate(model_cost(spec, precision), apply_profile(d, profile))
+    d = apply_profile(layout.deployment(batch, context, precision), profile)
+    return evaluate(model_cost(spec, precision), d)

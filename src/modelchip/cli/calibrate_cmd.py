@@ -58,6 +58,17 @@ def register(sub) -> None:
     b.add_argument("--tensor-parallel-size", "-tp", type=int, nargs="+", default=None, metavar="N",
                    help="measure decode steps with the model split over each N processes (1: one process); shows "
                         "step time and rank 0's share in collectives, and with --profile the prediction of both")
+    b.add_argument("--expert-parallel-size", "-ep", type=int, nargs="+", default=None, metavar="M",
+                   help="the same for a MoE model with its experts sharded over each M processes (attention "
+                        "replicated; 1: one process); with --data-parallel-attention, data-parallel attention + "
+                        "expert parallelism over M")
+    b.add_argument("--data-parallel-attention", action="store_true",
+                   help="with --expert-parallel-size M > 1: each rank attends its own sequences (-dp M -ep M)")
+    b.add_argument("--afd", type=int, nargs=2, action="append", default=None, metavar=("A", "F"),
+                   help="the same with attention-FFN disaggregation over A attention and F FFN ranks (repeat for "
+                        "several)")
+    b.add_argument("--afd-micro-batches", type=common.positive_int, default=2, metavar="M",
+                   help="micro-batches of an --afd run (default 2)")
     b.add_argument("--profile", default=None, help="a profile from `modelchip calibrate` to predict with")
     b.add_argument("--threads", type=common.positive_int, default=None,
                    help="CPU threads torch may use (default: the profile's, so the run matches its calibration; "
@@ -153,7 +164,7 @@ def run_bench(args) -> int:
     if threads is None and args.profile:
         threads = json.loads(Path(args.profile).read_text()).get("calibrated", {}).get("threads")
     _set_threads(threads)
-    if args.tensor_parallel_size:
+    if args.tensor_parallel_size or args.expert_parallel_size or args.afd or args.data_parallel_attention:
         return _bench_parallel(args)
     measured = measure_rounds(args.model, list(dict.fromkeys(args.batch)), args.context, args.steps, args.rounds,
                               args.backend, args.device, args.dtype, args.quantization,
@@ -192,37 +203,61 @@ def run_bench(args) -> int:
     return 0
 
 
+def _layouts(args) -> list:
+    """The layouts --tensor-parallel-size, --expert-parallel-size and --afd ask for, in that order."""
+    from modelchip.calibrate.loop import BenchLayout
+    from modelchip.errors import ModelchipError
+
+    sizes = [*(args.tensor_parallel_size or []), *(args.expert_parallel_size or []),
+             *(n for pair in args.afd or [] for n in pair)]
+    if any(n < 1 for n in sizes):
+        raise ModelchipError(f"parallel sizes must be at least 1, got {min(sizes)}")
+    if args.data_parallel_attention and not args.expert_parallel_size:
+        raise ModelchipError("--data-parallel-attention goes with --expert-parallel-size M (data-parallel attention "
+                             "+ expert parallelism over M ranks)")
+    ep = "dp+ep" if args.data_parallel_attention else "ep"
+    return ([BenchLayout("tp", n) for n in args.tensor_parallel_size or []]
+            + [BenchLayout(ep, n) for n in args.expert_parallel_size or []]
+            + [BenchLayout("afd", a, f, args.afd_micro_batches) for a, f in args.afd or []])
+
+
 def _bench_parallel(args) -> int:
-    """Measured vs predicted decode step time and communication share at each tensor-parallel size."""
+    """Measured vs predicted decode step time and communication share of each parallel layout."""
     from modelchip.calibrate.loop import measure_parallel, predict_parallel
 
     rows = []
-    for tp in args.tensor_parallel_size:
-        measured = measure_parallel(args.model, tp, args.batch, args.context, args.steps, args.backend, args.device,
-                                    args.dtype, args.quantization,
+    for layout in _layouts(args):
+        measured = measure_parallel(args.model, layout, args.batch, args.context, args.steps, args.backend,
+                                    args.device, args.dtype, args.quantization,
                                     progress=lambda m: print(f"  {m}", file=sys.stderr))
         for m in measured:
-            row = {"tensor_parallel_size": tp, "context": args.context, **m, "comm_share": m["comm_s"] / m["step_s"]}
+            row = {"layout": layout.label, "ranks": layout.world_size, "context": args.context, **m,
+                   "comm_share": m["comm_s"] / m["step_s"]}
+            if layout.kind == "tp":
+                row["tensor_parallel_size"] = layout.size
             if args.profile:
-                p = predict_parallel(args.model, args.profile, tp, m["batch"], args.context + args.steps // 2,
+                p = predict_parallel(args.model, args.profile, layout, m["batch"], args.context + args.steps // 2,
                                      args.dtype)
                 step = p.tpot_ms / 1e3
                 comm = (p.breakdown_ms["communication"] + p.breakdown_ms["collective_latency"]) / 1e3
-                row |= {"predicted_step_s": step, "predicted_comm_share": comm / step,
+                row |= {"predicted_step_s": step, "predicted_comm_s": comm, "predicted_comm_share": comm / step,
                         "error": step / m["step_s"] - 1}
             rows.append(row)
     if args.json:
         common.print_json({"model": args.model, "backend": args.backend, "device": args.device, "dtype": args.dtype,
                            "rows": rows})
         return 0
-    headers = ["ranks", "batch", "measured step", "spread", "in collectives"] + (
+    headers = ["layout", "batch", "measured step", "spread", "in collectives"] + (
         ["predicted step", "predicted in collectives", "error"] if args.profile else [])
-    print(render(headers, [[r["tensor_parallel_size"], r["batch"], f"{r['step_s'] * 1e3:.1f} ms",
+    print(render(headers, [[r["layout"], r["batch"], f"{r['step_s'] * 1e3:.1f} ms",
                             f"{100 * r['spread']:.0f}%", f"{100 * r['comm_share']:.0f}%"]
                            + ([f"{r['predicted_step_s'] * 1e3:.1f} ms", f"{100 * r['predicted_comm_share']:.0f}%",
                                f"{100 * r['error']:+.1f}%"] if args.profile else []) for r in rows],
                  title=f"{args.model} decode steps on {args.backend}/{args.device} {args.dtype}, "
                        f"{args.context} tokens of context"))
+    if any(r["layout"].startswith("afd") for r in rows):
+        print("note: under AFD, 'in collectives' is rank 0's time broadcasting the step and waiting for the FFN "
+              "ranks' outputs (the exchange and the FFN work the micro-batches did not hide)")
     return 0
 
 

@@ -3,10 +3,12 @@ group, and the collectives a tensor-parallel decode step makes, costed with them
 
 A calibration profile's `collectives` section (written by `modelchip calibrate --collectives`) holds, per world
 size, the raw message-size sweep of every collective and its fit t(n) = alpha + n / bandwidth. The planner
-costs a tensor-parallel step on the profiled machine with those fits instead of a catalog link (see
-`deploy.evaluate`), and with the compute share each rank gets when ranks share one device (a CPU's cores).
-Expert parallelism (all-to-all dispatch and combine) and attention-FFN disaggregation (send/recv of each layer's
-activations) read the `all_to_all` and `send_recv` fits the same way.
+costs the runtime's parallel steps on the profiled machine with those fits instead of a catalog link (see
+`deploy.evaluate`), and with the compute share each rank gets when ranks share one device (a CPU's cores):
+tensor parallelism (`tensor_parallel_step`), expert parallelism with attention replicated or data-parallel
+(`expert_parallel_step`: all-to-all dispatch and combine) and attention-FFN disaggregation (`afd_step`:
+send/recv of each layer's activations, scheduled by deploy._afd_pipeline). Each step function lists the calls
+rank 0 makes, which tests/runtime/test_parallel_step_calls.py checks against a real run.
 """
 
 from __future__ import annotations
@@ -152,6 +154,81 @@ def tensor_parallel_step(layers: int, hidden: int, vocab: int, tp: int, tokens: 
             CollectiveCall("all_gather", logit_rows * math.ceil(vocab / tp) * 4.0, 1, "logits")]
 
 
+def expert_parallel_step(moe_layers: int, hidden: int, top_k: int, ep: int, tokens: float, logit_rows: float,
+                         act_bytes: float, context: int, data_parallel: bool = False) -> list[CollectiveCall]:
+    """The collectives one decode step of the runtime's expert-parallel MoE makes on rank 0 (runtime/distributed/
+    expert_parallel.py, docs/parallel.md), `tokens` being the step's tokens over all ranks.
+
+    Every MoE layer: 4 all-to-alls, the row counts (one int64 per rank), the dispatched rows (a token's hidden
+    state once per chosen expert), their experts' local ids (int64), and the combine sending each result back
+    (as many rows as the rank received: top_k per token under even routing). Attention replicated (EP alone):
+    rank 0 dispatches its ceil(T / M) chunk of the tokens and all-gathers the chunks' results [ceil(T / M), H]
+    after the combine. Data-parallel attention (DP M + EP M): rank 0 dispatches its own sequences' tokens and
+    there is no all-gather in the layer, but the rows needing logits are all-gathered once per step,
+    [ceil(R / M), H] from each rank. Both: rank 0 broadcasts the step's inputs; nothing else is communicated
+    (attention, dense layers and shared experts are whole on every rank)."""
+    if ep <= 1:
+        return []
+    mine = math.ceil(tokens / ep)  # rank 0's chunk, or its own sequences' tokens (balanced)
+    rows = mine * top_k
+    calls = [CollectiveCall("broadcast_object", step_message_bytes(logit_rows, context), 1, "step inputs"),
+             CollectiveCall("all_to_all", 8.0 * ep, moe_layers, "row counts"),
+             CollectiveCall("all_to_all", rows * hidden * act_bytes, moe_layers, "dispatch"),
+             CollectiveCall("all_to_all", rows * 8.0, moe_layers, "expert ids"),
+             CollectiveCall("all_to_all", rows * hidden * act_bytes, moe_layers, "combine")]
+    if data_parallel:
+        return calls + [CollectiveCall("all_gather", math.ceil(logit_rows / ep) * hidden * act_bytes, 1,
+                                       "rows needing logits")]
+    return calls + [CollectiveCall("all_gather", mine * hidden * act_bytes, moe_layers, "chunks' results")]
+
+
+@dataclass(frozen=True)
+class AFDStep:
+    """The collectives of one AFD decode step, by where they sit in the runtime's schedule (runtime/distributed/
+    afd.py): `step` rank 0's once a step (the step broadcast; with A > 1 tensor parallelism's embedding
+    all-reduce and logits all-gather); `attention` the attention ranks' inside the layers (A > 1: the o_proj
+    all-reduce of every layer and micro-batch); `to_ffn` rank 0's sends of hidden states (F per layer and
+    micro-batch) and `from_ffn` its receives of FFN outputs (one per layer and micro-batch; the FFN leader sends
+    one to each attention rank); `ffn` an FFN rank's all-reduces among the FFN ranks (F > 1)."""
+
+    step: list[CollectiveCall]
+    attention: list[CollectiveCall]
+    to_ffn: CollectiveCall
+    from_ffn: CollectiveCall
+    ffn: list[CollectiveCall]
+
+    def calls(self) -> list[CollectiveCall]:
+        """Attention rank 0's calls of the whole step (what a counting communicator on rank 0 sees)."""
+        return [*self.step, *self.attention, self.to_ffn, self.from_ffn]
+
+
+def afd_step(layers: int, hidden: int, vocab: int, attention_ranks: int, ffn_ranks: int, micro_batches: int,
+             tokens: float, logit_rows: float, act_bytes: float, context: int, shared_experts: bool = False,
+             moe_layers: int = 0) -> AFDStep:
+    """Attention-FFN disaggregation's collectives per decode step (docs/parallel.md). The step's sequences are
+    split into `micro_batches` micro-batches of about tokens / micro_batches tokens; per layer and micro-batch
+    attention rank 0 sends [n, H] to each of the F FFN ranks and the FFN leader sends [n, H] back to each of the
+    A attention ranks (send_recv: one message each). Attention ranks with A > 1 are one tensor-parallel group
+    (embedding all-reduce and logits all-gather per step, o_proj all-reduce per layer and micro-batch); FFN ranks
+    with F > 1 all-reduce each micro-batch's FFN output among themselves (twice in a MoE layer with shared
+    experts: the experts' shares, then the shared expert's tensor-parallel sum)."""
+    a, f, m = attention_ranks, ffn_ranks, micro_batches
+    n = tokens / m
+    msg = n * hidden * act_bytes
+    step = [CollectiveCall("broadcast_object", step_message_bytes(logit_rows, context), 1, "step inputs")]
+    attention = []
+    if a > 1:
+        step += [CollectiveCall("all_reduce", tokens * hidden * act_bytes, 1, "embedding"),
+                 CollectiveCall("all_gather", logit_rows * math.ceil(vocab / a) * 4.0, 1, "logits")]
+        attention = [CollectiveCall("all_reduce", msg, layers * m, "o_proj")]
+    ffn = []
+    if f > 1:
+        per_layer = layers + (moe_layers if shared_experts else 0)
+        ffn = [CollectiveCall("all_reduce", msg, per_layer * m, "FFN output among the FFN ranks")]
+    return AFDStep(step, attention, CollectiveCall("send_recv", msg, layers * m * f, "hidden states to the FFN ranks"),
+                   CollectiveCall("send_recv", msg, layers * m, "FFN output from the FFN leader"), ffn)
+
+
 def step_seconds(calls: list[CollectiveCall], measured: MeasuredCollectives) -> tuple[float, float]:
     """(latency, transfer) seconds of a step's collectives: sum of count * alpha, and of count * bytes / bandwidth."""
     latency = sum(c.count * measured.fit(c.name).alpha_s for c in calls)
@@ -159,12 +236,13 @@ def step_seconds(calls: list[CollectiveCall], measured: MeasuredCollectives) -> 
     return latency, transfer
 
 
-def for_deployment(strategy: str, chips: int, path) -> MeasuredCollectives | None:
-    """The profile's collectives a deployment needs: a tensor-parallel one over several chips needs those
-    measured at its world size (an error says how to measure them); anything else none."""
+def for_deployment(strategy: str, chips: int, path, runtime_layout: bool = False) -> MeasuredCollectives | None:
+    """The profile's collectives a deployment needs: a tensor-parallel one over several chips, or one of the
+    runtime's expert-parallel or AFD layouts (`runtime_layout`, Deployment.attention set), needs those measured
+    at its world size (an error says how to measure them); anything else none."""
     import json
     from pathlib import Path
 
-    if strategy != "tp" or chips <= 1:
+    if chips <= 1 or (strategy != "tp" and not runtime_layout):
         return None
     return read_collectives(json.loads(Path(path).read_text()), chips, str(path))

@@ -38,6 +38,8 @@ from modelchip.spec import dtypes
 from modelchip.spec.chips import Chip, System
 
 STRATEGIES = ("tp", "ep", "afd")
+# how the ranks of a modelchip runtime layout hold attention (Deployment.attention)
+RUNTIME_ATTENTION = {"ep": ("replicated", "data-parallel"), "afd": ("tensor-parallel",)}
 MOE_BALANCE = ("eplb", "static", "ideal")
 ACT_BYTES = 2.0  # activations and combine traffic in BF16
 # Memory-bound kernels between the matmuls, counted as a fused production engine runs them (TensorRT-LLM,
@@ -104,6 +106,12 @@ class Deployment:
     # weights in one of these formats reads them at its measured rate; `notes` says where a profile fell short
     weight_streaming: tuple = ()
     notes: tuple = ()
+    # attention as one of modelchip's own runtime layouts holds it (calibrate/loop.py predicts this machine's
+    # parallel runs with it; "" is the strategy's own, as the catalog deployments run): "replicated" (ep: every
+    # rank attends every token and dispatches its 1/M chunk of them to the experts), "data-parallel" (ep: each
+    # rank its own sequences; rank 0 computes every row's logits), "tensor-parallel" (afd: the attention ranks
+    # are one tensor-parallel group holding every sequence)
+    attention: str = ""
 
     def check(self, cost: ModelCost) -> None:
         if self.strategy not in STRATEGIES:
@@ -130,7 +138,9 @@ class Deployment:
             raise ModelchipError(f"attention balance must be in (0, 1], got {self.attention_balance}")
         if self.mtp < 0 or not 0 <= self.mtp_acceptance <= 1:
             raise ModelchipError("--mtp must be >= 0 and --mtp-acceptance in [0, 1]")
-        if self.collectives is not None and self.strategy == "tp" and self.chips != self.collectives.world_size:
+        if self.attention and self.attention not in RUNTIME_ATTENTION.get(self.strategy, ()):
+            raise ModelchipError(f"attention {self.attention!r} is not a runtime layout of strategy {self.strategy!r}")
+        if self.collectives is not None and self.chips != self.collectives.world_size:
             raise ModelchipError(f"the measured collectives are for {self.collectives.world_size} ranks, the "
                                  f"deployment has {self.chips}")
         if self.phase == "prefill" and self.prompt_len < 1:
@@ -373,7 +383,7 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     decode = d.phase == "decode"
     q = 1 + d.mtp if decode else d.prompt_len - d.cached_prefix  # tokens per sequence computed in this step
     b = d.batch
-    tp = d.chips if d.strategy == "tp" else 1
+    tp = d.chips if d.strategy == "tp" else (d.attn_chips if d.attention == "tensor-parallel" else 1)
     attn_chips = d.attn_chips if d.strategy == "afd" else d.chips
     ffn_group = d.ffn_chips if d.strategy == "afd" else d.chips
     ep = d.expert_parallel
@@ -403,19 +413,24 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
                  bw, attn_cdt, weight_dtype=attn_dtype)
     head_params = cost.lm_head_params or cost.embed_params
     out_tokens = b * tp * (q if decode else 1)  # prefill needs logits of the last token only
+    if d.attention == "data-parallel":  # the runtime gathers every rank's rows needing logits to rank 0
+        out_tokens *= d.chips
     lm_head = _gemm(d, 2 * out_tokens * head_params / tp, head_params * dtypes.nbytes(head_dtype) / tp, out_tokens,
                     chip.peak(prec.compute_dtype(chip, head_dtype)) or peak, bw, prec.compute_dtype(chip, head_dtype),
                     weight_dtype=head_dtype)
 
     # FFN side, per FFN chip; under afd an FFN chip serves every attention chip's tokens
-    ffn_tokens = inst_tokens * (attn_chips / ffn_group if d.strategy == "afd" else 1)
+    # (tensor-parallel attention ranks hold the same tokens, so an FFN chip serves 1/F of one rank's)
+    served = inst_tokens * (1 if d.attention == "tensor-parallel" else attn_chips)
+    ffn_tokens = served / ffn_group if d.strategy == "afd" else inst_tokens
     dense_tp = tp if d.strategy == "tp" else (ffn_group if d.strategy == "afd" else 1)
     dense_tokens = ffn_tokens * (ffn_group if d.strategy == "afd" else 1)
     dense = _gemm(d, 2 * dense_tokens * cost.dense_params / dense_tp, cost.dense_params * wb / dense_tp,
                   dense_tokens, peak, bw, cdt, weight_dtype=prec.weight)
     moe_t = router = imbalance = 0.0
     if moe:
-        group_tokens = ffn_tokens * ep if d.strategy != "tp" else inst_tokens
+        # tokens the expert-parallel group routes: every chip's own, or (attention replicated) one set for all
+        group_tokens = ffn_tokens * ep if d.strategy != "tp" and d.attention != "replicated" else ffn_tokens
         pairs = group_tokens * moe.top_k / max(ep, 1)  # token-expert pairs landing on this chip
         hit = _activated(moe.experts, moe.top_k, group_tokens) / max(ep, 1)
         shard = tp if d.strategy == "tp" else 1
@@ -469,6 +484,13 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         calls = measured_comm.tensor_parallel_step(L, H, cost.vocab, tp, inst_tokens, out_tokens,
                                                    dtypes.nbytes(cdt), d.context)
         comm_fixed, comm = measured_comm.step_seconds(calls, d.collectives)
+    elif d.strategy == "ep" and d.collectives is not None:
+        # the runtime's expert-parallel collectives (step broadcast, 4 all-to-alls per MoE layer, the chunks' or
+        # the logit rows' all-gather) at measured alpha-beta
+        calls = measured_comm.expert_parallel_step(
+            moe.layers if moe else 0, H, moe.top_k if moe else 1, ep, group_tokens if moe else tokens * ep,
+            out_tokens, dtypes.nbytes(cdt), d.context, data_parallel=d.attention != "replicated")
+        comm_fixed, comm = measured_comm.step_seconds(calls, d.collectives)
     elif d.strategy == "tp":
         comm = 2 * L * _all_reduce(d, tp, inst_tokens * act)
         comm_fixed = 2 * L * _collective_latency(d, tp)
@@ -486,6 +508,8 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         else:
             comm_fixed = 2 * moe.layers * _collective_latency(d, ep)
             comm = moe.layers * _throughput_all_to_all(d, ep, tokens, moe.top_k, H * (1 + ACT_BYTES))
+    elif d.strategy == "afd" and d.collectives is not None:
+        pass  # the exchange is timed with the schedule below (_afd_pipeline)
     elif d.strategy == "afd":
         # per layer an attention chip sends its tokens out (8-bit) and gets them back (16-bit); an FFN chip
         # handles A/F attention chips' worth of that traffic
@@ -508,7 +532,12 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     attn_side += dp_wait
     ffn_side = dense + moe_t + imbalance + router + act_fn + floor_ffn
     comm_total = comm + comm_fixed
-    if d.strategy == "afd":
+    afd_host = None
+    if d.strategy == "afd" and d.collectives is not None:
+        step, comm, afd_host = _afd_pipeline(cost, d, attn_side, ffn_side, lm_head + sampling, tp * b, inst_tokens,
+                                             out_tokens, dtypes.nbytes(cdt), host_slowdown)
+        bound = "attention" if attn_side >= ffn_side else "ffn"
+    elif d.strategy == "afd":
         per_layer = max(attn_side / L, comm / L, ffn_side / L)
         fill = (attn_side + comm + ffn_side) / L / max(d.microbatches, 1)
         step = L * per_layer + fill
@@ -546,7 +575,11 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     if kv_fraction and d.strategy != "afd":  # the KV cache gets a fraction of what the weights leave
         cap = weights_w + (chip.memory_capacity.value - weights_w) * kv_fraction
     mem["usable"] = cap / 1e9
-    step += host + launch + floor
+    if afd_host is not None:  # the schedule already ran each rank's host work where it falls
+        host = afd_host
+    else:
+        step += host
+    step += launch + floor
     # the host issues the step's operators while the device runs them: where issuing is slower, the device
     # idles for the difference (host-bound)
     dispatch_wait = max(0.0, _host_dispatch(cost, d) - step)
@@ -585,6 +618,51 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     price = chip.usd_per_hour
     usd = price / 3600 / tokens_per_s * 1e6 if price else None
     return Prediction(True, "", tpot, ttft, b, tokens_per_s, used / 1e9, mem, breakdown, usd, bound)
+
+
+def _afd_pipeline(cost: ModelCost, d: Deployment, attn_side: float, ffn_side: float, head: float,
+                  sequences: float, tokens: float, logit_rows: float, act_bytes: float,
+                  host_slowdown: float) -> tuple[float, float, float]:
+    """(step seconds, seconds attention rank 0 waits on the FFN side and in its own collectives, its host
+    seconds) of an AFD decode step on a profile with measured collectives, scheduled as the runtime runs it
+    (runtime/distributed/afd.py): micro-batch i of layer l starts its attention once the attention rank is
+    free and micro-batch i's FFN output of layer l-1 is back; its FFN starts once the FFN rank is free and
+    its hidden states have arrived. So a layer costs its slower side when the micro-batches keep both busy,
+    and the round trip attention, wire, FFN, wire when they cannot (one micro-batch: no overlap at all).
+    Each side's work per layer and micro-batch is its share of the step's compute, its op calls' host cost
+    (every op runs once per micro-batch) and its collectives; messages cost the measured send/recv fit."""
+    L, H, fit = cost.layers, cost.hidden, d.collectives
+    m = max(1, min(d.microbatches, round(sequences)))  # a step of fewer sequences gets fewer micro-batches
+    calls = measured_comm.afd_step(L, H, cost.vocab, d.attn_chips, d.ffn_chips, m, tokens, logit_rows, act_bytes,
+                                   d.context, bool(cost.moe and cost.moe.shared_params),
+                                   cost.moe.layers if cost.moe else 0)
+    seconds = lambda cs: sum(measured_comm.step_seconds(cs, fit))  # noqa: E731
+    per_op = d.overhead_per_op_s * host_slowdown
+    attn_ops = (cost.layer_op_calls - cost.ffn_op_calls) / L
+    # one micro-batch's work on each side in one layer
+    a = ((attn_side - head) / L + seconds(calls.attention) / L) / m + per_op * attn_ops \
+        + d.overhead_per_seq_s * host_slowdown * sequences / m
+    f = (ffn_side / L + seconds(calls.ffn) / L) / m + per_op * cost.ffn_op_calls / L
+    out = fit.fit("send_recv").seconds(calls.to_ffn.nbytes) * d.ffn_chips  # rank 0 sends to every FFN rank
+    back = fit.fit("send_recv").seconds(calls.from_ffn.nbytes)
+    attn_free = ffn_free = 0.0
+    returned = [0.0] * m  # when micro-batch i's FFN output of the previous layer is back on rank 0
+    busy = 0.0
+    for _ in range(L):
+        for i in range(m):
+            start = max(attn_free, returned[i])
+            attn_free = start + a
+            busy += a
+            ffn_start = max(ffn_free, attn_free + out)
+            ffn_free = ffn_start + f
+            returned[i] = ffn_free + back
+    layers = max(attn_free, max(returned))
+    once = seconds(calls.step) + head + (4 * d.overhead_per_op_s + d.overhead_per_step_s
+                                         + d.overhead_per_seq_step_s * sequences) * host_slowdown
+    host = per_op * attn_ops * m * L + d.overhead_per_seq_s * host_slowdown * sequences * L \
+        + (4 * d.overhead_per_op_s + d.overhead_per_step_s + d.overhead_per_seq_step_s * sequences) * host_slowdown
+    wait = layers - busy + seconds(calls.step)
+    return layers + once, wait, host
 
 
 def _offload_problem(chip: Chip, excess: float, weights: float) -> str:

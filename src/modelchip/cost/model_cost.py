@@ -54,6 +54,7 @@ class ModelCost:
     # op calls of a step that are not matmuls (norms, rotary, KV writes, attention, activation, routing, embedding,
     # sampling): each pays a small kernel's per-call floor where one is measured
     small_op_calls: int = 0
+    ffn_op_calls: int = 0  # the FFNs' share of layer_op_calls (attention-FFN disaggregation runs them apart)
     # attention accounting per (context, phase), memoised here: hashing the spec per lookup would dominate a plan
     _memo: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
 
@@ -83,12 +84,13 @@ def model_cost(spec: ModelSpec, precision: Precision) -> ModelCost:
     moe = None
     moe_layers = dense_layers = 0
     kv_heads = []
-    op_calls = small = 0
+    op_calls = small = ffn_op_calls = 0
     for layer, n in Counter(spec.layers).items():
         a, f = layer.attention, layer.ffn
         attn_calls = OPS_PER_ATTENTION[a.kind] + 2 * a.qk_norm - (2 if a.kind == "mla" and not a.q_lora_rank else 0)
         ffn_calls = 3 if f.kind == "dense" else 3 + 3 * bool(f.shared_intermediate_size)  # router, route, experts
         op_calls += n * (2 + attn_calls + ffn_calls)
+        ffn_op_calls += n * ffn_calls
         # matmuls: the projections, gate_up and down (dense and shared expert), the router and the routed experts
         ffn_matmuls = 2 if f.kind == "dense" else 2 + 2 * bool(f.shared_intermediate_size)
         small += n * (2 + attn_calls - len(attention.projection_calls(a, H)) + ffn_calls - ffn_matmuls)
@@ -115,4 +117,5 @@ def model_cost(spec: ModelSpec, precision: Precision) -> ModelCost:
         attn_call_fractions=tuple(w / sum(calls) for w in calls), dense_layers=dense_layers,
         small_op_calls=small + 3,  # embedding, final norm, sampling (the LM head is a matmul)
         attention_kind=Counter(layer.attention.kind for layer in spec.layers).most_common(1)[0][0],
+        ffn_op_calls=ffn_op_calls,
     )

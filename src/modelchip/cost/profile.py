@@ -31,12 +31,12 @@ def load_profile(path: str | Path, weight_dtype: str | None = None) -> tuple[Chi
 
 def apply_profile(d: Deployment, path: str | Path) -> Deployment:
     """The deployment on the profiled chip, with its measured efficiencies and overheads (and, for tensor
-    parallelism over several ranks, its measured collectives)."""
+    parallelism or a runtime parallel layout over several ranks, its measured collectives)."""
     chip, eff, overhead = load_profile(path, d.precision.weight)
     tables, said = streaming.from_profile(path, d.precision)  # packed formats' measured rates (cost/streaming.py)
     return replace(d, chip=chip, system=None, efficiency=defaults().override(eff),
                    overhead_per_op_s=overhead.get("per_op_s", 0.0), overhead_per_seq_s=overhead.get("per_seq_s", 0.0),
                    overhead_per_step_s=overhead.get("per_step_s", 0.0),
                    overhead_per_seq_step_s=overhead.get("per_seq_step_s", 0.0),
-                   collectives=collectives.for_deployment(d.strategy, d.chips, path),
+                   collectives=collectives.for_deployment(d.strategy, d.chips, path, bool(d.attention)),
                    weight_streaming=tables, notes=(*d.notes, *said))

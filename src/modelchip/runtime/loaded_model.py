@@ -176,7 +176,7 @@ class LoadedModel:
         Rank 0 first sends the same inputs to the other ranks, so all run this step together."""
         if self._driving():
             if cache.parallel_id != self.parallel.cache_id:
-                raise ModelchipError("a tensor-parallel model runs one engine at a time: this KV cache is not "
+                raise ModelchipError(f"a {self.parallel.label} model runs one engine at a time: this KV cache is not "
                                      "the one the other ranks hold (make a new engine, or a new LLM)")
             host = (ids.cpu(), positions.cpu(), meta.to(torch.device("cpu")),
                     None if last is None else last.cpu())

@@ -35,7 +35,8 @@ class ParallelRun:
         self.failure: str | None = None
         self.cache_id = 0  # the KV cache the workers hold (they keep one: the engine's)
         self.publish_seconds = 0.0  # rank 0's time broadcasting messages: a step's share of communication
-        self.label = "tensor-parallel"  # how errors name the run's ranks ("attention-FFN" under AFD)
+        # how errors name the run's ranks (loaded_model.py names them "attention-FFN" under AFD)
+        self.label = layout.rank_label() if layout is not None else "tensor-parallel"
 
     @property
     def is_driver(self) -> bool:

@@ -35,6 +35,14 @@ class ParallelLayout:
                                                      ("expert parallel", self.expert_parallel_size)) if size > 1]
         return ", ".join(parts) or "one process"
 
+    def rank_label(self) -> str:
+        """How errors name this layout's ranks: "expert-parallel rank 1", "data-parallel + expert-parallel rank
+        1" (tensor-parallel when nothing is split, as a torchrun launch without sizes is)."""
+        kinds = [f"{name}-parallel" for name, size in (("tensor", self.tensor_parallel_size),
+                                                       ("data", self.data_parallel_size),
+                                                       ("expert", self.expert_parallel_size)) if size > 1]
+        return " + ".join(kinds) or "tensor-parallel"
+
 
 def make_layout(tensor_parallel_size: int = 1, data_parallel_size: int = 1,
                 expert_parallel_size: int = 1) -> ParallelLayout:
