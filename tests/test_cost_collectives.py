@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from modelchip.cost import collectives
-from modelchip.cost.collectives import LinkFit, MeasuredCollectives, fit_alpha_beta, read_collectives
+from modelchip.cost.collectives import (
+    LinkFit,
+    MeasuredCollectives,
+    fit_alpha_beta,
+    fit_sync_wait,
+    read_collectives,
+)
 from modelchip.cost.conventions import Precision
 from modelchip.cost.deploy import Deployment, evaluate
 from modelchip.cost.model_cost import model_cost
@@ -69,8 +75,9 @@ FITS = {"all_reduce": LinkFit(80e-6, 1.5e9), "all_gather": LinkFit(90e-6, 0.8e9)
         "broadcast_object": LinkFit(150e-6, 0.4e9)}
 
 
-def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS):
-    """A profile as `modelchip calibrate --collectives` writes it (figures made up, structure real)."""
+def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS, sync_wait=None):
+    """A profile as `modelchip calibrate --collectives` writes it (figures made up, structure real); sync_wait
+    (fixed_s, per_compute) adds the measured wait at a collective reached from compute."""
     src = {"source": "test", "tag": "D"}
     data = {
         "id": "test-cpu", "name": "test CPU", "vendor": "measured", "kind": "cpu",
@@ -88,6 +95,9 @@ def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS):
                                     for name, f in fits.items()},
                             "fit": {name: f.as_dict() for name, f in fits.items()}}}},
     }
+    if sync_wait is not None:
+        data["collectives"]["by_world_size"][str(world)]["sync_wait"] = {
+            "fit": {"fixed_s": sync_wait[0], "per_compute": sync_wait[1]}}
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(data))
     return path
@@ -205,9 +215,15 @@ def test_calibrate_collectives_only_adds_a_fitted_sweep(tmp_path):
         if ref_alpha >= 0 and ref_g > 0:  # otherwise the fit clamps (test_fit_keeps_both_terms_non_negative)
             assert fit.alpha_s == pytest.approx(ref_alpha, rel=1e-6)
             assert 1 / fit.bandwidth == pytest.approx(ref_g, rel=1e-6)
+    # the wait at an all-reduce reached from compute: one point per compute length, fitted as stored
+    sync = measured["sync_wait"]
+    assert len(sync["compute_s"]) == len(sync["wait_s"]) == len(sync["matmuls"]) == 3
+    assert sync["compute_s"] == sorted(sync["compute_s"]) and all(w >= 0 for w in sync["wait_s"])
+    refit = fit_sync_wait(sync["compute_s"], sync["wait_s"])
+    assert (sync["fit"]["fixed_s"], sync["fit"]["per_compute"]) == (refit.fixed_s, refit.per_compute)
     # and the planner costs a 2-rank tensor-parallel step with them
     d = apply_profile(Deployment(chip=get_chip("h100"), chips=2, strategy="tp", batch=1, context=64), path)
-    assert d.collectives.world_size == 2
+    assert d.collectives.world_size == 2 and d.collectives.sync_wait == refit
     threads = data["collectives"]["threads"]
     assert d.collectives.threads_per_rank() == measured["threads_per_rank"] == max(1, threads // 2)
 
@@ -294,3 +310,44 @@ def test_afd_step_from_profile_follows_the_runtime_schedule(tmp_path):
     assert a >= wire + f + wire  # the regime the closed form below holds in
     once = bc.seconds(bc_bytes) + head + once_host
     assert p2.tpot_ms == pytest.approx((2 * 2 * a + wire + f + wire + once) * 1e3, rel=1e-9)
+
+
+def test_sync_wait_fit_is_the_least_squares_line_kept_non_negative():
+    compute, wait = [1e-4, 8e-4, 4e-3], [1.4e-4, 7.0e-4, 1.2e-3]
+    slope, fixed = np.polyfit(np.asarray(compute), np.asarray(wait), 1)  # float64 reference
+    f = fit_sync_wait(compute, wait)
+    assert (f.fixed_s, f.per_compute) == (pytest.approx(fixed, rel=1e-9), pytest.approx(slope, rel=1e-9))
+    falling = fit_sync_wait([1e-3, 2e-3], [3e-4, 1e-4])  # falling: the mean, no slope
+    assert (falling.fixed_s, falling.per_compute) == (pytest.approx(2e-4), 0.0)
+    assert fit_sync_wait([1e-3, 2e-3], [1e-4, 5e-4]).fixed_s == 0.0  # the line would cross below zero
+    with pytest.raises(ModelchipError, match="at least two"):
+        fit_sync_wait([1e-3], [1e-4])
+
+
+def _compute_s(p) -> float:
+    ms = p.breakdown_ms
+    parts = ("attention_proj", "attention_core", "lm_head", "norms", "sampling", "dense_ffn", "moe", "moe_imbalance",
+             "router", "act_fn", "dp_attention_wait", "gemm_call_floor", "small_kernel_floor")
+    return sum(ms[k] for k in parts) / 1e3
+
+
+def test_tp_step_waits_at_each_collective_as_measured(tmp_path):
+    # SmolLM2 at 3 ranks: 63 sync points a step (61 all-reduces, the logits' all-gather, the step broadcast);
+    # each costs 0.1 ms + 0.25 x the compute since the last one
+    precision = Precision(weight="bf16", kv="bf16", compute="bf16")
+    d = Deployment(chip=get_chip("h100"), chips=3, strategy="tp", batch=2, context=200, precision=precision)
+    cost = model_cost(_smollm2(), precision)
+    without = evaluate(cost, apply_profile(d, _profile(tmp_path)))
+    assert without.breakdown_ms["sync_wait"] == 0.0  # a profile from before the wait was measured
+    p = evaluate(cost, apply_profile(d, _profile(tmp_path, sync_wait=(1e-4, 0.25))))
+    wait = 63 * (1e-4 + 0.25 * _compute_s(p) / 63)
+    assert p.breakdown_ms["sync_wait"] == pytest.approx(wait * 1e3, rel=1e-12)
+    assert p.tpot_ms == pytest.approx(without.tpot_ms + wait * 1e3, rel=1e-12)
+
+
+def test_afd_exchanges_pay_no_sync_wait(tmp_path):
+    # AFD's exchanges are isend/irecv that the schedule itself waits on (deploy._afd_pipeline): a measured sync
+    # wait changes nothing there
+    base = Deployment(chip=get_chip("h100"), chips=2, strategy="afd", attn_chips=1, ffn_chips=1, batch=4,
+                      context=64, precision=FP32, attention="tensor-parallel", microbatches=2)
+    assert _on_profile(tmp_path, base, sync_wait=(1e-4, 0.25)).tpot_ms == _on_profile(tmp_path, base).tpot_ms

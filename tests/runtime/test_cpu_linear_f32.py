@@ -130,3 +130,16 @@ def test_f32_matmul_override_refuses_what_cannot_run(monkeypatch):
     monkeypatch.setenv("MODELCHIP_F32_MATMUL", "fast")
     with pytest.raises(ModelchipError, match="choose blocks or onednn"):
         cpu.f32_matmul(None)
+
+
+def test_large_packed_weights_start_on_a_2mb_boundary_and_compute_the_same(kernels):
+    import sys
+
+    big = kernels.pack_linear_f32(torch.randn(3072, 576))  # 7 MB: copied into memory advised for huge pages
+    small = kernels.pack_linear_f32(torch.randn(64, 64))  # 16 KB: left where torch put it
+    if sys.platform.startswith("linux"):
+        assert big.data_ptr() % (2 << 20) == 0
+    x = torch.randn(5, 576)
+    assert torch.equal(kernels.linear_f32(x, big, 3072, None), kernels.linear_f32(x, big.clone(), 3072, None))
+    assert small.shape == (4, 64, 16)
+    del big  # its deleter unmaps the mapping

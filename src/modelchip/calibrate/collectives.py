@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from modelchip.cost.collectives import COLLECTIVES, fit_alpha_beta
+from modelchip.cost.collectives import COLLECTIVES, fit_alpha_beta, fit_sync_wait
 
 SIZES = tuple(256 << (2 * i) for i in range(9))  # 256 B .. 16 MiB, x4: a decode step's messages are at the small end
 ROUNDS = 9  # timed rounds per size: the median is kept
@@ -105,6 +105,41 @@ def sweep(ops, sizes: tuple[int, ...] = SIZES, progress: Callable[[str], None] =
     return raw
 
 
+# one-row matmuls over distinct 1536 x 576 float32 weights (SmolLM2's MLP shape; 16 of them, 57 MB, overflow the
+# caches as a decode step's weights do) between two sync points: three compute lengths to fit the wait against
+SEGMENT_MATMULS = (1, 4, 16)
+
+
+def sync_segments(ops, progress: Callable[[str], None] = lambda m: None) -> dict:
+    """What a blocking collective costs when ranks reach it from compute, not from a barrier (cost/collectives.
+    SyncWait). Every rank runs the same segments: n matmuls alone (all ranks at once, so with the contention a
+    parallel step has), then n matmuls closed by a small all-reduce; the wait is the second less the first
+    less the all-reduce timed back to back. Run on every rank in step; rank 0's figures are what counts."""
+    comm = ops.comm
+    progress(f"collectives after compute at {comm.world_size} ranks, {len(SEGMENT_MATMULS)} compute lengths")
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(1536, 576, generator=g).to(ops.device) for _ in range(max(SEGMENT_MATMULS))]
+    x = torch.randn(1, 576, generator=g).to(ops.device)
+    small = torch.ones(576, dtype=DTYPES["all_reduce"], device=ops.device)  # a decode token's activations
+    reduce_alone = _time(lambda: comm.all_reduce(small), ops, False, ROUNDS)
+    compute, wait = [], []
+    for n in SEGMENT_MATMULS:
+        def work(n=n) -> None:
+            for w in weights[:n]:
+                ops.linear(x, w)
+        alone = _time(work, ops, False, ROUNDS)
+        synced = _time(lambda work=work: (work(), comm.all_reduce(small)), ops, False, ROUNDS)
+        compute.append(alone)
+        wait.append(max(0.0, synced - alone - reduce_alone))
+    return {"matmuls": list(SEGMENT_MATMULS), "compute_s": compute, "wait_s": wait, "all_reduce_s": reduce_alone,
+            "fit": dict(zip(("fixed_s", "per_compute"), _sync_fit(compute, wait), strict=True))}
+
+
+def _sync_fit(compute: list[float], wait: list[float]) -> tuple[float, float]:
+    f = fit_sync_wait(compute, wait)
+    return f.fixed_s, f.per_compute
+
+
 def _fit(raw: dict) -> dict:
     return {name: fit_alpha_beta(r["bytes"], r["seconds"]).as_dict() for name, r in raw.items()}
 
@@ -119,6 +154,7 @@ def _worker(rank: int, world: int, port: int, backend: str, device: str, threads
         launch.init_group(rank, world, ops.device, f"tcp://127.0.0.1:{port}")
         ops.attach_group()
         sweep(ops, _sizes_from_rank0())
+        sync_segments(ops)
     except BaseException as exc:  # reported to rank 0, which names the rank
         errors.put(f"rank {rank}: {type(exc).__name__}: {exc}")
         raise SystemExit(1) from exc
@@ -160,6 +196,7 @@ def measure(world_size: int, backend: str = "reference", device: str = "cpu", si
         ops.attach_group()
         torch.distributed.broadcast_object_list([list(sizes)], src=0)
         raw = sweep(ops, sizes, progress)
+        sync = sync_segments(ops, progress)
     except (RuntimeError, ModelchipError) as exc:
         reports = []
         while not errors.empty():
@@ -173,7 +210,7 @@ def measure(world_size: int, backend: str = "reference", device: str = "cpu", si
             if p.exitcode is None:
                 p.kill()
         torch.set_num_threads(total)
-    return {"threads_per_rank": threads, "raw": raw, "fit": _fit(raw)}
+    return {"threads_per_rank": threads, "raw": raw, "fit": _fit(raw), "sync_wait": sync}
 
 
 def section(world_sizes: list[int], backend: str, device: str, progress: Callable[[str], None] = lambda m: None,
@@ -184,5 +221,7 @@ def section(world_sizes: list[int], backend: str, device: str, progress: Callabl
             "threads": torch.get_num_threads(), "cpus": os.cpu_count() or 1, "shared_device": dev.type == "cpu",
             "timed": "rank 0, median of rounds of 3 calls, each round entered together after a barrier; "
                      "send_recv is half a ping-pong between ranks 0 and 1; broadcast_object is rank 0's "
-                     "broadcast_object_list on the control group followed by a barrier there (every rank has it)",
+                     "broadcast_object_list on the control group followed by a barrier there (every rank has it); "
+                     "sync_wait: rank 0's wait at an all-reduce reached from n one-row matmuls, beyond the "
+                     "matmuls alone and the all-reduce alone",
             "by_world_size": {str(n): measure(n, backend, device, sizes, progress) for n in world_sizes}}

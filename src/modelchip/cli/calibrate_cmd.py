@@ -239,7 +239,8 @@ def _bench_parallel(args) -> int:
                 p = predict_parallel(args.model, args.profile, layout, m["batch"], args.context + args.steps // 2,
                                      args.dtype)
                 step = p.tpot_ms / 1e3
-                comm = (p.breakdown_ms["communication"] + p.breakdown_ms["collective_latency"]) / 1e3
+                comm = (p.breakdown_ms["communication"] + p.breakdown_ms["collective_latency"]
+                        + p.breakdown_ms["sync_wait"]) / 1e3
                 row |= {"predicted_step_s": step, "predicted_comm_s": comm, "predicted_comm_share": comm / step,
                         "error": step / m["step_s"] - 1}
             rows.append(row)

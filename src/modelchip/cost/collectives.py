@@ -64,6 +64,44 @@ def fit_alpha_beta(sizes: Sequence[float], seconds: Sequence[float]) -> LinkFit:
 
 
 @dataclass(frozen=True)
+class SyncWait:
+    """What a blocking collective costs beyond its alpha-beta time when the ranks arrive from compute rather than
+    from a barrier: wait(c) = fixed_s + per_compute x c for c seconds of compute since the previous sync point.
+    Ranks that each ran c seconds arrive apart (time slices, a rank whose progress thread shares a core, cache
+    and bandwidth contention, one rank's extra host work), and the first to arrive waits for the last. The
+    back-to-back sweep enters every round together and so never sees it. Measured by calibration
+    (calibrate/collectives.py `sync_wait`: compute segments of several lengths, each closed by an all-reduce)."""
+
+    fixed_s: float
+    per_compute: float
+
+    def seconds(self, syncs: float, compute_s: float) -> float:
+        """Waiting over a step with `syncs` sync points and `compute_s` seconds of compute spread between them."""
+        if syncs <= 0:
+            return 0.0
+        return syncs * max(0.0, self.fixed_s + self.per_compute * compute_s / syncs)
+
+
+def fit_sync_wait(compute_s: Sequence[float], wait_s: Sequence[float]) -> SyncWait:
+    """Least-squares line wait = fixed + per_compute x compute over the measured segments, both terms kept
+    non-negative (a negative one dropped and the other refitted alone), as fit_alpha_beta does."""
+    if len(compute_s) != len(wait_s) or len(compute_s) < 2:
+        raise ModelchipError(f"a sync-wait fit needs at least two (compute, wait) points, got {len(compute_s)}")
+    n = len(compute_s)
+    mc, mw = sum(compute_s) / n, sum(wait_s) / n
+    sxx = sum((c - mc) ** 2 for c in compute_s)
+    slope = sum((c - mc) * (w - mw) for c, w in zip(compute_s, wait_s, strict=True)) / sxx if sxx > 0 else 0.0
+    fixed = mw - slope * mc
+    if slope < 0:
+        slope, fixed = 0.0, mw
+    if fixed < 0:
+        fixed = 0.0
+        slope = max(0.0, sum(c * w for c, w in zip(compute_s, wait_s, strict=True))
+                    / max(sum(c * c for c in compute_s), 1e-30))
+    return SyncWait(max(0.0, fixed), slope)
+
+
+@dataclass(frozen=True)
 class MeasuredCollectives:
     """One world size's fits from a profile, and how its ranks shared the device when they were measured."""
 
@@ -72,6 +110,13 @@ class MeasuredCollectives:
     shared_device: bool  # ranks share one device (CPU cores): each computes at a share of the profiled rate
     threads: int  # threads the profile was calibrated with, which a run divides among its ranks
     cpus: int  # the cores the ranks' threads share
+    sync_wait: SyncWait | None = None  # None: a profile from before it was measured (no wait charged)
+
+    def wait_seconds(self, calls: list[CollectiveCall], compute_s: float) -> float:
+        """The step's waiting at its sync points (every call listed is one) with `compute_s` of compute between."""
+        if self.sync_wait is None:
+            return 0.0
+        return self.sync_wait.seconds(sum(c.count for c in calls), compute_s)
 
     def fit(self, name: str) -> LinkFit:
         if name not in self.fits:
@@ -115,8 +160,10 @@ def read_collectives(data: dict, world_size: int, source: str = "profile") -> Me
                              f"`{how}`")
     try:
         fits = {name: LinkFit(f["alpha_s"], f["bandwidth_Bps"] or math.inf) for name, f in measured["fit"].items()}
+        wait = (measured.get("sync_wait") or {}).get("fit")
         return MeasuredCollectives(world_size, fits, bool(section["shared_device"]), int(section["threads"]),
-                                   int(section["cpus"]))
+                                   int(section["cpus"]),
+                                   SyncWait(float(wait["fixed_s"]), float(wait["per_compute"])) if wait else None)
     except (KeyError, TypeError) as exc:
         raise ModelchipError(f"{source}: malformed collectives section ({exc!r})") from exc
 

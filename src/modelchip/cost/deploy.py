@@ -478,12 +478,14 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     # communication per step
     act = H * ACT_BYTES
     comm = comm_fixed = 0.0
+    measured_calls = None  # the runtime's own collectives, on a profile that measured them
     if d.strategy == "tp" and d.collectives is not None:
         # the runtime's own collectives (step broadcast, embedding, 2 per layer, logits) at measured alpha-beta,
         # activations in the compute format as the runtime sends them
         calls = measured_comm.tensor_parallel_step(L, H, cost.vocab, tp, inst_tokens, out_tokens,
                                                    dtypes.nbytes(cdt), d.context)
         comm_fixed, comm = measured_comm.step_seconds(calls, d.collectives)
+        measured_calls = calls
     elif d.strategy == "ep" and d.collectives is not None:
         # the runtime's expert-parallel collectives (step broadcast, 4 all-to-alls per MoE layer, the chunks' or
         # the logit rows' all-gather) at measured alpha-beta
@@ -491,6 +493,7 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
             moe.layers if moe else 0, H, moe.top_k if moe else 1, ep, group_tokens if moe else tokens * ep,
             out_tokens, dtypes.nbytes(cdt), d.context, data_parallel=d.attention != "replicated")
         comm_fixed, comm = measured_comm.step_seconds(calls, d.collectives)
+        measured_calls = calls
     elif d.strategy == "tp":
         comm = 2 * L * _all_reduce(d, tp, inst_tokens * act)
         comm_fixed = 2 * L * _collective_latency(d, tp)
@@ -531,7 +534,10 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     dp_wait = attn_side * (1 / d.attention_balance - 1) if d.strategy == "ep" else 0.0
     attn_side += dp_wait
     ffn_side = dense + moe_t + imbalance + router + act_fn + floor_ffn
-    comm_total = comm + comm_fixed
+    # ranks reach each blocking collective from their own compute, not together: the first waits for the last
+    # (measured on the profiled process group, cost/collectives.SyncWait)
+    sync_wait = d.collectives.wait_seconds(measured_calls, attn_side + ffn_side) if measured_calls else 0.0
+    comm_total = comm + comm_fixed + sync_wait
     afd_host = None
     if d.strategy == "afd" and d.collectives is not None:
         step, comm, afd_host = _afd_pipeline(cost, d, attn_side, ffn_side, lm_head + sampling, tp * b, inst_tokens,
@@ -597,7 +603,8 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     breakdown = {"attention_proj": proj, "attention_core": core, "lm_head": lm_head, "norms": norms,
                  "sampling": sampling, "dense_ffn": dense, "moe": moe_t, "moe_imbalance": imbalance,
                  "router": router, "act_fn": act_fn, "dp_attention_wait": dp_wait, "communication": comm,
-                 "collective_latency": comm_fixed, "host_overhead": host, "launch": launch, "kernel_floor": floor,
+                 "collective_latency": comm_fixed, "sync_wait": sync_wait, "host_overhead": host, "launch": launch,
+                 "kernel_floor": floor,
                  "gemm_call_floor": floor_attn + floor_ffn,
                  "small_kernel_floor": floor_small, "host_dispatch_wait": dispatch_wait,
                  "weight_offload": offload}

@@ -134,7 +134,11 @@ at::Tensor in_huge_pages(const at::Tensor& t) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr size_t kHuge = size_t(2) << 20, kPage = 4096;
   const size_t bytes = t.nbytes();
-  if (bytes < kHuge || !t.is_contiguous() || !t.device().is_cpu()) return t;
+  static const bool wanted = [] {  // MODELCHIP_HUGE_PAGES=0: ordinary pages (to measure what huge ones change)
+    const char* v = std::getenv("MODELCHIP_HUGE_PAGES");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  if (!wanted || bytes < kHuge || !t.is_contiguous() || !t.device().is_cpu()) return t;
   // map 2 MB more than needed, then unmap the slack on both sides: the mapping starts on a 2 MB boundary and
   // ends at the last 4 KB page the weight uses, so no huge page is made for memory the weight does not fill
   const size_t length = (bytes + kPage - 1) / kPage * kPage;

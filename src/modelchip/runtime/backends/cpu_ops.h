@@ -17,7 +17,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
                             int64_t window);
 // A contiguous copy of a packed weight in memory the kernel may back with 2 MB pages (transparent huge pages,
 // where the OS allows them): a decode step streams every weight once, and 4 KB pages cost a TLB miss per 4 KB.
-// Weights under 2 MB, and other OSes, come back as they are.
+// Weights under 2 MB, other OSes, and MODELCHIP_HUGE_PAGES=0 (read once a process) leave the tensor as it is.
 at::Tensor in_huge_pages(const at::Tensor& t);
 at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& blocked, int64_t n, const c10::optional<at::Tensor>& bias);
 at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& blocked, int64_t n, const c10::optional<at::Tensor>& bias);
