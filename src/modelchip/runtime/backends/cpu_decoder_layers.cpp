@@ -17,24 +17,34 @@
 
 namespace {
 
-// One prepared linear weight and the matmul that reads it.
+// One prepared linear weight and the matmul that reads it (chosen once, when the stack is built).
 struct Linear {
-  std::string layout;  // "bf16-pairs", "f32-blocks", or a packed format (q8_0, q4_0, q4_1)
+  enum class Kind { bf16_pairs, f32_blocks, packed } kind;
+  std::string format;  // the packed GGUF block format (q8_0, q4_0, q4_1)
   at::Tensor packed;
   int64_t out_features = 0;
   c10::optional<at::Tensor> bias;
 
   at::Tensor operator()(const at::Tensor& x) const {
-    if (layout == "bf16-pairs") return mc_ops::linear_bf16(x, packed, out_features, bias);
-    if (layout == "f32-blocks") return mc_ops::linear_f32(x, packed, out_features, bias);
-    return mc_ops::linear_quant(x, packed, layout, out_features, bias);
+    switch (kind) {
+      case Kind::bf16_pairs: return mc_ops::linear_bf16(x, packed, out_features, bias);
+      case Kind::f32_blocks: return mc_ops::linear_f32(x, packed, out_features, bias);
+      default: return mc_ops::linear_quant(x, packed, format, out_features, bias);
+    }
   }
 };
 
+// layout: "bf16-pairs", "f32-blocks", or a packed format (q8_0, q4_0, q4_1)
 Linear make_linear(const std::string& layout, const at::Tensor& packed, int64_t out_features,
                    const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(out_features > 0, "decoder stack: a linear weight has ", out_features, " outputs");
-  return Linear{layout, packed, out_features, bias};
+  const bool packed_format = layout == "q8_0" || layout == "q4_0" || layout == "q4_1";
+  TORCH_CHECK(layout == "bf16-pairs" || layout == "f32-blocks" || packed_format, "decoder stack: no matmul reads a '",
+              layout, "' weight (bf16-pairs, f32-blocks, q8_0, q4_0, q4_1)");
+  const Linear::Kind kind = layout == "bf16-pairs"   ? Linear::Kind::bf16_pairs
+                            : layout == "f32-blocks" ? Linear::Kind::f32_blocks
+                                                     : Linear::Kind::packed;
+  return Linear{kind, layout, packed, out_features, bias};
 }
 
 struct Layer {

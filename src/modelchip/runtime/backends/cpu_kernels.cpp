@@ -146,8 +146,9 @@ at::Tensor in_huge_pages(const at::Tensor& t) {
   if (raw == MAP_FAILED) return t;
   char* const start = static_cast<char*>(raw);
   char* const aligned = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(start) + kHuge - 1) & ~(kHuge - 1));
-  if (aligned > start) munmap(start, aligned - start);
-  if (start + length + kHuge > aligned + length) munmap(aligned + length, start + length + kHuge - (aligned + length));
+  const size_t lead = aligned - start;  // < 2 MB, so the tail's slack, 2 MB - lead, is never empty
+  if (lead) munmap(start, lead);
+  munmap(aligned + length, kHuge - lead);
   madvise(aligned, length, MADV_HUGEPAGE);  // a request: where THP is off, ordinary pages
   std::memcpy(aligned, t.data_ptr(), bytes);
   return at::from_blob(aligned, t.sizes(), t.strides(), [length](void* p) { munmap(p, length); }, t.options());

@@ -163,25 +163,9 @@ at::Tensor linear_bf16(const at::Tensor& x_in, const at::Tensor& blocked, int64_
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   auto* yp = reinterpret_cast<uint16_t*>(out.data_ptr());
 
-  // Work items are (row chunk, output block). Rows stay one chunk (each weight line read once per 6 rows)
-  // unless there are too few output blocks to keep every thread busy.
-  const int64_t threads = at::get_num_threads();
-  int64_t chunk = m;
-  if (blocks_n < 4 * threads && m > kRowTile) {
-    const int64_t splits = std::min((4 * threads + blocks_n - 1) / blocks_n, (m + kRowTile - 1) / kRowTile);
-    chunk = ((m + splits - 1) / splits + kRowTile - 1) / kRowTile * kRowTile;
-  }
-  const int64_t chunks = (m + chunk - 1) / chunk;
-  const int64_t per_item = std::min(chunk, m) * k2 * 2 * kBlock;  // multiply-adds
-  const int64_t grain = std::max<int64_t>(1, (1 << 15) / per_item);  // tiny matmuls stay on the calling thread
-  at::parallel_for(0, chunks * blocks_n, grain, [&](int64_t begin, int64_t end) {
-    while (begin < end) {
-      const int64_t c = begin / blocks_n, b = begin % blocks_n;
-      const int64_t e = std::min(blocks_n, b + (end - begin));
-      const int64_t r0 = c * chunk, rows_here = std::min(chunk, m - r0);
-      blocks(xp + r0 * 2 * k2, rows_here, k2, wp, bp, yp + r0 * n, n, b, e);
-      begin += e - b;
-    }
+  mc_ops::parallel_row_blocks(m, blocks_n, kRowTile, k2 * 2 * kBlock, [&](int64_t r0, int64_t rows, int64_t b,
+                                                                         int64_t e) {
+    blocks(xp + r0 * 2 * k2, rows, k2, wp, bp, yp + r0 * n, n, b, e);
   });
   return out;
 #else

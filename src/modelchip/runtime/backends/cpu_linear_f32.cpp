@@ -36,6 +36,7 @@
 namespace {
 
 constexpr int64_t kBlock = 16;  // outputs per block: one AVX-512 register of float32 accumulators
+constexpr int64_t kChunkRows = 6;  // the AVX-512 tile's rows (blocks_run): threads split rows on whole tiles
 
 enum class FIsa { base, avx2, avx512 };
 
@@ -261,25 +262,9 @@ at::Tensor linear_f32(const at::Tensor& x_in, const at::Tensor& blocked, int64_t
   float* yp = out.data_ptr<float>();
   const FIsa isa = chosen;
 
-  // Work items are (row chunk, output block). Rows stay one chunk (each weight line read once per tile of rows)
-  // unless there are too few output blocks to keep every thread busy.
-  const int64_t threads = at::get_num_threads();
-  int64_t chunk = m;
-  if (blocks_n < 4 * threads && m > 6) {
-    const int64_t splits = std::min((4 * threads + blocks_n - 1) / blocks_n, (m + 5) / 6);
-    chunk = ((m + splits - 1) / splits + 5) / 6 * 6;
-  }
-  const int64_t chunks = (m + chunk - 1) / chunk;
-  const int64_t per_item = std::min(chunk, m) * k * kBlock;  // multiply-adds
-  const int64_t grain = std::max<int64_t>(1, (1 << 15) / per_item);  // tiny matmuls stay on the calling thread
-  at::parallel_for(0, chunks * blocks_n, grain, [&](int64_t begin, int64_t end) {
-    while (begin < end) {
-      const int64_t c = begin / blocks_n, b = begin % blocks_n;
-      const int64_t e = std::min(blocks_n, b + (end - begin));
-      const int64_t r0 = c * chunk, rows_here = std::min(chunk, m - r0);
-      blocks_run(isa, xp + r0 * k, rows_here, k, wp, bp, yp + r0 * n, n, b, e);
-      begin += e - b;
-    }
+  mc_ops::parallel_row_blocks(m, blocks_n, kChunkRows, k * kBlock, [&](int64_t r0, int64_t rows, int64_t b,
+                                                                        int64_t e) {
+    blocks_run(isa, xp + r0 * k, rows, k, wp, bp, yp + r0 * n, n, b, e);
   });
   return out;
 }
