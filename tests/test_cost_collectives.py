@@ -75,7 +75,7 @@ FITS = {"all_reduce": LinkFit(80e-6, 1.5e9), "all_gather": LinkFit(90e-6, 0.8e9)
         "broadcast_object": LinkFit(150e-6, 0.4e9)}
 
 
-def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS, sync_wait=None):
+def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS, sync_wait=None, per_expert_s=None):
     """A profile as `modelchip calibrate --collectives` writes it (figures made up, structure real); sync_wait
     (fixed_s, per_compute) adds the measured wait at a collective reached from compute."""
     src = {"source": "test", "tag": "D"}
@@ -95,6 +95,8 @@ def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS, sync_
                                     for name, f in fits.items()},
                             "fit": {name: f.as_dict() for name, f in fits.items()}}}},
     }
+    if per_expert_s is not None:
+        data["overhead"]["per_expert_s"] = per_expert_s
     if sync_wait is not None:
         data["collectives"]["by_world_size"][str(world)]["sync_wait"] = {
             "fit": {"fixed_s": sync_wait[0], "per_compute": sync_wait[1]}}
@@ -272,7 +274,8 @@ def _afd_parts(p, cost, d):
     ms = p.breakdown_ms
     head = (ms["lm_head"] + ms["sampling"]) / 1e3
     attention = (ms["attention_proj"] + ms["attention_core"] + ms["norms"]) / 1e3
-    ffn = (ms["dense_ffn"] + ms["moe"] + ms["moe_imbalance"] + ms["router"] + ms["act_fn"]) / 1e3
+    ffn = (ms["dense_ffn"] + ms["moe"] + ms["moe_imbalance"] + ms["router"] + ms["moe_expert_host"]
+           + ms["act_fn"]) / 1e3
     return attention, head, ffn
 
 
@@ -327,7 +330,7 @@ def test_sync_wait_fit_is_the_least_squares_line_kept_non_negative():
 def _compute_s(p) -> float:
     ms = p.breakdown_ms
     parts = ("attention_proj", "attention_core", "lm_head", "norms", "sampling", "dense_ffn", "moe", "moe_imbalance",
-             "router", "act_fn", "dp_attention_wait", "gemm_call_floor", "small_kernel_floor")
+             "router", "moe_expert_host", "act_fn", "dp_attention_wait", "gemm_call_floor", "small_kernel_floor")
     return sum(ms[k] for k in parts) / 1e3
 
 
@@ -351,3 +354,25 @@ def test_afd_exchanges_pay_no_sync_wait(tmp_path):
     base = Deployment(chip=get_chip("h100"), chips=2, strategy="afd", attn_chips=1, ffn_chips=1, batch=4,
                       context=64, precision=FP32, attention="tensor-parallel", microbatches=2)
     assert _on_profile(tmp_path, base, sync_wait=(1e-4, 0.25)).tpot_ms == _on_profile(tmp_path, base).tpot_ms
+
+
+def test_moe_expert_host_cost_is_per_expert_the_batch_touches(tmp_path):
+    # a backend that loops over the experts it runs pays 20 us per expert (calibrate's moe_expert_overhead). The
+    # tiny MoE has 1 MoE layer of 4 experts, top 2. EP 2, attention replicated, 4 sequences: the group routes
+    # 4 tokens; an expert is missed by all of them with probability (1 - 2/4)^4 = 1/16, so 4 x 15/16 experts
+    # run, half of them on each rank
+    d = Deployment(chip=get_chip("h100"), chips=2, strategy="ep", batch=4, context=64, precision=FP32,
+                   attention="replicated")
+    without = _on_profile(tmp_path, d)
+    p = _on_profile(tmp_path, d, per_expert_s=20e-6)
+    assert without.breakdown_ms["moe_expert_host"] == 0.0
+    assert p.breakdown_ms["moe_expert_host"] == pytest.approx(20e-3 * 4 * 15 / 16 / 2, rel=1e-12)
+    assert p.tpot_ms == pytest.approx(without.tpot_ms + p.breakdown_ms["moe_expert_host"], rel=1e-12)
+    # one process, one sequence: both of its 2 experts run there
+    one = _on_profile(tmp_path, replace(d, chips=1, strategy="tp", batch=1, attention=""), per_expert_s=20e-6)
+    assert one.breakdown_ms["moe_expert_host"] == pytest.approx(20e-3 * 2, rel=1e-12)
+    # AFD 1 + 1 with 2 micro-batches of 2 tokens: each runs 4 x (1 - (1/2)^2) = 3 experts on the FFN rank
+    afd = Deployment(chip=get_chip("h100"), chips=2, strategy="afd", attn_chips=1, ffn_chips=1, batch=4,
+                     context=64, precision=FP32, attention="tensor-parallel", microbatches=2)
+    a = _on_profile(tmp_path, afd, per_expert_s=20e-6)
+    assert a.breakdown_ms["moe_expert_host"] == pytest.approx(20e-3 * 2 * 3, rel=1e-12)

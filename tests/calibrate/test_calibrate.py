@@ -120,7 +120,7 @@ def _figures(scale: float, op_alone: float = 3e-6, fused: bool = False) -> dict:
     f |= {f"stream {d} {m}": 2e10 / scale for d in prof.DTYPES for m in prof.STREAM_TOKENS}
     f |= {f"stream {d}": 2e10 / scale for d in prof.DTYPES} | {"read": 2.5e10 / scale}
     f |= {"attention 4x4096": 1e-3 * scale, "attention 1x16": 1e-5 * scale, "attention 16x16": 4e-5 * scale,
-          "op alone": op_alone * scale, "op calls 1 layers": 20, "op calls 4 layers": 62,
+          "op alone": op_alone * scale, "moe expert": 2e-5 * scale, "op calls 1 layers": 20, "op calls 4 layers": 62,
           "toy step 1 layers 1 seqs": 2e-4 * scale, "toy step 4 layers 1 seqs": 5e-4 * scale,
           "toy step 1 layers 16 seqs": 3e-4 * scale, "toy step 4 layers 16 seqs": 8e-4 * scale,
           "fused layers": float(fused)}
@@ -143,6 +143,7 @@ def test_a_disturbed_calibration_pass_is_outvoted(monkeypatch):
     # per op call (5e-4 - 2e-4 - 3 x 2e-6) / (62 - 20) = 7e-6 s, x 1.02
     assert profile["overhead"]["per_seq_s"] == pytest.approx(2e-6 * 1.02)
     assert profile["overhead"]["per_op_s"] == pytest.approx(7e-6 * 1.02)
+    assert profile["overhead"]["per_expert_s"] == pytest.approx(2e-5 * 1.02)  # the median pass's, as measured
     assert profile["memory"]["bandwidth"]["value"] == pytest.approx(2.5e10 / 1.02)
 
 

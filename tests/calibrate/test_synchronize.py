@@ -71,6 +71,7 @@ def test_every_microbenchmark_timing_is_closed_by_synchronize(events):
         microbench.weight_streaming(ops, 64, 32, torch.float32, pool_bytes=64 << 10)
         microbench.read_bandwidth(ops.device, nbytes=1 << 16, sync=ops.synchronize)
         microbench.op_overhead(ops, width=128)
+        microbench.moe_expert_overhead(ops)
         microbench.attention_decode(ops, 2, 32)
     assert ev.readings > 50 and ev.syncs > 50
     assert ev.unsynced == []

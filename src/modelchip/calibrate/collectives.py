@@ -113,26 +113,50 @@ SEGMENT_MATMULS = (1, 4, 16)
 def sync_segments(ops, progress: Callable[[str], None] = lambda m: None) -> dict:
     """What a blocking collective costs when ranks reach it from compute, not from a barrier (cost/collectives.
     SyncWait). Every rank runs the same segments: n matmuls alone (all ranks at once, so with the contention a
-    parallel step has), then n matmuls closed by a small all-reduce; the wait is the second less the first
-    less the all-reduce timed back to back. Run on every rank in step; rank 0's figures are what counts."""
+    parallel step has), n matmuls closed by a small all-reduce, and that all-reduce back to back; the wait is the
+    second less the other two. The three are timed in turn within each round and the wait taken per round, so
+    load that comes and goes on the machine falls on all three alike (one all-reduce timing taken apart from
+    the segments once read 2.5 ms against a 0.36 ms fit, and cancelled every wait). Run on every rank in step;
+    rank 0's figures are what counts."""
     comm = ops.comm
     progress(f"collectives after compute at {comm.world_size} ranks, {len(SEGMENT_MATMULS)} compute lengths")
     g = torch.Generator().manual_seed(0)
     weights = [torch.randn(1536, 576, generator=g).to(ops.device) for _ in range(max(SEGMENT_MATMULS))]
     x = torch.randn(1, 576, generator=g).to(ops.device)
     small = torch.ones(576, dtype=DTYPES["all_reduce"], device=ops.device)  # a decode token's activations
-    reduce_alone = _time(lambda: comm.all_reduce(small), ops, False, ROUNDS)
-    compute, wait = [], []
+    compute, wait, reduce_alone = [], [], []
     for n in SEGMENT_MATMULS:
         def work(n=n) -> None:
             for w in weights[:n]:
                 ops.linear(x, w)
-        alone = _time(work, ops, False, ROUNDS)
-        synced = _time(lambda work=work: (work(), comm.all_reduce(small)), ops, False, ROUNDS)
-        compute.append(alone)
-        wait.append(max(0.0, synced - alone - reduce_alone))
-    return {"matmuls": list(SEGMENT_MATMULS), "compute_s": compute, "wait_s": wait, "all_reduce_s": reduce_alone,
+        alone, synced, reduce = _time_in_turn([work, lambda work=work: (work(), comm.all_reduce(small)),
+                                               lambda: comm.all_reduce(small)], ops, ROUNDS)
+        compute.append(statistics.median(alone))
+        reduce_alone.append(statistics.median(reduce))
+        wait.append(max(0.0, statistics.median(s - a - r for s, a, r in zip(synced, alone, reduce, strict=True))))
+    return {"matmuls": list(SEGMENT_MATMULS), "compute_s": compute, "wait_s": wait,
+            "all_reduce_s": statistics.median(reduce_alone),
             "fit": dict(zip(("fixed_s", "per_compute"), _sync_fit(compute, wait), strict=True))}
+
+
+def _time_in_turn(calls: list[Callable[[], object]], ops, rounds: int) -> list[list[float]]:
+    """Seconds per call of each of `calls`, per round: every round (entered together, a barrier) runs 3 of
+    each in turn. As `_time`, every rank runs the same rounds."""
+    for call in calls:
+        for _ in range(WARMUP):
+            call()
+    synchronize(ops)
+    times: list[list[float]] = [[] for _ in calls]
+    number = 3
+    for _ in range(rounds):
+        for call, out in zip(calls, times, strict=True):
+            torch.distributed.barrier()
+            t = time.perf_counter()
+            for _ in range(number):
+                call()
+            synchronize(ops)
+            out.append((time.perf_counter() - t) / number)
+    return times
 
 
 def _sync_fit(compute: list[float], wait: list[float]) -> tuple[float, float]:

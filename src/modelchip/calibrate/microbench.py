@@ -156,6 +156,26 @@ def op_overhead(ops, width: int = 576) -> float:
                for c, n in zip(calls, names, strict=True)) / len(calls)
 
 
+def moe_expert_overhead(ops, experts: int = 8, width: int = 16) -> float:
+    """Seconds of fixed cost per expert a `moe_experts` call runs, beyond the call itself: the same call on
+    8 tokens routed to one expert and to 8 distinct experts, on weights so narrow the work is negligible. A
+    backend that loops over the experts a batch touches (gather, two matmuls, scatter each) pays this per
+    expert; a fused grouped kernel pays close to nothing."""
+    dev = ops.device
+    g = torch.Generator().manual_seed(0)
+    gate_up = torch.randn(experts, 2 * width, width, generator=g).to(dev)
+    down = torch.randn(experts, width, width, generator=g).to(dev)
+    x = torch.randn(experts, width, generator=g).to(dev)
+    weights = torch.ones(experts, 1, device=dev)
+    one = torch.zeros(experts, 1, dtype=torch.long, device=dev)
+    spread = torch.arange(experts, device=dev)[:, None]
+    t_one = median_time(lambda: ops.moe_experts(x, gate_up, down, weights, one), number=20, sync=ops.synchronize,
+                        name="moe experts 1 of 8")
+    t_all = median_time(lambda: ops.moe_experts(x, gate_up, down, weights, spread), number=20,
+                        sync=ops.synchronize, name="moe experts 8 of 8")
+    return max(t_all - t_one, 0.0) / (experts - 1)
+
+
 def attention_decode(ops, seqs: int, context: int, heads: int = 8, kv_heads: int = 2, head_dim: int = 64,
                      block: int = 16, dtype: torch.dtype = torch.float32) -> float:
     """Seconds for one decode step of paged attention over `seqs` sequences of `context` cached tokens."""

@@ -84,6 +84,7 @@ class Deployment:
     overhead_per_seq_s: float = 0.0  # per sequence per attention call
     overhead_per_step_s: float = 0.0  # host work of a step: batch metadata, sampling, bookkeeping
     overhead_per_seq_step_s: float = 0.0  # the same, per sequence in the batch
+    overhead_per_expert_s: float = 0.0  # host cost per routed expert a MoE layer runs (a per-expert loop)
     # source ids whose measured figures are left out (leave-one-source-out validation)
     exclude: frozenset = frozenset()
     # expert placement: "eplb" (rebalanced, with any redundant replicas), "static" (no rebalancing) or "ideal"
@@ -448,6 +449,15 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         router = moe.layers * _roofline(2 * shared_tokens * moe.router_params / shard, moe.router_params * wb / shard,
                                         peak, bw, eff.gemm, eff.memory)
 
+    # a backend that loops over the experts a batch touches pays host work per expert run (calibrate's
+    # moe_expert_overhead; 0 where nothing measured it: fused grouped kernels); AFD's micro-batches each run
+    # the experts their own tokens touch
+    expert_host = 0.0
+    if moe and d.overhead_per_expert_s:
+        m = max(1, min(d.microbatches, round(tp * b))) if d.strategy == "afd" else 1
+        expert_host = (d.overhead_per_expert_s * moe.layers * m
+                       * _activated(moe.experts, moe.top_k, group_tokens / m) / max(ep, 1))
+
     # a matmul call cannot run faster than its architecture's measured per-call floor: small weight shards (70B
     # at TP8) wait on it where their streaming time is shorter; FFN matmuls are gate_up (2/3) and down (1/3)
     ffn_split = (2 / 3, 1 / 3)
@@ -533,7 +543,8 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     # data-parallel attention ranks wait for the busiest one at the next expert all-to-all
     dp_wait = attn_side * (1 / d.attention_balance - 1) if d.strategy == "ep" else 0.0
     attn_side += dp_wait
-    ffn_side = dense + moe_t + imbalance + router + act_fn + floor_ffn
+    expert_host *= host_slowdown
+    ffn_side = dense + moe_t + imbalance + router + act_fn + floor_ffn + expert_host
     # ranks reach each blocking collective from their own compute, not together: the first waits for the last
     # (measured on the profiled process group, cost/collectives.SyncWait)
     sync_wait = d.collectives.wait_seconds(measured_calls, attn_side + ffn_side) if measured_calls else 0.0
@@ -602,7 +613,8 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         used = cap
     breakdown = {"attention_proj": proj, "attention_core": core, "lm_head": lm_head, "norms": norms,
                  "sampling": sampling, "dense_ffn": dense, "moe": moe_t, "moe_imbalance": imbalance,
-                 "router": router, "act_fn": act_fn, "dp_attention_wait": dp_wait, "communication": comm,
+                 "router": router, "moe_expert_host": expert_host, "act_fn": act_fn, "dp_attention_wait": dp_wait,
+                 "communication": comm,
                  "collective_latency": comm_fixed, "sync_wait": sync_wait, "host_overhead": host, "launch": launch,
                  "kernel_floor": floor,
                  "gemm_call_floor": floor_attn + floor_ffn,

@@ -38,5 +38,6 @@ def apply_profile(d: Deployment, path: str | Path) -> Deployment:
                    overhead_per_op_s=overhead.get("per_op_s", 0.0), overhead_per_seq_s=overhead.get("per_seq_s", 0.0),
                    overhead_per_step_s=overhead.get("per_step_s", 0.0),
                    overhead_per_seq_step_s=overhead.get("per_seq_step_s", 0.0),
+                   overhead_per_expert_s=overhead.get("per_expert_s", 0.0),
                    collectives=collectives.for_deployment(d.strategy, d.chips, path, bool(d.attention)),
                    weight_streaming=tables, notes=(*d.notes, *said))
