@@ -1,7 +1,7 @@
 """Per-call floors and host dispatch of the step time, each against hand arithmetic: a matmul call on MI300X takes
 at least the fastest tuned FP8 kernel's time for a small shard (AITER PR #1092), a non-matmul kernel at least a
-small RMSNorm's (AITER PR #3747), and a vLLM-Ascend step at least its host's dispatch of every operator
-(vLLM-Ascend issue #9404)."""
+small RMSNorm's (AITER PR #3747), a vLLM-Ascend step at least its host's dispatch of every operator
+(vLLM-Ascend issue #9404), and an AFD decode step on Hopper waits StepMesh's measured 2 ms for its stragglers."""
 
 import pytest
 
@@ -130,3 +130,20 @@ def test_ascend_prefill_attention_runs_at_the_measured_flash_attention_utilizati
     out = _eval("qwen3-8b", "ascend-910b", precision=bf16, chips=1, batch=1, phase="prefill", prompt_len=32768,
                 exclude=frozenset({"pto-isa-fa-910b2"}))[1]
     assert out.breakdown_ms["attention_core"] < p.breakdown_ms["attention_core"]
+
+
+def test_afd_decode_step_waits_the_measured_straggler_gap():
+    # StepMesh: mean TPOT exceeds the minimum by about 2 ms on Step-3's AFD deployment (Hopper): added once per
+    # decode step of a catalog AFD deployment, on top of the pipelined layers
+    kw = dict(chips=32, strategy="afd", attn_chips=16, ffn_chips=16, batch=384, context=4096,
+              precision=Precision(weight="fp8", kv="fp8"))
+    cost, p = _eval("step3", "h800", **kw)
+    assert p.breakdown_ms["afd_straggler_wait"] == pytest.approx(2.0, rel=1e-12)
+    without = _eval("step3", "h800", exclude=frozenset({"stepmesh"}), **kw)[1]
+    assert without.breakdown_ms["afd_straggler_wait"] == 0
+    assert p.tpot_ms - without.tpot_ms == pytest.approx(2.0, rel=1e-9)
+    # not for prefill, nor for the other strategies, nor on an architecture without the measurement
+    assert _eval("step3", "h800", **{**kw, "phase": "prefill", "prompt_len": 1024})[1].breakdown_ms[
+        "afd_straggler_wait"] == 0
+    assert _eval("step3", "h800", chips=8, batch=8)[1].breakdown_ms["afd_straggler_wait"] == 0
+    assert _eval("step3", "ascend-910b", **kw)[1].breakdown_ms["afd_straggler_wait"] == 0

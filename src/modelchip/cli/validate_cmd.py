@@ -19,8 +19,9 @@ Two errors per point: **in-sample** uses the whole catalog; **leave-one-source-o
 source's points from a catalog without the measured kernel, link and efficiency figures of that source and of
 the publications it lists as the same team's measurements of the same systems (DeepSeek's day-6 points lose
 DeepEP, DeepGEMM, FlashMLA and the V3 report's link figures; CloudMatrix's points lose its GEMM, MLA and EP
-tables). Spec-sheet peaks, bandwidths and capacities stay. Regimes: latency-bound where a chip holds at most
-16 sequences per step, else throughput-bound; decode, prefill and serving apart.
+tables; Step-3's lose its Table 9 and StepMesh's straggler figure). Spec-sheet peaks, bandwidths and
+capacities stay. Regimes: latency-bound where a chip holds at most 16 sequences per step, else throughput-bound;
+decode, prefill and serving apart.
 
 """
 
@@ -38,14 +39,29 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   and MLA figures (the scalar defaults apply). Prefill attention on davinci now runs at the utilization
   torch_npu's flash attention reaches on a 910B2 at 32K tokens (42.6%, pto-isa's sweep), where it took a decode
   kernel's 65%: the prefill point moved from +50% to +37% (+67% to +50% out of sample).
-- **Step-3 AFD on Hopper (+44% to +87%).** The paper does not name the GPU (H800 assumed). Its measured
-  TPOT is 47.5 ms (6,144 sequences at 4,039 tokens/s per GPU over 32 GPUs); the model gives about 28 ms. The
-  attention stage is not the gap at BF16: the paper's own Table 9 (in the catalog) measures MFA layers close to
-  their roofline, and the BF16-attention 3A2F point (which fits now that the H800 holds its reported 85.5 GB)
-  misses by less (+44%) than the FP8-attention ones, where the model halves the KV reads and keeps the BF16
-  kernel's efficiency. StepMesh's documentation (github.com/stepfun-ai/StepMesh) budgets 273 us per layer for
-  the A2F and F2A transfers and reports TPOT jitter from stragglers without a figure; neither a measured
-  per-layer network latency nor a measured FP8 MFA kernel is published, so the model charges bytes only.
+  A per-operator decode profile of DeepSeek on a 910B or 910C from another source is what these points need,
+  and none was found: Ascend's cann-recipes-infer DeepSeek-R1 decode guide lists the fused operators
+  (MLAProlog, fused infer attention, grouped matmul, MoE dispatch/combine v2, torchair graphs, SuperKernel)
+  without times; CANN's MoeDistributeDispatch/Combine and SuperKernel pages give no latency; vLLM-Ascend's
+  issues (#2905, #4295) and SGLang's Ascend best-practice tables give end-to-end TPOT only. The paper's own
+  MTP ablation (read in a secondary summary; the batch is not stated there) measures a decode layer at 874 us
+  without MTP and 1,260 us with one draft token (+44%); at 96 sequences the model gives 643 and 1,082 us (+68%).
+  So the model overcharges what a second token per sequence costs and misses a part of the layer that does
+  not grow with tokens, some 180-230 us per layer. Being the validated source's own end-to-end layer time, it
+  is not entered as a constant. One accounting choice makes the model slower here, not faster: the CANN EP
+  tables are per die, and the model reads them at a whole 910C's tokens (two dies' worth).
+- **Step-3 AFD on Hopper (+37% to +73% in-sample, +44% to +85% out of sample).** The paper does not name the
+  GPU (H800 assumed). Its measured TPOT is 47.5 ms (6,144 sequences at 4,039 tokens/s per GPU over 32 GPUs);
+  the model gives about 30 ms. The attention stage is not the gap at BF16: the paper's own Table 9 (in the
+  catalog) measures MFA layers close to their roofline, and the BF16-attention 3A2F point (which fits now that
+  the H800 holds its reported 85.5 GB) misses by less (+37%) than the FP8-attention ones, where the model halves
+  the KV reads and keeps the BF16 kernel's efficiency. StepMesh's documentation (github.com/stepfun-ai/StepMesh)
+  measures the straggler cost of the synchronous attention-FFN exchange: mean TPOT about 2 ms above the minimum
+  after its mitigations; each catalog AFD decode step on Hopper now waits that (`afd_straggler_wait`), 2 ms of
+  the 17 ms gap. It is StepFun's measurement of its own system, so the Step-3 points lose it out of sample.
+  StepMesh budgets 273 us per layer for the A2F and F2A transfers and quotes 37 us and 18 us for the 2A2F
+  tensors (896 KB and 1.75 MB) without saying they were measured; neither a measured per-layer network
+  latency nor a measured FP8 MFA kernel is published, so the model charges bytes only.
 - **Blackwell FP4 dense GEMMs (Llama 70B FP4 on B200/GB200 -21 to -41%, Maverick -29%).** The only FP4
   per-shape benchmarks at decode sizes are vLLM's CUTLASS runs on one 6144 x 4096 weight (12.6 MB in FP4),
   whose ideal time (under 2 us) is below a kernel launch, so they measure per-call overhead more than
@@ -99,12 +115,20 @@ sample, 71 and 70 of 101 within 30%):
   figure is one user's profile of a MoE model at TP2 on vLLM-Ascend 0.18 (the run here is 0.9.1 on a dense
   model); a dispatch measurement on the version and model served would settle the remaining gap. MindIE runs
   its own graph engine, whose per-operator host time is not published, so its W8A8 point pays none and stays at
-  +304%. The 32K-prompt run (+158%, now +114%) is prefill-bound: its attention now runs at torch_npu's measured
-  flash-attention utilization on a 910B2 (42.6% at 32K tokens, pto-isa's sweep; 27.5% at 8K), and the rest of
-  the gap is not explained by a measurement we have (vLLM-Ascend chunks a 32K prompt into 8K-token pieces whose
-  attention runs nearer the 8K utilization, which the model does not split). The 128-in / 4-out burst of 1,000
-  requests (+145%) is host work per request (tokenising, scheduling) for which no measurement was found. The 2K
-  and 4K prompt runs land at +12% to +28%.
+  +304%. vLLM-Ascend 0.9.1 ran this graph mode (ACL graphs, piecewise) by default too, per its graph-mode
+  guide, so the figure's mode matches; MindIE's W8A8 point needs MindIE's own host or graph-launch time per
+  operator, which neither its tuning guide nor its issues give. The 32K-prompt run (+158%, now +114%) is
+  prefill-bound: its attention now runs at torch_npu's measured flash-attention utilization on a 910B2 (42.6% at
+  32K tokens, pto-isa's sweep), and the rest of the gap (the model takes 47 s per cohort of nine prompts, 42 s
+  of it prefill; the run about 100 s) is not explained by a measurement we have. vLLM serves with chunked
+  prefill and, on a device under 70 GiB, chunks of 2,048 tokens (vllm/engine/arg_utils.py, OPENAI_API_SERVER
+  default); vLLM-Ascend 0.9.x runs chunks mixed with decodes through torch_npu's paged split-fuse attention
+  (_npu_paged_attention_splitfuse), not the flash-attention kernel pto-isa measured. That sweep times one head
+  with queries and keys of equal length, so it says nothing of a 2,048-query chunk of 32 heads against up to
+  32K cached keys; the figure this point needs is the split-fuse kernel's time at that shape on a 910B (the
+  only profile of it found is on a 310P). No chunked-prefill term is added without it. The 128-in / 4-out
+  burst of 1,000 requests (+145%) is host work per request (tokenising, scheduling) for which no measurement
+  was found. The 2K and 4K prompt runs land at +12% to +28%.
 - **MI300X, Llama 3.1 70B FP8 at TP8: +13% and +14% at one sequence, +34% and +42% at 16, +27% and +69% at
   128 (was +29% to +117%); 405B -28% to +13% (ROCm) and 0% to +18% (Oracle).** Two per-call floors measured on
   MI300X kernels are now charged per call: a matmul takes at least 10.7 us, the fastest tuned FP8 kernel for

@@ -17,7 +17,8 @@ combine take the low-latency kernels' measured time, and each collective pays it
 latency; a step the engine does not capture in a graph (`graphs=False`) pays a launch per op call. Where a
 kernel benchmark measured an architecture's per-call floor, each matmul call (`gemm_call_floor`) and each
 small kernel (`small_kernel_floor`) takes at least that long, and where a profile measured an engine's host
-dispatch per op on an architecture, a step takes at least that dispatch (`host_dispatch_wait`). Without a
+dispatch per op on an architecture, a step takes at least that dispatch (`host_dispatch_wait`); an AFD decode
+step waits on average for its slowest rank where that jitter was measured (`afd_straggler_wait`). Without a
 benchmark the scalar defaults of efficiency.toml apply. Attention projections may keep a wider format than the
 experts (Precision.attention_weight).
 A deployment that does not fit in memory is reported infeasible with the numbers, never estimated.
@@ -362,6 +363,15 @@ def _host_dispatch(cost: ModelCost, d: Deployment) -> float:
     return per_op * cost.op_calls()
 
 
+def _afd_straggler(d: Deployment) -> float:
+    """Seconds a catalog AFD decode step waits, on average, for the slowest rank of its synchronous attention-FFN
+    exchange (jitter of polling, event and launch calls on any node delays every rank), where a deployment of
+    that architecture measured it; 0 elsewhere. A calibrated AFD runtime has its own measured sync wait."""
+    if d.strategy != "afd" or d.collectives is not None or not d.chip.arch:
+        return 0.0
+    return km.fixed("afd_straggler_wait", (f"{d.chip.arch}/afd",), d.exclude) or 0.0
+
+
 def _all_reduce(d: Deployment, group: int, nbytes: float) -> float:
     if group <= 1:
         return 0.0
@@ -601,6 +611,8 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     # idles for the difference (host-bound)
     dispatch_wait = max(0.0, _host_dispatch(cost, d) - step)
     step += dispatch_wait
+    straggler = _afd_straggler(d) if decode else 0.0
+    step += straggler
     offload = 0.0
     if d.weight_offload and used > cap and d.strategy != "afd":
         problem = _offload_problem(chip, used - cap, weights_w)
@@ -619,7 +631,7 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
                  "kernel_floor": floor,
                  "gemm_call_floor": floor_attn + floor_ffn,
                  "small_kernel_floor": floor_small, "host_dispatch_wait": dispatch_wait,
-                 "weight_offload": offload}
+                 "afd_straggler_wait": straggler, "weight_offload": offload}
     breakdown = {k: v * 1e3 for k, v in breakdown.items()}
     if used > cap:
         policy = (f"KV cache limited to {kv_fraction:.0%} of the memory the weights leave" if kv_fraction else
