@@ -141,11 +141,41 @@ sample, 71 and 70 of 101 within 30%):
   collectives: the catalog's MI300X all-reduce latency (7.2 us at TP4) is close to what a TP8 custom all-reduce
   takes on the next generation (6.3-7.6 us for 24-96 KB on MI355X, vLLM PR #39080). No MI300X decode-attention
   kernel time at small batch was found, which is the next figure to look for.
-- **Qwen3-235B on H100 with vLLM tensor parallelism: +31% to +62% at 2K to 32K prompts (+148%, +284% at
-  128 / 4).** These runs are prefill-bound; vLLM's Triton fused-MoE kernel runs each 1,536-wide expert split
-  four or eight ways, and the catalog's Hopper grouped-GEMM figures are DeepGEMM's at DeepSeek's expert shapes.
-  No benchmark of the fused-MoE kernel at Qwen3's sharded shapes was found, so the experts run at DeepGEMM's
-  efficiency. The 128 / 4 bursts are host-bound as on the 910B.
+- **Qwen3-235B on H100 with vLLM tensor parallelism: +31% to +62% at 2K to 32K prompts.** These runs are
+  prefill-bound, and the two instances run different expert kernels. The FP8 TP4 instance holds 384 of each
+  expert's 1,536 columns in 128-blocks, which DeepGEMM's grouped GEMM accepts, and vLLM v0.11 takes DeepGEMM for
+  block-FP8 experts by default (VLLM_USE_DEEP_GEMM=1, where the image ships DeepGEMM, which the page does not
+  say): the catalog's DeepGEMM grouped table is that kernel, at DeepSeek's wider shapes. The BF16 TP8 instance
+  (192 columns per GPU) runs vLLM's Triton fused-MoE kernel, and the catalog has no Hopper BF16 table, so its
+  experts run at the scalar 77% (an Ascend INT8 figure); they are 27% of the 2K-prompt prefill step. No timing of
+  that Triton kernel at Qwen3-235B's sharded shapes (E 128, top-8, K 4,096, N 192 or 384) at prefill sizes was
+  found. The figures found are at decode sizes (SGLang PR #11730: FP8 TP8 on H200, 32-125 us at 1-32 tokens
+  untuned; hpc-ops PR #41 on H20), on other GPUs or versions (vLLM PR #54500: E 192, N 192/384, K 4,096 on H20
+  with per-tensor FP8; PR #13932: DeepSeek shapes on H100 with early-2025 Triton configs at 15-27% of roofline),
+  at other shapes (PR #24700: Qwen3-30B, 1.65 ms at 4,096 tokens, GPU not in the text we could read; PR #44830: E
+  512, N 128 on H100), or from other Triton kernels (VeOmni PR #460 on H100 in BF16: 22% of peak at Qwen3-30B's
+  shape, 29% at H 4,096 / FFN 1,024, 32K tokens). None is used. They do say the mechanism is large: with the BF16
+  experts at 22-29% of their roofline the three prompt-heavy BF16 points would land between -37% and -1% instead
+  of +31% to +55% (a sensitivity, not applied). The figure needed is benchmark_moe.py's time for E=128, N=192 BF16
+  on H100 at 1K-16K tokens (and N=384 block-FP8 if DeepGEMM was not installed).
+- **Bursts of short requests: 128 in / 4 out, 1,000 requests at once (H100 +148% FP8 TP4, +284% BF16 TP8; 910B
+  +144%).** Each H100 run is one cohort, whose device work the model puts at 2.3 s (TP8) and 2.5 s (TP4); the runs
+  take 8.83 s and 6.11 s, and their published first-token times are bunched late (mean 7.0 s, P99 8.7 s; mean 5.6
+  s, P99 5.8 s), where device-bound admission would spread them over the prefill chunks. That points at host work
+  per request that the model does not charge: the API server's chat template, tokenisation, request and stream
+  handling, and the scheduler. It is not one serial per-request time: the two H100 runs share vLLM v0.11 (V1, one
+  API-server process) and the tokenizer but leave 6.6 and 3.7 ms per request unexplained, so part of the gap
+  follows the engine setup (8K- vs 16K-token chunks, TP8 vs TP4); the 910B run (vLLM-Ascend 0.9.1) leaves 13 ms.
+  No mechanism-level measurement of vLLM V1's per-request host time was found. Found and not used: vLLM's v0.6.0
+  performance blog (API server 33% and scheduling 29% of a Llama 3 8B step on one H100: a V0 engine's shares at
+  one load, profiled before v0.6.0 gave the API server a process of its own); vLLM PR #818 (V0 tokenizer share,
+  2023); PR #12287 (V1 frontend fixes, end-to-end req/s only); tpu-inference PR #2123 and SGLang issue #6553 (the
+  single API-server or tokenizer process saturates, no figure); pegainfer PR #267 (145 ms of frontend time at 16
+  concurrent requests behind a simulated engine: a latency under a different engine, not a serial time per
+  request); chat-template render benchmarks of other implementations (Go, Rust, Swift). The figures needed: the
+  request rate at which one vLLM v0.11 API server saturates on streaming chat requests of 128 tokens with 4
+  outputs against an engine whose steps are negligible (or an `--api-server-count` sweep), and the same for
+  vLLM-Ascend 0.9.1 on a 910B host.
 """
 
 
