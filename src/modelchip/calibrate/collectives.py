@@ -108,6 +108,7 @@ def sweep(ops, sizes: tuple[int, ...] = SIZES, progress: Callable[[str], None] =
 # one-row matmuls over distinct 1536 x 576 float32 weights (SmolLM2's MLP shape; 16 of them, 57 MB, overflow the
 # caches as a decode step's weights do) between two sync points: three compute lengths to fit the wait against
 SEGMENT_MATMULS = (1, 4, 16)
+SYNC_ROUNDS = 25  # a wait is a difference of three timings: more rounds than a sweep size to steady its median
 
 
 def sync_segments(ops, progress: Callable[[str], None] = lambda m: None) -> dict:
@@ -130,7 +131,7 @@ def sync_segments(ops, progress: Callable[[str], None] = lambda m: None) -> dict
             for w in weights[:n]:
                 ops.linear(x, w)
         alone, synced, reduce = _time_in_turn([work, lambda work=work: (work(), comm.all_reduce(small)),
-                                               lambda: comm.all_reduce(small)], ops, ROUNDS)
+                                               lambda: comm.all_reduce(small)], ops, SYNC_ROUNDS)
         compute.append(statistics.median(alone))
         reduce_alone.append(statistics.median(reduce))
         wait.append(max(0.0, statistics.median(s - a - r for s, a, r in zip(synced, alone, reduce, strict=True))))
