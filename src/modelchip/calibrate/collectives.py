@@ -16,6 +16,7 @@ from modelchip.cost.collectives import COLLECTIVES, fit_alpha_beta, fit_sync_wai
 
 SIZES = tuple(256 << (2 * i) for i in range(9))  # 256 B .. 16 MiB, x4: a decode step's messages are at the small end
 ROUNDS = 9  # timed rounds per size: the median is kept
+SWEEP_PASSES = 3  # whole sweeps: each point the median of its passes
 WARMUP = 2
 # the dtype each collective carries in the runtime: activations in bfloat16, the LM head's logits in float32
 DTYPES = {"all_reduce": torch.bfloat16, "all_gather": torch.float32, "all_to_all": torch.bfloat16,
@@ -91,18 +92,24 @@ def _rounds(nbytes: int) -> int:
     return ROUNDS if nbytes <= 1 << 20 else 5  # large messages are steadier and slower: fewer rounds
 
 
-def sweep(ops, sizes: tuple[int, ...] = SIZES, progress: Callable[[str], None] = lambda m: None) -> dict:
-    """Run on every rank in step: each collective at each size; rank 0's medians are what counts."""
+def sweep(ops, sizes: tuple[int, ...] = SIZES, progress: Callable[[str], None] = lambda m: None,
+          passes: int = SWEEP_PASSES) -> dict:
+    """Run on every rank in step: each collective at each size, the whole sweep `passes` times over; a point's
+    time is the median of its passes, so a burst of other work on the machine that lands on one pass (seconds
+    long: it once took a 256-byte all-reduce from 0.4 to 1.5 ms for one collective's sweep) is outvoted rather
+    than bending one collective's fit. Rank 0's medians are what counts."""
 
     comm = ops.comm
-    raw: dict[str, dict] = {}
-    for name in COLLECTIVES:
-        progress(f"{name} at {comm.world_size} ranks, {len(sizes)} sizes")
-        times = []
-        for n in sizes:
-            times.append(_time(_calls(comm, name, n, ops.device), ops, name == "send_recv", _rounds(n)))
-        raw[name] = {"dtype": str(DTYPES[name]).removeprefix("torch."), "bytes": list(sizes), "seconds": times}
-    return raw
+    per_pass: dict[str, list[list[float]]] = {name: [] for name in COLLECTIVES}
+    for i in range(passes):
+        for name in COLLECTIVES:
+            progress(f"{name} at {comm.world_size} ranks, {len(sizes)} sizes (pass {i + 1}/{passes})")
+            per_pass[name].append([_time(_calls(comm, name, n, ops.device), ops, name == "send_recv", _rounds(n))
+                                   for n in sizes])
+    return {name: {"dtype": str(DTYPES[name]).removeprefix("torch."), "bytes": list(sizes),
+                   "seconds": [statistics.median(p[j] for p in runs) for j in range(len(sizes))],
+                   "passes": runs}
+            for name, runs in per_pass.items()}
 
 
 # one-row matmuls over distinct 1536 x 576 float32 weights (SmolLM2's MLP shape; 16 of them, 57 MB, overflow the
