@@ -12,7 +12,8 @@ from modelchip.spec.families import supported_model_types
 REQUIRED_PRESETS = (
     "deepseek-v3", "deepseek-r1", "kimi-k2", "qwen3-235b-a22b", "qwen3-32b", "step3", "llama4-maverick",
     "minimax-m1", "ernie-4.5-300b-a47b", "pangu-pro-moe", "llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b",
-    "qwen2.5-72b", "smollm2-135m", "qwen3-8b",
+    "qwen2.5-72b", "smollm2-135m", "qwen3-8b", "qwen3-30b-a3b", "mixtral-8x7b", "llama4-scout", "qwen2.5-7b",
+    "qwen2.5-32b",
 )
 
 
@@ -42,6 +43,44 @@ def test_qwen3_8b_parameter_counts_match_its_model_card():
     p = accounting.params(load_model("qwen3-8b"))
     assert p.total == pytest.approx(8.2e9, rel=0.01)
     assert p.total - 2 * 151936 * 4096 == pytest.approx(6.95e9, rel=0.005)
+
+
+# Published counts from each model's card, independent of the config copies the presets hold. Model cards count
+# the input embedding among "activated" parameters; modelchip's `active` leaves it out (a lookup, not a matmul).
+@pytest.mark.parametrize("model,total,active_with_embedding,rel", [
+    # huggingface.co/Qwen/Qwen3-30B-A3B: 30.5B total, 3.3B activated
+    ("qwen3-30b-a3b", 30.5e9, 3.3e9, 0.02),
+    # mistral.ai/news/mixtral-of-experts: 46.7B total, 12.9B used per token
+    ("mixtral-8x7b", 46.7e9, 12.9e9, 0.01),
+    # huggingface.co/meta-llama/Llama-4-Scout-17B-16E-Instruct: 17B activated, 109B total (with its ~0.9B vision
+    # encoder, which the preset's text model leaves out)
+    ("llama4-scout", 109e9, 17e9, 0.02),
+])
+def test_moe_presets_match_their_model_cards(model, total, active_with_embedding, rel):
+    p = accounting.params(load_model(model))
+    assert p.total == pytest.approx(total, rel=rel)
+    assert p.active + p.embedding == pytest.approx(active_with_embedding, rel=rel)
+
+
+@pytest.mark.parametrize("model,total,non_embedding", [
+    ("qwen2.5-7b", 7.61e9, 6.53e9),  # huggingface.co/Qwen/Qwen2.5-7B-Instruct: 7.61B, 6.53B non-embedding
+    # huggingface.co/Qwen/Qwen2.5-32B-Instruct: 32.5B, 31.0B non-embedding (its safetensors hold 32.8B)
+    ("qwen2.5-32b", 32.5e9, 31.0e9),
+])
+def test_qwen25_presets_match_their_model_cards(model, total, non_embedding):
+    p = accounting.params(load_model(model))
+    assert p.total == pytest.approx(total, rel=0.01)
+    assert p.total - 2 * p.embedding == pytest.approx(non_embedding, rel=0.01)  # untied input and output matrices
+
+
+def test_new_preset_shapes():
+    scout = load_model("llama4-scout")
+    assert scout.ffn_kinds() == {"moe": 48}  # interleave_moe_layer_step 1: every layer routes (Maverick: every 2nd)
+    assert sum(layer.attention.window == 8192 for layer in scout.layers) == 36  # 3 chunked layers of every 4
+    mixtral = load_model("mixtral-8x7b")
+    assert mixtral.ffn_kinds() == {"moe": 32} and mixtral.layers[0].ffn.top_k == 2
+    qwen = load_model("qwen3-30b-a3b")
+    assert qwen.ffn_kinds() == {"moe": 48} and qwen.layers[0].ffn.num_experts == 128
 
 
 def test_smollm2_parameter_count_matches_its_gguf():

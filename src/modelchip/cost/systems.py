@@ -7,6 +7,7 @@ from modelchip.spec.chips import Chip, System, systems
 
 DEFAULT_SYSTEM = {
     "h800": "hgx-h800", "h20": "hgx-h20", "a800": "hgx-a800", "h100": "hgx-h100", "gb200": "gb200-nvl72",
+    "gb300": "gb300-nvl72",
     "ascend-910b": "atlas-800-a2", "ascend-910c": "cloudmatrix-384", "metax-c550": "metax-supernode",
 }
 
