@@ -209,3 +209,23 @@ def test_plan_searches_serving_loads():
             assert up.tpot_ms > 40 or up.output_tokens_per_s_per_chip <= best.tokens_per_s_per_chip
         except ModelchipError:
             pass
+
+
+def test_serve_under_slo_is_the_highest_load_within_the_bounds():
+    # MLPerf's Server and Interactive scenarios: the highest load whose TPOT and TTFT stay within the bounds
+    cost = model_cost(load_model("llama-3.1-70b"), PREC)
+    d = _d("h200", chips=1, strategy="tp", batch=1)
+    s = serving.serve_under_slo(cost, d, 300, 300, tpot_ms=40, ttft_ms=450)
+    assert s.feasible and s.tpot_ms <= 40 and s.ttft_ms <= 450
+    # it is the serving prediction at its own load, and 1% more load breaks the TPOT bound
+    again = serving.serve(cost, d, 300, 300, concurrency=s.concurrency)
+    assert again.output_tokens_per_s == pytest.approx(s.output_tokens_per_s)
+    assert serving.serve(cost, d, 300, 300, concurrency=s.concurrency * 1.01).tpot_ms > 40
+    # a bound no load reaches gives the memory-limited maximum load, as with no bound
+    loose = serving.serve_under_slo(cost, d, 300, 300, tpot_ms=1e6)
+    assert loose.output_tokens_per_s == pytest.approx(serving.serve(cost, d, 300, 300).output_tokens_per_s)
+    # one request already too slow: infeasible, with the reason
+    tight = serving.serve_under_slo(cost, d, 300, 300, tpot_ms=0.5)
+    assert not tight.feasible and "TPOT" in tight.reason
+    with pytest.raises(ModelchipError):
+        serving.serve_under_slo(cost, d, 300, 300, tpot_ms=0)

@@ -14,15 +14,16 @@ def test_validation_error_bounds():
     res = validation.run()
     ins, loso = res["in_sample"], res["leave_one_source_out"]
     # coverage the issue asks for: points, independent sources, chips (of which non-NVIDIA)
-    assert res["count"] >= 101 and res["sources"] >= 14 and res["chips"] >= 10
-    assert {"ascend-910b", "ascend-910c", "mi300x"} <= {r["chip"] for r in res["rows"]}
+    assert res["count"] >= 121 and res["sources"] >= 16 and res["chips"] >= 11
+    assert {"ascend-910b", "ascend-910c", "mi300x", "mi325x"} <= {r["chip"] for r in res["rows"]}
     # today's errors (docs/validation.md); lower these as mechanisms land, never raise them. The 30 points
     # added with issue 14 (GPUStack's lab, ROCm's vLLM tables) were predicted before anything was changed for
     # them and widened the medians from 14.8% to 20.6% (in-sample) and 21.8% (LOSO); the per-call kernel floors
     # measured on MI300X, vLLM-Ascend's host dispatch and torch_npu's flash-attention utilization took them to
-    # 16.4% and 17.1%
-    assert ins["median_abs_error"] <= 0.165 and ins["within_30"] >= 71
-    assert loso["median_abs_error"] <= 0.172 and loso["within_30"] >= 70
+    # 16.4% and 17.1%. The 20 MLPerf Inference v4.1/v5.1 points (held out, predicted before any change) took them
+    # to 21.6% and 21.8%, 81 and 80 of 121 within 30%
+    assert ins["median_abs_error"] <= 0.216 and ins["within_30"] >= 81
+    assert loso["median_abs_error"] <= 0.218 and loso["within_30"] >= 80
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 

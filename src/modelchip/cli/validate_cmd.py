@@ -176,6 +176,62 @@ sample, 71 and 70 of 101 within 30%):
   request rate at which one vLLM v0.11 API server saturates on streaming chat requests of 128 tokens with 4
   outputs against an engine whose steps are negligible (or an `--api-server-count` sweep), and the same for
   vLLM-Ascend 0.9.1 on a 910B host.
+
+### MLPerf Inference v4.1 and v5.1 (held out)
+
+Twenty llama2-70b-99 results from MLPerf Inference's closed division, two sources (one per round), were added
+as held-out points by a rule fixed before predicting (in each source's entry): every Offline, Server and
+Interactive result the accelerator's maker (AMD, NVIDIA) submitted on an available single-node system of a
+catalog accelerator in its standard configuration (MaxQ, CTS and Triton variants out; of AMD's two standard
+MI325X systems in v5.1, each scenario from the first-listed that has it). v4.1 gives 8 MI300X, 1 MI300X,
+8 H100 and 8 H200 (Offline, Server); v5.1 gives 8 MI300X, 8 MI325X, 8 B200 and a 4-GPU GB200 tray (Offline,
+Server, Interactive). Each point is the run's completed output tokens/s for the whole system
+(mlperf_log_summary.txt), predicted as the submission's instances (TP1 per GPU, TP2 pairs on H100) times their
+count, each request the run's mean: output length the run's tokens/s over samples/s (272-302 tokens).
+Precision, KV-cache dtype, batch limit, graph mode and KV memory fraction are each submission's own settings
+(NVIDIA's configs, AMD's harness files). Server and Interactive are the highest load whose predicted TPOT and
+TTFT stay within MLPerf's bounds (200 ms and 2 s; 40 ms and 0.45 s, read from each log); MLPerf bounds the
+99th percentile and the model gives means, so these err fast. The MI325X chip file was added for them (CDNA 3
+as the MI300X; 256 GiB from ROCm's GPU table, 6.0 TB/s secondary, compute derived from 304 CUs at the MI300X's
+clock). They were predicted before any model change and kept as they came out: they took the medians from
+16.4% to 21.6% in-sample and from 17.1% to 21.8% out of sample, and the within-30% counts from 71 and 70 of
+101 to 81 and 80 of 121. No catalog figure comes from MLPerf, so out of sample equals in-sample here. H100
+and H200 land within 12% (Offline -2.0% and -5.5%, Server +11.5% and +1.2%); MI300X -22% to -38%, MI325X -45%
+to -57%, B200 and GB200 -28% to -36% at high load and -79% to -81% Interactive: 10 of 20 within 30% (all 8 of
+v4.1's, 2 of v5.1's 12).
+
+- **The mean prompt length is assumed (300 tokens), and it matters.** Neither MLPerf's reference docs nor the
+  submissions state the OpenOrca subset's mean prompt length (prompts are under 1,024 tokens; the reference
+  run's mean output is 294.45 tokens). 300 was chosen before predicting. Prefill is a large share of these
+  runs (a 300-token prompt costs about what its 300 decode tokens do once compute-bound), so at 150 tokens the
+  20 points' median |error| would be 18% (13 within 30%), at 600 tokens 53% (1 within 30%). No single length
+  brings all chips in: at 150 tokens H100 and H200 go 28-50% too fast while the AMD and Blackwell points range
+  from +1% to -59%. The figure needed first is the subset's mean tokenized prompt length (tok_input_length in
+  open_orca_gpt4_tokenized_llama.sampled_24576.pkl).
+- **MI300X and MI325X at high load: the cdna3 GEMMs run far below peak.** At MI300X's memory-limited 1,181
+  sequences per GPU (v5.1 Offline) the model's decode step is 317 ms, 239 ms of it the FP8 FFN: about 21% of the
+  dense FP8 peak, where the H200's at 760 sequences runs at about 62% of its peak. At Interactive load (35
+  sequences) the FP8 FFN takes 26 ms where its 56 GB of weights stream in 11 ms. The cdna3 GEMM tables were
+  measured on 405B's TP8 shapes at M 1-32 (hipBLASLt) and on DeepSeek's block-scaled shapes (AITER); a
+  measured FP8 GEMM time at 70B's TP1 shapes (N 8,192 to 57,344, K 8,192 to 28,672) over M from 32 to 16K on
+  MI300X/MI325X is what these points need. AMD's own gain between rounds is visible and not modelled: the same
+  8 MI300X went from 23,515 (v4.1, vLLM 0.4.3) to 27,804 tokens/s (v5.1), -24% to -35% in the model. MI325X
+  misses by more (-45% to -57%) because the model gives its 256 GiB 1,811 sequences at the same low GEMM
+  efficiency.
+- **Blackwell FP4 (B200, GB200): -28% to -36% at high load, -79% to -81% Interactive.** The Interactive load
+  the model allows within a 40 ms TPOT is 57 sequences per B200, whose FFN takes 25.6 ms where all of 70B's FP4
+  weights stream in about 4.4 ms: the FP4 per-call floor of the Blackwell tables described above (vLLM's NVFP4
+  runs, all floor at decode M). The same figure is wanted: NVFP4 GEMM time at M 1-256 on 50-200 MB weights. The
+  4.8 ms of eager launches per step (use_graphs False in NVIDIA's configs) is a small part: with graphs the B200
+  Offline point moves from -36.4% to -36.0%.
+- **Server.** On H100, B200 and GB200 the 200 ms TPOT bound does not bind in the model (memory sets the load;
+  on H200 it binds at 740 of 760 sequences), so Server comes out as Offline, where the runs reach 88-98% of
+  their Offline rate (H100 Server +12% against Offline -2%): a Poisson stream's p99 tail, which the model's
+  means do not see. On MI300X and MI325X the model's slow step makes the bound bind at about 380 sequences per
+  GPU, which adds to those misses.
+- Not entered: llama3.1-405b (B200 Offline runs TP2 x PP2, and the planner has no pipeline parallelism; its
+  dataset's mean prompt length is not published either), llama3.1-8b (CNN/DailyMail, mean prompt length not
+  published), mixtral-8x7b (no preset), and the 8-node GB200/GB300 NVL72 results (not single-node).
 """
 
 

@@ -113,3 +113,42 @@ def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concu
 def memory_fit(cost: ModelCost, d: Deployment, input_len: int, output_len: int) -> int:
     """Sequences per chip whose KV cache for a whole request (input + output tokens) fits beside the weights."""
     return max_batch_by_memory(cost, replace(d, phase="decode", context=input_len + output_len))
+
+
+def serve_under_slo(cost: ModelCost, d: Deployment, input_len: int, output_len: int, tpot_ms: float,
+                    ttft_ms: float = 0, max_batch: int = ENGINE_MAX_BATCH) -> ServingPrediction:
+    """The highest load a deployment serves with its TPOT (and TTFT, where given) within the bounds, as MLPerf's
+    Server and Interactive scenarios measure it: the largest concurrency (sequences per chip, continuous) whose
+    predicted TPOT and TTFT stay within `tpot_ms` and `ttft_ms`. The model's TPOT and TTFT are means; MLPerf bounds
+    the 99th percentile, so a prediction here errs fast by the tail's spread."""
+    if tpot_ms <= 0 or ttft_ms < 0:
+        raise ModelchipError("the TPOT bound must be positive and the TTFT bound not negative")
+    per = _sequences_per_chip(d)
+    fit = memory_fit(cost, d, input_len, output_len)
+    if fit == 0:
+        return serve(cost, d, input_len, output_len, fit=fit)  # raises: the weights do not fit
+    cap = min(fit, max(max_batch // d.chips, 1) if d.strategy == "tp" else max_batch)
+
+    def ok(s: ServingPrediction) -> bool:
+        return s.tpot_ms <= tpot_ms and (not ttft_ms or s.ttft_ms <= ttft_ms)
+
+    def at(batch: float) -> ServingPrediction:
+        return serve(cost, d, input_len, output_len, concurrency=batch * per, max_batch=max_batch, fit=fit)
+
+    lo_batch = 1.0 / per
+    first = at(lo_batch)
+    if not ok(first):
+        first.feasible = False
+        first.reason = (f"misses the bounds at one request in flight: TPOT {first.tpot_ms:.1f} ms (bound {tpot_ms:g}), "
+                        f"TTFT {first.ttft_ms:.1f} ms (bound {ttft_ms:g})")
+        return first
+    top = at(float(cap))
+    if ok(top):
+        return top
+    lo, hi = lo_batch, float(cap)
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ok(at(mid)) else (lo, mid)
+        if hi - lo < 1e-3 * hi:
+            break
+    return at(lo)

@@ -90,8 +90,13 @@ def predict_point(p: dict, exclude: frozenset[str] = frozenset()) -> float:
     quantity, _ = METRICS[p["metric"]]
     cost, d = deployment(p, exclude)
     if p["phase"] == "serve":
-        s = serving.serve(cost, d, p["prompt_len"], p["output_len"], concurrency=p.get("concurrency", 0),
-                          request_rate=p.get("request_rate", 0), max_batch=p.get("max_batch", serving.ENGINE_MAX_BATCH))
+        max_batch = p.get("max_batch", serving.ENGINE_MAX_BATCH)
+        if "tpot_slo_ms" in p:  # MLPerf Server/Interactive: the highest load within the latency bounds
+            s = serving.serve_under_slo(cost, d, p["prompt_len"], p["output_len"], p["tpot_slo_ms"],
+                                        p.get("ttft_slo_ms", 0), max_batch=max_batch)
+        else:
+            s = serving.serve(cost, d, p["prompt_len"], p["output_len"], concurrency=p.get("concurrency", 0),
+                              request_rate=p.get("request_rate", 0), max_batch=max_batch)
         if not s.feasible:
             return 0.0
         values = {"out_per_chip": s.output_tokens_per_s_per_chip, "per_user": 1e3 / s.tpot_ms,
