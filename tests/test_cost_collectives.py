@@ -75,7 +75,8 @@ FITS = {"all_reduce": LinkFit(80e-6, 1.5e9), "all_gather": LinkFit(90e-6, 0.8e9)
         "broadcast_object": LinkFit(150e-6, 0.4e9)}
 
 
-def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS, sync_wait=None, per_expert_s=None):
+def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS, sync_wait=None, per_expert_s=None,
+             ep_exchange=None):
     """A profile as `modelchip calibrate --collectives` writes it (figures made up, structure real); sync_wait
     (fixed_s, per_compute) adds the measured wait at a collective reached from compute."""
     src = {"source": "test", "tag": "D"}
@@ -97,6 +98,9 @@ def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS, sync_
     }
     if per_expert_s is not None:
         data["overhead"]["per_expert_s"] = per_expert_s
+    if ep_exchange is not None:
+        data["collectives"]["by_world_size"][str(world)]["ep_exchange"] = {
+            "tokens": list(ep_exchange), "seconds": list(ep_exchange.values())}
     if sync_wait is not None:
         data["collectives"]["by_world_size"][str(world)]["sync_wait"] = {
             "fit": {"fixed_s": sync_wait[0], "per_compute": sync_wait[1]}}
@@ -223,9 +227,13 @@ def test_calibrate_collectives_only_adds_a_fitted_sweep(tmp_path):
     assert sync["compute_s"] == sorted(sync["compute_s"]) and all(w >= 0 for w in sync["wait_s"])
     refit = fit_sync_wait(sync["compute_s"], sync["wait_s"])
     assert (sync["fit"]["fixed_s"], sync["fit"]["per_compute"]) == (refit.fixed_s, refit.per_compute)
+    # the runtime's expert-parallel dispatch and combine, timed at three token counts
+    exchange = measured["ep_exchange"]
+    assert exchange["tokens"] == [1, 4, 16] and all(t > 0 for t in exchange["seconds"])
     # and the planner costs a 2-rank tensor-parallel step with them
     d = apply_profile(Deployment(chip=get_chip("h100"), chips=2, strategy="tp", batch=1, context=64), path)
     assert d.collectives.world_size == 2 and d.collectives.sync_wait == refit
+    assert d.collectives.ep_exchange == tuple(zip(map(float, exchange["tokens"]), exchange["seconds"], strict=True))
     threads = data["collectives"]["threads"]
     assert d.collectives.threads_per_rank() == measured["threads_per_rank"] == max(1, threads // 2)
 
@@ -376,3 +384,26 @@ def test_moe_expert_host_cost_is_per_expert_the_batch_touches(tmp_path):
                      context=64, precision=FP32, attention="tensor-parallel", microbatches=2)
     a = _on_profile(tmp_path, afd, per_expert_s=20e-6)
     assert a.breakdown_ms["moe_expert_host"] == pytest.approx(20e-3 * 2 * 3, rel=1e-12)
+
+
+def test_ep_step_costs_the_measured_exchange_per_moe_layer(tmp_path):
+    # the profile timed the runtime's dispatch and combine: 1, 2 and 5 ms a layer at 1, 4 and 16 tokens per rank.
+    # EP 2 replicated, 4 sequences: rank 0 dispatches its chunk of 2 tokens, 1 + (2 - 1) x (2 - 1) / (4 - 1) ms
+    # for the one MoE layer, in place of its four all-to-alls; the broadcast and the chunks' all-gather keep
+    # their fits; sync points: those two and the exchange
+    exchange = {1: 1e-3, 4: 2e-3, 16: 5e-3}
+    d = Deployment(chip=get_chip("h100"), chips=2, strategy="ep", batch=4, context=64, precision=FP32,
+                   attention="replicated")
+    p = _on_profile(tmp_path, d, ep_exchange=exchange, sync_wait=(1e-4, 0.0))
+    ag, bc = FITS["all_gather"], FITS["broadcast_object"]
+    bc_bytes = 8 * 4 * (5 + 4) + 2000
+    assert p.breakdown_ms["collective_latency"] == pytest.approx(
+        (1e-3 + 1e-3 / 3 + ag.alpha_s + bc.alpha_s) * 1e3, rel=1e-12)
+    assert p.breakdown_ms["communication"] == pytest.approx(
+        (2 * 48 * 4 / ag.bandwidth + bc_bytes / bc.bandwidth) * 1e3, rel=1e-12)
+    assert p.breakdown_ms["sync_wait"] == pytest.approx(3 * 1e-4 * 1e3, rel=1e-12)
+    # 32 sequences: 16 tokens each rank, 5 ms; 64: 32 tokens, along the last two counts' slope, 5 + 16 x 0.25 ms
+    for batch, seconds in ((32, 5e-3), (64, 9e-3)):
+        q = _on_profile(tmp_path, replace(d, batch=batch), ep_exchange=exchange)
+        rest = q.breakdown_ms["collective_latency"] - (ag.alpha_s + bc.alpha_s) * 1e3
+        assert rest == pytest.approx(seconds * 1e3, rel=1e-12)

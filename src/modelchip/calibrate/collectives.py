@@ -147,6 +147,42 @@ def sync_segments(ops, progress: Callable[[str], None] = lambda m: None) -> dict
             "fit": dict(zip(("fixed_s", "per_compute"), _sync_fit(compute, wait), strict=True))}
 
 
+# an expert-parallel MoE layer's exchange: tokens each rank dispatches, their width and routing (random, top 2 of 4
+# experts per rank); the experts themselves are taken out, so only dispatch and combine are timed
+EXCHANGE_TOKENS = (1, 4, 16)
+EXCHANGE_HIDDEN, EXCHANGE_TOP_K, EXCHANGE_EXPERTS_PER_RANK = 512, 2, 4
+
+
+def ep_exchange(ops, progress: Callable[[str], None] = lambda m: None) -> dict:
+    """Seconds of one MoE layer's expert-parallel dispatch and combine as the runtime runs them
+    (runtime/distributed/expert_parallel.dispatch_combine: the four all-to-alls and the host work that sorts,
+    counts and scatters the rows between them), with experts that return their rows unchanged, as DeepEP
+    benchmarks its dispatch and combine apart from the experts. Summing the four all-to-alls' fits misses
+    that host work and how the calls follow each other (a 2-rank exchange measured here took about twice its
+    four all-to-alls timed back to back). The tokens are timed in turn within each round. Run on every rank in
+    step; rank 0's figures are what counts."""
+    import types
+
+    from modelchip.runtime.distributed.expert_parallel import dispatch_combine
+
+    comm = ops.comm
+    progress(f"expert-parallel dispatch and combine at {comm.world_size} ranks, {len(EXCHANGE_TOKENS)} token counts")
+    g = torch.Generator().manual_seed(comm.rank)
+    experts = EXCHANGE_EXPERTS_PER_RANK * comm.world_size
+    # only the exchange is timed: each expert hands its rows back as they came
+    shell = types.SimpleNamespace(comm=comm, moe_experts=lambda rows, *_: rows)
+    local = torch.empty(EXCHANGE_EXPERTS_PER_RANK, 1, 1, device=ops.device)  # only its expert count is read
+    calls = []
+    for t in EXCHANGE_TOKENS:
+        x = torch.randn(t, EXCHANGE_HIDDEN, generator=g).to(device=ops.device, dtype=DTYPES["all_to_all"])
+        ids = torch.stack([torch.randperm(experts, generator=g)[:EXCHANGE_TOP_K] for _ in range(t)]).to(ops.device)
+        weights = torch.full((t, EXCHANGE_TOP_K), 1.0 / EXCHANGE_TOP_K, device=ops.device)
+        calls.append(lambda x=x, ids=ids, w=weights: dispatch_combine(shell, x, w, ids, local, local))
+    times = _time_in_turn(calls, ops, SYNC_ROUNDS)
+    return {"tokens": list(EXCHANGE_TOKENS), "hidden": EXCHANGE_HIDDEN, "top_k": EXCHANGE_TOP_K,
+            "seconds": [statistics.median(t) for t in times]}
+
+
 def _time_in_turn(calls: list[Callable[[], object]], ops, rounds: int) -> list[list[float]]:
     """Seconds per call of each of `calls`, per round: every round (entered together, a barrier) runs 3 of
     each in turn. As `_time`, every rank runs the same rounds."""
@@ -187,6 +223,7 @@ def _worker(rank: int, world: int, port: int, backend: str, device: str, threads
         ops.attach_group()
         sweep(ops, _sizes_from_rank0())
         sync_segments(ops)
+        ep_exchange(ops)
     except BaseException as exc:  # reported to rank 0, which names the rank
         errors.put(f"rank {rank}: {type(exc).__name__}: {exc}")
         raise SystemExit(1) from exc
@@ -229,6 +266,7 @@ def measure(world_size: int, backend: str = "reference", device: str = "cpu", si
         torch.distributed.broadcast_object_list([list(sizes)], src=0)
         raw = sweep(ops, sizes, progress)
         sync = sync_segments(ops, progress)
+        exchange = ep_exchange(ops, progress)
     except (RuntimeError, ModelchipError) as exc:
         reports = []
         while not errors.empty():
@@ -242,7 +280,7 @@ def measure(world_size: int, backend: str = "reference", device: str = "cpu", si
             if p.exitcode is None:
                 p.kill()
         torch.set_num_threads(total)
-    return {"threads_per_rank": threads, "raw": raw, "fit": _fit(raw), "sync_wait": sync}
+    return {"threads_per_rank": threads, "raw": raw, "fit": _fit(raw), "sync_wait": sync, "ep_exchange": exchange}
 
 
 def section(world_sizes: list[int], backend: str, device: str, progress: Callable[[str], None] = lambda m: None,

@@ -111,6 +111,21 @@ class MeasuredCollectives:
     threads: int  # threads the profile was calibrated with, which a run divides among its ranks
     cpus: int  # the cores the ranks' threads share
     sync_wait: SyncWait | None = None  # None: a profile from before it was measured (no wait charged)
+    # (tokens each rank dispatched, seconds) of one MoE layer's expert-parallel dispatch and combine as the
+    # runtime runs them (calibrate's ep_exchange); empty: not measured, the four all-to-alls' fits are summed
+    ep_exchange: tuple[tuple[float, float], ...] = ()
+
+    def exchange_seconds(self, tokens: float) -> float:
+        """One MoE layer's measured dispatch and combine with `tokens` tokens per rank: linear between the
+        measured counts, the nearest count's time below the first, extended along the last two beyond."""
+        pts = self.ep_exchange
+        if tokens <= pts[0][0]:
+            return pts[0][1]
+        for (t0, s0), (t1, s1) in zip(pts, pts[1:], strict=False):
+            if tokens <= t1:
+                return s0 + (s1 - s0) * (tokens - t0) / (t1 - t0)
+        (t0, s0), (t1, s1) = pts[-2], pts[-1]
+        return s1 + max(0.0, (s1 - s0) / (t1 - t0)) * (tokens - t1)
 
     def wait_seconds(self, calls: list[CollectiveCall], compute_s: float) -> float:
         """The step's waiting at its sync points (every call listed is one) with `compute_s` of compute between."""
@@ -161,10 +176,16 @@ def read_collectives(data: dict, world_size: int, source: str = "profile") -> Me
     try:
         fits = {name: LinkFit(f["alpha_s"], f["bandwidth_Bps"] or math.inf) for name, f in measured["fit"].items()}
         wait = (measured.get("sync_wait") or {}).get("fit")
+        exchange = measured.get("ep_exchange") or {}
+        points = tuple(sorted(zip(map(float, exchange.get("tokens", ())), map(float, exchange.get("seconds", ())),
+                                  strict=True)))
+        if len(points) == 1:
+            raise ModelchipError(f"{source}: ep_exchange needs at least two token counts")
         return MeasuredCollectives(world_size, fits, bool(section["shared_device"]), int(section["threads"]),
                                    int(section["cpus"]),
-                                   SyncWait(float(wait["fixed_s"]), float(wait["per_compute"])) if wait else None)
-    except (KeyError, TypeError) as exc:
+                                   SyncWait(float(wait["fixed_s"]), float(wait["per_compute"])) if wait else None,
+                                   points)
+    except (KeyError, TypeError, ValueError) as exc:
         raise ModelchipError(f"{source}: malformed collectives section ({exc!r})") from exc
 
 
@@ -227,6 +248,23 @@ def expert_parallel_step(moe_layers: int, hidden: int, top_k: int, ep: int, toke
         return calls + [CollectiveCall("all_gather", math.ceil(logit_rows / ep) * hidden * act_bytes, 1,
                                        "rows needing logits")]
     return calls + [CollectiveCall("all_gather", mine * hidden * act_bytes, moe_layers, "chunks' results")]
+
+
+EXCHANGE_CALLS = ("row counts", "dispatch", "expert ids", "combine")  # expert_parallel_step's per-layer exchange
+
+
+def expert_parallel_seconds(calls: list[CollectiveCall], measured: MeasuredCollectives, moe_layers: int,
+                            tokens_per_rank: float) -> tuple[float, float, list[CollectiveCall]]:
+    """(latency, transfer, sync points) of an expert-parallel step's collectives. Where the profile measured the
+    runtime's whole dispatch and combine (`ep_exchange`), each MoE layer costs that, in place of its four
+    all-to-alls' fits, and is one sync point (ranks reach its first all-to-all from their compute; the calls
+    inside it follow each other as measured); the other calls cost their fits."""
+    if not measured.ep_exchange:
+        return *step_seconds(calls, measured), calls
+    rest = [c for c in calls if not (c.name == "all_to_all" and c.what in EXCHANGE_CALLS)]
+    latency, transfer = step_seconds(rest, measured)
+    latency += moe_layers * measured.exchange_seconds(tokens_per_rank)
+    return latency, transfer, [*rest, CollectiveCall("all_to_all", 0.0, moe_layers, "dispatch and combine")]
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ A deployment that does not fit in memory is reported infeasible with the numbers
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from modelchip.cost import attention_layers, streaming
@@ -509,11 +510,13 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     elif d.strategy == "ep" and d.collectives is not None:
         # the runtime's expert-parallel collectives (step broadcast, 4 all-to-alls per MoE layer, the chunks' or
         # the logit rows' all-gather) at measured alpha-beta
+        routed = group_tokens if moe else tokens * ep
         calls = measured_comm.expert_parallel_step(
-            moe.layers if moe else 0, H, moe.top_k if moe else 1, ep, group_tokens if moe else tokens * ep,
-            out_tokens, dtypes.nbytes(cdt), d.context, data_parallel=d.attention != "replicated")
-        comm_fixed, comm = measured_comm.step_seconds(calls, d.collectives)
-        measured_calls = calls
+            moe.layers if moe else 0, H, moe.top_k if moe else 1, ep, routed, out_tokens, dtypes.nbytes(cdt),
+            d.context, data_parallel=d.attention != "replicated")
+        # where the profile timed the runtime's whole dispatch and combine, each layer costs that
+        comm_fixed, comm, measured_calls = measured_comm.expert_parallel_seconds(
+            calls, d.collectives, moe.layers if moe else 0, math.ceil(routed / ep))
     elif d.strategy == "tp":
         comm = 2 * L * _all_reduce(d, tp, inst_tokens * act)
         comm_fixed = 2 * L * _collective_latency(d, tp)

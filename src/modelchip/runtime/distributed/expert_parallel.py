@@ -42,17 +42,20 @@ def run_experts(ops, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, 
     replicated: every rank has the same x (attention replicated or tensor parallel); else each rank has its own
     tokens (data-parallel attention)."""
     if not replicated:
-        return _dispatch_combine(ops, x, weights, ids, gate_up, down)
+        return dispatch_combine(ops, x, weights, ids, gate_up, down)
     comm, t = ops.comm, x.shape[0]
     chunk = -(-t // comm.world_size)
     lo, hi = min(comm.rank * chunk, t), min((comm.rank + 1) * chunk, t)
-    mine = _dispatch_combine(ops, x[lo:hi], weights[lo:hi], ids[lo:hi], gate_up, down)
+    mine = dispatch_combine(ops, x[lo:hi], weights[lo:hi], ids[lo:hi], gate_up, down)
     padded = x.new_zeros(chunk, x.shape[1])  # all_gather needs equal shapes: the last chunks may be short
     padded[:hi - lo] = mine
     return comm.all_gather(padded, dim=0)[:t]
 
 
-def _dispatch_combine(ops, x, weights, ids, gate_up, down) -> torch.Tensor:
+def dispatch_combine(ops, x, weights, ids, gate_up, down) -> torch.Tensor:
+    """This rank's tokens x [T, H] through the experts of the whole group: dispatch, this rank's experts
+    (`ops.moe_experts` on the rows it received), combine. Every rank calls it; `ops` needs only `comm` and
+    `moe_experts` (calibration times the exchange alone with experts that return their rows)."""
     comm, per = ops.comm, gate_up.shape[0]
     t, k = ids.shape
     flat = ids.reshape(-1)
