@@ -76,7 +76,7 @@ FITS = {"all_reduce": LinkFit(80e-6, 1.5e9), "all_gather": LinkFit(90e-6, 0.8e9)
 
 
 def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS, sync_wait=None, per_expert_s=None,
-             ep_exchange=None):
+             ep_exchange=None, cold_op_s=None):
     """A profile as `modelchip calibrate --collectives` writes it (figures made up, structure real); sync_wait
     (fixed_s, per_compute) adds the measured wait at a collective reached from compute."""
     src = {"source": "test", "tag": "D"}
@@ -98,6 +98,8 @@ def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS, sync_
     }
     if per_expert_s is not None:
         data["overhead"]["per_expert_s"] = per_expert_s
+    if cold_op_s is not None:
+        data["overhead"]["cold_op_s"] = cold_op_s
     if ep_exchange is not None:
         data["collectives"]["by_world_size"][str(world)]["ep_exchange"] = {
             "tokens": list(ep_exchange), "seconds": list(ep_exchange.values())}
@@ -407,3 +409,20 @@ def test_ep_step_costs_the_measured_exchange_per_moe_layer(tmp_path):
         q = _on_profile(tmp_path, replace(d, batch=batch), ep_exchange=exchange)
         rest = q.breakdown_ms["collective_latency"] - (ag.alpha_s + bc.alpha_s) * 1e3
         assert rest == pytest.approx(seconds * 1e3, rel=1e-12)
+
+
+def test_small_ops_pay_the_measured_cold_cost_per_call(tmp_path):
+    # a calibration measured a small op 10 us slower after 1 MB streamed since its last call, 100 us after
+    # 100 MB. The tiny MoE streams about 0.1 MB a layer, below the first point: every small op call pays 10 us, and
+    # with a per-expert loop measured, so does each expert run (one MoE layer of 4 experts, top 2; EP 2 replicated,
+    # 4 tokens: 4 x 15/16 experts, half on each rank)
+    cold = [[1e6, 1e-5], [1e8, 1e-4]]
+    d = Deployment(chip=get_chip("h100"), chips=2, strategy="ep", batch=4, context=64, precision=FP32,
+                   attention="replicated")
+    cost = model_cost(families.read(TINY_MOE, "tiny-moe"), FP32)
+    without = _on_profile(tmp_path, d)
+    p = _on_profile(tmp_path, d, cold_op_s=cold)
+    assert without.breakdown_ms["cold_op_host"] == 0.0
+    assert p.breakdown_ms["cold_op_host"] == pytest.approx(1e-2 * cost.small_op_calls, rel=1e-12)
+    e = _on_profile(tmp_path, d, cold_op_s=cold, per_expert_s=2e-5)
+    assert e.breakdown_ms["cold_op_host"] == pytest.approx(1e-2 * (cost.small_op_calls + 4 * 15 / 16 / 2), rel=1e-12)

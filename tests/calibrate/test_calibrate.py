@@ -124,6 +124,8 @@ def _figures(scale: float, op_alone: float = 3e-6, fused: bool = False) -> dict:
           "toy step 1 layers 1 seqs": 2e-4 * scale, "toy step 4 layers 1 seqs": 5e-4 * scale,
           "toy step 1 layers 16 seqs": 3e-4 * scale, "toy step 4 layers 16 seqs": 8e-4 * scale,
           "fused layers": float(fused)}
+    f |= {f"op cold after {n} bytes": (1e-5 if n < 32 << 20 else 6e-5) * scale
+          for n in prof.microbench.COLD_STREAM_BYTES}
     return f
 
 
@@ -144,6 +146,7 @@ def test_a_disturbed_calibration_pass_is_outvoted(monkeypatch):
     assert profile["overhead"]["per_seq_s"] == pytest.approx(2e-6 * 1.02)
     assert profile["overhead"]["per_op_s"] == pytest.approx(7e-6 * 1.02)
     assert profile["overhead"]["per_expert_s"] == pytest.approx(2e-5 * 1.02)  # the median pass's, as measured
+    assert profile["overhead"]["cold_op_s"][-1] == [128 << 20, pytest.approx(6e-5 * 1.02)]
     assert profile["memory"]["bandwidth"]["value"] == pytest.approx(2.5e10 / 1.02)
 
 

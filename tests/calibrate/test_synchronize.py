@@ -72,6 +72,7 @@ def test_every_microbenchmark_timing_is_closed_by_synchronize(events):
         microbench.read_bandwidth(ops.device, nbytes=1 << 16, sync=ops.synchronize)
         microbench.op_overhead(ops, width=128)
         microbench.moe_expert_overhead(ops)
+        microbench.op_overhead_cold(ops, width=128, calls=2)
         microbench.attention_decode(ops, 2, 32)
     assert ev.readings > 50 and ev.syncs > 50
     assert ev.unsynced == []

@@ -156,6 +156,44 @@ def op_overhead(ops, width: int = 576) -> float:
                for c, n in zip(calls, names, strict=True)) / len(calls)
 
 
+# bytes streamed between two calls of the same small op: a decode step streams a layer's weights between them
+COLD_STREAM_BYTES = (1 << 20, 4 << 20, 16 << 20, 32 << 20, 64 << 20, 128 << 20)
+
+
+def op_overhead_cold(ops, width: int = 576, calls: int = 40) -> list[list[float]]:
+    """[[bytes, extra seconds], ...]: what a small decode-time op (norm, rotary, activation, cache write) costs
+    beyond its hot-loop time when `bytes` of other data were streamed since it last ran, as a model streams a
+    layer's weights between a norm and the next layer's. Each call is timed alone right after reading that
+    many bytes of a pool; the extra is the median over the calls, averaged over the four ops, less the same ops
+    timed back to back. On a CPU it jumps where the stream outgrows the last-level cache (the interpreter's and
+    the op's own code and data are evicted)."""
+    dev = ops.device
+    x, w = torch.randn(1, width, device=dev), torch.ones(width, device=dev)
+    heads = torch.randn(1, width // 64, 64, device=dev)
+    cos, sin = torch.ones(1, 32, device=dev), torch.zeros(1, 32, device=dev)
+    gate_up = torch.randn(1, 2 * width, device=dev)
+    cache = torch.zeros(4, 16, width // 64, 64, device=dev)
+    slot = torch.zeros(1, dtype=torch.long, device=dev)
+    fns = (lambda: ops.rms_norm(x, w, 1e-6), lambda: ops.rotary_embedding(heads, cos, sin),
+           lambda: ops.silu_and_mul(gate_up), lambda: ops.write_kv(cache, heads, slot))
+    pool = torch.ones(max(COLD_STREAM_BYTES) // 4, device=dev)
+
+    def after(nbytes: int, fn) -> float:
+        times = []
+        for _ in range(calls):
+            if nbytes:
+                pool[:nbytes // 4].sum()
+            ops.synchronize()
+            t = time.perf_counter()
+            fn()
+            ops.synchronize()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    hot = sum(after(0, fn) for fn in fns) / len(fns)
+    return [[float(n), max(0.0, sum(after(n, fn) for fn in fns) / len(fns) - hot)] for n in COLD_STREAM_BYTES]
+
+
 def moe_expert_overhead(ops, experts: int = 8, width: int = 16) -> float:
     """Seconds of fixed cost per expert a `moe_experts` call runs, beyond the call itself: the same call on
     8 tokens routed to one expert and to 8 distinct experts, on weights so narrow the work is negligible. A

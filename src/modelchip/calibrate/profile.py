@@ -62,6 +62,8 @@ def _measure_pass(ops, dev: torch.device, progress: Callable[[str], None]) -> di
     progress("op call overhead")
     fig["op alone"] = microbench.op_overhead(ops)
     fig["moe expert"] = microbench.moe_expert_overhead(ops)
+    for n, extra in microbench.op_overhead_cold(ops):
+        fig[f"op cold after {int(n)} bytes"] = extra
     progress("host cost of a decode step (toy models of 1 and 4 layers, 1 and 16 sequences)")
     from modelchip.calibrate.harness import DecodeHarness, steps_needed, time_interleaved, tiny_model
 
@@ -173,7 +175,9 @@ def calibrate(backend: str = "reference", device: str = "cpu", progress: Callabl
         },
         "weight_streaming": weight_streaming,
         "overhead": {"per_op_s": per_op, "per_seq_s": per_seq, "per_step_s": step_fixed,
-                     "per_seq_step_s": step_per_seq, "per_expert_s": fig["moe expert"]},
+                     "per_seq_step_s": step_per_seq, "per_expert_s": fig["moe expert"],
+                     # a small op's extra cost when a layer's worth of bytes streamed since it last ran
+                     "cold_op_s": [[n, fig[f"op cold after {n} bytes"]] for n in microbench.COLD_STREAM_BYTES]},
         "measurements": {"gemm_flops": gemm, "read_bandwidth": read_bw, "weight_streaming_bandwidth": stream,
                          "attention_decode_s": {"4x4096": t_long, "1x16": t_one, "16x16": t_many},
                          "op_call_alone_s": per_op_alone, "op_call_in_model_s": per_op,

@@ -87,6 +87,8 @@ class Deployment:
     overhead_per_step_s: float = 0.0  # host work of a step: batch metadata, sampling, bookkeeping
     overhead_per_seq_step_s: float = 0.0  # the same, per sequence in the batch
     overhead_per_expert_s: float = 0.0  # host cost per routed expert a MoE layer runs (a per-expert loop)
+    # (bytes streamed since a small op last ran, its extra seconds): ops run cold behind a layer's weights
+    overhead_cold_op: tuple[tuple[float, float], ...] = ()
     # source ids whose measured figures are left out (leave-one-source-out validation)
     exclude: frozenset = frozenset()
     # expert placement: "eplb" (rebalanced, with any redundant replicas), "static" (no rebalancing) or "ideal"
@@ -364,6 +366,26 @@ def _host_dispatch(cost: ModelCost, d: Deployment) -> float:
     return per_op * cost.op_calls()
 
 
+def _cold_ops(cost: ModelCost, d: Deployment, tp: int, dense_tp: int, wb: float, awb: float, experts_hit: float,
+              kv_shard: int) -> tuple[float, float]:
+    """(attention side, FFN side) seconds the step's small ops and per-expert loops pay beyond their in-cache cost,
+    where a calibration measured it (`overhead_cold_op`, calibrate's op_overhead_cold): between two calls of the
+    same op the step streams one layer's weights and KV cache, and past the last-level cache that evicts the
+    op's code and data. Per call, the measured extra at one layer's bytes (log-interpolated)."""
+    if not d.overhead_cold_op:
+        return 0.0, 0.0
+    L, moe = cost.layers, cost.moe
+    streamed = (cost.attn_params * awb / tp + cost.dense_params * wb / dense_tp
+                + (cost.decode_attention(d.context)[1] * d.batch * tp / kv_shard if d.phase == "decode" else 0.0))
+    if moe:
+        streamed += moe.layers * (experts_hit * moe.expert_params + moe.shared_params) * wb / (
+            tp if d.strategy == "tp" else 1)
+    per_call = km.log_interp(list(d.overhead_cold_op), max(streamed / L, 1.0))
+    # an activation or routing per layer, and each expert a backend loops over (where it measured that loop)
+    ffn_calls = L + (moe.layers * experts_hit if moe and d.overhead_per_expert_s else 0.0)
+    return per_call * max(cost.small_op_calls - L, 0), per_call * ffn_calls
+
+
 def _afd_straggler(d: Deployment) -> float:
     """Seconds a catalog AFD decode step waits, on average, for the slowest rank of its synchronous attention-FFN
     exchange (jitter of polling, event and launch calls on any node delays every rank), where a deployment of
@@ -552,12 +574,14 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     launch = _launch(cost, d)
     floor = _kernel_floor(cost, d)
     floor_small = _small_kernel_floor(cost, d, core + norms + sampling + act_fn)
-    attn_side = proj + core + lm_head + norms + sampling + floor_attn + floor_small
+    attn_cold, ffn_cold = _cold_ops(cost, d, tp, dense_tp, wb, awb, hit if moe else 0.0, kv_shard)
+    attn_cold, ffn_cold = attn_cold * host_slowdown, ffn_cold * host_slowdown
+    attn_side = proj + core + lm_head + norms + sampling + floor_attn + floor_small + attn_cold
     # data-parallel attention ranks wait for the busiest one at the next expert all-to-all
     dp_wait = attn_side * (1 / d.attention_balance - 1) if d.strategy == "ep" else 0.0
     attn_side += dp_wait
     expert_host *= host_slowdown
-    ffn_side = dense + moe_t + imbalance + router + act_fn + floor_ffn + expert_host
+    ffn_side = dense + moe_t + imbalance + router + act_fn + floor_ffn + expert_host + ffn_cold
     # ranks reach each blocking collective from their own compute, not together: the first waits for the last
     # (measured on the profiled process group, cost/collectives.SyncWait)
     sync_wait = d.collectives.wait_seconds(measured_calls, attn_side + ffn_side) if measured_calls else 0.0
@@ -629,6 +653,7 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     breakdown = {"attention_proj": proj, "attention_core": core, "lm_head": lm_head, "norms": norms,
                  "sampling": sampling, "dense_ffn": dense, "moe": moe_t, "moe_imbalance": imbalance,
                  "router": router, "moe_expert_host": expert_host, "act_fn": act_fn, "dp_attention_wait": dp_wait,
+                 "cold_op_host": attn_cold + ffn_cold,
                  "communication": comm,
                  "collective_latency": comm_fixed, "sync_wait": sync_wait, "host_overhead": host, "launch": launch,
                  "kernel_floor": floor,

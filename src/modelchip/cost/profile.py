@@ -39,5 +39,6 @@ def apply_profile(d: Deployment, path: str | Path) -> Deployment:
                    overhead_per_step_s=overhead.get("per_step_s", 0.0),
                    overhead_per_seq_step_s=overhead.get("per_seq_step_s", 0.0),
                    overhead_per_expert_s=overhead.get("per_expert_s", 0.0),
+                   overhead_cold_op=tuple((float(n), float(t)) for n, t in overhead.get("cold_op_s", ())),
                    collectives=collectives.for_deployment(d.strategy, d.chips, path, bool(d.attention)),
                    weight_streaming=tables, notes=(*d.notes, *said))
