@@ -76,7 +76,7 @@ FITS = {"all_reduce": LinkFit(80e-6, 1.5e9), "all_gather": LinkFit(90e-6, 0.8e9)
 
 
 def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS, sync_wait=None, per_expert_s=None,
-             ep_exchange=None, cold_op_s=None):
+             ep_exchange=None, cold_op_s=None, sync_wait_a2a=None):
     """A profile as `modelchip calibrate --collectives` writes it (figures made up, structure real); sync_wait
     (fixed_s, per_compute) adds the measured wait at a collective reached from compute."""
     src = {"source": "test", "tag": "D"}
@@ -100,6 +100,9 @@ def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS, sync_
         data["overhead"]["per_expert_s"] = per_expert_s
     if cold_op_s is not None:
         data["overhead"]["cold_op_s"] = cold_op_s
+    if sync_wait_a2a is not None:
+        data["collectives"]["by_world_size"][str(world)]["sync_wait_all_to_all"] = {
+            "fit": {"fixed_s": sync_wait_a2a[0], "per_compute": sync_wait_a2a[1]}}
     if ep_exchange is not None:
         data["collectives"]["by_world_size"][str(world)]["ep_exchange"] = {
             "tokens": list(ep_exchange), "seconds": list(ep_exchange.values())}
@@ -230,6 +233,10 @@ def test_calibrate_collectives_only_adds_a_fitted_sweep(tmp_path):
     refit = fit_sync_wait(sync["compute_s"], sync["wait_s"])
     assert (sync["fit"]["fixed_s"], sync["fit"]["per_compute"]) == (refit.fixed_s, refit.per_compute)
     # the runtime's expert-parallel dispatch and combine, timed at three token counts
+    sync_a2a = measured["sync_wait_all_to_all"]
+    assert sync_a2a["collective"] == "all_to_all" and len(sync_a2a["wait_s"]) == 3
+    waits = dict(read_collectives(data, 2).sync_waits)
+    assert waits["all_to_all"] == fit_sync_wait(sync_a2a["compute_s"], sync_a2a["wait_s"])
     exchange = measured["ep_exchange"]
     assert exchange["tokens"] == [1, 4, 16] and all(t > 0 for t in exchange["seconds"])
     # and the planner costs a 2-rank tensor-parallel step with them
@@ -404,6 +411,12 @@ def test_ep_step_costs_the_measured_exchange_per_moe_layer(tmp_path):
     assert p.breakdown_ms["communication"] == pytest.approx(
         (2 * 48 * 4 / ag.bandwidth + bc_bytes / bc.bandwidth) * 1e3, rel=1e-12)
     assert p.breakdown_ms["sync_wait"] == pytest.approx(3 * 1e-4 * 1e3, rel=1e-12)
+    # an all-to-all measured to wait 1 ms + the compute since the last sync point: the exchange waits that, the
+    # broadcast and the all-gather the all-reduce's 0.1 ms (3 sync points share the step's compute)
+    a = _on_profile(tmp_path, d, ep_exchange=exchange, sync_wait=(1e-4, 0.0), sync_wait_a2a=(1e-3, 1.0))
+    compute = (a.tpot_ms - sum(a.breakdown_ms[k] for k in ("communication", "collective_latency", "sync_wait",
+                                                           "host_overhead", "launch", "kernel_floor"))) / 1e3
+    assert a.breakdown_ms["sync_wait"] == pytest.approx((2 * 1e-4 + 1e-3 + compute / 3) * 1e3, rel=1e-9)
     # 32 sequences: 16 tokens each rank, 5 ms; 64: 32 tokens, along the last two counts' slope, 5 + 16 x 0.25 ms
     for batch, seconds in ((32, 5e-3), (64, 9e-3)):
         q = _on_profile(tmp_path, replace(d, batch=batch), ep_exchange=exchange)

@@ -118,32 +118,38 @@ SEGMENT_MATMULS = (1, 4, 16)
 SYNC_ROUNDS = 25  # a wait is a difference of three timings: more rounds than a sweep size to steady its median
 
 
-def sync_segments(ops, progress: Callable[[str], None] = lambda m: None) -> dict:
+def sync_segments(ops, progress: Callable[[str], None] = lambda m: None, closer: str = "all_reduce") -> dict:
     """What a blocking collective costs when ranks reach it from compute, not from a barrier (cost/collectives.
     SyncWait). Every rank runs the same segments: n matmuls alone (all ranks at once, so with the contention a
-    parallel step has), n matmuls closed by a small all-reduce, and that all-reduce back to back; the wait is the
-    second less the other two. The three are timed in turn within each round and the wait taken per round, so
+    parallel step has), n matmuls closed by a small collective (`closer`: an all-reduce, as tensor parallelism
+    closes its layers, or an all-to-all, as expert parallelism opens its exchange), and that collective back to
+    back; the wait is the second less the other two. The two kinds wait differently: gloo's point-to-point
+    all-to-all, reached from 2.6 ms of one-row matmuls, took 2.5-3.0 ms on both ranks where back to back it took
+    0.2 ms. The three are timed in turn within each round and the wait taken per round, so
     load that comes and goes on the machine falls on all three alike (one all-reduce timing taken apart from
     the segments once read 2.5 ms against a 0.36 ms fit, and cancelled every wait). Run on every rank in step;
     rank 0's figures are what counts."""
     comm = ops.comm
-    progress(f"collectives after compute at {comm.world_size} ranks, {len(SEGMENT_MATMULS)} compute lengths")
+    progress(f"{closer} after compute at {comm.world_size} ranks, {len(SEGMENT_MATMULS)} compute lengths")
     g = torch.Generator().manual_seed(0)
     weights = [torch.randn(1536, 576, generator=g).to(ops.device) for _ in range(max(SEGMENT_MATMULS))]
     x = torch.randn(1, 576, generator=g).to(ops.device)
-    small = torch.ones(576, dtype=DTYPES["all_reduce"], device=ops.device)  # a decode token's activations
+    # a decode token's activations; for an all-to-all, one row to each rank
+    small = torch.ones(576 if closer == "all_reduce" else (comm.world_size, 576), dtype=DTYPES[closer],
+                       device=ops.device)
+    close = {"all_reduce": comm.all_reduce, "all_to_all": comm.all_to_all}[closer]
     compute, wait, reduce_alone = [], [], []
     for n in SEGMENT_MATMULS:
         def work(n=n) -> None:
             for w in weights[:n]:
                 ops.linear(x, w)
-        alone, synced, reduce = _time_in_turn([work, lambda work=work: (work(), comm.all_reduce(small)),
-                                               lambda: comm.all_reduce(small)], ops, SYNC_ROUNDS)
+        alone, synced, reduce = _time_in_turn([work, lambda work=work: (work(), close(small)),
+                                               lambda: close(small)], ops, SYNC_ROUNDS)
         compute.append(statistics.median(alone))
         reduce_alone.append(statistics.median(reduce))
         wait.append(max(0.0, statistics.median(s - a - r for s, a, r in zip(synced, alone, reduce, strict=True))))
-    return {"matmuls": list(SEGMENT_MATMULS), "compute_s": compute, "wait_s": wait,
-            "all_reduce_s": statistics.median(reduce_alone),
+    return {"collective": closer, "matmuls": list(SEGMENT_MATMULS), "compute_s": compute, "wait_s": wait,
+            f"{closer}_s": statistics.median(reduce_alone),
             "fit": dict(zip(("fixed_s", "per_compute"), _sync_fit(compute, wait), strict=True))}
 
 
@@ -223,6 +229,7 @@ def _worker(rank: int, world: int, port: int, backend: str, device: str, threads
         ops.attach_group()
         sweep(ops, _sizes_from_rank0())
         sync_segments(ops)
+        sync_segments(ops, closer="all_to_all")
         ep_exchange(ops)
     except BaseException as exc:  # reported to rank 0, which names the rank
         errors.put(f"rank {rank}: {type(exc).__name__}: {exc}")
@@ -266,6 +273,7 @@ def measure(world_size: int, backend: str = "reference", device: str = "cpu", si
         torch.distributed.broadcast_object_list([list(sizes)], src=0)
         raw = sweep(ops, sizes, progress)
         sync = sync_segments(ops, progress)
+        sync_a2a = sync_segments(ops, progress, closer="all_to_all")
         exchange = ep_exchange(ops, progress)
     except (RuntimeError, ModelchipError) as exc:
         reports = []
@@ -280,7 +288,8 @@ def measure(world_size: int, backend: str = "reference", device: str = "cpu", si
             if p.exitcode is None:
                 p.kill()
         torch.set_num_threads(total)
-    return {"threads_per_rank": threads, "raw": raw, "fit": _fit(raw), "sync_wait": sync, "ep_exchange": exchange}
+    return {"threads_per_rank": threads, "raw": raw, "fit": _fit(raw), "sync_wait": sync,
+            "sync_wait_all_to_all": sync_a2a, "ep_exchange": exchange}
 
 
 def section(world_sizes: list[int], backend: str, device: str, progress: Callable[[str], None] = lambda m: None,

@@ -127,11 +127,19 @@ class MeasuredCollectives:
         (t0, s0), (t1, s1) = pts[-2], pts[-1]
         return s1 + max(0.0, (s1 - s0) / (t1 - t0)) * (tokens - t1)
 
+    # the same measured for other collectives that close a compute segment, by name (an all-to-all waits
+    # differently from an all-reduce); a kind not measured takes `sync_wait`
+    sync_waits: tuple[tuple[str, SyncWait], ...] = ()
+
     def wait_seconds(self, calls: list[CollectiveCall], compute_s: float) -> float:
-        """The step's waiting at its sync points (every call listed is one) with `compute_s` of compute between."""
-        if self.sync_wait is None:
+        """The step's waiting at its sync points (every call listed is one) with `compute_s` of compute spread
+        evenly between them, each at the wait measured for its kind of collective."""
+        syncs = sum(c.count for c in calls)
+        if self.sync_wait is None or syncs <= 0:
             return 0.0
-        return self.sync_wait.seconds(sum(c.count for c in calls), compute_s)
+        by_name = dict(self.sync_waits)
+        return sum(c.count * max(0.0, w.fixed_s + w.per_compute * compute_s / syncs)
+                   for c in calls for w in [by_name.get(c.name, self.sync_wait)])
 
     def fit(self, name: str) -> LinkFit:
         if name not in self.fits:
@@ -181,10 +189,13 @@ def read_collectives(data: dict, world_size: int, source: str = "profile") -> Me
                                   strict=True)))
         if len(points) == 1:
             raise ModelchipError(f"{source}: ep_exchange needs at least two token counts")
+        others = tuple((name.removeprefix("sync_wait_"), SyncWait(float(v["fit"]["fixed_s"]),
+                                                                  float(v["fit"]["per_compute"])))
+                       for name, v in measured.items() if name.startswith("sync_wait_") and v)
         return MeasuredCollectives(world_size, fits, bool(section["shared_device"]), int(section["threads"]),
                                    int(section["cpus"]),
                                    SyncWait(float(wait["fixed_s"]), float(wait["per_compute"])) if wait else None,
-                                   points)
+                                   points, others)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelchipError(f"{source}: malformed collectives section ({exc!r})") from exc
 
