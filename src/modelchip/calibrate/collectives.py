@@ -123,7 +123,8 @@ def sync_segments(ops, progress: Callable[[str], None] = lambda m: None, closer:
     SyncWait). Every rank runs the same segments: n matmuls alone (all ranks at once, so with the contention a
     parallel step has), n matmuls closed by a small collective (`closer`: an all-reduce, as tensor parallelism
     closes its layers, or an all-to-all, as expert parallelism opens its exchange), and that collective back to
-    back; the wait is the second less the other two. The two kinds wait differently: gloo's point-to-point
+    back; the wait is the second (rank 0's) less the other two (the first averaged over the ranks, since a step
+    waits for whichever rank is slower at each sync point). The two kinds wait differently: gloo's point-to-point
     all-to-all, reached from 2.6 ms of one-row matmuls, took 2.5-3.0 ms on both ranks where back to back it took
     0.2 ms. The three are timed in turn within each round and the wait taken per round, so
     load that comes and goes on the machine falls on all three alike (one all-reduce timing taken apart from
@@ -145,6 +146,9 @@ def sync_segments(ops, progress: Callable[[str], None] = lambda m: None, closer:
                 ops.linear(x, w)
         alone, synced, reduce = _time_in_turn([work, lambda work=work: (work(), close(small)),
                                                lambda: close(small)], ops, SYNC_ROUNDS)
+        # the compute a prediction charges is one rank's, not rank 0's: whichever rank happens to be slower
+        # here, rank 0 waits for the slowest at each sync point, so the wait is taken beyond the ranks' mean
+        alone = _mean_over_ranks(comm, alone)
         compute.append(statistics.median(alone))
         reduce_alone.append(statistics.median(reduce))
         wait.append(max(0.0, statistics.median(s - a - r for s, a, r in zip(synced, alone, reduce, strict=True))))
@@ -187,6 +191,13 @@ def ep_exchange(ops, progress: Callable[[str], None] = lambda m: None) -> dict:
     times = _time_in_turn(calls, ops, SYNC_ROUNDS)
     return {"tokens": list(EXCHANGE_TOKENS), "hidden": EXCHANGE_HIDDEN, "top_k": EXCHANGE_TOP_K,
             "seconds": [statistics.median(t) for t in times]}
+
+
+def _mean_over_ranks(comm, times: list[float]) -> list[float]:
+    """Each round's time averaged over the ranks (every rank calls it)."""
+    t = torch.tensor(times, dtype=torch.float64)
+    torch.distributed.all_reduce(t, group=comm.group)
+    return (t / comm.world_size).tolist()
 
 
 def _time_in_turn(calls: list[Callable[[], object]], ops, rounds: int) -> list[list[float]]:
