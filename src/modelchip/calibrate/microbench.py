@@ -139,9 +139,9 @@ def weight_streaming(ops, k: int, n: int, dtype: torch.dtype, pool_bytes: int = 
     return len(pool) * per / median_time(sweep, repeat=5, number=1, sync=ops.synchronize, name=name)
 
 
-def op_overhead(ops, width: int = 576) -> float:
-    """Seconds of fixed cost per call of the small decode-time ops (norm, rotary, activation, cache write)
-    on one token of a `width`-wide model: at that size the work itself is negligible."""
+def small_ops(ops, width: int = 576) -> dict[str, Callable[[], object]]:
+    """The small decode-time ops (norm, rotary, activation, cache write) on one token of a `width`-wide model,
+    by name: at that size the work itself is negligible and a call's time is its fixed cost."""
     dev = ops.device
     x, w = torch.randn(1, width, device=dev), torch.ones(width, device=dev)
     heads = torch.randn(1, width // 64, 64, device=dev)
@@ -149,11 +149,16 @@ def op_overhead(ops, width: int = 576) -> float:
     gate_up = torch.randn(1, 2 * width, device=dev)
     cache = torch.zeros(4, 16, width // 64, 64, device=dev)
     slot = torch.zeros(1, dtype=torch.long, device=dev)
-    calls = (lambda: ops.rms_norm(x, w, 1e-6), lambda: ops.rotary_embedding(heads, cos, sin),
-             lambda: ops.silu_and_mul(gate_up), lambda: ops.write_kv(cache, heads, slot))
-    names = ("rms_norm", "rotary_embedding", "silu_and_mul", "write_kv")
+    return {"rms_norm": lambda: ops.rms_norm(x, w, 1e-6),
+            "rotary_embedding": lambda: ops.rotary_embedding(heads, cos, sin),
+            "silu_and_mul": lambda: ops.silu_and_mul(gate_up), "write_kv": lambda: ops.write_kv(cache, heads, slot)}
+
+
+def op_overhead(ops, width: int = 576) -> float:
+    """Seconds of fixed cost per call of the small decode-time ops, timed back to back (`small_ops`)."""
+    calls = small_ops(ops, width)
     return sum(median_time(c, number=100, sync=ops.synchronize, name=f"op call {n}")
-               for c, n in zip(calls, names, strict=True)) / len(calls)
+               for n, c in calls.items()) / len(calls)
 
 
 # bytes streamed between two calls of the same small op: a decode step streams a layer's weights between them
@@ -168,14 +173,7 @@ def op_overhead_cold(ops, width: int = 576, calls: int = 40) -> list[list[float]
     timed back to back. On a CPU it jumps where the stream outgrows the last-level cache (the interpreter's and
     the op's own code and data are evicted)."""
     dev = ops.device
-    x, w = torch.randn(1, width, device=dev), torch.ones(width, device=dev)
-    heads = torch.randn(1, width // 64, 64, device=dev)
-    cos, sin = torch.ones(1, 32, device=dev), torch.zeros(1, 32, device=dev)
-    gate_up = torch.randn(1, 2 * width, device=dev)
-    cache = torch.zeros(4, 16, width // 64, 64, device=dev)
-    slot = torch.zeros(1, dtype=torch.long, device=dev)
-    fns = (lambda: ops.rms_norm(x, w, 1e-6), lambda: ops.rotary_embedding(heads, cos, sin),
-           lambda: ops.silu_and_mul(gate_up), lambda: ops.write_kv(cache, heads, slot))
+    fns = tuple(small_ops(ops, width).values())
     pool = torch.ones(max(COLD_STREAM_BYTES) // 4, device=dev)
 
     def after(nbytes: int, fn) -> float:
