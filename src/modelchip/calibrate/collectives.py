@@ -72,20 +72,8 @@ def _calls(comm, name: str, nbytes: int, device: torch.device) -> Callable[[], o
 
 def _time(call: Callable[[], object], ops, one_way: bool, rounds: int) -> float:
     """Median seconds per call over `rounds` rounds of 3 calls, each round entered together (a barrier) so
-    skew between ranks does not count as collective time. Every rank runs the same rounds: a count decided
-    by each rank's own clock could leave one rank waiting at a barrier the others never reach."""
-    for _ in range(WARMUP):
-        call()
-    synchronize(ops)
-    times, number = [], 3
-    for _ in range(rounds):
-        torch.distributed.barrier()
-        t = time.perf_counter()
-        for _ in range(number):
-            call()
-        synchronize(ops)
-        times.append((time.perf_counter() - t) / number / (2 if one_way else 1))
-    return statistics.median(times)
+    skew between ranks does not count as collective time (`_time_in_turn` of the one call)."""
+    return statistics.median(_time_in_turn([call], ops, rounds)[0]) / (2 if one_way else 1)
 
 
 def _rounds(nbytes: int) -> int:
@@ -139,21 +127,21 @@ def sync_segments(ops, progress: Callable[[str], None] = lambda m: None, closer:
     small = torch.ones(576 if closer == "all_reduce" else (comm.world_size, 576), dtype=DTYPES[closer],
                        device=ops.device)
     close = {"all_reduce": comm.all_reduce, "all_to_all": comm.all_to_all}[closer]
-    compute, wait, reduce_alone = [], [], []
+    compute, wait, close_alone = [], [], []
     for n in SEGMENT_MATMULS:
         def work(n=n) -> None:
             for w in weights[:n]:
                 ops.linear(x, w)
-        alone, synced, reduce = _time_in_turn([work, lambda work=work: (work(), close(small)),
+        alone, synced, closed = _time_in_turn([work, lambda work=work: (work(), close(small)),
                                                lambda: close(small)], ops, SYNC_ROUNDS)
         # the compute a prediction charges is one rank's, not rank 0's: whichever rank happens to be slower
         # here, rank 0 waits for the slowest at each sync point, so the wait is taken beyond the ranks' mean
         alone = _mean_over_ranks(comm, alone)
         compute.append(statistics.median(alone))
-        reduce_alone.append(statistics.median(reduce))
-        wait.append(max(0.0, statistics.median(s - a - r for s, a, r in zip(synced, alone, reduce, strict=True))))
+        close_alone.append(statistics.median(closed))
+        wait.append(max(0.0, statistics.median(s - a - c for s, a, c in zip(synced, alone, closed, strict=True))))
     return {"collective": closer, "matmuls": list(SEGMENT_MATMULS), "compute_s": compute, "wait_s": wait,
-            f"{closer}_s": statistics.median(reduce_alone),
+            f"{closer}_s": statistics.median(close_alone),
             "fit": dict(zip(("fixed_s", "per_compute"), _sync_fit(compute, wait), strict=True))}
 
 
@@ -201,8 +189,9 @@ def _mean_over_ranks(comm, times: list[float]) -> list[float]:
 
 
 def _time_in_turn(calls: list[Callable[[], object]], ops, rounds: int) -> list[list[float]]:
-    """Seconds per call of each of `calls`, per round: every round (entered together, a barrier) runs 3 of
-    each in turn. As `_time`, every rank runs the same rounds."""
+    """Seconds per call of each of `calls`, per round: every round runs 3 of each in turn, each call's three
+    entered together (a barrier). Every rank runs the same rounds: a count decided by each rank's own clock could
+    leave one rank waiting at a barrier the others never reach."""
     for call in calls:
         for _ in range(WARMUP):
             call()
@@ -312,6 +301,7 @@ def section(world_sizes: list[int], backend: str, device: str, progress: Callabl
             "timed": "rank 0, median of rounds of 3 calls, each round entered together after a barrier; "
                      "send_recv is half a ping-pong between ranks 0 and 1; broadcast_object is rank 0's "
                      "broadcast_object_list on the control group followed by a barrier there (every rank has it); "
-                     "sync_wait: rank 0's wait at an all-reduce reached from n one-row matmuls, beyond the "
-                     "matmuls alone and the all-reduce alone",
+                     "sync_wait (sync_wait_all_to_all): rank 0's wait at an all-reduce (all-to-all) reached from n "
+                     "one-row matmuls, beyond the ranks' mean time for the matmuls alone and the collective alone; "
+                     "ep_exchange: the runtime's dispatch and combine of a MoE layer, experts taken out",
             "by_world_size": {str(n): measure(n, backend, device, sizes, progress) for n in world_sizes}}

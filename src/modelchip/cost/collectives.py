@@ -75,11 +75,9 @@ class SyncWait:
     fixed_s: float
     per_compute: float
 
-    def seconds(self, syncs: float, compute_s: float) -> float:
-        """Waiting over a step with `syncs` sync points and `compute_s` seconds of compute spread between them."""
-        if syncs <= 0:
-            return 0.0
-        return syncs * max(0.0, self.fixed_s + self.per_compute * compute_s / syncs)
+    def at(self, compute_s: float) -> float:
+        """The wait at one sync point reached after `compute_s` seconds of compute."""
+        return max(0.0, self.fixed_s + self.per_compute * compute_s)
 
 
 def fit_sync_wait(compute_s: Sequence[float], wait_s: Sequence[float]) -> SyncWait:
@@ -138,8 +136,7 @@ class MeasuredCollectives:
         if self.sync_wait is None or syncs <= 0:
             return 0.0
         by_name = dict(self.sync_waits)
-        return sum(c.count * max(0.0, w.fixed_s + w.per_compute * compute_s / syncs)
-                   for c in calls for w in [by_name.get(c.name, self.sync_wait)])
+        return sum(c.count * by_name.get(c.name, self.sync_wait).at(compute_s / syncs) for c in calls)
 
     def fit(self, name: str) -> LinkFit:
         if name not in self.fits:

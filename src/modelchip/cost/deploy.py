@@ -716,10 +716,11 @@ def _afd_pipeline(cost: ModelCost, d: Deployment, attn_side: float, ffn_side: fl
             ffn_free = ffn_start + f
             returned[i] = ffn_free + back
     layers = max(attn_free, max(returned))
-    once = seconds(calls.step) + head + (4 * d.overhead_per_op_s + d.overhead_per_step_s
-                                         + d.overhead_per_seq_step_s * sequences) * host_slowdown
-    host = per_op * attn_ops * m * L + d.overhead_per_seq_s * host_slowdown * sequences * L \
-        + (4 * d.overhead_per_op_s + d.overhead_per_step_s + d.overhead_per_seq_step_s * sequences) * host_slowdown
+    # embedding, final norm, LM head and sampling, and the step's own bookkeeping, once on rank 0
+    step_host = (4 * d.overhead_per_op_s + d.overhead_per_step_s + d.overhead_per_seq_step_s * sequences) \
+        * host_slowdown
+    once = seconds(calls.step) + head + step_host
+    host = per_op * attn_ops * m * L + d.overhead_per_seq_s * host_slowdown * sequences * L + step_host
     wait = layers - busy + seconds(calls.step)
     return layers + once, wait, host
 
