@@ -219,6 +219,8 @@ class CPUBackend(ReferenceBackend):
 
         def run(h, cos, sin, meta, caches):
             if h.dtype != dtype or caches[0][0].dtype != dtype:  # e.g. a KV cache in another dtype: op by op
+                self._count(f"decoder stack op by op: {h.dtype} activations and a {caches[0][0].dtype} KV cache, "
+                            f"the stack was built for {dtype}")
                 return None
             tables, lens = self._queries(meta, h.shape[0])
             return stack.forward(h, cos, sin, [c[0] for c in caches], [c[1] for c in caches], meta.slot_mapping,
