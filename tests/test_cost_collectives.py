@@ -239,12 +239,31 @@ def test_calibrate_collectives_only_adds_a_fitted_sweep(tmp_path):
     assert waits["all_to_all"] == fit_sync_wait(sync_a2a["compute_s"], sync_a2a["wait_s"])
     exchange = measured["ep_exchange"]
     assert exchange["tokens"] == [1, 4, 16] and all(t > 0 for t in exchange["seconds"])
+    assert sync["passes"] == sync_a2a["passes"] == exchange["passes"] == 3  # once after each sweep pass
     # and the planner costs a 2-rank tensor-parallel step with them
     d = apply_profile(Deployment(chip=get_chip("h100"), chips=2, strategy="tp", batch=1, context=64), path)
     assert d.collectives.world_size == 2 and d.collectives.sync_wait == refit
     assert d.collectives.ep_exchange == tuple(zip(map(float, exchange["tokens"]), exchange["seconds"], strict=True))
     threads = data["collectives"]["threads"]
     assert d.collectives.threads_per_rank() == measured["threads_per_rank"] == max(1, threads // 2)
+
+
+def test_short_measurements_keep_the_median_of_the_sweep_passes():
+    pytest.importorskip("torch")
+    from modelchip.calibrate import collectives as calibration
+
+    # three passes of one sync-wait measurement and of the exchange; the second landed in a slow spell
+    def sync(scale):
+        return {"collective": "all_reduce", "matmuls": [1, 4, 16], "compute_s": [1e-4 * scale, 1e-3, 4e-3],
+                "wait_s": [0.0, 2e-4 * scale, 6e-4 * scale], "all_reduce_s": 3e-4 * scale}
+    merged = calibration._median_sync([sync(1.0), sync(3.0), sync(1.2)])
+    assert merged["compute_s"] == pytest.approx([1.2e-4, 1e-3, 4e-3])
+    assert merged["wait_s"] == pytest.approx([0.0, 2.4e-4, 7.2e-4]) and merged["all_reduce_s"] == pytest.approx(3.6e-4)
+    refit = fit_sync_wait(merged["compute_s"], merged["wait_s"])
+    assert (merged["fit"]["fixed_s"], merged["fit"]["per_compute"]) == (refit.fixed_s, refit.per_compute)
+    runs = [{"tokens": [1, 4, 16], "seconds": s} for s in ([1e-3, 1.1e-3, 1.2e-3], [2.9e-3, 2.6e-3, 2.4e-3],
+                                                           [0.9e-3, 1.0e-3, 1.3e-3])]
+    assert calibration._median_exchange(runs)["seconds"] == pytest.approx([1e-3, 1.1e-3, 1.3e-3])
 
 
 # a small MoE model (Qwen3-MoE naming): 2 layers, the first dense, the second 4 experts of top 2

@@ -184,7 +184,7 @@ class _CommOnly:
 
 
 class _Drain:
-    """LIFOCommunicator.irecv's handle: wait() receives everything outstanding from the peer."""
+    """LIFOCommunicator's receive handle: wait() receives everything outstanding from the peer."""
 
     def __init__(self, comm, src):
         self.comm, self.src = comm, src
@@ -206,11 +206,21 @@ class LIFOCommunicator(TorchCommunicator):
         self.posted.setdefault(src, []).append(x)
         return _Drain(self, src)
 
+    def ibroadcast(self, x, src):
+        # the receiving end of a broadcast is a receive as well: deferred, then filled newest first
+        if self.rank == src:
+            return super().ibroadcast(x, src)
+        self.posted.setdefault(("broadcast", src), []).append(x)
+        return _Drain(self, ("broadcast", src))
+
     def drain(self, src):
         buffers, self.posted[src] = self.posted.get(src, []), []
         same = len({tuple(b.shape) for b in buffers}) == 1
         for buf in reversed(buffers) if same else buffers:
-            self.recv(buf, src)
+            if isinstance(src, tuple):
+                super().ibroadcast(buf, src[1]).wait()
+            else:
+                self.recv(buf, src)
 
 
 class Bf16WireCommunicator(TorchCommunicator):
@@ -222,6 +232,11 @@ class Bf16WireCommunicator(TorchCommunicator):
 
     def isend(self, x, dst):
         return super().isend(x.to(torch.bfloat16).to(x.dtype), dst)
+
+    def ibroadcast(self, x, src):
+        if self.rank != src:
+            return super().ibroadcast(x, src)
+        return super().ibroadcast(x.to(torch.bfloat16).to(x.dtype), src)
 
 
 class LIFOReceives(_CommOnly):

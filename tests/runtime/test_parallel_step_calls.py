@@ -20,7 +20,8 @@ from modelchip.spec import families
 BATCH, CONTEXT, F32 = 4, 8, 4.0
 # the runtime's communicator methods, by the collective fit that prices them
 KIND = {"all_reduce": "all_reduce", "all_gather": "all_gather", "all_to_all": "all_to_all", "send": "send_recv",
-        "recv": "send_recv", "isend": "send_recv", "irecv": "send_recv"}
+        "recv": "send_recv", "isend": "send_recv", "irecv": "send_recv", "broadcast": "send_recv",
+        "ibroadcast": "send_recv"}
 
 
 class CountingCommunicator:
@@ -35,7 +36,10 @@ class CountingCommunicator:
             return attr
 
         def call(x, *args, **kwargs):
-            self.record.append((KIND[name], x.numel() * x.element_size()))
+            # a broadcast is a message to each other member from its source, and one message to each of them
+            src = args[0] if args else kwargs.get("src")
+            messages = (self.inner.world_size - 1 if src == self.inner.rank else 1) if "broadcast" in name else 1
+            self.record.extend([(KIND[name], x.numel() * x.element_size())] * messages)
             return attr(x, *args, **kwargs)
         return call
 
@@ -56,8 +60,10 @@ def one_decode_step(path, **sizes) -> list[tuple[str, float]]:
         h.prefill()
         record = []
         llm.ops.comm = CountingCommunicator(llm.ops.comm, record)
-        if llm.afd is not None:  # the activations travel on the world communicator
-            llm.afd.p2p = CountingCommunicator(llm.afd.p2p, record)
+        if llm.afd is not None:  # the activations travel on the exchange's communicators
+            for side in ("p2p", "to_ffn", "from_ffn"):
+                if getattr(llm.afd, side) is not None:
+                    setattr(llm.afd, side, CountingCommunicator(getattr(llm.afd, side), record))
         publish = llm.parallel.publish
 
         def counted(message):

@@ -81,11 +81,12 @@ def _rounds(nbytes: int) -> int:
 
 
 def sweep(ops, sizes: tuple[int, ...] = SIZES, progress: Callable[[str], None] = lambda m: None,
-          passes: int = SWEEP_PASSES) -> dict:
+          passes: int = SWEEP_PASSES, after_pass: Callable[[int], None] = lambda i: None) -> dict:
     """Run on every rank in step: each collective at each size, the whole sweep `passes` times over; a point's
     time is the median of its passes, so a burst of other work on the machine that lands on one pass (seconds
     long: it once took a 256-byte all-reduce from 0.4 to 1.5 ms for one collective's sweep) is outvoted rather
-    than bending one collective's fit. Rank 0's medians are what counts."""
+    than bending one collective's fit. `after_pass(i)` runs after each pass (the other measurements, spread over
+    the sweep the same way). Rank 0's medians are what counts."""
 
     comm = ops.comm
     per_pass: dict[str, list[list[float]]] = {name: [] for name in COLLECTIVES}
@@ -94,6 +95,7 @@ def sweep(ops, sizes: tuple[int, ...] = SIZES, progress: Callable[[str], None] =
             progress(f"{name} at {comm.world_size} ranks, {len(sizes)} sizes (pass {i + 1}/{passes})")
             per_pass[name].append([_time(_calls(comm, name, n, ops.device), ops, name == "send_recv", _rounds(n))
                                    for n in sizes])
+        after_pass(i)
     return {name: {"dtype": str(DTYPES[name]).removeprefix("torch."), "bytes": list(sizes),
                    "seconds": [statistics.median(p[j] for p in runs) for j in range(len(sizes))],
                    "passes": runs}
@@ -103,7 +105,8 @@ def sweep(ops, sizes: tuple[int, ...] = SIZES, progress: Callable[[str], None] =
 # one-row matmuls over distinct 1536 x 576 float32 weights (SmolLM2's MLP shape; 16 of them, 57 MB, overflow the
 # caches as a decode step's weights do) between two sync points: three compute lengths to fit the wait against
 SEGMENT_MATMULS = (1, 4, 16)
-SYNC_ROUNDS = 25  # a wait is a difference of three timings: more rounds than a sweep size to steady its median
+# a wait is a difference of three timings: more rounds than a sweep size to steady its median, in each sweep pass
+SYNC_ROUNDS = 15
 
 
 def sync_segments(ops, progress: Callable[[str], None] = lambda m: None, closer: str = "all_reduce") -> dict:
@@ -181,6 +184,40 @@ def ep_exchange(ops, progress: Callable[[str], None] = lambda m: None) -> dict:
             "seconds": [statistics.median(t) for t in times]}
 
 
+def measure_passes(ops, sizes: tuple[int, ...], progress: Callable[[str], None] = lambda m: None,
+                   passes: int = SWEEP_PASSES) -> tuple[dict, dict, dict, dict]:
+    """The sweep, the two kinds of sync wait and the exchange, each of the last three measured once after every
+    sweep pass and kept as the median of its passes: they take a second or less, so measured once they could
+    all land in one slow spell of a VM (an exchange once read 2.4-3.0 ms where the runs before and after read
+    0.9-1.3 ms). Run on every rank in step."""
+    syncs: list[dict] = []
+    a2as: list[dict] = []
+    exchanges: list[dict] = []
+
+    def after_pass(i: int) -> None:
+        syncs.append(sync_segments(ops, progress))
+        a2as.append(sync_segments(ops, progress, closer="all_to_all"))
+        exchanges.append(ep_exchange(ops, progress))
+
+    raw = sweep(ops, sizes, progress, passes, after_pass)
+    return raw, _median_sync(syncs), _median_sync(a2as), _median_exchange(exchanges)
+
+
+def _median_sync(runs: list[dict]) -> dict:
+    first = runs[0]
+    closer = first["collective"]
+    compute = [statistics.median(r["compute_s"][j] for r in runs) for j in range(len(first["compute_s"]))]
+    wait = [statistics.median(r["wait_s"][j] for r in runs) for j in range(len(first["wait_s"]))]
+    return {"collective": closer, "matmuls": first["matmuls"], "compute_s": compute, "wait_s": wait,
+            f"{closer}_s": statistics.median(r[f"{closer}_s"] for r in runs), "passes": len(runs),
+            "fit": dict(zip(("fixed_s", "per_compute"), _sync_fit(compute, wait), strict=True))}
+
+
+def _median_exchange(runs: list[dict]) -> dict:
+    return {**runs[0], "seconds": [statistics.median(r["seconds"][j] for r in runs)
+                                   for j in range(len(runs[0]["seconds"]))], "passes": len(runs)}
+
+
 def _mean_over_ranks(comm, times: list[float]) -> list[float]:
     """Each round's time averaged over the ranks (every rank calls it)."""
     t = torch.tensor(times, dtype=torch.float64)
@@ -227,10 +264,7 @@ def _worker(rank: int, world: int, port: int, backend: str, device: str, threads
         ops = get_backend(backend, str(launch.rank_device(device, rank)))
         launch.init_group(rank, world, ops.device, f"tcp://127.0.0.1:{port}")
         ops.attach_group()
-        sweep(ops, _sizes_from_rank0())
-        sync_segments(ops)
-        sync_segments(ops, closer="all_to_all")
-        ep_exchange(ops)
+        measure_passes(ops, _sizes_from_rank0())
     except BaseException as exc:  # reported to rank 0, which names the rank
         errors.put(f"rank {rank}: {type(exc).__name__}: {exc}")
         raise SystemExit(1) from exc
@@ -271,10 +305,7 @@ def measure(world_size: int, backend: str = "reference", device: str = "cpu", si
         launch.init_group(0, world_size, ops.device, f"tcp://127.0.0.1:{port}")
         ops.attach_group()
         torch.distributed.broadcast_object_list([list(sizes)], src=0)
-        raw = sweep(ops, sizes, progress)
-        sync = sync_segments(ops, progress)
-        sync_a2a = sync_segments(ops, progress, closer="all_to_all")
-        exchange = ep_exchange(ops, progress)
+        raw, sync, sync_a2a, exchange = measure_passes(ops, sizes, progress)
     except (RuntimeError, ModelchipError) as exc:
         reports = []
         while not errors.empty():

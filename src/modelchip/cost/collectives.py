@@ -301,7 +301,8 @@ def afd_step(layers: int, hidden: int, vocab: int, attention_ranks: int, ffn_ran
     """Attention-FFN disaggregation's collectives per decode step (docs/parallel.md). The step's sequences are
     split into `micro_batches` micro-batches of about tokens / micro_batches tokens; per layer and micro-batch
     attention rank 0 sends [n, H] to each of the F FFN ranks and the FFN leader sends [n, H] back to each of the
-    A attention ranks (send_recv: one message each). Attention ranks with A > 1 are one tensor-parallel group
+    A attention ranks (send_recv: one message each; the runtime sends each direction as one broadcast, which
+    on gloo is the source's message to each member). Attention ranks with A > 1 are one tensor-parallel group
     (embedding all-reduce and logits all-gather per step, o_proj all-reduce per layer and micro-batch); FFN ranks
     with F > 1 all-reduce each micro-batch's FFN output among themselves (twice in a MoE layer with shared
     experts: the experts' shares, then the shared expert's tensor-parallel sum)."""

@@ -99,6 +99,25 @@ class Role:
         ops.attach_group(groups[0] if self.is_attention else groups[1])
         self.p2p = make_communicator(ops.backend, None)
         self.seconds = 0.0  # attention rank: wall time spent waiting for FFN outputs (communication + FFN)
+        # where the communicator broadcasts (torch.distributed's does), each direction of the exchange is a
+        # broadcast on a group of its own: rank 0 to the FFN ranks, the FFN leader to the attention ranks. Its
+        # handles can be polled, where gloo's point-to-point ones always block and let the core go idle
+        # (communicator.spin_budget says what that costs)
+        self.to_ffn = self.from_ffn = None
+        if hasattr(self.p2p, "ibroadcast"):
+            ffn = list(range(config.attention_ranks, config.world_size))
+            attention = list(range(config.attention_ranks))
+            out_group = dist.new_group([0, *ffn])  # every rank, in the same order
+            back_group = dist.new_group([*attention, config.ffn_leader])
+            if rank == 0 or not self.is_attention:
+                self.to_ffn = make_communicator(ops.backend, out_group)
+            if self.is_attention or rank == config.ffn_leader:
+                self.from_ffn = make_communicator(ops.backend, back_group)
+
+    @property
+    def exchange_calls(self) -> int:
+        """Messages this rank has sent and received on the activation exchange."""
+        return sum(c.calls for c in (self.p2p, self.to_ffn, self.from_ffn) if c is not None)
 
     @property
     def side(self) -> str:
@@ -192,6 +211,11 @@ class Link:
         cfg, p2p = self.role.config, self.role.p2p
         x = x.contiguous()
         out = torch.empty_like(x)
+        role = self.role
+        if role.from_ffn is not None:
+            works = [role.to_ffn.ibroadcast(x, 0)] if role.rank == 0 else []
+            works.append(role.from_ffn.ibroadcast(out, role.from_ffn.world_size - 1))  # the leader ranks last
+            return _Pending(out, works, x)
         ffn_ranks = range(cfg.attention_ranks, cfg.world_size) if self.role.rank == 0 else ()
         if not self.asynchronous:
             for r in ffn_ranks:
@@ -359,14 +383,21 @@ class FFNStack(Layer):
                  for a, b in micro_batches(query_start_loc, cfg.micro_batches)]
         leader = self.role.rank == cfg.ffn_leader
         asynchronous = hasattr(p2p, "isend")
+        to_ffn, from_ffn = self.role.to_ffn, self.role.from_ffn
         in_flight: list = []
         for mlp in self.layers:
             sent, in_flight = in_flight, []
             for n in sizes:
                 x = torch.empty(n, self.spec.hidden_size, dtype=self.dtype, device=self.device)
-                p2p.recv(x, 0)
+                if to_ffn is not None:
+                    to_ffn.broadcast(x, 0)
+                else:
+                    p2p.recv(x, 0)
                 y = mlp(x).contiguous()
                 if not leader:
+                    continue
+                if from_ffn is not None:
+                    in_flight.append((from_ffn.ibroadcast(y, from_ffn.world_size - 1), y))
                     continue
                 for r in range(cfg.attention_ranks):
                     if asynchronous:
