@@ -140,6 +140,24 @@ def test_penalties_follow_the_openai_and_hf_formulas():
             assert math.isclose(got[r, t].item(), x, rel_tol=1e-6, abs_tol=1e-5), (r, t)
 
 
+def test_a_repetition_penalty_beyond_float32_gives_the_limit_not_nan():
+    # 1e-122 is 0 in float32 and 1e300 infinite; both are valid positive penalties (the fuzzer sent the first)
+    logits = torch.tensor([[2.0, -1.0, 0.5, float("-inf")], [2.0, -1.0, 0.5, float("-inf")]])
+    seqs = []
+    for penalty in (1e-122, 1e300):
+        seq = Sequence("x", [0, 1, 3], SamplingParams(repetition_penalty=penalty))
+        seqs.append(seq)
+    got = apply_penalties(logits.clone(), seqs)
+    big = torch.finfo(torch.float32).max
+    # tiny penalty: the seen positive logit goes to the top of the range, the seen negative one to -0
+    assert 1e38 <= got[0, 0] <= big and got[0, 1] <= 0 and got[0, 1] > -1e-30 and got[0, 2] == 0.5
+    # huge penalty: the seen positive logit to +0, the seen negative one to the bottom of the range
+    assert 0 <= got[1, 0] < 1e-30 and got[1, 1] == -big and got[1, 2] == 0.5
+    assert torch.isneginf(got[:, 3]).all()  # a masked token stays masked
+    probs = torch.softmax(got, dim=-1)
+    assert torch.isfinite(probs).all() and probs[0, 0] == 1.0 and probs[1, 3] == 0.0
+
+
 def test_frequency_penalty_changes_greedy_output(tiny_llm):
     plain = tiny_llm.generate([PROMPT], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))[0]
     assert len(set(plain.token_ids)) < len(plain.token_ids), "the tiny model should repeat itself"

@@ -57,10 +57,17 @@ def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
     output tokens: logit - count * frequency_penalty - (count > 0) * presence_penalty."""
     vocab, dev = logits.shape[1], logits.device
     out_counts = _token_matrix([s.output_token_ids for s in seqs], vocab, dev)
-    rep = torch.tensor([s.params.repetition_penalty for s in seqs], dtype=torch.float32, device=dev)[:, None]
+    # any positive penalty is valid, but 1e-122 is 0 in float32 and 1e300 infinite: held within the format's
+    # range, and so are the logits it scales, so a seen token gets the most (or least) weight float32 can give
+    # it rather than an inf that turns the probabilities into NaN (a fuzzed request found it)
+    f32 = torch.finfo(torch.float32)
+    rep = torch.tensor([min(max(s.params.repetition_penalty, f32.tiny), f32.max) for s in seqs],
+                       dtype=torch.float32, device=dev)[:, None]
     if bool((rep != 1.0).any()):
         seen = (_token_matrix([s.prompt_token_ids for s in seqs], vocab, dev) > 0) | (out_counts > 0)
-        logits = torch.where(seen, torch.where(logits > 0, logits / rep, logits * rep), logits)
+        big = torch.finfo(logits.dtype).max
+        scaled = torch.where(logits > 0, (logits / rep).clamp(max=big), (logits * rep).clamp(min=-big))
+        logits = torch.where(seen & logits.isfinite(), scaled, logits)  # a masked (-inf) logit stays masked
     freq = torch.tensor([s.params.frequency_penalty for s in seqs], dtype=torch.float32, device=dev)[:, None]
     pres = torch.tensor([s.params.presence_penalty for s in seqs], dtype=torch.float32, device=dev)[:, None]
     return logits - out_counts * freq - (out_counts > 0).float() * pres
