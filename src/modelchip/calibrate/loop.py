@@ -200,15 +200,24 @@ def measure_parallel(model: str, layout: BenchLayout | int, batches: list[int], 
             h = EngineHarness(llm, batch, context, steps_needed(steps))
             h.prefill()
             name = f"bench {layout.label} batch {batch}"
+            blocked = _blocked_waits(llm)
             seconds = h.time_decode(steps, name=name)
             timing = microbench.take_log()[name]
             rows.append({"batch": batch, "step_s": seconds, "comm_s": h.comm_per_step, "spread": timing.spread,
-                         "attempts": timing.attempts})
+                         "attempts": timing.attempts, "blocked_waits": _blocked_waits(llm) - blocked})
             progress(f"{layout.label}, batch {batch}: {seconds * 1e3:.1f} ms a step, "
                      f"{h.comm_per_step * 1e3:.1f} ms in collectives")
     finally:
         llm.close()
     return rows
+
+
+def _blocked_waits(llm) -> int:
+    """Rank 0's collective waits so far that outlasted the communicator's polling budget and blocked
+    (docs/parallel.md, "Waiting on a collective"); 0 for a communicator that does not count them."""
+    afd = getattr(llm, "afd", None)
+    comms = [llm.ops.comm] + ([afd.p2p, afd.to_ffn, afd.from_ffn] if afd is not None else [])
+    return sum(getattr(c, "blocked_waits", 0) for c in comms if c is not None)
 
 
 def predict_parallel(model: str, profile: str, layout: BenchLayout | int, batch: int, context: int,

@@ -256,6 +256,10 @@ def _bench_parallel(args) -> int:
                                f"{100 * r['error']:+.1f}%"] if args.profile else []) for r in rows],
                  title=f"{args.model} decode steps on {args.backend}/{args.device} {args.dtype}, "
                        f"{args.context} tokens of context"))
+    blocked = sum(r.get("blocked_waits", 0) for r in rows)
+    if blocked:
+        print(f"note: {blocked} of rank 0's collective waits outlasted the polling budget and blocked (an idle core "
+              "wakes slowly on some machines; see docs/parallel.md, 'Waiting on a collective')")
     if any(r["layout"].startswith("afd") for r in rows):
         print("note: under AFD, 'in collectives' is rank 0's time broadcasting the step and waiting for the FFN "
               "ranks' outputs (the exchange and the FFN work the micro-batches did not hide)")
