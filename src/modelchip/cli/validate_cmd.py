@@ -141,23 +141,32 @@ sample, 71 and 70 of 101 within 30%):
   collectives: the catalog's MI300X all-reduce latency (7.2 us at TP4) is close to what a TP8 custom all-reduce
   takes on the next generation (6.3-7.6 us for 24-96 KB on MI355X, vLLM PR #39080). No MI300X decode-attention
   kernel time at small batch was found, which is the next figure to look for.
-- **Qwen3-235B on H100 with vLLM tensor parallelism: +31% to +62% at 2K to 32K prompts.** These runs are
-  prefill-bound, and the two instances run different expert kernels. The FP8 TP4 instance holds 384 of each
-  expert's 1,536 columns in 128-blocks, which DeepGEMM's grouped GEMM accepts, and vLLM v0.11 takes DeepGEMM for
-  block-FP8 experts by default (VLLM_USE_DEEP_GEMM=1, where the image ships DeepGEMM, which the page does not
-  say): the catalog's DeepGEMM grouped table is that kernel, at DeepSeek's wider shapes. The BF16 TP8 instance
-  (192 columns per GPU) runs vLLM's Triton fused-MoE kernel, and the catalog has no Hopper BF16 table, so its
-  experts run at the scalar 77% (an Ascend INT8 figure); they are 27% of the 2K-prompt prefill step. No timing of
-  that Triton kernel at Qwen3-235B's sharded shapes (E 128, top-8, K 4,096, N 192 or 384) at prefill sizes was
-  found. The figures found are at decode sizes (SGLang PR #11730: FP8 TP8 on H200, 32-125 us at 1-32 tokens
-  untuned; hpc-ops PR #41 on H20), on other GPUs or versions (vLLM PR #54500: E 192, N 192/384, K 4,096 on H20
-  with per-tensor FP8; PR #13932: DeepSeek shapes on H100 with early-2025 Triton configs at 15-27% of roofline),
-  at other shapes (PR #24700: Qwen3-30B, 1.65 ms at 4,096 tokens, GPU not in the text we could read; PR #44830: E
-  512, N 128 on H100), or from other Triton kernels (VeOmni PR #460 on H100 in BF16: 22% of peak at Qwen3-30B's
-  shape, 29% at H 4,096 / FFN 1,024, 32K tokens). None is used. They do say the mechanism is large: with the BF16
-  experts at 22-29% of their roofline the three prompt-heavy BF16 points would land between -37% and -1% instead
-  of +31% to +55% (a sensitivity, not applied). The figure needed is benchmark_moe.py's time for E=128, N=192 BF16
-  on H100 at 1K-16K tokens (and N=384 block-FP8 if DeepGEMM was not installed).
+- **Qwen3-235B on H100 with vLLM tensor parallelism: BF16 TP8 +13% to +28%, FP8 TP4 +31% to +62% at 2K to
+  32K prompts.** These runs are prefill-bound, and the two instances run different expert kernels. The BF16 TP8
+  instance (192 of each expert's 1,536 columns per GPU) runs vLLM's Triton fused-MoE kernel, which now has a
+  measured table (`[[fused_moe]]` in kernels.toml, cost/kernel_model.fused_moe_efficiency): a whole Triton
+  fused-MoE layer timed at 1 to 4,096 tokens on an H200 in BF16 (vLLM PR #44818, Gemma4's E 128, top-8, K 2,816,
+  N 704, tuned configs), turned into a roofline efficiency per rows per expert: 0.80 at 8 rows, 0.72 at 32, 0.44
+  at 128, 0.33 at 256 (312-344 TFLOPS where a dense BF16 GEMM runs near 700). Experts split tensor-parallel on
+  Hopper in BF16 take it in place of the scalar 77% (the `moe` term); a vLLM prefill chunk on an H100 (8,192
+  tokens, 512 rows per expert) lies past the last row, so the last efficiency holds, as for every table. It took
+  the three prompt-heavy BF16 points from +38%, +35%, +58% to +13%, +14%, +28% (and the 128-token burst from
+  +284% to +184%), in-sample and out of sample alike (the figure is vLLM's kernel benchmark, not GPUStack's); no
+  other point moves, since no other point splits BF16 experts on Hopper. Its shape is wider than Qwen3-235B's
+  192-column shard, and a narrower shard runs no faster per row, so the figure is a lower bound on the time
+  there. The FP8 TP4 instance holds 384 columns in 128-blocks, which DeepGEMM's grouped GEMM accepts, and vLLM
+  v0.11 takes DeepGEMM for block-FP8 experts by default (VLLM_USE_DEEP_GEMM=1, where the image ships DeepGEMM,
+  which the page does not say): the catalog's DeepGEMM grouped table is that kernel, at DeepSeek's wider shapes,
+  and it keeps it. Found and not used for FP8: SGLang PR #11730 (Qwen3-235B's own E 128, N 192 in per-tensor
+  FP8 on H200, 31.7-125 us at 1-32 tokens untuned: decode sizes only, and the larger batches are not in the
+  text we could read; carried to prefill it would be a flat extrapolation from 32 tokens to 16K), vLLM PR
+  #24700 (Qwen3-30B, E 128, N 768, per-tensor FP8 on H100, September-2025 default configs: 0.11 of roofline at
+  4,096 tokens; another quantization than the block-FP8 checkpoint and superseded configs), PR #44830 (E 512,
+  N 128 block-FP8 on H100; only its first row is in the text we could read), PR #54500 (E 192, N 192/384 on
+  H20, per-tensor FP8), PR #13932 (DeepSeek shapes on H100, early-2025 Triton configs at 15-27% of roofline)
+  and VeOmni PR #460 (another Triton kernel). The figures the FP8 points need: block-FP8 DeepGEMM grouped GEMM
+  time at 384-column (N) experts, K 4,096, 1K-16K tokens on Hopper, or benchmark_moe.py's time for E=128,
+  N=384 block-FP8 on H100 if DeepGEMM was not installed; for BF16, the same benchmark at E=128, N=192 itself.
 - **Bursts of short requests: 128 in / 4 out, 1,000 requests at once (H100 +148% FP8 TP4, +284% BF16 TP8; 910B
   +144%).** Each H100 run is one cohort, whose device work the model puts at 2.3 s (TP8) and 2.5 s (TP4); the runs
   take 8.83 s and 6.11 s, and their published first-token times are bunched late (mean 7.0 s, P99 8.7 s; mean 5.6

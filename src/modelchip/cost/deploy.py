@@ -12,15 +12,16 @@ Strategies (per-chip batch `batch`; per attention chip under AFD):
        slowest stage.
 Measured mechanisms (spec/catalog/kernels.toml, cost/kernel_model.py), where the chip's architecture has a
 benchmark: matmuls run at the roofline efficiency a GEMM benchmark measured at their M (grouped GEMMs for the
-routed experts), attention at its kernel's measured fraction of peak and bandwidth, decode expert dispatch and
-combine take the low-latency kernels' measured time, and each collective pays its link class's small-message
-latency; a step the engine does not capture in a graph (`graphs=False`) pays a launch per op call. Where a
-kernel benchmark measured an architecture's per-call floor, each matmul call (`gemm_call_floor`) and each
-small kernel (`small_kernel_floor`) takes at least that long, and where a profile measured an engine's host
-dispatch per op on an architecture, a step takes at least that dispatch (`host_dispatch_wait`); an AFD decode
-step waits on average for its slowest rank where that jitter was measured (`afd_straggler_wait`). Without a
-benchmark the scalar defaults of efficiency.toml apply. Attention projections may keep a wider format than the
-experts (Precision.attention_weight).
+routed experts; experts split tensor-parallel at a measured fused-MoE layer's efficiency), attention at its
+kernel's measured fraction of peak and bandwidth, decode expert dispatch and combine take the low-latency
+kernels' measured time, and each collective pays its link class's small-message latency; a step the engine
+does not capture in a graph (`graphs=False`) pays a launch per op call. Where a kernel benchmark measured an
+architecture's per-call floor, each matmul call (`gemm_call_floor`) and each small kernel
+(`small_kernel_floor`) takes at least that long, and where a profile measured an engine's host dispatch per op
+on an architecture, a step takes at least that dispatch (`host_dispatch_wait`); an AFD decode step waits on
+average for its slowest rank where that jitter was measured (`afd_straggler_wait`). Without a benchmark the
+scalar defaults of efficiency.toml apply. Attention projections may keep a wider format than the experts
+(Precision.attention_weight).
 A deployment that does not fit in memory is reported infeasible with the numbers, never estimated.
 """
 
@@ -189,16 +190,20 @@ def _roofline(flops: float, nbytes: float, peak: float, bw: float, eff_c: float,
 
 
 def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw: float, dtype: str,
-          grouped: bool = False, weight_dtype: str = "") -> float:
+          grouped: bool = False, weight_dtype: str = "", moe_shard: float = 0.0) -> float:
     """A matmul of `m` rows at the efficiency its architecture's GEMM benchmark measured at that M; without
     one (or with a calibrated or user-set efficiency), at the scalar gemm and weight-streaming defaults. Weights
-    in a packed format a calibration measured (`d.weight_streaming`) are read at that format's rate."""
+    in a packed format a calibration measured (`d.weight_streaming`) are read at that format's rate. Routed
+    experts split tensor-parallel to `moe_shard` intermediate width per chip run as the engines' fused MoE
+    kernel, at the efficiency a whole fused MoE layer was measured at on the architecture, where it was."""
     eff = d.efficiency
     packed = streaming.lookup(d.weight_streaming, weight_dtype) if weight_dtype and d.weight_streaming else None
     if packed is not None:
         return max(flops / (peak * eff.gemm), nbytes / packed.rate(m))
-    e = None if eff.explicit & {"gemm", "memory", "memory_by_tokens"} else \
-        km.gemm_efficiency(d.chip, dtype, m, grouped, d.exclude)
+    explicit = bool(eff.explicit & {"gemm", "memory", "memory_by_tokens"})
+    e = None if explicit or not moe_shard else km.fused_moe_efficiency(d.chip, dtype, m, moe_shard, d.exclude)
+    if e is None and not explicit:
+        e = km.gemm_efficiency(d.chip, dtype, m, grouped, d.exclude)
     if e is None:
         return _roofline(flops, nbytes, peak, bw, eff.gemm, eff.weight_memory(m))
     return max(flops / peak, nbytes / bw) / e
@@ -469,9 +474,12 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         hit = _activated(moe.experts, moe.top_k, group_tokens) / max(ep, 1)
         shard = tp if d.strategy == "tp" else 1
         shared_tokens = ffn_tokens if d.strategy != "tp" else inst_tokens
-        # routed experts as one grouped GEMM of pairs/hit rows per expert, the shared expert as a dense one
+        # routed experts as one grouped GEMM of pairs/hit rows per expert, the shared expert as a dense one;
+        # split tensor-parallel, each expert is 1/tp of its intermediate width wide (Qwen3-235B at TP8: 192)
+        width = moe.expert_params / (3 * H) / shard if d.strategy == "tp" else 0.0
         routed = _gemm(d, 2 * pairs * moe.expert_params / shard, hit * moe.expert_params * wb / shard,
-                       pairs / max(hit, 1e-9), peak, bw, cdt, grouped=True, weight_dtype=prec.weight)
+                       pairs / max(hit, 1e-9), peak, bw, cdt, grouped=True, weight_dtype=prec.weight,
+                       moe_shard=width)
         shared = _gemm(d, 2 * shared_tokens * moe.shared_params / shard, moe.shared_params * wb / shard,
                        shared_tokens, peak, bw, cdt, weight_dtype=prec.weight) if moe.shared_params else 0.0
         moe_t = moe.layers * (routed + shared)

@@ -1,6 +1,7 @@
 """Kernel efficiencies and fixed times looked up in the measured tables (spec/catalog/kernels.toml),
 InferSim-style: a GEMM of M rows on a chip runs at the roofline efficiency its architecture's benchmark
-measured at that M (log-interpolated between measured M, clamped at the ends), an attention kernel at the
+measured at that M (log-interpolated between measured M, clamped at the ends), tensor-parallel-split experts at
+the efficiency a whole fused MoE layer reached at their rows per expert, an attention kernel at the
 fraction of peak and bandwidth its benchmark reached, and collectives pay their measured latency.
 
 Every lookup takes `exclude`, a set of source ids left out (leave-one-source-out validation); a lookup that
@@ -15,7 +16,7 @@ from functools import cache
 
 from modelchip.spec import dtypes
 from modelchip.spec.chips import Chip, get_chip
-from modelchip.spec.kernels import GemmTable, kernel_catalog
+from modelchip.spec.kernels import FusedMoeTable, GemmTable, kernel_catalog
 
 NONE: frozenset[str] = frozenset()
 
@@ -72,6 +73,42 @@ def gemm_efficiency(chip: Chip, dtype: str, m: float, grouped: bool = False,
     """Roofline efficiency of an M-row GEMM: max(FLOPs / peak, bytes / bandwidth) / this = its time."""
     tables = gemm_tables(chip, dtype, grouped, exclude)
     return log_interp(_curve(tables), max(m, 1.0)) if tables else None
+
+
+def fused_moe_curve(table: FusedMoeTable) -> list[tuple[float, float]]:
+    """(M, roofline efficiency) per measured token count of a fused MoE layer, M = token-expert pairs per expert
+    hit (routing balanced), the efficiency its measured time gives against the measuring chip's roofline of
+    the routed-expert GEMMs: FLOPs 2 x pairs x hidden x 3 x shard width, bytes the weights of the experts hit."""
+    ref = get_chip(table.measured_on)
+    peak, bw = ref.peak(table.dtype), ref.bandwidth
+    params = 3 * table.hidden * table.shard_width  # gate, up and down of one expert's shard
+    out = []
+    for tokens, us in table.rows:
+        hit = table.experts * (1.0 - (1.0 - table.top_k / table.experts) ** tokens)
+        pairs = tokens * table.top_k
+        roofline = max(2 * pairs * params / peak, hit * params * dtypes.nbytes(table.dtype) / bw)
+        out.append((pairs / hit, min(1.0, roofline / (us * 1e-6))))
+    return sorted(out)
+
+
+def fused_moe_efficiency(chip: Chip, dtype: str, m: float, shard_width: float,
+                         exclude: frozenset[str] = NONE) -> float | None:
+    """Roofline efficiency of tensor-parallel-split routed experts run as one fused MoE kernel, at M rows per
+    expert hit: the measured layer of the chip's architecture and dtype whose shard width is nearest (in ratio)
+    to this one's, log-interpolated in M and flat beyond its ends; None where none is measured."""
+    curve = _fused_moe_curve(chip.arch, dtypes.canonical(dtype), shard_width, exclude)
+    return log_interp(curve, max(m, 1.0)) if curve else None
+
+
+@cache
+def _fused_moe_curve(arch: str, dtype: str, shard_width: float,
+                     exclude: frozenset[str]) -> tuple[tuple[float, float], ...]:
+    tables = [t for t in kernel_catalog().fused_moe
+              if arch and arch in t.arch and t.dtype == dtype and t.source_id not in exclude]
+    if not tables:
+        return ()
+    near = min(tables, key=lambda t: abs(math.log(t.shard_width / max(shard_width, 1.0))))
+    return tuple(fused_moe_curve(near))
 
 
 def attention_efficiency(chip: Chip, phase: str,

@@ -91,12 +91,29 @@ class Fixed(Sourced):
 
 
 @dataclass(frozen=True)
+class FusedMoeTable(Sourced):
+    """A whole fused MoE layer timed per token count: rows of (tokens, microseconds) for tokens routed to `top_k`
+    of `experts` experts, each `shard_width` wide (vLLM's N: the intermediate width on one GPU) over `hidden`."""
+
+    id: str
+    arch: tuple[str, ...]
+    dtype: str
+    measured_on: str
+    experts: int
+    top_k: int
+    hidden: int
+    shard_width: int
+    rows: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
 class KernelCatalog:
     gemm: tuple[GemmTable, ...]
     attention: tuple[AttentionFigure, ...]
     ep_latency: tuple[EpLatencyTable, ...]
     fixed: tuple[Fixed, ...]
     attention_layer: tuple[AttentionLayerTable, ...] = ()
+    fused_moe: tuple[FusedMoeTable, ...] = ()
 
 
 
@@ -165,7 +182,21 @@ def parse(data: dict) -> KernelCatalog:
                                           strategy=raw["strategy"],
                                           weight_dtype=tuple(sorted(raw.get("weight_dtype", {}).items())),
                                           rows=rows, **_sourced(raw, where)))
-    return KernelCatalog(tuple(gemm), tuple(attention), tuple(ep), tuple(fixed), tuple(layers))
+    return KernelCatalog(tuple(gemm), tuple(attention), tuple(ep), tuple(fixed), tuple(layers),
+                         tuple(_fused_moe(raw, i) for i, raw in enumerate(data.get("fused_moe", []))))
+
+
+def _fused_moe(raw: dict, i: int) -> FusedMoeTable:
+    where = f"kernels.toml fused_moe[{i}] {raw.get('id', '')}"
+    rows = tuple(tuple(float(x) for x in r) for r in raw.get("rows", []))
+    if not rows or any(len(r) != 2 or min(r) <= 0 for r in rows):
+        raise ModelchipError(f"{where}: rows must be positive [tokens, microseconds]")
+    shape = {k: int(raw.get(k, 0)) for k in ("experts", "top_k", "hidden", "shard_width")}
+    if min(shape.values()) < 1 or shape["top_k"] > shape["experts"]:
+        raise ModelchipError(f"{where}: experts, top_k (at most experts), hidden and shard_width must be positive")
+    return FusedMoeTable(id=raw["id"], arch=_arch(raw), dtype=dtypes.canonical(raw["dtype"]),
+                         measured_on=raw["measured_on"], rows=tuple(sorted(rows)), **shape,
+                         **_sourced(raw, where))
 
 
 @cache
