@@ -12,15 +12,16 @@ Strategies (per-chip batch `batch`; per attention chip under AFD):
        slowest stage.
 Measured mechanisms (spec/catalog/kernels.toml, cost/kernel_model.py), where the chip's architecture has a
 benchmark: matmuls run at the roofline efficiency a GEMM benchmark measured at their M (grouped GEMMs for the
-routed experts), attention at its kernel's measured fraction of peak and bandwidth, decode expert dispatch and
-combine take the low-latency kernels' measured time, and each collective pays its link class's small-message
-latency; a step the engine does not capture in a graph (`graphs=False`) pays a launch per op call. Where a
-kernel benchmark measured an architecture's per-call floor, each matmul call (`gemm_call_floor`) and each
-small kernel (`small_kernel_floor`) takes at least that long, and where a profile measured an engine's host
-dispatch per op on an architecture, a step takes at least that dispatch (`host_dispatch_wait`); an AFD decode
-step waits on average for its slowest rank where that jitter was measured (`afd_straggler_wait`). Without a
-benchmark the scalar defaults of efficiency.toml apply. Attention projections may keep a wider format than the
-experts (Precision.attention_weight).
+routed experts), or, where a weight-size sweep was measured, each dense call streams at the rate swept for its
+size and computes at the FLOP-bound rows' efficiency at its M; attention runs at its kernel's measured fraction of
+peak and bandwidth, decode expert dispatch and combine take the low-latency kernels' measured time, and each
+collective pays its link class's small-message latency; a step the engine does not capture in a graph
+(`graphs=False`) pays a launch per op call. Where a kernel benchmark measured an architecture's per-call floor,
+each matmul call (`gemm_call_floor`) and each small kernel (`small_kernel_floor`) takes at least that long, and
+where a profile measured an engine's host dispatch per op on an architecture, a step takes at least that dispatch
+(`host_dispatch_wait`); an AFD decode step waits on average for its slowest rank where that jitter was measured
+(`afd_straggler_wait`). Without a benchmark the scalar defaults of efficiency.toml apply. Attention projections
+may keep a wider format than the experts (Precision.attention_weight).
 A deployment that does not fit in memory is reported infeasible with the numbers, never estimated.
 """
 
