@@ -22,9 +22,10 @@ def test_validation_error_bounds():
     # measured on MI300X, vLLM-Ascend's host dispatch and torch_npu's flash-attention utilization took them to
     # 16.4% and 17.1%. The 20 MLPerf Inference v4.1/v5.1 points (held out, predicted before any change) took them
     # to 21.6% and 21.8%, 81 and 80 of 121 within 30%. The Triton fused-MoE layer measured in BF16 on Hopper (vLLM
-    # PR #44818), applied to tensor-parallel-split experts, took them to 20.6% and 20.6%, 84 and 83 within 30%
-    assert ins["median_abs_error"] <= 0.206 and ins["within_30"] >= 84
-    assert loso["median_abs_error"] <= 0.206 and loso["within_30"] >= 83
+    # PR #44818), applied to tensor-parallel-split experts, took them to 20.6% and 20.6%, 84 and 83 within 30%;
+    # with the Blackwell NVFP4 weight-size sweep (helion PR #3079) too, to 18.1% and 19.1%, 87 and 86 within 30%
+    assert ins["median_abs_error"] <= 0.181 and ins["within_30"] >= 87
+    assert loso["median_abs_error"] <= 0.192 and loso["within_30"] >= 86
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 

@@ -40,7 +40,8 @@ def measured_kernels(c) -> list[dict]:
     for mechanism, group in (("gemm", cat.gemm), ("attention", cat.attention), ("ep dispatch/combine", cat.ep_latency)):
         for t in group:
             if c.arch and c.arch in t.arch:
-                out.append({"mechanism": mechanism, "id": t.id, "measured_on": getattr(t, "measured_on", ""),
+                label = "gemm streaming by weight size" if getattr(t, "weight_sweep", False) else mechanism
+                out.append({"mechanism": label, "id": t.id, "measured_on": getattr(t, "measured_on", ""),
                             "tag": t.tag, "source": t.source})
     for t in cat.attention_layer:
         if any(chip == c.id for _, chip, _, _ in t.rows):

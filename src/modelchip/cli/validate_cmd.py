@@ -62,16 +62,32 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   StepMesh budgets 273 us per layer for the A2F and F2A transfers and quotes 37 us and 18 us for the 2A2F
   tensors (896 KB and 1.75 MB) without saying they were measured; neither a measured per-layer network
   latency nor a measured FP8 MFA kernel is published, so the model charges bytes only.
-- **Blackwell FP4 dense GEMMs (Llama 70B FP4 on B200/GB200 -21 to -41%, Maverick -29%).** The only FP4
-  per-shape benchmarks at decode sizes are vLLM's CUTLASS runs on one 6144 x 4096 weight (12.6 MB in FP4),
-  whose ideal time (under 2 us) is below a kernel launch, so they measure per-call overhead more than
-  streaming; applied to Llama 70B's 100+ MB weights they make the GEMMs 5x slower than their roofline. Leaving
-  out every row whose ideal time is under 5 us fixes these points but moves MI300X (+36-41%) and DeepSeek's
-  batch-1 points (+53-59%) out of 30%: the tables do not separate a GEMM's fixed per-call time from its
-  streaming efficiency. The model now charges a per-call floor where one is measured (MI300X, below), but the
-  floor cannot be split out of these Blackwell tables: vLLM's NVFP4 runs take 13.4-14.6 us from M = 1 to 256,
-  all floor, and no FP4 benchmark at decode M on a weight large enough to stream for longer than that was
-  found. That is the figure Blackwell needs (NVFP4 GEMM time at M 1-256 on 50-200 MB weights).
+- **Blackwell FP4 dense GEMMs (Llama 70B FP4 on B200/GB200 -9% to -36%).** The FP4 per-M benchmarks at decode
+  sizes are vLLM's CUTLASS runs on one 6144 x 4096 weight (12.6 MB), 13.4-14.6 us from M = 1 to 256: a call that
+  small is set by the kernel's fixed time, and read as a fraction of bandwidth (13-15%) it made 70B's 100+ MB
+  calls stream 5x slower than their bytes. A weight-size sweep of the same CUTLASS NVFP4 kernel at M = 1
+  (pytorch/helion PR #3079 on GB200, nine projection shapes of 9.4 to 132 MB, 70B's QKV, O and down among them)
+  now sets how fast each dense call streams by its own size (`weight_sweep` in kernels.toml): 11% of the 8 TB/s at
+  9.4 MB, 26% for 70B's QKV, 30% for its FFN calls. So it measures what the small shape could not: past the fixed
+  time a large call still streams far below bandwidth. The compute side of those calls is the FLOP-bound rows'
+  median at their M. This took the MLPerf Interactive points from -81% and -79% to -25% and -18%, and the
+  long-context and 2K/2K TensorRT-LLM points from -28% and -38% to -9% and -24%; the other Llama FP4 points moved
+  0.6-1.7 points faster, DeepSeek-R1 FP4 at batch 1 (FP4 dense layers and shared experts, small TP8 shards below
+  the sweep's smallest size) 0.2-0.4 points slower (+10.9%, -6.3%, -29.7%), and nothing else: MoE experts keep the
+  curve by M, and no other architecture has a sweep. What remains is the compute side at 70B's sizes: at M
+  200-2,000 (Interactive at 220 sequences, the TensorRT-LLM max-load tables at 220-2,048, MLPerf Offline at 1,596)
+  and in prefill, the FLOP-bound rows are the same small 6144 x 4096 shape with its activation quantization (17%
+  of the FP4 peak at M = 512, 25-34% above) and one 7168 x 4608 row at M = 1,024 (37%); MLPerf Offline needs about
+  45-50%. Published NVFP4 GEMMs on large shapes reach that at M >= 4,096 (TorchAO PR #2427: 50-61% at M = N = K
+  4,096 to 8,192, already in the catalog; SGLang PR #22091 on B200: 50-67% on diffusion shapes of N 6,144-55,296
+  at M 4,096-4,608, GEMM alone), so the per-M median is held down by the one small shape. The figure wanted is an
+  NVFP4 GEMM sweep at M 128-8,192 on 70B's shapes (N 10,240 and 57,344 at K 8,192; N 8,192 at K 28,672), with and
+  without the activation quantization; vLLM PR #25609 (FBGEMM NVFP4 on Llama 3.3 70B, B200) says it ran
+  bench_nvfp4_gemm.py on them, but its table could not be read. Found and not used: the same helion benchmark on
+  B200 with FP4 activations (PR #3046, 9.4-59.1 us: the quantization left out, unlike the other FP4 tables);
+  FlashInfer issue #1732 (M = 1, 8192 x 8192, 1.78 TB/s, one shape); FlashInfer PR #2540 (mm_fp4 backends on
+  GB200, M from 1, shapes to 9216 x 7168; only its first rows could be read); a GPU MODE hackathon GEMV (24.2 us
+  for 70B's down_proj, helion issue #2417: not a kernel the measured engines run).
 - **Aggregated serving with data-parallel attention (Qwen3-235B FP4 +41%, FP8 +31%).** The attention-DP
   balance (TensorRT-LLM blog 10) and the EP32 expert imbalance (blog 4) are measured on DeepSeek; Qwen3's
   128-expert top-8 routing at EP8 has no published imbalance figure, so its experts are charged as balanced.
@@ -207,7 +223,8 @@ clock). They were predicted before any model change and kept as they came out: t
 101 to 81 and 80 of 121. No catalog figure comes from MLPerf, so out of sample equals in-sample here. H100
 and H200 land within 12% (Offline -2.0% and -5.5%, Server +11.5% and +1.2%); MI300X -22% to -38%, MI325X -45%
 to -57%, B200 and GB200 -28% to -36% at high load and -79% to -81% Interactive: 10 of 20 within 30% (all 8 of
-v4.1's, 2 of v5.1's 12).
+v4.1's, 2 of v5.1's 12). The Blackwell weight-size sweep (above) then took the two Interactive points to -25%
+and -18% (12 of 20 within 30%).
 
 - **The mean prompt length is assumed (300 tokens), and it matters.** Neither MLPerf's reference docs nor the
   submissions state the OpenOrca subset's mean prompt length (prompts are under 1,024 tokens; the reference
@@ -227,12 +244,15 @@ v4.1's, 2 of v5.1's 12).
   8 MI300X went from 23,515 (v4.1, vLLM 0.4.3) to 27,804 tokens/s (v5.1), -24% to -35% in the model. MI325X
   misses by more (-45% to -57%) because the model gives its 256 GiB 1,811 sequences at the same low GEMM
   efficiency.
-- **Blackwell FP4 (B200, GB200): -28% to -36% at high load, -79% to -81% Interactive.** The Interactive load
-  the model allows within a 40 ms TPOT is 57 sequences per B200, whose FFN takes 25.6 ms where all of 70B's FP4
-  weights stream in about 4.4 ms: the FP4 per-call floor of the Blackwell tables described above (vLLM's NVFP4
-  runs, all floor at decode M). The same figure is wanted: NVFP4 GEMM time at M 1-256 on 50-200 MB weights. The
-  4.8 ms of eager launches per step (use_graphs False in NVIDIA's configs) is a small part: with graphs the B200
-  Offline point moves from -36.4% to -36.0%.
+- **Blackwell FP4 (B200, GB200): -28% to -36% at high load, -18% and -25% Interactive (were -79% and -81%).**
+  The Interactive load the model allowed within a 40 ms TPOT was 57 sequences per B200, whose FFN took 25.6 ms
+  where all of 70B's FP4 weights stream in about 4.4 ms: the small-shape CUTLASS rows read as streaming rates.
+  With the weight-size sweep above, a B200 holds 224 sequences at 40 ms (FFN 16.1 ms, now bound by the
+  FLOP-bound rows' 17% of peak at M below 512) and the prefills that interrupt them. Offline and Server are
+  compute-bound (1,596 sequences per B200, the FFN at about 30% of the FP4 peak) and unchanged: the missing
+  figure is the large-shape FP4 GEMM at M 200-2,000 described above. The 4.8 ms of eager launches per step
+  (use_graphs False in NVIDIA's configs) is a small part: with graphs the B200 Offline point moves from -36.4%
+  to -36.0%.
 - **Server.** On H100, B200 and GB200 the 200 ms TPOT bound does not bind in the model (memory sets the load;
   on H200 it binds at 740 of 760 sequences), so Server comes out as Offline, where the runs reach 88-98% of
   their Offline rate (H100 Server +12% against Offline -2%): a Poisson stream's p99 tail, which the model's

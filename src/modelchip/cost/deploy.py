@@ -12,15 +12,16 @@ Strategies (per-chip batch `batch`; per attention chip under AFD):
        slowest stage.
 Measured mechanisms (spec/catalog/kernels.toml, cost/kernel_model.py), where the chip's architecture has a
 benchmark: matmuls run at the roofline efficiency a GEMM benchmark measured at their M (grouped GEMMs for the
-routed experts; experts split tensor-parallel at a measured fused-MoE layer's efficiency), attention at its
-kernel's measured fraction of peak and bandwidth, decode expert dispatch and combine take the low-latency
-kernels' measured time, and each collective pays its link class's small-message latency; a step the engine
-does not capture in a graph (`graphs=False`) pays a launch per op call. Where a kernel benchmark measured an
-architecture's per-call floor, each matmul call (`gemm_call_floor`) and each small kernel
-(`small_kernel_floor`) takes at least that long, and where a profile measured an engine's host dispatch per op
-on an architecture, a step takes at least that dispatch (`host_dispatch_wait`); an AFD decode step waits on
-average for its slowest rank where that jitter was measured (`afd_straggler_wait`). Without a benchmark the
-scalar defaults of efficiency.toml apply. Attention projections may keep a wider format than the experts
+routed experts; experts split tensor-parallel at a measured fused-MoE layer's efficiency), or, where a
+weight-size sweep was measured, each dense call streams at the rate swept for its size and computes at the
+FLOP-bound rows' efficiency at its M; attention runs at its kernel's measured fraction of peak and bandwidth,
+decode expert dispatch and combine take the low-latency kernels' measured time, and each collective pays its link
+class's small-message latency; a step the engine does not capture in a graph (`graphs=False`) pays a launch per op
+call. Where a kernel benchmark measured an architecture's per-call floor, each matmul call (`gemm_call_floor`) and
+each small kernel (`small_kernel_floor`) takes at least that long, and where a profile measured an engine's host
+dispatch per op on an architecture, a step takes at least that dispatch (`host_dispatch_wait`); an AFD decode step
+waits on average for its slowest rank where that jitter was measured (`afd_straggler_wait`). Without a benchmark
+the scalar defaults of efficiency.toml apply. Attention projections may keep a wider format than the experts
 (Precision.attention_weight).
 A deployment that does not fit in memory is reported infeasible with the numbers, never estimated.
 """
@@ -190,12 +191,16 @@ def _roofline(flops: float, nbytes: float, peak: float, bw: float, eff_c: float,
 
 
 def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw: float, dtype: str,
-          grouped: bool = False, weight_dtype: str = "", moe_shard: float = 0.0) -> float:
+          grouped: bool = False, weight_dtype: str = "", moe_shard: float = 0.0,
+          calls: tuple[float, ...] = ()) -> float:
     """A matmul of `m` rows at the efficiency its architecture's GEMM benchmark measured at that M; without
     one (or with a calibrated or user-set efficiency), at the scalar gemm and weight-streaming defaults. Weights
     in a packed format a calibration measured (`d.weight_streaming`) are read at that format's rate. Routed
     experts split tensor-parallel to `moe_shard` intermediate width per chip run as the engines' fused MoE
-    kernel, at the efficiency a whole fused MoE layer was measured at on the architecture, where it was."""
+    kernel, at the efficiency a whole fused MoE layer was measured at on the architecture, where it was. Where the
+    architecture has a weight-size sweep (kernel_model.gemm_split), a dense group's calls (`calls`: the weight
+    elements of each call of one layer, which split the group's FLOPs and bytes) each take the longer of their
+    FLOPs at the measured compute efficiency and their bytes at the rate swept for their size."""
     eff = d.efficiency
     packed = streaming.lookup(d.weight_streaming, weight_dtype) if weight_dtype and d.weight_streaming else None
     if packed is not None:
@@ -206,7 +211,13 @@ def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw:
         e = km.gemm_efficiency(d.chip, dtype, m, grouped, d.exclude)
     if e is None:
         return _roofline(flops, nbytes, peak, bw, eff.gemm, eff.weight_memory(m))
-    return max(flops / peak, nbytes / bw) / e
+    split = km.gemm_split(d.chip, dtype, m, d.exclude) if sum(calls) > 0 and not grouped else None
+    if split is None:
+        return max(flops / peak, nbytes / bw) / e
+    e_c, sweep = split
+    total = sum(calls)
+    return sum(max(flops * w / total / (peak * e_c), nbytes * w / total / (bw * km.stream_efficiency(sweep, w)))
+               for w in calls)
 
 
 def _attention_eff(d: Deployment, phase: str, cost: ModelCost) -> tuple[float, float]:
@@ -448,15 +459,18 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     attn_cdt = prec.compute_dtype(chip, attn_dtype)
     attn_peak_w = chip.peak(attn_cdt) or peak
     cdt = prec.compute_dtype(chip)
+    # weight elements of each matmul call of one layer (a per-size streaming lookup, _gemm)
+    ffn_split = (2 / 3, 1 / 3)  # gate_up and down
     proj = _gemm(d, 2 * inst_tokens * cost.attn_params / tp, cost.attn_params * awb / tp, inst_tokens, attn_peak_w,
-                 bw, attn_cdt, weight_dtype=attn_dtype)
+                 bw, attn_cdt, weight_dtype=attn_dtype,
+                 calls=tuple(cost.attn_params / L / tp * f for f in cost.attn_call_fractions))
     head_params = cost.lm_head_params or cost.embed_params
     out_tokens = b * tp * (q if decode else 1)  # prefill needs logits of the last token only
     if d.attention == "data-parallel":  # the runtime gathers every rank's rows needing logits to rank 0
         out_tokens *= d.chips
     lm_head = _gemm(d, 2 * out_tokens * head_params / tp, head_params * dtypes.nbytes(head_dtype) / tp, out_tokens,
                     chip.peak(prec.compute_dtype(chip, head_dtype)) or peak, bw, prec.compute_dtype(chip, head_dtype),
-                    weight_dtype=head_dtype)
+                    weight_dtype=head_dtype, calls=(head_params / tp,))
 
     # FFN side, per FFN chip; under afd an FFN chip serves every attention chip's tokens
     # (tensor-parallel attention ranks hold the same tokens, so an FFN chip serves 1/F of one rank's)
@@ -465,7 +479,8 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     dense_tp = tp if d.strategy == "tp" else (ffn_group if d.strategy == "afd" else 1)
     dense_tokens = ffn_tokens * (ffn_group if d.strategy == "afd" else 1)
     dense = _gemm(d, 2 * dense_tokens * cost.dense_params / dense_tp, cost.dense_params * wb / dense_tp,
-                  dense_tokens, peak, bw, cdt, weight_dtype=prec.weight)
+                  dense_tokens, peak, bw, cdt, weight_dtype=prec.weight,
+                  calls=tuple(cost.dense_params / dense_tp / max(cost.dense_layers, 1) * f for f in ffn_split))
     moe_t = router = imbalance = 0.0
     if moe:
         # tokens the expert-parallel group routes: every chip's own, or (attention replicated) one set for all
@@ -481,7 +496,8 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
                        pairs / max(hit, 1e-9), peak, bw, cdt, grouped=True, weight_dtype=prec.weight,
                        moe_shard=width)
         shared = _gemm(d, 2 * shared_tokens * moe.shared_params / shard, moe.shared_params * wb / shard,
-                       shared_tokens, peak, bw, cdt, weight_dtype=prec.weight) if moe.shared_params else 0.0
+                       shared_tokens, peak, bw, cdt, weight_dtype=prec.weight,
+                       calls=tuple(moe.shared_params / shard * f for f in ffn_split)) if moe.shared_params else 0.0
         moe_t = moe.layers * (routed + shared)
         # the busiest expert-parallel rank sets the pace: routed work grows by its measured max/mean load
         if ep > 1 and d.moe_balance != "ideal":
@@ -501,7 +517,6 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
 
     # a matmul call cannot run faster than its architecture's measured per-call floor: small weight shards (70B
     # at TP8) wait on it where their streaming time is shorter; FFN matmuls are gate_up (2/3) and down (1/3)
-    ffn_split = (2 / 3, 1 / 3)
     floor_attn = (_below_floor(_call_floor(d, attn_cdt), proj, L, cost.attn_call_fractions)
                   + _below_floor(_call_floor(d, prec.compute_dtype(chip, head_dtype)), lm_head, 1, (1.0,)))
     floor_ffn = _below_floor(_call_floor(d, cdt), dense, cost.dense_layers, ffn_split)

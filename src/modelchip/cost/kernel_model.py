@@ -62,8 +62,8 @@ def gemm_tables(chip: Chip, dtype: str, grouped: bool, exclude: frozenset[str] =
 
 @cache
 def _gemm_tables(arch: str, dtype: str, grouped: bool, exclude: frozenset[str]) -> tuple[GemmTable, ...]:
-    tables = [t for t in kernel_catalog().gemm
-              if arch and arch in t.arch and t.dtype == dtype and t.source_id not in exclude]
+    tables = [t for t in kernel_catalog().gemm if arch and arch in t.arch and t.dtype == dtype
+              and t.source_id not in exclude and not t.weight_sweep]
     same = tuple(t for t in tables if t.grouped == grouped)
     return same or tuple(tables)
 
@@ -109,6 +109,60 @@ def _fused_moe_curve(arch: str, dtype: str, shard_width: float,
         return ()
     near = min(tables, key=lambda t: abs(math.log(t.shard_width / max(shard_width, 1.0))))
     return tuple(fused_moe_curve(near))
+
+
+def gemm_split(chip: Chip, dtype: str, m: float,
+               exclude: frozenset[str] = NONE) -> tuple[float, list[tuple[float, float]]] | None:
+    """(compute efficiency at M, streaming curve) of a dense GEMM where the architecture has a weight-size sweep
+    for this compute dtype beside its per-M benchmarks (None elsewhere: the median curve of `gemm_efficiency`
+    applies). A bandwidth-bound call takes the same time at any M (vLLM's NVFP4 runs: 13.4-14.6 us from M = 1
+    to 256), so what sets it is its weight size, which the sweep measures: the curve is [(weight elements N x K,
+    fraction of bandwidth)], see `stream_efficiency`. The compute side is the median fraction of peak of the
+    benchmarks' FLOP-bound rows at that M (log-interpolated, flat beyond the measured M), so a small shape's
+    bandwidth-bound rows do not stand in for a large call's compute; without such rows, the median curve."""
+    sweep = _sweep_curve(chip.arch, dtypes.canonical(dtype), exclude)
+    tables = gemm_tables(chip, dtype, False, exclude)
+    if not (sweep and tables):
+        return None
+    compute = _compute_curve(tables) or _curve(tables)
+    return log_interp(compute, max(m, 1.0)), sweep
+
+
+def stream_efficiency(curve: list[tuple[float, float]], weights: float) -> float:
+    """Fraction of bandwidth a call of `weights` elements streams at: linear in log size between the swept
+    sizes, the nearest swept size's beyond them."""
+    return log_interp(curve, max(weights, 1.0))
+
+
+@cache
+def _sweep_curve(arch: str, dtype: str, exclude: frozenset[str]) -> list[tuple[float, float]]:
+    """(weight elements, fraction of the measuring chip's bandwidth) per swept size, the median per size."""
+    by_size: dict[float, list[float]] = {}
+    for t in kernel_catalog().gemm:
+        if t.weight_sweep and arch and arch in t.arch and t.dtype == dtype and t.source_id not in exclude:
+            bw = get_chip(t.measured_on).bandwidth
+            for _m, n, k, _tflops, gbps in t.rows:
+                by_size.setdefault(n * k, []).append(min(1.0, gbps * 1e9 / bw))
+    return [(w, statistics.median(v)) for w, v in sorted(by_size.items())]
+
+
+_COMPUTE: dict[tuple[str, ...], list[tuple[float, float]]] = {}
+
+
+def _compute_curve(tables: tuple[GemmTable, ...]) -> list[tuple[float, float]]:
+    """(M, fraction of peak) per measured M over the rows bound by their FLOPs (fraction of peak above fraction
+    of bandwidth), the median per M."""
+    key = tuple(t.id for t in tables)
+    if key not in _COMPUTE:
+        by_m: dict[float, list[float]] = {}
+        for table in tables:
+            ref = get_chip(table.measured_on)
+            peak, bw = ref.peak(table.dtype), ref.bandwidth
+            for m, _n, _k, tflops, gbps in table.rows:
+                if tflops * 1e12 / peak > gbps * 1e9 / bw:
+                    by_m.setdefault(m, []).append(min(1.0, tflops * 1e12 / peak))
+        _COMPUTE[key] = [(m, statistics.median(v)) for m, v in sorted(by_m.items())]
+    return _COMPUTE[key]
 
 
 def attention_efficiency(chip: Chip, phase: str,

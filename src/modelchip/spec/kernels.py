@@ -35,6 +35,9 @@ class GemmTable(Sourced):
     grouped: bool  # MoE grouped GEMM (M = tokens per expert) rather than one dense matmul
     measured_on: str
     rows: tuple[tuple[float, float, float, float, float], ...]
+    # one kernel at decode M over many weight sizes: it measures how a call's streaming rate grows with its
+    # weights (kernel_model.gemm_split), not an efficiency per M
+    weight_sweep: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,9 +141,12 @@ def parse(data: dict) -> KernelCatalog:
         rows = tuple(tuple(float(x) for x in r) for r in raw.get("rows", []))
         if not rows or any(len(r) != 5 or min(r) <= 0 for r in rows):
             raise ModelchipError(f"{where}: rows must be positive [M, N, K, TFLOPS, GB/s]")
+        if raw.get("weight_sweep") and raw.get("grouped"):
+            raise ModelchipError(f"{where}: a weight-size sweep times dense calls; it cannot be grouped")
         gemm.append(GemmTable(id=raw["id"], arch=_arch(raw), dtype=dtypes.canonical(raw["dtype"]),
                               grouped=bool(raw.get("grouped", False)), measured_on=raw["measured_on"],
-                              rows=rows, **_sourced(raw, where)))
+                              rows=rows, weight_sweep=bool(raw.get("weight_sweep", False)),
+                              **_sourced(raw, where)))
     for i, raw in enumerate(data.get("attention", [])):
         where = f"kernels.toml attention[{i}] {raw.get('id', '')}"
         nums = {k: float(raw.get(k, 0.0)) for k in ("tflops", "gbps", "compute_fraction", "memory_fraction")}

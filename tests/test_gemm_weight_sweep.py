@@ -1,0 +1,87 @@
+"""A dense matmul call on an architecture with a weight-size sweep (spec/catalog/kernels.toml `weight_sweep`)
+streams its weights at the rate the sweep measured for a call of its size, and computes at the FLOP-bound rows'
+efficiency at its M; each checked against hand arithmetic on the published tables (pytorch/helion PR #3079:
+vLLM's CUTLASS NVFP4 GEMM at M = 1 on nine shapes on GB200; vLLM PR #20646 and FlashInfer PR #1979 for the
+FLOP-bound rows)."""
+
+import math
+import statistics
+
+import pytest
+
+from modelchip.cost import kernel_model as km
+from modelchip.cost.conventions import Precision
+from modelchip.cost.deploy import Deployment, evaluate
+from modelchip.cost.model_cost import model_cost
+from modelchip.cost.systems import system_for
+from modelchip.spec import load_model
+from modelchip.spec.chips import get_chip
+
+FP4 = Precision(weight="fp4", kv="fp8")
+BW, FP4_PEAK = 8.0e12, 9.0e15  # NVIDIA B200 and GB200: 8 TB/s; B200 FP4 9 PFLOPS (the FLOP-bound rows' chip)
+# helion PR #3079, 'cutlass (us)' of the bf16in rows, as GB/s over the weights (kernels.toml): N x K -> GB/s
+SWEEP = {(4096, 4096): 861, (6144, 4096): 1204, (28672, 4096): 2533, (4096, 14336): 1460, (5120, 5120): 1180,
+         (15360, 5120): 2409, (8192, 8192): 1834, (10240, 8192): 2060, (8192, 28672): 2382}
+
+
+def _eff(n: int, k: int) -> float:
+    return SWEEP[(n, k)] * 1e9 / BW
+
+
+def test_a_call_streams_at_the_rate_swept_for_its_size():
+    curve = km.gemm_split(get_chip("b200"), "fp4", 16)[1]
+    at = lambda w: km.stream_efficiency(curve, w)  # noqa: E731
+    assert at(8192 * 8192) == pytest.approx(_eff(8192, 8192))
+    # between two swept sizes: linear in log size (8192 x 8192 and 15360 x 5120)
+    lo, hi = 8192 * 8192, 15360 * 5120
+    assert at(math.sqrt(lo * hi)) == pytest.approx((_eff(8192, 8192) + _eff(15360, 5120)) / 2)
+    # below the smallest and above the largest swept size, the nearest one's rate
+    assert at(1024 * 1024) == pytest.approx(_eff(4096, 4096))
+    assert at(2 * 8192 * 28672) == pytest.approx(_eff(8192, 28672))
+
+
+def test_the_compute_side_is_the_flop_bound_rows_median():
+    b200 = get_chip("b200")
+    # at M = 1024 two rows are FLOP-bound: vLLM's 6144 x 4096 (2221.4 TFLOPS) and FlashInfer's 7168 x 4608 (3370.4)
+    assert km.gemm_split(b200, "fp4", 1024)[0] == pytest.approx(statistics.median([2221.4e12, 3370.4e12]) / FP4_PEAK)
+    # below the first FLOP-bound M (512: vLLM's 1569.1 TFLOPS) its value holds
+    assert km.gemm_split(b200, "fp4", 16)[0] == pytest.approx(1569.1e12 / FP4_PEAK)
+
+
+def test_the_sweep_applies_only_where_measured():
+    # no sweep for Hopper FP8, nor for Blackwell once the sweep's source is left out: the median curve applies
+    assert km.gemm_split(get_chip("h100"), "fp8", 16) is None
+    assert km.gemm_split(get_chip("b200"), "fp4", 16, exclude=frozenset({"helion-pr-3079"})) is None
+    # the sweep's rows stay out of the median per M: at M = 64 only vLLM's 6144 x 4096 row (1104 GB/s) is there
+    assert km.gemm_efficiency(get_chip("b200"), "fp4", 64) == pytest.approx(1104e9 / BW)
+
+
+def test_llama70b_decode_calls_stream_at_their_sizes():
+    # Llama 3.1 70B, NVFP4 weights (0.5 B per weight in the model's accounting), one B200, 16 sequences: every
+    # call is bandwidth-bound (at M = 16 the FLOPs take under a tenth of the streaming time)
+    c = get_chip("b200")
+    cost = model_cost(load_model("llama-3.1-70b"), FP4)
+    d = Deployment(chip=c, chips=1, strategy="tp", batch=16, context=1024, precision=FP4, system=system_for(c))
+    p = evaluate(cost, d)
+    qkv, o = 8192 * 10240, 8192 * 8192  # stacked QKV and O per layer: swept sizes 10240 x 8192 and 8192 x 8192
+    proj = 80 * 0.5 * (qkv / (BW * _eff(10240, 8192)) + o / (BW * _eff(8192, 8192)))
+    assert p.breakdown_ms["attention_proj"] == pytest.approx(proj * 1e3, rel=1e-9)
+    # gate_up (2 x 8192 x 28672) and down (8192 x 28672): at or above the largest swept size, its rate
+    ffn = 80 * 0.5 * 3 * 8192 * 28672 / (BW * _eff(8192, 28672))
+    assert p.breakdown_ms["dense_ffn"] == pytest.approx(ffn * 1e3, rel=1e-9)
+    head = 128256 * 8192 * 0.5 / (BW * _eff(8192, 28672))
+    assert p.breakdown_ms["lm_head"] == pytest.approx(head * 1e3, rel=1e-9)
+    # the FLOPs of the largest call at the compute side's efficiency stay far below its streaming time
+    gate_up_flops_s = 2 * 16 * 2 * 8192 * 28672 / 1569.1e12
+    assert gate_up_flops_s < 0.1 * ffn / 80
+
+
+def test_prefill_calls_are_flop_bound_at_the_measured_compute_efficiency():
+    c = get_chip("b200")
+    cost = model_cost(load_model("llama-3.1-70b"), FP4)
+    d = Deployment(chip=c, chips=1, strategy="tp", batch=1, context=1, phase="prefill", prompt_len=1024,
+                   precision=FP4, system=system_for(c))
+    p = evaluate(cost, d)
+    e_c = km.gemm_split(c, "fp4", 1024)[0]
+    assert p.breakdown_ms["dense_ffn"] == pytest.approx(2 * 1024 * cost.dense_params / (FP4_PEAK * e_c) * 1e3,
+                                                        rel=1e-9)
