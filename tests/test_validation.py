@@ -21,9 +21,11 @@ def test_validation_error_bounds():
     # them and widened the medians from 14.8% to 20.6% (in-sample) and 21.8% (LOSO); the per-call kernel floors
     # measured on MI300X, vLLM-Ascend's host dispatch and torch_npu's flash-attention utilization took them to
     # 16.4% and 17.1%. The 20 MLPerf Inference v4.1/v5.1 points (held out, predicted before any change) took them
-    # to 21.6% and 21.8%, 81 and 80 of 121 within 30%
-    assert ins["median_abs_error"] <= 0.216 and ins["within_30"] >= 81
-    assert loso["median_abs_error"] <= 0.218 and loso["within_30"] >= 80
+    # to 21.6% and 21.8%, 81 and 80 of 121 within 30%. MI300X's per-channel FP8 GEMMs at AITER's measured rowwise
+    # efficiency (not the block-scaled kernel's) and its TP8 all-reduce at RCCL's measured time took them to
+    # 20.6% and 20.6%, 84 and 83 within 30%
+    assert ins["median_abs_error"] <= 0.206 and ins["within_30"] >= 84
+    assert loso["median_abs_error"] <= 0.206 and loso["within_30"] >= 83
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 
@@ -39,7 +41,7 @@ def test_points_name_declared_sources():
 
 def test_measured_figures_cite_primary_sources():
     cat = kernel_catalog()
-    for group in (cat.gemm, cat.attention, cat.ep_latency, cat.fixed):
+    for group in (cat.gemm, cat.attention, cat.ep_latency, cat.fixed, cat.attention_layer, cat.collective):
         for item in group:
             assert CITED.search(item.source), item.id
     for name, items in efficiency_sources().items():

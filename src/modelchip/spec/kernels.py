@@ -35,6 +35,9 @@ class GemmTable(Sourced):
     grouped: bool  # MoE grouped GEMM (M = tokens per expert) rather than one dense matmul
     measured_on: str
     rows: tuple[tuple[float, float, float, float, float], ...]
+    # the weight format the kernel was measured on ("fp8": per-tensor or per-channel scales; "fp8_block": 128 x 128
+    # block scales), where the source states it; "" where the table stands for every format of `dtype`
+    weight: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,12 +94,26 @@ class Fixed(Sourced):
 
 
 @dataclass(frozen=True)
+class CollectiveTable(Sourced):
+    """A collective kernel's measured time by message size: rows of (bytes per rank, microseconds) among `ranks`
+    ranks, for the link classes in `applies` (an architecture's scale-up link, "cdna3/scale-up")."""
+
+    id: str
+    op: str  # "all_reduce"
+    applies: tuple[str, ...]
+    ranks: int
+    rows: tuple[tuple[float, float], ...]
+    graphs: bool | None = None  # timed with the calls captured in a graph (True), launched one by one (False), either
+
+
+@dataclass(frozen=True)
 class KernelCatalog:
     gemm: tuple[GemmTable, ...]
     attention: tuple[AttentionFigure, ...]
     ep_latency: tuple[EpLatencyTable, ...]
     fixed: tuple[Fixed, ...]
     attention_layer: tuple[AttentionLayerTable, ...] = ()
+    collective: tuple[CollectiveTable, ...] = ()
 
 
 
@@ -123,7 +140,8 @@ def parse(data: dict) -> KernelCatalog:
             raise ModelchipError(f"{where}: rows must be positive [M, N, K, TFLOPS, GB/s]")
         gemm.append(GemmTable(id=raw["id"], arch=_arch(raw), dtype=dtypes.canonical(raw["dtype"]),
                               grouped=bool(raw.get("grouped", False)), measured_on=raw["measured_on"],
-                              rows=rows, **_sourced(raw, where)))
+                              rows=rows, weight=dtypes.canonical(raw["weight"]) if raw.get("weight") else "",
+                              **_sourced(raw, where)))
     for i, raw in enumerate(data.get("attention", [])):
         where = f"kernels.toml attention[{i}] {raw.get('id', '')}"
         nums = {k: float(raw.get(k, 0.0)) for k in ("tflops", "gbps", "compute_fraction", "memory_fraction")}
@@ -165,7 +183,19 @@ def parse(data: dict) -> KernelCatalog:
                                           strategy=raw["strategy"],
                                           weight_dtype=tuple(sorted(raw.get("weight_dtype", {}).items())),
                                           rows=rows, **_sourced(raw, where)))
-    return KernelCatalog(tuple(gemm), tuple(attention), tuple(ep), tuple(fixed), tuple(layers))
+    collectives = []
+    for i, raw in enumerate(data.get("collective", [])):
+        where = f"kernels.toml collective[{i}] {raw.get('id', '')}"
+        rows = tuple(sorted(tuple(float(x) for x in r) for r in raw.get("rows", [])))
+        if len(rows) < 2 or any(len(r) != 2 or min(r) <= 0 for r in rows) or int(raw.get("ranks", 0)) < 2:
+            raise ModelchipError(f"{where}: needs ranks >= 2 and at least two positive rows [bytes, us]")
+        if raw.get("op") != "all_reduce":
+            raise ModelchipError(f"{where}: op must be 'all_reduce' (the only collective the model looks up by size)")
+        graphs = raw.get("graphs")
+        collectives.append(CollectiveTable(id=raw["id"], op=raw["op"], applies=_arch({"arch": raw["applies"]}),
+                                           ranks=int(raw["ranks"]), rows=rows,
+                                           graphs=None if graphs is None else bool(graphs), **_sourced(raw, where)))
+    return KernelCatalog(tuple(gemm), tuple(attention), tuple(ep), tuple(fixed), tuple(layers), tuple(collectives))
 
 
 @cache
