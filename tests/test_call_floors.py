@@ -56,7 +56,7 @@ def test_small_op_calls_count_the_non_matmul_kernels():
 def test_gemm_calls_wait_on_the_measured_floor():
     cost, p = _eval("llama-3.1-70b", "mi300x")
     floor = km.fixed("gemm_call_floor", ("cdna3/fp8",))
-    eff = km.gemm_efficiency(get_chip("mi300x"), "fp8", 1)  # one row per chip: a sequence on TP8
+    eff = km.gemm_efficiency(get_chip("mi300x"), "fp8", 1, weight="fp8")  # one row per chip: a sequence on TP8
 
     def call(params: float) -> float:  # FP8 weights of one TP8 shard streamed at the measured efficiency
         return params / 8 / (MI300X_BW * eff)
@@ -68,7 +68,7 @@ def test_gemm_calls_wait_on_the_measured_floor():
     head = 128256 * 8192  # the LM head: 263 MB per shard, far above the floor
     want += max(0.0, floor - call(head))
     assert p.breakdown_ms["gemm_call_floor"] == pytest.approx(want * 1e3, rel=1e-9)
-    # Llama 405B's shards are four times larger: even O (16,384 x 2,048 per shard, 33.5 MB) streams for 13.3 us,
+    # Llama 405B's shards are four times larger: even O (16,384 x 2,048 per shard, 33.5 MB) streams for 11.7 us,
     # longer than the floor, so 405B pays none of it (its batch-1 step was already within 8% of ROCm's table)
     o405 = 16384 * 16384
     assert call(o405) > floor

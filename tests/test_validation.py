@@ -21,11 +21,12 @@ def test_validation_error_bounds():
     # them and widened the medians from 14.8% to 20.6% (in-sample) and 21.8% (LOSO); the per-call kernel floors
     # measured on MI300X, vLLM-Ascend's host dispatch and torch_npu's flash-attention utilization took them to
     # 16.4% and 17.1%. The 20 MLPerf Inference v4.1/v5.1 points (held out, predicted before any change) took them
-    # to 21.6% and 21.8%, 81 and 80 of 121 within 30%. The Triton fused-MoE layer measured in BF16 on Hopper (vLLM
-    # PR #44818), applied to tensor-parallel-split experts, took them to 20.6% and 20.6%, 84 and 83 within 30%;
-    # with the Blackwell NVFP4 weight-size sweep (helion PR #3079) too, to 18.1% and 19.1%, 87 and 86 within 30%
-    assert ins["median_abs_error"] <= 0.181 and ins["within_30"] >= 87
-    assert loso["median_abs_error"] <= 0.192 and loso["within_30"] >= 86
+    # to 21.6% and 21.8%, 81 and 80 of 121 within 30%. Then three measured kernel tables took them to 17.7% and
+    # 18.1%, 90 and 89 within 30%: the Triton fused-MoE layer in BF16 on Hopper (vLLM PR #44818) for
+    # tensor-parallel-split experts, the Blackwell NVFP4 weight-size sweep (helion PR #3079), and MI300X's
+    # per-channel FP8 GEMMs at AITER's rowwise efficiency with its TP8 all-reduce at RCCL's measured time
+    assert ins["median_abs_error"] <= 0.178 and ins["within_30"] >= 90
+    assert loso["median_abs_error"] <= 0.182 and loso["within_30"] >= 89
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 
@@ -41,7 +42,8 @@ def test_points_name_declared_sources():
 
 def test_measured_figures_cite_primary_sources():
     cat = kernel_catalog()
-    for group in (cat.gemm, cat.attention, cat.ep_latency, cat.fixed, cat.fused_moe):
+    for group in (cat.gemm, cat.attention, cat.ep_latency, cat.fixed, cat.attention_layer, cat.fused_moe,
+                  cat.collective):
         for item in group:
             assert CITED.search(item.source), item.id
     for name, items in efficiency_sources().items():

@@ -145,18 +145,28 @@ sample, 71 and 70 of 101 within 30%):
   only profile of it found is on a 310P). No chunked-prefill term is added without it. The 128-in / 4-out
   burst of 1,000 requests (+145%) is host work per request (tokenising, scheduling) for which no measurement
   was found. The 2K and 4K prompt runs land at +12% to +28%.
-- **MI300X, Llama 3.1 70B FP8 at TP8: +13% and +14% at one sequence, +34% and +42% at 16, +27% and +69% at
-  128 (was +29% to +117%); 405B -28% to +13% (ROCm) and 0% to +18% (Oracle).** Two per-call floors measured on
-  MI300X kernels are now charged per call: a matmul takes at least 10.7 us, the fastest tuned FP8 kernel for
-  70B's TP8 QKV shard (N 1,280, K 8,192) from M = 1 to 64 in AITER PR #1092, against 2.0 us of weight
-  streaming (`gemm_call_floor`: 70B's QKV and O shards wait on it, 405B's four-times-larger shards do not), and
-  a non-matmul kernel at least 2.7 us, a 16-row RMSNorm on gfx942 in AITER PR #3747 (`small_kernel_floor`: 643
+- **MI300X at TP8: ROCm's docker 70B +14% and +15% at one sequence, +41% and +34% at 16, +69% and +29% at
+  128; 405B -11% to +23%; Oracle's 405B +21% to +35%.** Two per-call floors measured on MI300X kernels are
+  charged per call: a matmul takes at least 10.7 us, the fastest tuned FP8 kernel for 70B's TP8 QKV shard
+  (N 1,280, K 8,192) from M = 1 to 64 in AITER PR #1092, against 2.0 us of weight streaming
+  (`gemm_call_floor`: 70B's QKV and O shards wait on it, 405B's four-times-larger shards do not), and a
+  non-matmul kernel at least 2.7 us, a 16-row RMSNorm on gfx942 in AITER PR #3747 (`small_kernel_floor`: 643
   such calls in a 70B step, 1.7 ms at batch 1). Both are AMD kernel benchmarks, not the ROCm docker's
-  end-to-end table, so leave-one-source-out keeps them; counted as the same team's, the 70B points would return
-  to +29% to +117%. At 16 and 128 sequences with 128-token prompts 70B stays too fast, and not for its
-  collectives: the catalog's MI300X all-reduce latency (7.2 us at TP4) is close to what a TP8 custom all-reduce
-  takes on the next generation (6.3-7.6 us for 24-96 KB on MI355X, vLLM PR #39080). No MI300X decode-attention
-  kernel time at small batch was found, which is the next figure to look for.
+  end-to-end table, so leave-one-source-out keeps them. Since the FP8 GEMM tables were split by weight format
+  (MLPerf, below), these steps run their per-channel FP8 matmuls at the rowwise and hipBLASLt kernels'
+  efficiency, not the block-scaled kernel's: that made every TP8 point faster (70B at 128 sequences +114%,
+  Oracle's 405B at 256 +50%). Their all-reduces now take RCCL's measured time on 8 MI300X (AMD's rccl-tests
+  run in the ROCm blog on RCCL and xGMI: 35.0 us for 2 MiB with graph capture, where the link model gave
+  17.4 us; 10.3 us for 256 KiB against 8.5 us), which brought them to the figures above. 405B's earlier small
+  errors (-28% to +18%) owed something to the block-scaled efficiency; it is now too fast at TP8 as well.
+  What is left at 16 and 128 sequences (70B: 7.6 and 13.4 ms per step in the model, about 10.8 and 22.4 ms
+  measured) has no measured figure behind it: vLLM v0.10 runs its own custom all-reduce below 8 MiB, whose
+  TP8 timing on MI300 is posted only as a spreadsheet pasted into a vLLM PR #19094 comment, which we could not
+  read (its TP4 timing is in the catalog: 36.6 us for 2 MiB); no MI300X decode-attention kernel time with
+  one KV head per GPU and 16-128 sequences was found (ROCm/triton PR #718 times a Triton paged-decode kernel at
+  193-215 us per call for 1-128 sequences, at 48 query and 6 KV heads on an unnamed GPU: not used); and vLLM
+  V1's per-step host time (scheduler, input preparation, sampling; v0.10 does not overlap them with the GPU)
+  is not measured on this setup. Those three are the figures these points need.
 - **Qwen3-235B on H100 with vLLM tensor parallelism: BF16 TP8 +13% to +28%, FP8 TP4 +31% to +62% at 2K to
   32K prompts.** These runs are prefill-bound, and the two instances run different expert kernels. The BF16 TP8
   instance (192 of each expert's 1,536 columns per GPU) runs vLLM's Triton fused-MoE kernel, which now has a
@@ -234,16 +244,25 @@ and -18% (12 of 20 within 30%).
   brings all chips in: at 150 tokens H100 and H200 go 28-50% too fast while the AMD and Blackwell points range
   from +1% to -59%. The figure needed first is the subset's mean tokenized prompt length (tok_input_length in
   open_orca_gpt4_tokenized_llama.sampled_24576.pkl).
-- **MI300X and MI325X at high load: the cdna3 GEMMs run far below peak.** At MI300X's memory-limited 1,181
-  sequences per GPU (v5.1 Offline) the model's decode step is 317 ms, 239 ms of it the FP8 FFN: about 21% of the
-  dense FP8 peak, where the H200's at 760 sequences runs at about 62% of its peak. At Interactive load (35
-  sequences) the FP8 FFN takes 26 ms where its 56 GB of weights stream in 11 ms. The cdna3 GEMM tables were
-  measured on 405B's TP8 shapes at M 1-32 (hipBLASLt) and on DeepSeek's block-scaled shapes (AITER); a
-  measured FP8 GEMM time at 70B's TP1 shapes (N 8,192 to 57,344, K 8,192 to 28,672) over M from 32 to 16K on
-  MI300X/MI325X is what these points need. AMD's own gain between rounds is visible and not modelled: the same
-  8 MI300X went from 23,515 (v4.1, vLLM 0.4.3) to 27,804 tokens/s (v5.1), -24% to -35% in the model. MI325X
-  misses by more (-45% to -57%) because the model gives its 256 GiB 1,811 sequences at the same low GEMM
-  efficiency.
+- **MI300X and MI325X: per-channel FP8 GEMMs, now measured at 70B's shapes.** As first predicted, the cdna3
+  FP8 tables were hipBLASLt's on 405B's TP8 shapes at M 1-32 and AITER's block-scaled kernel on DeepSeek's
+  shapes, so at MI300X's 1,181 sequences per GPU (v5.1 Offline) the FP8 FFN ran at the block-scaled kernel's
+  21% of peak and the AMD points landed at -22% to -57%. AITER PR #1092 tuned its rowwise FP8 GEMM
+  (per-token activation and per-channel weight scales, the format of Llama's FP8 checkpoints) on MI300X for
+  Llama 70B and 405B at TP1 to TP8 and published each tuned shape's kernel time at M 1-16,384 (288 shapes
+  and M; the 240 whose roofline time exceeds the per-call floor form the table, the rest are floor-bound). A
+  GEMM now takes the tables of its weights' format where the tables state one (`weight` in kernels.toml:
+  `fp8` for the rowwise and hipBLASLt tables, `fp8_block` for the block-scaled one; tables of other
+  architectures state none and are unchanged). At M 1,024 the rowwise kernel reaches 32% of FP8 peak in the
+  median shape (38% at 70B's gate_up), 39% from M 8,192. v4.1's MI300X points land at +1% to +17%, v5.1's
+  Offline and Server at -10% and -3%, MI325X at -18% to -25%. The MI325X has the MI300X's compute (304 CUs,
+  2,615 TFLOPS dense FP8) and 13% more bandwidth, so at these compute-bound loads the model puts it within 4%
+  of MI300X where AMD's v5.1 results have it 24% ahead (Offline 34,520 against 27,804 tokens/s); an FP8 GEMM
+  time measured on an MI325X (whose 1,000 W board may hold higher clocks under load than the MI300X's 750 W)
+  is what these points need, and none was found. v5.1 Interactive differs by harness more than by chip:
+  MI300X's run (max_num_seqs 600, no chunked prefill) makes 1,105 tokens/s per GPU where MI325X's (3,840,
+  chunked prefill) makes 2,301; the model, which has no term for those settings, gives 1,569 and 1,884 (+42%
+  and -18%).
 - **Blackwell FP4 (B200, GB200): -28% to -36% at high load, -18% and -25% Interactive (were -79% and -81%).**
   The Interactive load the model allowed within a 40 ms TPOT was 57 sequences per B200, whose FFN took 25.6 ms
   where all of 70B's FP4 weights stream in about 4.4 ms: the small-shape CUTLASS rows read as streaming rates.
@@ -256,8 +275,8 @@ and -18% (12 of 20 within 30%).
 - **Server.** On H100, B200 and GB200 the 200 ms TPOT bound does not bind in the model (memory sets the load;
   on H200 it binds at 740 of 760 sequences), so Server comes out as Offline, where the runs reach 88-98% of
   their Offline rate (H100 Server +12% against Offline -2%): a Poisson stream's p99 tail, which the model's
-  means do not see. On MI300X and MI325X the model's slow step makes the bound bind at about 380 sequences per
-  GPU, which adds to those misses.
+  means do not see. On MI300X and MI325X the bound binds at about 600 sequences per GPU (v5.1 Server: MI300X
+  -3%, MI325X -25%; v4.1's MI300X Server +12% on 8 GPUs, +17% on one).
 - Not entered: llama3.1-405b (B200 Offline runs TP2 x PP2, and the planner has no pipeline parallelism; its
   dataset's mean prompt length is not published either), llama3.1-8b (CNN/DailyMail, mean prompt length not
   published), mixtral-8x7b (no preset), and the 8-node GB200/GB300 NVL72 results (not single-node).

@@ -208,7 +208,7 @@ def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw:
     explicit = bool(eff.explicit & {"gemm", "memory", "memory_by_tokens"})
     e = None if explicit or not moe_shard else km.fused_moe_efficiency(d.chip, dtype, m, moe_shard, d.exclude)
     if e is None and not explicit:
-        e = km.gemm_efficiency(d.chip, dtype, m, grouped, d.exclude)
+        e = km.gemm_efficiency(d.chip, dtype, m, grouped, d.exclude, weight_dtype)
     if e is None:
         return _roofline(flops, nbytes, peak, bw, eff.gemm, eff.weight_memory(m))
     split = km.gemm_split(d.chip, dtype, m, d.exclude) if sum(calls) > 0 and not grouped else None
@@ -411,6 +411,15 @@ def _afd_straggler(d: Deployment) -> float:
     return km.fixed("afd_straggler_wait", (f"{d.chip.arch}/afd",), d.exclude) or 0.0
 
 
+def _timed_all_reduce(d: Deployment, group: int, nbytes: float) -> float | None:
+    """Seconds of one all-reduce of `nbytes` per chip inside a scale-up domain, where the architecture's
+    all-reduce kernel was timed at that message size (kernels.toml [[collective]]); None elsewhere (across
+    domains, beyond the measured sizes, or nothing measured), where bytes over the link are charged."""
+    if group <= 1 or group > _scale_up_domain(d) or not d.chip.arch:
+        return None
+    return km.all_reduce_time((f"{d.chip.arch}/scale-up",), group, nbytes, d.exclude, d.graphs)
+
+
 def _all_reduce(d: Deployment, group: int, nbytes: float) -> float:
     if group <= 1:
         return 0.0
@@ -563,8 +572,12 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         comm_fixed, comm, measured_calls = measured_comm.expert_parallel_seconds(
             calls, d.collectives, moe.layers if moe else 0, math.ceil(routed / ep))
     elif d.strategy == "tp":
-        comm = 2 * L * _all_reduce(d, tp, inst_tokens * act)
         comm_fixed = 2 * L * _collective_latency(d, tp)
+        timed = _timed_all_reduce(d, tp, inst_tokens * act)
+        if timed is None:
+            comm = 2 * L * _all_reduce(d, tp, inst_tokens * act)
+        else:  # the architecture's all-reduce kernel as timed at this size, beyond its small-message latency
+            comm = 2 * L * max(0.0, timed - _collective_latency(d, tp))
     elif d.strategy == "ep" and moe:
         per_token = moe.top_k * H * (1 + ACT_BYTES)
         measured = km.ep_low_latency(chip.arch, ep, tokens, H, moe.top_k, d.exclude) if decode else None

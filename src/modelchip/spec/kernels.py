@@ -38,6 +38,9 @@ class GemmTable(Sourced):
     # one kernel at decode M over many weight sizes: it measures how a call's streaming rate grows with its
     # weights (kernel_model.gemm_split), not an efficiency per M
     weight_sweep: bool = False
+    # the weight format the kernel was measured on ("fp8": per-tensor or per-channel scales; "fp8_block": 128 x 128
+    # block scales), where the source states it; "" where the table stands for every format of `dtype`
+    weight: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,19 @@ class FusedMoeTable(Sourced):
 
 
 @dataclass(frozen=True)
+class CollectiveTable(Sourced):
+    """A collective kernel's measured time by message size: rows of (bytes per rank, microseconds) among `ranks`
+    ranks, for the link classes in `applies` (an architecture's scale-up link, "cdna3/scale-up")."""
+
+    id: str
+    op: str  # "all_reduce"
+    applies: tuple[str, ...]
+    ranks: int
+    rows: tuple[tuple[float, float], ...]
+    graphs: bool | None = None  # timed with the calls captured in a graph (True), launched one by one (False), either
+
+
+@dataclass(frozen=True)
 class KernelCatalog:
     gemm: tuple[GemmTable, ...]
     attention: tuple[AttentionFigure, ...]
@@ -117,6 +133,7 @@ class KernelCatalog:
     fixed: tuple[Fixed, ...]
     attention_layer: tuple[AttentionLayerTable, ...] = ()
     fused_moe: tuple[FusedMoeTable, ...] = ()
+    collective: tuple[CollectiveTable, ...] = ()
 
 
 
@@ -146,6 +163,7 @@ def parse(data: dict) -> KernelCatalog:
         gemm.append(GemmTable(id=raw["id"], arch=_arch(raw), dtype=dtypes.canonical(raw["dtype"]),
                               grouped=bool(raw.get("grouped", False)), measured_on=raw["measured_on"],
                               rows=rows, weight_sweep=bool(raw.get("weight_sweep", False)),
+                              weight=dtypes.canonical(raw["weight"]) if raw.get("weight") else "",
                               **_sourced(raw, where)))
     for i, raw in enumerate(data.get("attention", [])):
         where = f"kernels.toml attention[{i}] {raw.get('id', '')}"
@@ -188,8 +206,21 @@ def parse(data: dict) -> KernelCatalog:
                                           strategy=raw["strategy"],
                                           weight_dtype=tuple(sorted(raw.get("weight_dtype", {}).items())),
                                           rows=rows, **_sourced(raw, where)))
+    collectives = []
+    for i, raw in enumerate(data.get("collective", [])):
+        where = f"kernels.toml collective[{i}] {raw.get('id', '')}"
+        rows = tuple(sorted(tuple(float(x) for x in r) for r in raw.get("rows", [])))
+        if len(rows) < 2 or any(len(r) != 2 or min(r) <= 0 for r in rows) or int(raw.get("ranks", 0)) < 2:
+            raise ModelchipError(f"{where}: needs ranks >= 2 and at least two positive rows [bytes, us]")
+        if raw.get("op") != "all_reduce":
+            raise ModelchipError(f"{where}: op must be 'all_reduce' (the only collective the model looks up by size)")
+        graphs = raw.get("graphs")
+        collectives.append(CollectiveTable(id=raw["id"], op=raw["op"], applies=_arch({"arch": raw["applies"]}),
+                                           ranks=int(raw["ranks"]), rows=rows,
+                                           graphs=None if graphs is None else bool(graphs), **_sourced(raw, where)))
     return KernelCatalog(tuple(gemm), tuple(attention), tuple(ep), tuple(fixed), tuple(layers),
-                         tuple(_fused_moe(raw, i) for i, raw in enumerate(data.get("fused_moe", []))))
+                         fused_moe=tuple(_fused_moe(raw, i) for i, raw in enumerate(data.get("fused_moe", []))),
+                         collective=tuple(collectives))
 
 
 def _fused_moe(raw: dict, i: int) -> FusedMoeTable:
