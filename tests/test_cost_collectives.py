@@ -343,8 +343,12 @@ def test_afd_step_from_profile_follows_the_runtime_schedule(tmp_path):
     fast = dict(FITS, send_recv=LinkFit(1e-7, 1e12))
     p2 = _on_profile(tmp_path, replace(base, microbatches=2), fits=fast)
     attention, head, ffn = _afd_parts(p2, cost, base)
-    a = attention / 2 / 2 + 11 * 5e-6 + 2 * 2e-6
-    f = ffn / 2 / 2 + 3 * 5e-6
+    # each micro-batch computes what a step of half the batch computes on each side (its weights read again)
+    attention_half, _, ffn_half = _afd_parts(_on_profile(tmp_path, replace(base, batch=2, microbatches=1),
+                                                         fits=fast), cost, base)
+    assert attention_half > attention / 2 and ffn_half > ffn / 2  # this tiny step is bound by its weights
+    a = attention_half / 2 + 11 * 5e-6 + 2 * 2e-6
+    f = ffn_half / 2 + 3 * 5e-6
     wire = fast["send_recv"].seconds(2 * 48 * 4)
     assert a >= wire + f + wire  # the regime the closed form below holds in
     once = bc.seconds(bc_bytes) + head + once_host

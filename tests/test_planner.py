@@ -18,6 +18,7 @@ from modelchip.cost.systems import system_for
 from modelchip.errors import ModelchipError
 from modelchip.spec import load_model
 from modelchip.spec.chips import get_chip
+from modelchip.spec.kernels import kernel_catalog
 
 PREC = Precision(weight="fp8", kv="bf16")
 
@@ -63,8 +64,35 @@ def test_afd_pipeline_costs_the_slowest_stage():
     attn = b["attention_proj"] + b["attention_core"] + b["lm_head"] + b["norms"] + b["sampling"]
     ffn = b["dense_ffn"] + b["moe"] + b["router"] + b["act_fn"]
     assert p.tpot_ms >= max(attn, ffn, b["communication"])
-    assert p.tpot_ms < attn + ffn + b["communication"]
+    # the micro-batches overlap the sides: less than all of the work one after another (each micro-batch's
+    # second read of its side's weights included)
+    assert p.tpot_ms < attn + ffn + b["communication"] + b["afd_micro_batch_rereads"]
     assert set(p.memory_gb) >= {"attention_chip", "ffn_chip"}
+
+
+def test_afd_micro_batches_each_stream_their_weights():
+    # Llama-3.1-70B decode on 1 attention + 1 FFN H100 at 2 sequences: every FFN matmul is bound by streaming its
+    # weights, so 2 micro-batches of 1 sequence read the FFN weights twice; the step's FFN side is then twice
+    # the FFN time of one sequence, and the extra shows as afd_micro_batch_rereads (leave the kernel tables out
+    # so the FFN is one roofline: bytes / (bandwidth x the scalar weight-streaming efficiency))
+    cost = model_cost(load_model("llama-3.1-70b"), PREC)
+    cat = kernel_catalog()
+    every = frozenset(t.source_id for group in (cat.gemm, cat.attention, cat.fixed, cat.attention_layer,
+                                                cat.fused_moe, cat.collective) for t in group)
+    kw = dict(chips=2, strategy="afd", attn_chips=1, ffn_chips=1, context=1024, exclude=every)
+    one = evaluate(cost, _d("h100", batch=2, microbatches=1, **kw))
+    two = evaluate(cost, _d("h100", batch=2, microbatches=2, **kw))
+    single = evaluate(cost, _d("h100", batch=1, microbatches=1, **kw))
+    ffn_bytes = cost.dense_params * 1.0  # FP8 weights, one byte each
+    h100, eff = get_chip("h100"), one.breakdown_ms
+    streaming = ffn_bytes / (h100.bandwidth * Deployment(chip=h100, chips=1, strategy="tp", batch=1,
+                                                          context=1).efficiency.weight_memory(1)) * 1e3
+    assert eff["dense_ffn"] == pytest.approx(streaming, rel=1e-9)  # memory-bound: the same at 1 and 2 rows
+    assert single.breakdown_ms["dense_ffn"] == pytest.approx(streaming, rel=1e-9)
+    assert one.breakdown_ms["afd_micro_batch_rereads"] == 0
+    # two micro-batches: the FFN weights streamed once more, and the attention side's own weights once more
+    rereads = two.breakdown_ms["afd_micro_batch_rereads"]
+    assert rereads >= streaming and two.tpot_ms > one.tpot_ms
 
 
 def test_mtp_helps_where_a_step_is_bound_by_memory_not_by_token_count():

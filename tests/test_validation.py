@@ -24,9 +24,11 @@ def test_validation_error_bounds():
     # to 21.6% and 21.8%, 81 and 80 of 121 within 30%. Then three measured kernel tables took them to 17.7% and
     # 18.1%, 90 and 89 within 30%: the Triton fused-MoE layer in BF16 on Hopper (vLLM PR #44818) for
     # tensor-parallel-split experts, the Blackwell NVFP4 weight-size sweep (helion PR #3079), and MI300X's
-    # per-channel FP8 GEMMs at AITER's rowwise efficiency with its TP8 all-reduce at RCCL's measured time
-    assert ins["median_abs_error"] <= 0.178 and ins["within_30"] >= 90
-    assert loso["median_abs_error"] <= 0.182 and loso["within_30"] >= 89
+    # per-channel FP8 GEMMs at AITER's rowwise efficiency with its TP8 all-reduce at RCCL's measured time. Costing
+    # each AFD micro-batch as a step of its own (its side's weights read again) took them to 16.0% and 17.0%, 93
+    # and 92 within 30%
+    assert ins["median_abs_error"] <= 0.160 and ins["within_30"] >= 93
+    assert loso["median_abs_error"] <= 0.171 and loso["within_30"] >= 92
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 

@@ -50,17 +50,20 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   not grow with tokens, some 180-230 us per layer. Being the validated source's own end-to-end layer time, it
   is not entered as a constant. One accounting choice makes the model slower here, not faster: the CANN EP
   tables are per die, and the model reads them at a whole 910C's tokens (two dies' worth).
-- **Step-3 AFD on Hopper (+37% to +73% in-sample, +44% to +85% out of sample).** The paper does not name the
-  GPU (H800 assumed). Its measured TPOT is 47.5 ms (6,144 sequences at 4,039 tokens/s per GPU over 32 GPUs);
-  the model gives about 30 ms. The attention stage is not the gap at BF16: the paper's own Table 9 (in the
-  catalog) measures MFA layers close to their roofline, and the BF16-attention 3A2F point (which fits now that
-  the H800 holds its reported 85.5 GB) misses by less (+37%) than the FP8-attention ones, where the model halves
-  the KV reads and keeps the BF16 kernel's efficiency. StepMesh's documentation (github.com/stepfun-ai/StepMesh)
-  measures the straggler cost of the synchronous attention-FFN exchange: mean TPOT about 2 ms above the minimum
-  after its mitigations; each catalog AFD decode step on Hopper now waits that (`afd_straggler_wait`), 2 ms of
-  the 17 ms gap. It is StepFun's measurement of its own system, so the Step-3 points lose it out of sample.
-  StepMesh budgets 273 us per layer for the A2F and F2A transfers and quotes 37 us and 18 us for the 2A2F
-  tensors (896 KB and 1.75 MB) without saying they were measured; neither a measured per-layer network
+- **Step-3 AFD on Hopper (-2% to +4% in-sample, +2% to +9% out of sample; were +37% to +73% and +44% to
+  +85%).** The paper does not name the GPU (H800 assumed). Its measured TPOT is 47.5 ms (6,144 sequences at
+  4,039 tokens/s per GPU over 32 GPUs); the model gave about 30 ms while it costed each micro-batch at 1/m of
+  the step. A micro-batch streams its side's weights as the whole batch does, so at decode sizes, where the
+  FFN GPUs' expert GEMMs are bound by reading their weights, m micro-batches read them m times: each side of
+  an AFD step is now costed as m steps of 1/m of the batch (the LM head and sampling once), and the extra is
+  shown as `afd_micro_batch_rereads`. No constant enters with it. modelchip's own AFD runs show the mechanism:
+  1 attention + 1 FFN rank at batch 16 took 62.1 ms a step with one micro-batch and 65.2 ms with two
+  (BENCHMARKS.md), where costing micro-batches at 1/m predicted two to be 32% faster. StepMesh's documentation
+  (github.com/stepfun-ai/StepMesh) measures the straggler cost of the synchronous attention-FFN exchange: mean
+  TPOT about 2 ms above the minimum after its mitigations; each catalog AFD decode step on Hopper waits that
+  (`afd_straggler_wait`). It is StepFun's measurement of its own system, so the Step-3 points lose it out of
+  sample. StepMesh budgets 273 us per layer for the A2F and F2A transfers and quotes 37 us and 18 us for the
+  2A2F tensors (896 KB and 1.75 MB) without saying they were measured; neither a measured per-layer network
   latency nor a measured FP8 MFA kernel is published, so the model charges bytes only.
 - **Blackwell FP4 dense GEMMs (Llama 70B FP4 on B200/GB200 -9% to -36%).** The FP4 per-M benchmarks at decode
   sizes are vLLM's CUTLASS runs on one 6144 x 4096 weight (12.6 MB), 13.4-14.6 us from M = 1 to 256: a call that

@@ -181,9 +181,12 @@ class Prediction:
     breakdown_ms: dict
     usd_per_mtok: float | None
     bound: str = ""
+    # (attention side, FFN side, LM head and sampling) seconds of the step, for an AFD step to cost its
+    # micro-batches from (evaluate); not part of the result a user reads
+    sides: tuple = field(default=(), repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "sides"}
 
 
 def _roofline(flops: float, nbytes: float, peak: float, bw: float, eff_c: float, eff_m: float) -> float:
@@ -429,6 +432,15 @@ def _all_reduce(d: Deployment, group: int, nbytes: float) -> float:
 def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     """Time one step of the deployment, check memory, and derive throughput and price."""
     d.check(cost)
+    return _evaluate(cost, d)
+
+
+def _sides(cost: ModelCost, d: Deployment) -> tuple:
+    """(attention side, FFN side, LM head and sampling) seconds of a step of `d` (already checked)."""
+    return _evaluate(cost, d, sides_only=True).sides
+
+
+def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Prediction:
     chip, eff, prec = d.chip, d.efficiency, d.precision
     peak = chip.peak(prec.compute_dtype(chip))
     # the attention core runs in the cache's format: 8-bit math only where the KV is 8-bit and the chip has it
@@ -622,6 +634,25 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     # (measured on the profiled process group, cost/collectives.SyncWait)
     sync_wait = d.collectives.wait_seconds(measured_calls, attn_side + ffn_side) if measured_calls else 0.0
     comm_total = comm + comm_fixed + sync_wait
+    sides = (attn_side, ffn_side, lm_head + sampling)
+    if sides_only:
+        return Prediction(True, "", None, None, b, None, 0.0, {}, {}, None, "", sides)
+    # AFD's micro-batches each stream their side's weights: a micro-batch of 1/m of the batch takes what a step
+    # of 1/m of the batch takes on each side, not 1/m of the step (at decode sizes, nearly all of it). Measured
+    # here: 1 attention + 1 FFN rank at batch 16 took 62.1 ms a step with 1 micro-batch and 65.2 ms with 2
+    # (BENCHMARKS.md); the LM head and sampling still run once, on the whole batch
+    rereads = 0.0
+    m_afd = max(1, min(d.microbatches, round(tp * b))) if d.strategy == "afd" else 1
+    if m_afd > 1:
+        from dataclasses import replace
+
+        part = _sides(cost, replace(d, batch=b / m_afd, microbatches=1))
+        if part:
+            head = lm_head + sampling
+            split_attn = m_afd * (part[0] - part[2]) + head
+            split_ffn = m_afd * part[1]
+            rereads = max(0.0, split_attn - attn_side) + max(0.0, split_ffn - ffn_side)
+            attn_side, ffn_side = max(attn_side, split_attn), max(ffn_side, split_ffn)
     afd_host = None
     if d.strategy == "afd" and d.collectives is not None:
         step, comm, afd_host = _afd_pipeline(cost, d, attn_side, ffn_side, lm_head + sampling, tp * b, inst_tokens,
@@ -695,14 +726,14 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
                  "kernel_floor": floor,
                  "gemm_call_floor": floor_attn + floor_ffn,
                  "small_kernel_floor": floor_small, "host_dispatch_wait": dispatch_wait,
-                 "afd_straggler_wait": straggler, "weight_offload": offload}
+                 "afd_straggler_wait": straggler, "afd_micro_batch_rereads": rereads, "weight_offload": offload}
     breakdown = {k: v * 1e3 for k, v in breakdown.items()}
     if used > cap:
         policy = (f"KV cache limited to {kv_fraction:.0%} of the memory the weights leave" if kv_fraction else
                   f"{chip.memory_capacity.value / 1e9:.0f} GB less {eff.memory_reserved:.0%} reserved")
         return Prediction(False, f"out of memory: needs {used / 1e9:.1f} GB per chip, {cap / 1e9:.1f} GB usable "
                           f"({policy})",
-                          None, None, b, None, used / 1e9, mem, breakdown, None, "memory")
+                          None, None, b, None, used / 1e9, mem, breakdown, None, "memory", sides)
     sequences = b * (attn_chips if d.strategy == "afd" else d.chips)  # sequences in flight on the deployment
     if decode:
         tokens_per_s = sequences * d.tokens_per_step / step / d.chips
@@ -712,7 +743,7 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
         tpot, ttft = None, step * 1e3
     price = chip.usd_per_hour
     usd = price / 3600 / tokens_per_s * 1e6 if price else None
-    return Prediction(True, "", tpot, ttft, b, tokens_per_s, used / 1e9, mem, breakdown, usd, bound)
+    return Prediction(True, "", tpot, ttft, b, tokens_per_s, used / 1e9, mem, breakdown, usd, bound, sides)
 
 
 def _afd_pipeline(cost: ModelCost, d: Deployment, attn_side: float, ffn_side: float, head: float,

@@ -7,6 +7,8 @@ and `int8` stay one byte (their per-channel or per-block scales are under 0.1% o
 
 from __future__ import annotations
 
+from functools import cache
+
 from modelchip.errors import unknown
 
 BYTES = {
@@ -46,6 +48,7 @@ _ALIASES = {
 }
 
 
+@cache  # the planner asks for the same few names hundreds of thousands of times
 def canonical(name: str) -> str:
     """Canonical dtype name for user input such as 'bfloat16' or 'FP8'."""
     key = name.strip().lower()
