@@ -112,6 +112,9 @@ class MeasuredCollectives:
     # (tokens each rank dispatched, seconds) of one MoE layer's expert-parallel dispatch and combine as the
     # runtime runs them (calibrate's ep_exchange); empty: not measured, the four all-to-alls' fits are summed
     ep_exchange: tuple[tuple[float, float], ...] = ()
+    # the same measured for other collectives that close a compute segment, by name (an all-to-all waits
+    # differently from an all-reduce); a kind not measured takes `sync_wait`
+    sync_waits: tuple[tuple[str, SyncWait], ...] = ()
 
     def exchange_seconds(self, tokens: float) -> float:
         """One MoE layer's measured dispatch and combine with `tokens` tokens per rank: linear between the
@@ -124,10 +127,6 @@ class MeasuredCollectives:
                 return s0 + (s1 - s0) * (tokens - t0) / (t1 - t0)
         (t0, s0), (t1, s1) = pts[-2], pts[-1]
         return s1 + max(0.0, (s1 - s0) / (t1 - t0)) * (tokens - t1)
-
-    # the same measured for other collectives that close a compute segment, by name (an all-to-all waits
-    # differently from an all-reduce); a kind not measured takes `sync_wait`
-    sync_waits: tuple[tuple[str, SyncWait], ...] = ()
 
     def wait_seconds(self, calls: list[CollectiveCall], compute_s: float) -> float:
         """The step's waiting at its sync points (every call listed is one) with `compute_s` of compute spread

@@ -29,7 +29,7 @@ A deployment that does not fit in memory is reported infeasible with the numbers
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from modelchip.cost import attention_layers, streaming
 from modelchip.cost import collectives as measured_comm
@@ -214,11 +214,11 @@ def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw:
         e = km.gemm_efficiency(d.chip, dtype, m, grouped, d.exclude, weight_dtype)
     if e is None:
         return _roofline(flops, nbytes, peak, bw, eff.gemm, eff.weight_memory(m))
-    split = km.gemm_split(d.chip, dtype, m, d.exclude) if sum(calls) > 0 and not grouped else None
+    total = sum(calls)
+    split = km.gemm_split(d.chip, dtype, m, d.exclude) if total > 0 and not grouped else None
     if split is None:
         return max(flops / peak, nbytes / bw) / e
     e_c, sweep = split
-    total = sum(calls)
     return sum(max(flops * w / total / (peak * e_c), nbytes * w / total / (bw * km.stream_efficiency(sweep, w)))
                for w in calls)
 
@@ -405,6 +405,11 @@ def _cold_ops(cost: ModelCost, d: Deployment, tp: int, dense_tp: int, wb: float,
     return per_call * max(cost.small_op_calls - L, 0), per_call * ffn_calls
 
 
+def _micro_batch_count(d: Deployment, sequences: float) -> int:
+    """Micro-batches an AFD step of `sequences` sequences is split into: a step of fewer sequences gets fewer."""
+    return max(1, min(d.microbatches, round(sequences)))
+
+
 def _afd_straggler(d: Deployment) -> float:
     """Seconds a catalog AFD decode step waits, on average, for the slowest rank of its synchronous attention-FFN
     exchange (jitter of polling, event and launch calls on any node delays every rank), where a deployment of
@@ -532,7 +537,7 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
     # the experts their own tokens touch
     expert_host = 0.0
     if moe and d.overhead_per_expert_s:
-        m = max(1, min(d.microbatches, round(tp * b))) if d.strategy == "afd" else 1
+        m = _micro_batch_count(d, tp * b) if d.strategy == "afd" else 1
         expert_host = (d.overhead_per_expert_s * moe.layers * m
                        * _activated(moe.experts, moe.top_k, group_tokens / m) / max(ep, 1))
 
@@ -642,10 +647,8 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
     # here: 1 attention + 1 FFN rank at batch 16 took 62.1 ms a step with 1 micro-batch and 65.2 ms with 2
     # (BENCHMARKS.md); the LM head and sampling still run once, on the whole batch
     rereads = 0.0
-    m_afd = max(1, min(d.microbatches, round(tp * b))) if d.strategy == "afd" else 1
+    m_afd = _micro_batch_count(d, tp * b) if d.strategy == "afd" else 1
     if m_afd > 1:
-        from dataclasses import replace
-
         part = _sides(cost, replace(d, batch=b / m_afd, microbatches=1))
         if part:
             head = lm_head + sampling
@@ -758,7 +761,7 @@ def _afd_pipeline(cost: ModelCost, d: Deployment, attn_side: float, ffn_side: fl
     Each side's work per layer and micro-batch is its share of the step's compute, its op calls' host cost
     (every op runs once per micro-batch) and its collectives; messages cost the measured send/recv fit."""
     L, H, fit = cost.layers, cost.hidden, d.collectives
-    m = max(1, min(d.microbatches, round(sequences)))  # a step of fewer sequences gets fewer micro-batches
+    m = _micro_batch_count(d, sequences)
     calls = measured_comm.afd_step(L, H, cost.vocab, d.attn_chips, d.ffn_chips, m, tokens, logit_rows, act_bytes,
                                    d.context, bool(cost.moe and cost.moe.shared_params),
                                    cost.moe.layers if cost.moe else 0)
@@ -815,8 +818,6 @@ def max_batch_by_memory(cost: ModelCost, d: Deployment) -> int:
 
 
 def _with_batch(d: Deployment, batch: int) -> Deployment:
-    from dataclasses import replace
-
     return replace(d, batch=batch)
 
 

@@ -31,26 +31,30 @@ def log_interp(points: list[tuple[float, float]], x: float) -> float:
     return points[-1][1]
 
 
-def _curve(tables: tuple[GemmTable, ...]) -> list[tuple[float, float]]:
-    key = tuple(t.id for t in tables)
+def _curve(tables: tuple[GemmTable, ...], flop_bound: bool = False) -> list[tuple[float, float]]:
+    key = (tuple(t.id for t in tables), flop_bound)
     if key not in _CURVES:  # keyed by ids: hashing the rows on every lookup would dominate a plan
-        _CURVES[key] = _measure_curve(tables)
+        _CURVES[key] = _measure_curve(tables, flop_bound)
     return _CURVES[key]
 
 
-_CURVES: dict[tuple[str, ...], list[tuple[float, float]]] = {}
+_CURVES: dict[tuple[tuple[str, ...], bool], list[tuple[float, float]]] = {}
 
 
-def _measure_curve(tables: tuple[GemmTable, ...]) -> list[tuple[float, float]]:
+def _measure_curve(tables: tuple[GemmTable, ...], flop_bound: bool = False) -> list[tuple[float, float]]:
     """(M, roofline efficiency) per measured M: for each row the achieved fraction of its measuring chip's
     peak or bandwidth, whichever bounds the shape (a roofline-bound kernel reaches one of them), the median over
-    every shape measured at that M in the architecture's benchmarks."""
+    every shape measured at that M in the architecture's benchmarks. `flop_bound`: only the rows bound by their
+    FLOPs (fraction of peak above fraction of bandwidth), as fractions of peak."""
     by_m: dict[float, list[float]] = {}
     for table in tables:
         ref = get_chip(table.measured_on)
         peak, bw = ref.peak(table.dtype), ref.bandwidth
         for m, _n, _k, tflops, gbps in table.rows:
-            by_m.setdefault(m, []).append(min(1.0, max(tflops * 1e12 / peak, gbps * 1e9 / bw)))
+            compute, memory = tflops * 1e12 / peak, gbps * 1e9 / bw
+            if flop_bound and compute <= memory:
+                continue
+            by_m.setdefault(m, []).append(min(1.0, compute if flop_bound else max(compute, memory)))
     return [(m, statistics.median(v)) for m, v in sorted(by_m.items())]
 
 
@@ -132,7 +136,7 @@ def gemm_split(chip: Chip, dtype: str, m: float,
     tables = gemm_tables(chip, dtype, False, exclude)
     if not (sweep and tables):
         return None
-    compute = _compute_curve(tables) or _curve(tables)
+    compute = _curve(tables, flop_bound=True) or _curve(tables)
     return log_interp(compute, max(m, 1.0)), sweep
 
 
@@ -152,25 +156,6 @@ def _sweep_curve(arch: str, dtype: str, exclude: frozenset[str]) -> list[tuple[f
             for _m, n, k, _tflops, gbps in t.rows:
                 by_size.setdefault(n * k, []).append(min(1.0, gbps * 1e9 / bw))
     return [(w, statistics.median(v)) for w, v in sorted(by_size.items())]
-
-
-_COMPUTE: dict[tuple[str, ...], list[tuple[float, float]]] = {}
-
-
-def _compute_curve(tables: tuple[GemmTable, ...]) -> list[tuple[float, float]]:
-    """(M, fraction of peak) per measured M over the rows bound by their FLOPs (fraction of peak above fraction
-    of bandwidth), the median per M."""
-    key = tuple(t.id for t in tables)
-    if key not in _COMPUTE:
-        by_m: dict[float, list[float]] = {}
-        for table in tables:
-            ref = get_chip(table.measured_on)
-            peak, bw = ref.peak(table.dtype), ref.bandwidth
-            for m, _n, _k, tflops, gbps in table.rows:
-                if tflops * 1e12 / peak > gbps * 1e9 / bw:
-                    by_m.setdefault(m, []).append(min(1.0, tflops * 1e12 / peak))
-        _COMPUTE[key] = [(m, statistics.median(v)) for m, v in sorted(by_m.items())]
-    return _COMPUTE[key]
 
 
 def attention_efficiency(chip: Chip, phase: str,

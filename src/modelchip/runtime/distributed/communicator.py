@@ -213,9 +213,8 @@ class TorchCommunicator:
         disaggregation sends its activations this way where it can, since a broadcast's handle can be polled
         and gloo's point-to-point ones cannot (they always block)."""
         start = time.perf_counter()
-        self.ibroadcast(x, src).wait()
+        self._complete([self._dist.broadcast(x, src=self._peer(src), group=self.group, async_op=True)])
         self._timed(start)
-        self.calls -= 1  # ibroadcast counted it
         return x
 
     def ibroadcast(self, x: torch.Tensor, src: int) -> _Polled:
