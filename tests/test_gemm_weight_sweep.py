@@ -85,3 +85,25 @@ def test_prefill_calls_are_flop_bound_at_the_measured_compute_efficiency():
     e_c = km.gemm_split(c, "fp4", 1024)[0]
     assert p.breakdown_ms["dense_ffn"] == pytest.approx(2 * 1024 * cost.dense_params / (FP4_PEAK * e_c) * 1e3,
                                                         rel=1e-9)
+
+
+def test_a_flop_bound_benchmark_votes_above_its_largest_m():
+    b200 = get_chip("b200")
+    at = lambda m: km.gemm_split(b200, "fp4", m)[0] * FP4_PEAK / 1e12  # noqa: E731  TFLOPS
+    # M = 2,048: vLLM's own row (2613.1) and FlashInfer's M = 1,024 row held above it (3370.4); TorchAO's
+    # squares start at 4,096 and do not vote below
+    assert at(2048) == pytest.approx(statistics.median([2613.1, 3370.4]))
+    # M = 8,192: vLLM 3025.5, FlashInfer 3370.4 (held), TorchAO's 8192^3 row 5370
+    assert at(8192) == pytest.approx(statistics.median([3025.5, 3370.4, 5370.0]))
+    # M = 16,384: only vLLM measures there (3038.8); FlashInfer's 3370.4 and TorchAO's 5370 (its largest M) hold,
+    # where before only vLLM's row voted and the curve fell from 4,197 TFLOPS at 8,192 to 3,039
+    assert at(16384) == pytest.approx(statistics.median([3038.8, 3370.4, 5370.0]))
+    # beyond every measured M the last median holds
+    assert at(500000) == pytest.approx(at(16384))
+
+
+def test_leaving_a_benchmark_out_removes_its_held_votes():
+    b200 = get_chip("b200")
+    out = frozenset({"flashinfer-pr-1979"})
+    assert km.gemm_split(b200, "fp4", 16384, exclude=out)[0] * FP4_PEAK / 1e12 == pytest.approx(
+        statistics.median([3038.8, 5370.0]))

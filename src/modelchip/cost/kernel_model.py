@@ -45,17 +45,52 @@ def _measure_curve(tables: tuple[GemmTable, ...], flop_bound: bool = False) -> l
     """(M, roofline efficiency) per measured M: for each row the achieved fraction of its measuring chip's
     peak or bandwidth, whichever bounds the shape (a roofline-bound kernel reaches one of them), the median over
     every shape measured at that M in the architecture's benchmarks. `flop_bound`: only the rows bound by their
-    FLOPs (fraction of peak above fraction of bandwidth), as fractions of peak."""
+    FLOPs (fraction of peak above fraction of bandwidth), as fractions of peak; a benchmark's rows at its largest
+    M then also vote at every larger M of the others (see `_flop_bound_votes`)."""
+    per_table = _table_votes(tables, flop_bound)
     by_m: dict[float, list[float]] = {}
+    for votes in per_table:
+        for m, values in votes.items():
+            by_m.setdefault(m, []).extend(values)
+    if flop_bound:
+        by_m = _flop_bound_votes(per_table, sorted(by_m))
+    return [(m, statistics.median(v)) for m, v in sorted(by_m.items())]
+
+
+def _table_votes(tables: tuple[GemmTable, ...], flop_bound: bool) -> list[dict[float, list[float]]]:
+    """Per benchmark, its rows' efficiencies by M (see `_measure_curve`)."""
+    out = []
     for table in tables:
         ref = get_chip(table.measured_on)
         peak, bw = ref.peak(table.dtype), ref.bandwidth
+        votes: dict[float, list[float]] = {}
         for m, _n, _k, tflops, gbps in table.rows:
             compute, memory = tflops * 1e12 / peak, gbps * 1e9 / bw
             if flop_bound and compute <= memory:
                 continue
-            by_m.setdefault(m, []).append(min(1.0, compute if flop_bound else max(compute, memory)))
-    return [(m, statistics.median(v)) for m, v in sorted(by_m.items())]
+            votes.setdefault(m, []).append(min(1.0, compute if flop_bound else max(compute, memory)))
+        if votes:
+            out.append(votes)
+    return out
+
+
+def _flop_bound_votes(tables: list[dict[float, list[float]]], ms: list[float]) -> dict[float, list[float]]:
+    """The FLOP-bound rows voting at each M: a benchmark's own rows at that M, and above its largest measured M
+    its rows there. A shape's FLOP-bound fraction of peak does not fall as M grows (vLLM's NVFP4 6144 x 4096:
+    2,221, 2,613, 2,948, 3,025, 3,039 TFLOPS from M = 1,024 to 16,384), so a benchmark that stops at a smaller M
+    still says what its shape reaches; leaving it out made the median jump with whichever benchmarks happen to
+    measure at that M (NVFP4 on Blackwell: 47% of peak at M = 8,192 with TorchAO's 8192^3 row, 34% at 16,384
+    where only vLLM's small shape is measured). Below a benchmark's smallest M it does not vote: efficiency
+    falls with fewer rows."""
+    out: dict[float, list[float]] = {}
+    for m in ms:
+        for votes in tables:
+            top = max(votes)
+            if m in votes:
+                out.setdefault(m, []).extend(votes[m])
+            elif m > top:
+                out.setdefault(m, []).extend(votes[top])
+    return out
 
 
 def gemm_tables(chip: Chip, dtype: str, grouped: bool, exclude: frozenset[str] = NONE,
@@ -130,8 +165,9 @@ def gemm_split(chip: Chip, dtype: str, m: float,
     applies). A bandwidth-bound call takes the same time at any M (vLLM's NVFP4 runs: 13.4-14.6 us from M = 1
     to 256), so what sets it is its weight size, which the sweep measures: the curve is [(weight elements N x K,
     fraction of bandwidth)], see `stream_efficiency`. The compute side is the median fraction of peak of the
-    benchmarks' FLOP-bound rows at that M (log-interpolated, flat beyond the measured M), so a small shape's
-    bandwidth-bound rows do not stand in for a large call's compute; without such rows, the median curve."""
+    benchmarks' FLOP-bound rows at that M, each benchmark's largest-M rows voting above it (log-interpolated,
+    flat beyond the measured M), so a small shape's bandwidth-bound rows do not stand in for a large call's
+    compute; without such rows, the median curve."""
     sweep = _sweep_curve(chip.arch, dtypes.canonical(dtype), exclude)
     tables = gemm_tables(chip, dtype, False, exclude)
     if not (sweep and tables):
