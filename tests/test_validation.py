@@ -26,9 +26,11 @@ def test_validation_error_bounds():
     # tensor-parallel-split experts, the Blackwell NVFP4 weight-size sweep (helion PR #3079), and MI300X's
     # per-channel FP8 GEMMs at AITER's rowwise efficiency with its TP8 all-reduce at RCCL's measured time. Costing
     # each AFD micro-batch as a step of its own (its side's weights read again) took them to 16.0% and 17.0%, 93
-    # and 92 within 30%
-    assert ins["median_abs_error"] <= 0.160 and ins["within_30"] >= 93
-    assert loso["median_abs_error"] <= 0.171 and loso["within_30"] >= 92
+    # and 92 within 30%. Raised once, for a correction of the points' setup rather than of the model: ROCm's
+    # dev-docker latency runs serve their prompts from vLLM V1's prefix cache (the warm-up's prompts, reused),
+    # which made its 2K-prompt points miss like their 128-token twins: 17.1% and 17.7%, 92 and 91 within 30%
+    assert ins["median_abs_error"] <= 0.171 and ins["within_30"] >= 92
+    assert loso["median_abs_error"] <= 0.177 and loso["within_30"] >= 91
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 
