@@ -98,6 +98,20 @@ def test_small_kernels_wait_on_the_measured_floor():
     assert big.breakdown_ms["small_kernel_floor"] == 0
 
 
+def test_attention_calls_above_the_floor_do_not_hide_the_small_ones():
+    # 128 sequences on TP8 at a 1,152-token context: 80 attention calls (one a layer) run above 2.7 us each,
+    # the 563 token-sized calls (norms, rotary, KV writes, activation, ...) still below it
+    cost, p = _eval("llama-3.1-70b", "mi300x", batch=16, context=1152)
+    b = p.breakdown_ms
+    per_call = km.fixed("small_kernel_floor", ("cdna3",)) * 1e3
+    assert cost.small_op_calls == 643 and cost.layers == 80
+    assert b["attention_core"] > 80 * per_call  # the attention group pays no floor
+    rest = b["norms"] + b["sampling"] + b["act_fn"]
+    assert b["small_kernel_floor"] == pytest.approx(563 * per_call - rest, rel=1e-9)
+    # one group would have let the attention's excess hide it: 643 x 2.7 us less all the work is about zero
+    assert max(0.0, 643 * per_call - rest - b["attention_core"]) < 0.1 < b["small_kernel_floor"]
+
+
 def test_host_bound_step_waits_for_dispatch():
     bf16 = Precision(weight="bf16", kv="bf16")
     kw = dict(chips=1, batch=4, context=400, precision=bf16)

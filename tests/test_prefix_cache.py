@@ -89,3 +89,28 @@ def test_predict_and_plan_take_cached_prefix(capsys, tmp_path):
                  "--out", str(tmp_path / "p.html")]) == 0
     assert json.loads(capsys.readouterr().out)["best"]["ttft_ms"] == pytest.approx(
         _prefill(4096, 3072, batch=1).ttft_ms)
+
+
+def test_serving_with_a_cached_prefix_spares_the_prefill_not_the_decode():
+    """A benchmark that replays the same prompts (vLLM's benchmark_latency with V1's default prefix cache)
+    prefills only the uncached tail, while every decode step still reads the whole prompt's KV cache: the
+    round is the tail's prefill plus output_len decode steps over the full context."""
+    from dataclasses import replace
+
+    from modelchip.cost import serving
+    chip = get_chip("h100")
+    cost = model_cost(load_model(MODEL), PREC)
+    base = Deployment(chip=chip, chips=1, strategy="tp", batch=1, context=1, precision=PREC, system=system_for(chip))
+    prompt, out, cached, conc = 2048, 256, 2032, 8
+    s = serving.serve(cost, replace(base, cached_prefix=cached), prompt, out, concurrency=conc)
+    cold = serving.serve(cost, base, prompt, out, concurrency=conc)
+    # the decode step is the same as without a cache: context prompt + out/2, nothing cached
+    dec = evaluate(cost, replace(base, phase="decode", batch=conc, context=prompt + out // 2))
+    assert s.decode.tpot_ms == pytest.approx(dec.tpot_ms, rel=1e-12)
+    assert s.decode.tpot_ms == pytest.approx(cold.decode.tpot_ms, rel=1e-12)
+    # the prefill computes 16 tokens per prompt over a 2048-token context
+    pre = evaluate(cost, replace(base, phase="prefill", batch=conc, prompt_len=prompt, cached_prefix=cached))
+    assert s.prefill.ttft_ms == pytest.approx(pre.ttft_ms, rel=1e-12)
+    assert s.prefill.ttft_ms < cold.prefill.ttft_ms / 10
+    # output tokens/s by hand: conc sequences x out tokens over (prefill + out decode steps)
+    assert s.output_tokens_per_s == pytest.approx(conc * out / ((pre.ttft_ms + out * dec.tpot_ms) / 1e3), rel=1e-12)

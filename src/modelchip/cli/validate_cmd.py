@@ -173,28 +173,57 @@ sample, 71 and 70 of 101 within 30%):
   only profile of it found is on a 310P). No chunked-prefill term is added without it. The 128-in / 4-out
   burst of 1,000 requests (+145%) is host work per request (tokenising, scheduling) for which no measurement
   was found. The 2K and 4K prompt runs land at +12% to +28%.
-- **MI300X at TP8: ROCm's docker 70B +14% and +15% at one sequence, +41% and +34% at 16, +69% and +29% at
-  128; 405B -11% to +23%; Oracle's 405B +21% to +35%.** Two per-call floors measured on MI300X kernels are
+- **MI300X at TP8: ROCm's docker 70B +14% and +16% at one sequence, +42% and +39% at 16, +58% and +54% at
+  128; 405B +4% to +23%; Oracle's 405B +21% to +35%.** Two per-call floors measured on MI300X kernels are
   charged per call: a matmul takes at least 10.7 us, the fastest tuned FP8 kernel for 70B's TP8 QKV shard
   (N 1,280, K 8,192) from M = 1 to 64 in AITER PR #1092, against 2.0 us of weight streaming
   (`gemm_call_floor`: 70B's QKV and O shards wait on it, 405B's four-times-larger shards do not), and a
   non-matmul kernel at least 2.7 us, a 16-row RMSNorm on gfx942 in AITER PR #3747 (`small_kernel_floor`: 643
-  such calls in a 70B step, 1.7 ms at batch 1). Both are AMD kernel benchmarks, not the ROCm docker's
-  end-to-end table, so leave-one-source-out keeps them. Since the FP8 GEMM tables were split by weight format
+  such calls in a 70B step, 1.7 ms at batch 1), charged on two groups: the 80 attention calls, which grow
+  with batch and context and pass the floor first, and the 563 token-sized ones (norms, rotary, KV writes,
+  activation), so that attention above the floor no longer hides them (70B at 128 sequences: 1.1 ms more a
+  step, +69% to +56% before the prefix-cache correction below; MLPerf v5.1's MI300X Interactive +42% to +35%,
+  MI325X's -18% to -21%). Both are AMD kernel benchmarks, not the ROCm docker's end-to-end table, so
+  leave-one-source-out keeps them. Since the FP8 GEMM tables were split by weight format
   (MLPerf, below), these steps run their per-channel FP8 matmuls at the rowwise and hipBLASLt kernels'
   efficiency, not the block-scaled kernel's: that made every TP8 point faster (70B at 128 sequences +114%,
   Oracle's 405B at 256 +50%). Their all-reduces now take RCCL's measured time on 8 MI300X (AMD's rccl-tests
   run in the ROCm blog on RCCL and xGMI: 35.0 us for 2 MiB with graph capture, where the link model gave
   17.4 us; 10.3 us for 256 KiB against 8.5 us), which brought them to the figures above. 405B's earlier small
   errors (-28% to +18%) owed something to the block-scaled efficiency; it is now too fast at TP8 as well.
-  What is left at 16 and 128 sequences (70B: 7.6 and 13.4 ms per step in the model, about 10.8 and 22.4 ms
-  measured) has no measured figure behind it: vLLM v0.10 runs its own custom all-reduce below 8 MiB, whose
-  TP8 timing on MI300 is posted only as a spreadsheet pasted into a vLLM PR #19094 comment, which we could not
-  read (its TP4 timing is in the catalog: 36.6 us for 2 MiB); no MI300X decode-attention kernel time with
-  one KV head per GPU and 16-128 sequences was found (ROCm/triton PR #718 times a Triton paged-decode kernel at
-  193-215 us per call for 1-128 sequences, at 48 query and 6 KV heads on an unnamed GPU: not used); and vLLM
-  V1's per-step host time (scheduler, input preparation, sampling; v0.10 does not overlap them with the GPU)
-  is not measured on this setup. Those three are the figures these points need.
+  The docker's timed runs reuse their warm-up's prompts from vLLM V1's prefix cache, and its points are now
+  predicted so (`cached_prefix`: all but the last 16-token block; the decode steps still read the whole
+  prompt's KV cache).
+  benchmark_latency builds its random prompts once and runs them in every warm-up and timed iteration, the
+  README names the v0.8.5 scripts, which predate vLLM PR #18639 (May 2025, turning the prefix cache off in that
+  script because 'V1 enables prefix caching by default which skews the latency numbers'), and the table itself
+  shows it: 405B at 128 sequences took 8.4 s longer with 2,048-token prompts than with 128-token ones, where
+  prefilling the 245,760 extra prompt tokens needs 2 x 405B x 245,760 = 2.0e17 FLOPs, 9.5 s at eight MI300Xs'
+  full FP8 peak; at one sequence the 2,048-token runs were no slower (48.36 against 48.45 s). This is a
+  correction of the points' setup, not a new constant: it took the 2,048-token points from +15%, +30%, +22%
+  (70B) and +4%, +7%, -12% (405B) to the figures above, the source's median from 16.7% to 20.6% and the overall
+  medians from 16.0% and 17.0% to 17.1% and 17.7% (with the Blackwell FP4 curve above, merged beside it:
+  16.0% and 17.0%, 94 and 93 of 121 within 30%). With the prefill out of the way the miss has one shape.
+  The model's decode step falls short of the measured one (the batch time over 2,048 steps, less the model's
+  prefill) by 1.0 ms at one sequence for 70B and 405B alike, 3.1-3.2 ms (70B) and 4.4-4.5 ms (405B) at 16,
+  8.4-9.0 ms and 10.6-11.1 ms at 128, the same within 0.6 ms at 128- and 2,048-token prompts. It does not grow
+  with context, so the decode attention is not what is missing (a paged-attention kernel time with one KV head
+  per GPU would not move these points); it grows with the batch, but only 1.0-1.4 times from 70B to 405B
+  (whose weights per GPU are 5.8 times and layers 1.6 times 70B's), so neither weight streaming nor a
+  per-layer cost accounts for it alone. What fits is a per-step cost growing with the sequences in the batch
+  (vLLM V1's scheduler, input preparation, sampling and output handling, which v0.10 does not overlap with the
+  GPU) plus a per-all-reduce cost beyond RCCL's at 256 KiB-4 MiB (vLLM v0.10 runs its own custom all-reduce
+  below 8 MiB). The figures these points need: (1) vLLM's custom all-reduce on 8 MI300X at 256 KiB-4 MiB. Found
+  and not used: QuickReduce's README (mk1-project/quickreduce, 8 x MI300X, ROCm 6.2) times RCCL at 18.0 us for
+  256 KiB and 34.1 us for 2 MiB, as the catalog's rccl-tests rows do, and its own QR-FP16 kernel at 16.4 and
+  27.9 us, a different kernel, which vLLM v0.10 runs only with VLLM_ROCM_QUICK_REDUCE_QUANTIZATION set; vLLM
+  PR #39080's TP8 custom all-reduce table and AITER PR #3229's TP8 table are on MI355X; the TP8 timing of vLLM
+  PR #19094's comment is a pasted spreadsheet we could not read (TP4 is in the catalog: 36.6 us for 2 MiB).
+  (2) vLLM V1's whole per-step host time at TP8 against the batch: vLLM PR #46112 times one part,
+  Scheduler.update_from_output, at 0.142 ms for 128 requests on a later vLLM (too small a part to carry);
+  the vLLM V0 RFC #6854 shows 4-ms GPU bubbles a decode step in a profile image whose setup the text does not
+  give (Oracle's 2024 runs, on V0, miss by 4.8 ms at one sequence and 36 ms at 256). (3) FP8 GEMM times at
+  M 16-128 for 70B's TP8 shards on MI300X with the docker's kernels (the catalog has 405B's shards at M 1-32).
 - **Qwen3-235B on H100 with vLLM tensor parallelism: BF16 TP8 +13% to +28%, FP8 TP4 +31% to +62% at 2K to
   32K prompts.** These runs are prefill-bound, and the two instances run different expert kernels. The BF16 TP8
   instance (192 of each expert's 1,536 columns per GPU) runs vLLM's Triton fused-MoE kernel, which now has a
@@ -290,8 +319,8 @@ FLOP-bound benchmark's largest-M efficiency above it (above) brought two more Bl
   time measured on an MI325X (whose 1,000 W board may hold higher clocks under load than the MI300X's 750 W)
   is what these points need, and none was found. v5.1 Interactive differs by harness more than by chip:
   MI300X's run (max_num_seqs 600, no chunked prefill) makes 1,105 tokens/s per GPU where MI325X's (3,840,
-  chunked prefill) makes 2,301; the model, which has no term for those settings, gives 1,569 and 1,884 (+42%
-  and -18%).
+  chunked prefill) makes 2,301; the model, which has no term for those settings, gives 1,496 and 1,808 (+35%
+  and -21%).
 - **Blackwell FP4 (B200, GB200): -26% to -31% Offline, -23% and -30% Server, -15% and -23% Interactive (were
   -79% and -81% Interactive as first predicted).**
   The Interactive load the model allowed within a 40 ms TPOT was 57 sequences per B200, whose FFN took 25.6 ms

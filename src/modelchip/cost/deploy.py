@@ -366,14 +366,17 @@ def _below_floor(floor: float, total: float, layers: int, fractions: tuple[float
     return layers * sum(max(0.0, floor - f * per_layer) for f in fractions)
 
 
-def _small_kernel_floor(cost: ModelCost, d: Deployment, work: float) -> float:
+def _small_kernel_floor(cost: ModelCost, d: Deployment, attention: float, work: float) -> float:
     """Seconds the step's non-matmul kernels (norms, rotary, KV writes, attention, activation) wait on their
-    architecture's measured per-call floor beyond `work`, their own roofline time; 0 where none is measured.
-    Charged on the group: at small batch each call is far below the floor, at large batch far above it."""
+    architecture's measured per-call floor beyond their own roofline time; 0 where none is measured. Charged
+    on two groups whose calls grow alike: the attention calls (one a layer, `attention` seconds: they grow with
+    batch x context) and the rest (`work` seconds: they grow with tokens alone). One group would let attention
+    calls above the floor hide token-sized calls still below it (128 sequences at 1K context on TP8)."""
     if not d.chip.arch:
         return 0.0
     per_call = km.fixed("small_kernel_floor", (d.chip.arch,), d.exclude) or 0.0
-    return max(0.0, per_call * cost.small_op_calls - work)
+    rest = max(cost.small_op_calls - cost.layers, 0)
+    return max(0.0, per_call * cost.layers - attention) + max(0.0, per_call * rest - work)
 
 
 def _host_dispatch(cost: ModelCost, d: Deployment) -> float:
@@ -626,7 +629,7 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
             + d.overhead_per_step_s + d.overhead_per_seq_step_s * b * tp) * host_slowdown
     launch = _launch(cost, d)
     floor = _kernel_floor(cost, d)
-    floor_small = _small_kernel_floor(cost, d, core + norms + sampling + act_fn)
+    floor_small = _small_kernel_floor(cost, d, core, norms + sampling + act_fn)
     attn_cold, ffn_cold = _cold_ops(cost, d, tp, dense_tp, wb, awb, hit if moe else 0.0, kv_shard)
     attn_cold, ffn_cold = attn_cold * host_slowdown, ffn_cold * host_slowdown
     attn_side = proj + core + lm_head + norms + sampling + floor_attn + floor_small + attn_cold

@@ -67,14 +67,16 @@ def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concu
     if fit is None:
         fit = memory_fit(cost, d, input_len, output_len)
     if fit == 0:
-        p = evaluate(cost, replace(d, batch=1, context=input_len + output_len))
+        p = evaluate(cost, replace(d, batch=1, context=input_len + output_len, cached_prefix=0))
         raise ModelchipError(f"the weights alone do not fit: {p.reason}")
     cap = min(fit, max(max_batch // d.chips, 1) if d.strategy == "tp" else max_batch)
 
     firsts: dict[float, Prediction] = {}  # one prompt's prefill (TTFT), the same for every batch of 1 or more
 
     def at(batch: float) -> ServingPrediction:
-        dec = evaluate(cost, replace(d, phase="decode", batch=batch, context=input_len + output_len // 2))
+        # a prefix cache spares prompt tokens' prefill only; the decode step still reads their KV cache
+        dec = evaluate(cost, replace(d, phase="decode", batch=batch, context=input_len + output_len // 2,
+                                     cached_prefix=0))
         pre = evaluate(cost, replace(d, phase="prefill", batch=batch, prompt_len=input_len))
         first = min(batch, 1.0)
         if first not in firsts:
@@ -112,7 +114,7 @@ def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concu
 
 def memory_fit(cost: ModelCost, d: Deployment, input_len: int, output_len: int) -> int:
     """Sequences per chip whose KV cache for a whole request (input + output tokens) fits beside the weights."""
-    return max_batch_by_memory(cost, replace(d, phase="decode", context=input_len + output_len))
+    return max_batch_by_memory(cost, replace(d, phase="decode", context=input_len + output_len, cached_prefix=0))
 
 
 def serve_under_slo(cost: ModelCost, d: Deployment, input_len: int, output_len: int, tpot_ms: float,
