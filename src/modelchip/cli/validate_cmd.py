@@ -99,8 +99,10 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   results only; vLLM's logged balancedness took its mean and max over layers instead of ranks until 2026 (vLLM
   #36304, #51784), so logs from before are not a rank imbalance; vLLM PR #50647 measures 1.069 max/mean rank
   load without EPLB at EP16 on Kimi K3 (another model and router); the LLEP paper (arXiv 2601.17111) and
-  expert-activation profiles of Qwen3-235B (baa.ai) show per-expert skew without a per-rank figure. Nor was a
-  kernel-level time of TensorRT-LLM's MoE at Qwen3's shapes found (PR #6470 times Qwen3-30B end to end only).
+  expert-activation profiles of Qwen3-235B (baa.ai) show per-expert skew without a per-rank figure; arXiv
+  2604.23150 traces Qwen3-235B's expert activations (100k traces, 'variable expert load imbalance'), but only
+  its abstract could be read, with no per-rank number. Nor was a kernel-level time of TensorRT-LLM's MoE at
+  Qwen3's shapes found (PR #6470 times Qwen3-30B end to end only).
   The figures these points need: Qwen3-235B's max/mean tokens per rank at EP8 with static placement
   (TensorRT-LLM's MoE load-balancer statistics, or vLLM's corrected balancedness log), and TensorRT-LLM's FP4
   and FP8 grouped-GEMM times at 16 experts per rank (N 3,072 at K 4,096; N 4,096 at K 1,536).
