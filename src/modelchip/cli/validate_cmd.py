@@ -116,9 +116,21 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   activations (PR #3046, 9.4-59.1 us: the quantization left out, unlike the other FP4 tables); FlashInfer issue
   #1732 (M = 1, 8192 x 8192, 1.78 TB/s, one shape); FlashInfer PR #3560 and #5100 (SM 12.0 kernels); a GPU MODE
   hackathon GEMV (24.2 us for 70B's down_proj, helion issue #2417: not a kernel the measured engines run).
-- **Aggregated serving with data-parallel attention (Qwen3-235B FP4 +41%, FP8 +31%).** The attention-DP
+- **Aggregated serving with data-parallel attention (Qwen3-235B FP4 +43%, FP8 +32%).** The attention-DP
   balance (TensorRT-LLM blog 10) and the EP32 expert imbalance (blog 4) are measured on DeepSeek; Qwen3's
   128-expert top-8 routing at EP8 has no published imbalance figure, so its experts are charged as balanced.
+  Searched and not found: a measured max/mean routed-token load per rank of any Qwen3-MoE model at EP8. vLLM's
+  and SGLang's PRs adding EPLB for Qwen3 (vLLM #20815, #20967; SGLang #6533; lmdeploy #3582) give end-to-end
+  results only; vLLM's logged balancedness took its mean and max over layers instead of ranks until 2026 (vLLM
+  #36304, #51784), so logs from before are not a rank imbalance; vLLM PR #50647 measures 1.069 max/mean rank
+  load without EPLB at EP16 on Kimi K3 (another model and router); the LLEP paper (arXiv 2601.17111) and
+  expert-activation profiles of Qwen3-235B (baa.ai) show per-expert skew without a per-rank figure; arXiv
+  2604.23150 traces Qwen3-235B's expert activations (100k traces, 'variable expert load imbalance'), but only
+  its abstract could be read, with no per-rank number. Nor was a kernel-level time of TensorRT-LLM's MoE at
+  Qwen3's shapes found (PR #6470 times Qwen3-30B end to end only).
+  The figures these points need: Qwen3-235B's max/mean tokens per rank at EP8 with static placement
+  (TensorRT-LLM's MoE load-balancer statistics, or vLLM's corrected balancedness log), and TensorRT-LLM's FP4
+  and FP8 grouped-GEMM times at 16 experts per rank (N 3,072 at K 4,096; N 4,096 at K 1,536).
 - **DeepSeek-R1 batch 1 on B200 with relaxed MTP acceptance (-30%).** With Blackwell's measured all-reduce
   latency (13 us, vLLM's pynccl benchmark at world size 2) the batch-1 points land at +11% (no MTP) and -6%
   (MTP 3); the relaxed-acceptance point runs TensorRT-LLM's fused all-reduce and a TP8/EP2 split whose faster
@@ -237,19 +249,35 @@ sample, 71 and 70 of 101 within 30%):
   +284% to +184%), in-sample and out of sample alike (the figure is vLLM's kernel benchmark, not GPUStack's); no
   other point moves, since no other point splits BF16 experts on Hopper. Its shape is wider than Qwen3-235B's
   192-column shard, and a narrower shard runs no faster per row, so the figure is a lower bound on the time
-  there. The FP8 TP4 instance holds 384 columns in 128-blocks, which DeepGEMM's grouped GEMM accepts, and vLLM
-  v0.11 takes DeepGEMM for block-FP8 experts by default (VLLM_USE_DEEP_GEMM=1, where the image ships DeepGEMM,
-  which the page does not say): the catalog's DeepGEMM grouped table is that kernel, at DeepSeek's wider shapes,
-  and it keeps it. Found and not used for FP8: SGLang PR #11730 (Qwen3-235B's own E 128, N 192 in per-tensor
-  FP8 on H200, 31.7-125 us at 1-32 tokens untuned: decode sizes only, and the larger batches are not in the
-  text we could read; carried to prefill it would be a flat extrapolation from 32 tokens to 16K), vLLM PR
-  #24700 (Qwen3-30B, E 128, N 768, per-tensor FP8 on H100, September-2025 default configs: 0.11 of roofline at
-  4,096 tokens; another quantization than the block-FP8 checkpoint and superseded configs), PR #44830 (E 512,
-  N 128 block-FP8 on H100; only its first row is in the text we could read), PR #54500 (E 192, N 192/384 on
-  H20, per-tensor FP8), PR #13932 (DeepSeek shapes on H100, early-2025 Triton configs at 15-27% of roofline)
-  and VeOmni PR #460 (another Triton kernel). The figures the FP8 points need: block-FP8 DeepGEMM grouped GEMM
-  time at 384-column (N) experts, K 4,096, 1K-16K tokens on Hopper, or benchmark_moe.py's time for E=128,
-  N=384 block-FP8 on H100 if DeepGEMM was not installed; for BF16, the same benchmark at E=128, N=192 itself.
+  there. The FP8 TP4 instance holds 384 columns in 128-blocks. vLLM v0.11 runs block-FP8 experts on DeepGEMM's
+  grouped GEMM only where the DeepGEMM package is installed (VLLM_USE_DEEP_GEMM=1 is the default, but vLLM's wheel
+  does not depend on it), and GPUStack's runner image for vLLM 0.11.0 (gpustack/runner pack/cuda/Dockerfile at
+  commit 01961f47, VLLM_VERSION=0.11.0) installs vLLM, FlashInfer and LMCache and no DeepGEMM. So these experts ran
+  vLLM's Triton fused-MoE kernel in block-FP8 (w8a8, 128 x 128 scales), for which no time at prefill sizes was
+  found. The model keeps the catalog's DeepGEMM grouped table for them (0.55-0.65 of FP8 peak at 1,024-22,000 rows
+  per expert): the faster kernel, so these points err fast. At decode sizes the table agrees with the one Triton
+  FP8 layer timed at Qwen3-235B's own expert shape: SGLang PR #11730 (E 128, N 192, K 4,096, per-tensor FP8 on an
+  H200, default config) runs the layer in 66.9, 92.4 and 125 us at 8, 16 and 32 tokens, 0.38-0.44 of its
+  weight-streaming roofline, where the table gives 0.43 below 16 rows per expert. What differs is the compute-bound
+  prefill kernel. As a sensitivity only (not a figure, not entered): with prefill experts at the BF16 Triton
+  layer's measured 312-344 TFLOPS (vLLM PR #44818) the 32K, 4K and 2K points would land at +9%, -2% and +10% and
+  the burst at +36%. The figure they need: vLLM v0.11's benchmark_moe.py without DeepGEMM for E=128, N=384,
+  block-FP8 [128, 128] on an H100 SXM at 1K-16K tokens, or any block-FP8 Triton fused-MoE layer timed at 256 or
+  more rows per expert on Hopper. Found and not used for FP8: vLLM PR #13932 (DeepGEMM and Triton block-FP8
+  fused-MoE layers on an H100 at DeepSeek's E 256, K 7,168, shards 512 and 256: 1.7-5.2 ms at 128-2,048 tokens, at
+  most 64-96 rows per expert, 0.16-0.33 of the bandwidth roofline; early-2025 configs, and carried to 1,000 rows a
+  memory-bound efficiency would cross the roofline ridge, about 300 rows for FP8 on an H100), PR #44830 (E 512, N
+  128 block-FP8 on H100, at most 80 rows per expert; only its first row is in the text we could read), PR #45142 (E
+  512 block-FP8 on H20-3e, 64-1,024 tokens), SGLang PR #34795 (the default block-FP8 Triton config against a tuned
+  one on H20, E 512, N 256; nothing past its table header could be read), PRs #53710 and #53819 (L40S), PR #24700
+  (Qwen3-30B, E 128, N 768, per-tensor FP8 on H100, September 2025: 0.11 of roofline at 4,096 tokens, another
+  quantization with its own default config), PR #54500 (E 192 on H20, per-tensor), PR #29346 (vLLM turns DeepGEMM
+  MoE off by default at TP8 from November 2025, after v0.11), vLLM PR #13917, SGLang PR #3893 and DeepGEMM PR #25
+  (dense block-FP8 GEMMs, not MoE layers), DeepGEMM issue #39 (its maintainers: the kernel underperforms at small
+  K, having no split-K or stream-K, which would touch the 384-deep down projection had DeepGEMM run; no times at
+  that K), vLLM recipes PR #112 (MiniMax-M2 on H100 served twice as fast without DeepGEMM: end-to-end, another
+  model) and VeOmni PR #460 (another Triton kernel). For BF16 the figure wanted is the same benchmark at E=128,
+  N=192 itself.
 - **Bursts of short requests: 128 in / 4 out, 1,000 requests at once (H100 +148% FP8 TP4, +284% BF16 TP8; 910B
   +144%).** Each H100 run is one cohort, whose device work the model puts at 2.3 s (TP8) and 2.5 s (TP4); the runs
   take 8.83 s and 6.11 s, and their published first-token times are bunched late (mean 7.0 s, P99 8.7 s; mean 5.6
