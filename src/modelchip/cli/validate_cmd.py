@@ -182,9 +182,16 @@ sample, 71 and 70 of 101 within 30%):
   (_npu_paged_attention_splitfuse), not the flash-attention kernel pto-isa measured. That sweep times one head
   with queries and keys of equal length, so it says nothing of a 2,048-query chunk of 32 heads against up to
   32K cached keys; the figure this point needs is the split-fuse kernel's time at that shape on a 910B (the
-  only profile of it found is on a 310P). No chunked-prefill term is added without it. The 128-in / 4-out
-  burst of 1,000 requests (+145%) is host work per request (tokenising, scheduling) for which no measurement
-  was found. The 2K and 4K prompt runs land at +12% to +28%.
+  only profile of it found is on a 310P). No chunked-prefill term is added without it. Searched again and not
+  used: vLLM-Ascend PR #2962 and RFC #3610 (chunked prefill moves from the split-fuse kernel to
+  npu_fused_infer_attention_score because the former is "suboptimal"; no time given), SGLang PR #15518 (the same
+  swap for mixed chunks on Ascend; its before and after are images), SGLang PR #34387 (fused infer attention on an
+  Ascend 950 with 3,968 prefill tokens and 23 decodes against 8,192 keys, 4,360 to 3,949 us per call, quoting
+  vLLM-Ascend PR #11948: another chip and another kernel). For MindIE's per-operator host or graph-launch time,
+  nothing new: Ascend's msprof-analyze advisor flags host-bound operator sequences by a threshold and gives no
+  time. The 128-in / 4-out burst of 1,000 requests (+144%) is host work per request (tokenising, scheduling) for
+  which no measurement was found (see "Bursts of short requests" below). The 2K and 4K prompt runs land at +12%
+  to +28%.
 - **MI300X at TP8: ROCm's docker 70B +14% and +16% at one sequence, +42% and +39% at 16, +58% and +54% at
   128; 405B +4% to +23%; Oracle's 405B +21% to +35%.** Two per-call floors measured on MI300X kernels are
   charged per call: a matmul takes at least 10.7 us, the fastest tuned FP8 kernel for 70B's TP8 QKV shard
@@ -278,24 +285,44 @@ sample, 71 and 70 of 101 within 30%):
   that K), vLLM recipes PR #112 (MiniMax-M2 on H100 served twice as fast without DeepGEMM: end-to-end, another
   model) and VeOmni PR #460 (another Triton kernel). For BF16 the figure wanted is the same benchmark at E=128,
   N=192 itself.
-- **Bursts of short requests: 128 in / 4 out, 1,000 requests at once (H100 +148% FP8 TP4, +284% BF16 TP8; 910B
-  +144%).** Each H100 run is one cohort, whose device work the model puts at 2.3 s (TP8) and 2.5 s (TP4); the runs
-  take 8.83 s and 6.11 s, and their published first-token times are bunched late (mean 7.0 s, P99 8.7 s; mean 5.6
-  s, P99 5.8 s), where device-bound admission would spread them over the prefill chunks. That points at host work
-  per request that the model does not charge: the API server's chat template, tokenisation, request and stream
-  handling, and the scheduler. It is not one serial per-request time: the two H100 runs share vLLM v0.11 (V1, one
-  API-server process) and the tokenizer but leave 6.6 and 3.7 ms per request unexplained, so part of the gap
-  follows the engine setup (8K- vs 16K-token chunks, TP8 vs TP4); the 910B run (vLLM-Ascend 0.9.1) leaves 13 ms.
-  No mechanism-level measurement of vLLM V1's per-request host time was found. Found and not used: vLLM's v0.6.0
-  performance blog (API server 33% and scheduling 29% of a Llama 3 8B step on one H100: a V0 engine's shares at
-  one load, profiled before v0.6.0 gave the API server a process of its own); vLLM PR #818 (V0 tokenizer share,
+- **Bursts of short requests: 128 in / 4 out, 1,000 requests at once (H100 +148% FP8 TP4, +184% BF16 TP8; 910B
+  +144%).** Each H100 run is one cohort, whose device work the model puts at 3.1 s (TP8, since the fused-MoE table)
+  and 2.5 s (TP4); the runs take 8.83 s and 6.11 s, and their published first-token times are bunched late (mean
+  7.0 s, P99 8.7 s; mean 5.6 s, P99 5.8 s), where device-bound admission would spread them over the prefill chunks.
+  That points at host work per request that the model does not charge: the API server's chat template,
+  tokenisation, request and stream handling, and the scheduler. It is not one serial per-request time of vLLM
+  v0.11's single API-server process, whichever way it is charged. As a bound (a burst of N requests admitted no
+  faster than N times it) the TP8 run needs at least 8.98 ms per request (8.83 s over 984 requests), while the TP4
+  run, on the same engine version and tokenizer, finished its 984 requests in 6.11 s, which caps any serial time at
+  6.21 ms. Added to the device work, they leave 5.8 and 3.7 ms per request. Part of each gap is the prefill
+  shortfall the same instance shows on its prompt-heavy runs: with the device time scaled by the 2,000-token runs'
+  errors (+28% TP8, +62% TP4), 4.9 and 2.2 ms per request remain, still not one figure. The 910B run (vLLM-Ascend
+  0.9.1 on its own host) leaves 13.3 ms per request (22.6 s for 1,000 requests against 9.2 s of device work). A
+  term for it would touch only GPUStack's runs through `vllm serve`: the catalog's other vLLM points (ROCm's docker
+  table and Oracle's, both benchmark_latency, and AMD's MLPerf harness) drive the engine without its OpenAI API
+  server. No mechanism-level measurement of vLLM V1's per-request host time was found. Found and not used: vLLM's
+  v0.6.0 performance blog (API server 33% and scheduling 29% of a Llama 3 8B step on one H100: a V0 engine's shares
+  at one load, profiled before v0.6.0 gave the API server a process of its own); vLLM PR #818 (V0 tokenizer share,
   2023); PR #12287 (V1 frontend fixes, end-to-end req/s only); tpu-inference PR #2123 and SGLang issue #6553 (the
   single API-server or tokenizer process saturates, no figure); pegainfer PR #267 (145 ms of frontend time at 16
   concurrent requests behind a simulated engine: a latency under a different engine, not a serial time per
-  request); chat-template render benchmarks of other implementations (Go, Rust, Swift). The figures needed: the
-  request rate at which one vLLM v0.11 API server saturates on streaming chat requests of 128 tokens with 4
-  outputs against an engine whose steps are negligible (or an `--api-server-count` sweep), and the same for
-  vLLM-Ascend 0.9.1 on a 910B host.
+  request); chat-template render benchmarks of other implementations (Go, Rust, Swift). Searched again and not
+  used: vLLM PR #17546, which added `--api-server-count` (its readable benchmark is Llama-3.2-1B on ShareGPT at 120
+  requests/s on two A100s at DP 2, before and after, judged by TTFT: ShareGPT-length streams, a v0.9-era build, and
+  no single-server saturation rate for short requests); PR #21139 (12-15 ms of preprocessing per request with 96 in
+  flight behind an internal frontend: a latency under load, queueing included, model and version unstated); issue
+  #25301 (one tokenizer thread per API server, no figure); issue #30084 (pure DP8 on H200 scaling about 4x under
+  v0.11.2 at 128 in / 128 out; its figures are an image and the cause is not established); vllm-project/speculators
+  PR #1013 (render-endpoint throughput per API-server process on vLLM 0.27.1: chat template and tokenisation
+  without an engine or streams, on its data-preparation prompts, and its table is cut off in the text we could
+  read); Dynamo PRs #5544 and #6437 (vLLM's pre- and post-processing inside Dynamo's frontend, GIL-bound; #6437
+  gives tokens/s at one load on an unnamed machine); Megatron-LM PR #6223 and SGLang PR #8964 / issue #29367 (other
+  frontends); vLLM-Ascend's optimization-and-tuning guide (its serving benchmark runs at one request per second,
+  results in an image). The figures needed are unchanged: the request rate at which one vLLM v0.11 API server
+  saturates on streaming chat requests of 128 tokens with 4 outputs against an engine whose steps are negligible
+  (or an `--api-server-count` sweep at that shape), and the same for vLLM-Ascend 0.9.1 on a 910B host; with the two
+  H100 runs as they are, such a figure would also have to say why they differ (TP8's per-step broadcast to eight
+  workers, or the benchmark client).
 
 ### MLPerf Inference v4.1 and v5.1 (held out)
 
