@@ -76,7 +76,7 @@ FITS = {"all_reduce": LinkFit(80e-6, 1.5e9), "all_gather": LinkFit(90e-6, 0.8e9)
 
 
 def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS, sync_wait=None, per_expert_s=None,
-             ep_exchange=None, cold_op_s=None, sync_wait_a2a=None):
+             ep_exchange=None, cold_op_s=None, sync_wait_a2a=None, rank_compute=None):
     """A profile as `modelchip calibrate --collectives` writes it (figures made up, structure real); sync_wait
     (fixed_s, per_compute) adds the measured wait at a collective reached from compute."""
     src = {"source": "test", "tag": "D"}
@@ -106,6 +106,10 @@ def _profile(tmp_path, shared=True, threads=2, cpus=2, world=3, fits=FITS, sync_
     if ep_exchange is not None:
         data["collectives"]["by_world_size"][str(world)]["ep_exchange"] = {
             "tokens": list(ep_exchange), "seconds": list(ep_exchange.values())}
+    if rank_compute is not None:  # {rows: (share, solo)}
+        data["collectives"]["by_world_size"][str(world)]["rank_compute"] = {
+            "rows": list(rank_compute), "share": [v[0] for v in rank_compute.values()],
+            "solo": [v[1] for v in rank_compute.values()]}
     if sync_wait is not None:
         data["collectives"]["by_world_size"][str(world)]["sync_wait"] = {
             "fit": {"fixed_s": sync_wait[0], "per_compute": sync_wait[1]}}
@@ -152,6 +156,32 @@ def test_ranks_sharing_cores():
     assert own_devices.compute_share() == 1.0 and own_devices.oversubscription() == 1.0
 
 
+def test_measured_rank_share_is_interpolated_in_log_rows():
+    rates = ((1.0, 0.95, 1.0), (4.0, 0.9, 1.1), (16.0, 0.6, 1.3), (64.0, 0.5, 0.9))
+    m = MeasuredCollectives(2, FITS, shared_device=True, threads=2, cpus=2, rank_rates=rates)
+    assert m.compute_share(1) == 0.95 and m.compute_share(0.5) == 0.95  # the end values held beyond the ends
+    assert m.compute_share(2) == pytest.approx(0.95 - 0.05 * 0.5, rel=1e-12)  # halfway from 1 to 4 in log rows
+    assert m.compute_share(8) == pytest.approx(0.9 - 0.3 * 0.5, rel=1e-12)
+    assert m.compute_share(1000) == 0.5
+    assert m.solo_speedup(8) == pytest.approx(1.1 + 0.2 * 0.5, rel=1e-12)
+    assert m.solo_speedup(64) == 1.0  # measured under 1: noise, a rank alone is not slower
+    noisy = MeasuredCollectives(2, FITS, shared_device=True, threads=2, cpus=2, rank_rates=((1.0, 1.04, 1.0),))
+    assert noisy.compute_share(1) == 1.0  # a rank on fewer threads is not faster than the profile's setting
+    # not measured: threads over the profile's, and no solo speedup; own devices: the whole device
+    assert MeasuredCollectives(2, FITS, shared_device=True, threads=2, cpus=2).compute_share(64) == 0.5
+    assert MeasuredCollectives(2, FITS, shared_device=True, threads=2, cpus=2).solo_speedup(1) == 1.0
+    own = MeasuredCollectives(2, FITS, shared_device=False, threads=2, cpus=2, rank_rates=rates)
+    assert own.compute_share(64) == 1.0 and own.solo_speedup(16) == 1.0
+
+
+def test_a_broken_rank_compute_section_is_a_clear_error(tmp_path):
+    data = json.loads(_profile(tmp_path, rank_compute={1: (0.9, 1.0), 4: (-0.1, 1.0)}).read_text())
+    with pytest.raises(ModelchipError, match="rank_compute at 4 rows has share -0.1"):
+        read_collectives(data, 3)
+    data = json.loads(_profile(tmp_path, rank_compute={1: (0.9, 1.0), 4: (0.8, 1.1)}).read_text())
+    assert read_collectives(data, 3).rank_rates == ((1.0, 0.9, 1.0), (4.0, 0.8, 1.1))
+
+
 def _smollm2():
     config = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
               "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "rms_norm_eps": 1e-5,
@@ -190,6 +220,19 @@ def test_shared_device_ranks_compute_at_their_share(tmp_path):
     assert shared.breakdown_ms["communication"] == own.breakdown_ms["communication"]
     with pytest.raises(ModelchipError, match="measured collectives are for 3 ranks"):
         evaluate(cost, replace(d, chips=2, batch=3))
+
+
+def test_shared_device_ranks_compute_at_their_measured_share_for_their_rows(tmp_path):
+    # SmolLM2 at 3 ranks, 2 sequences each: every rank's projections, norms and core run the instance's 6 tokens,
+    # its LM head the 6 rows needing logits. Measured: 0.8 of the profiled rate at 4 rows, 0.4 at 16
+    precision = Precision(weight="bf16", kv="bf16", compute="bf16")
+    cost = model_cost(_smollm2(), precision)
+    base = Deployment(chip=get_chip("h100"), chips=3, strategy="tp", batch=2, context=200, precision=precision)
+    own = evaluate(cost, apply_profile(base, _profile(tmp_path, shared=False)))
+    p = evaluate(cost, apply_profile(base, _profile(tmp_path, rank_compute={4: (0.8, 1.0), 16: (0.4, 1.0)})))
+    share = 0.8 + (0.4 - 0.8) * math.log(6 / 4) / math.log(16 / 4)
+    for part in ("attention_proj", "attention_core", "lm_head", "dense_ffn", "norms"):
+        assert p.breakdown_ms[part] == pytest.approx(own.breakdown_ms[part] / share, rel=1e-12)
 
 
 def test_tp_over_a_profile_without_collectives_says_how_to_measure(tmp_path):
@@ -236,14 +279,28 @@ def test_calibrate_collectives_only_adds_a_fitted_sweep(tmp_path):
     sync_a2a = measured["sync_wait_all_to_all"]
     assert sync_a2a["collective"] == "all_to_all" and len(sync_a2a["wait_s"]) == 3
     waits = dict(read_collectives(data, 2).sync_waits)
-    assert waits["all_to_all"] == fit_sync_wait(sync_a2a["compute_s"], sync_a2a["wait_s"])
+    refit_a2a = fit_sync_wait(sync_a2a["compute_s"], sync_a2a["wait_s"])
+    assert (waits["all_to_all"].fixed_s, waits["all_to_all"].per_compute) == (refit_a2a.fixed_s, refit_a2a.per_compute)
     exchange = measured["ep_exchange"]
     assert exchange["tokens"] == [1, 4, 16] and all(t > 0 for t in exchange["seconds"])
-    assert sync["passes"] == sync_a2a["passes"] == exchange["passes"] == 3  # once after each sweep pass
+    # a rank's compute rate against the profile's at four row counts: full threads alone, all ranks at once, and
+    # alone on its own threads
+    rank = measured["rank_compute"]
+    assert rank["rows"] == [1, 4, 16, 64]
+    assert all(t > 0 for key in ("full_s", "together_s", "alone_s") for t in rank[key])
+    assert rank["share"] == [f / t for f, t in zip(rank["full_s"], rank["together_s"], strict=True)]
+    assert rank["solo"] == [t / a for t, a in zip(rank["together_s"], rank["alone_s"], strict=True)]
+    assert sync["passes"] == sync_a2a["passes"] == exchange["passes"] == rank["passes"] == 3  # once a sweep pass
+    # each measured its small collective's size, which its tail beyond the sweep's fit is taken at
+    assert (sync["all_reduce_bytes"], sync_a2a["all_to_all_bytes"]) == (576 * 2, 2 * 576 * 2)
+    tail = max(0.0, sync["all_reduce_s"] - read_collectives(data, 2).fit("all_reduce").seconds(576 * 2))
+    assert read_collectives(data, 2).sync_wait.tail_s == pytest.approx(tail, rel=1e-12)
     # and the planner costs a 2-rank tensor-parallel step with them
     d = apply_profile(Deployment(chip=get_chip("h100"), chips=2, strategy="tp", batch=1, context=64), path)
-    assert d.collectives.world_size == 2 and d.collectives.sync_wait == refit
+    assert d.collectives.world_size == 2
+    assert (d.collectives.sync_wait.fixed_s, d.collectives.sync_wait.per_compute) == (refit.fixed_s, refit.per_compute)
     assert d.collectives.ep_exchange == tuple(zip(map(float, exchange["tokens"]), exchange["seconds"], strict=True))
+    assert d.collectives.rank_rates == tuple(zip(map(float, rank["rows"]), rank["share"], rank["solo"], strict=True))
     threads = data["collectives"]["threads"]
     assert d.collectives.threads_per_rank() == measured["threads_per_rank"] == max(1, threads // 2)
 
@@ -255,12 +312,19 @@ def test_short_measurements_keep_the_median_of_the_sweep_passes():
     # three passes of one sync-wait measurement and of the exchange; the second landed in a slow spell
     def sync(scale):
         return {"collective": "all_reduce", "matmuls": [1, 4, 16], "compute_s": [1e-4 * scale, 1e-3, 4e-3],
-                "wait_s": [0.0, 2e-4 * scale, 6e-4 * scale], "all_reduce_s": 3e-4 * scale}
+                "wait_s": [0.0, 2e-4 * scale, 6e-4 * scale], "all_reduce_s": 3e-4 * scale, "all_reduce_bytes": 1152}
     merged = calibration._median_sync([sync(1.0), sync(3.0), sync(1.2)])
     assert merged["compute_s"] == pytest.approx([1.2e-4, 1e-3, 4e-3])
     assert merged["wait_s"] == pytest.approx([0.0, 2.4e-4, 7.2e-4]) and merged["all_reduce_s"] == pytest.approx(3.6e-4)
     refit = fit_sync_wait(merged["compute_s"], merged["wait_s"])
     assert (merged["fit"]["fixed_s"], merged["fit"]["per_compute"]) == (refit.fixed_s, refit.per_compute)
+    assert merged["all_reduce_bytes"] == 1152
+    # a rank's compute: the median of each timing over the passes, the ratios taken from those medians
+    ranks = [{"rows": [1, 64], "full_s": [f, 4 * f], "together_s": [f, 8 * f], "alone_s": [f, 6 * f]}
+             for f in (1e-3, 3e-3, 1.5e-3)]
+    merged_rank = calibration._median_rank(ranks)
+    assert merged_rank["together_s"] == pytest.approx([1.5e-3, 12e-3])
+    assert merged_rank["share"] == pytest.approx([1.0, 0.5]) and merged_rank["solo"] == pytest.approx([1.0, 4 / 3])
     runs = [{"tokens": [1, 4, 16], "seconds": s} for s in ([1e-3, 1.1e-3, 1.2e-3], [2.9e-3, 2.6e-3, 2.4e-3],
                                                            [0.9e-3, 1.0e-3, 1.3e-3])]
     assert calibration._median_exchange(runs)["seconds"] == pytest.approx([1e-3, 1.1e-3, 1.3e-3])
@@ -355,6 +419,27 @@ def test_afd_step_from_profile_follows_the_runtime_schedule(tmp_path):
     assert p2.tpot_ms == pytest.approx((2 * 2 * a + wire + f + wire + once) * 1e3, rel=1e-9)
 
 
+def test_afd_sides_compute_at_their_solo_rate_while_the_other_waits(tmp_path):
+    # AFD 1 + 1, one micro-batch: the sides take turns, so each computes at its measured solo rate (1.5 times the
+    # rate with both computing, whose share of the profiled rate is measured at 0.75); host work and wires are
+    # not sped up. The LM head and sampling run on rank 0 while the FFN rank waits
+    base = Deployment(chip=get_chip("h100"), chips=2, strategy="afd", attn_chips=1, ffn_chips=1, batch=4,
+                      context=64, precision=FP32, attention="tensor-parallel", microbatches=1)
+    cost = model_cost(families.read(TINY_MOE, "tiny-moe"), FP32)
+    p = _on_profile(tmp_path, base, rank_compute={1: (0.75, 1.5), 64: (0.75, 1.5)})
+    attention, head, ffn = _afd_parts(p, cost, base)
+    own = _on_profile(tmp_path, base, shared=False)
+    own_attention, own_head, own_ffn = _afd_parts(own, cost, base)
+    assert (attention, head, ffn) == (pytest.approx(own_attention / 0.75), pytest.approx(own_head / 0.75),
+                                      pytest.approx(own_ffn / 0.75))
+    sr, bc = FITS["send_recv"], FITS["broadcast_object"]
+    a = attention / 2 / 1.5 + 11 * 5e-6 + 4 * 2e-6
+    f = ffn / 2 / 1.5 + 3 * 5e-6
+    wire = sr.seconds(4 * 48 * 4)
+    once = bc.seconds(8 * 4 * (5 + 4) + 2000) + head / 1.5 + 4 * 5e-6 + 1e-4 + 4 * 1e-5
+    assert p.tpot_ms == pytest.approx((2 * (a + wire + f + wire) + once) * 1e3, rel=1e-9)
+
+
 def test_sync_wait_fit_is_the_least_squares_line_kept_non_negative():
     compute, wait = [1e-4, 8e-4, 4e-3], [1.4e-4, 7.0e-4, 1.2e-3]
     slope, fixed = np.polyfit(np.asarray(compute), np.asarray(wait), 1)  # float64 reference
@@ -386,6 +471,48 @@ def test_tp_step_waits_at_each_collective_as_measured(tmp_path):
     wait = 63 * (1e-4 + 0.25 * _compute_s(p) / 63)
     assert p.breakdown_ms["sync_wait"] == pytest.approx(wait * 1e3, rel=1e-12)
     assert p.tpot_ms == pytest.approx(without.tpot_ms + wait * 1e3, rel=1e-12)
+
+
+def test_collectives_pay_their_measured_tail_beyond_the_sweep(tmp_path):
+    # the sync measurement timed its small all-reduce (1,152 bytes) back to back in step-long blocks at 0.5 ms a
+    # call, where the sweep's fit gives 80 us + 1,152 B / 1.5 GB/s: each of the step's 63 sync points pays the
+    # difference (the all-gather and the broadcast too: their kind has no measurement of its own)
+    precision = Precision(weight="bf16", kv="bf16", compute="bf16")
+    d = Deployment(chip=get_chip("h100"), chips=3, strategy="tp", batch=2, context=200, precision=precision)
+    cost = model_cost(_smollm2(), precision)
+    path = _profile(tmp_path, sync_wait=(1e-4, 0.25))
+    without = evaluate(cost, apply_profile(d, path))
+    assert without.breakdown_ms["collective_tail"] == 0.0  # a profile that did not store the closer's size
+    data = json.loads(path.read_text())
+    data["collectives"]["by_world_size"]["3"]["sync_wait"] |= {"collective": "all_reduce", "all_reduce_s": 5e-4,
+                                                              "all_reduce_bytes": 1152}
+    path.write_text(json.dumps(data))
+    p = evaluate(cost, apply_profile(d, path))
+    tail = 63 * (5e-4 - (80e-6 + 1152 / 1.5e9))
+    assert p.breakdown_ms["collective_tail"] == pytest.approx(tail * 1e3, rel=1e-12)
+    assert p.tpot_ms == pytest.approx(without.tpot_ms + tail * 1e3, rel=1e-12)
+    # a block faster than the fit: no negative tail
+    data["collectives"]["by_world_size"]["3"]["sync_wait"]["all_reduce_s"] = 5e-5
+    path.write_text(json.dumps(data))
+    assert evaluate(cost, apply_profile(d, path)).breakdown_ms["collective_tail"] == 0.0
+
+
+def test_ep_exchange_carries_its_own_tail(tmp_path):
+    # EP 2 with a measured exchange: the per-layer exchange is timed in step-long blocks itself, so only the
+    # other calls (the step broadcast and the chunks' all-gathers) pay the all-to-all's and all-reduce's tails
+    base = Deployment(chip=get_chip("h100"), chips=2, strategy="ep", batch=4, context=64, precision=FP32,
+                      attention="replicated")
+    path = _profile(tmp_path, world=2, sync_wait=(0.0, 0.0), sync_wait_a2a=(0.0, 0.0),
+                    ep_exchange={1: 5e-4, 4: 6e-4, 16: 8e-4})
+    data = json.loads(path.read_text())
+    measured = data["collectives"]["by_world_size"]["2"]
+    measured["sync_wait"] |= {"collective": "all_reduce", "all_reduce_s": 3e-4, "all_reduce_bytes": 1152}
+    measured["sync_wait_all_to_all"] |= {"collective": "all_to_all", "all_to_all_s": 4e-4, "all_to_all_bytes": 2304}
+    path.write_text(json.dumps(data))
+    p = evaluate(model_cost(families.read(TINY_MOE, "tiny-moe"), FP32), apply_profile(base, path))
+    tail_ar = 3e-4 - FITS["all_reduce"].seconds(1152)  # the all-gathers' and the broadcast's kind
+    # one MoE layer (layer 0 is dense): the step broadcast and one all-gather of the chunks' results
+    assert p.breakdown_ms["collective_tail"] == pytest.approx(2 * tail_ar * 1e3, rel=1e-12)
 
 
 def test_afd_exchanges_pay_no_sync_wait(tmp_path):

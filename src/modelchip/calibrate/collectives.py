@@ -106,7 +106,13 @@ def sweep(ops, sizes: tuple[int, ...] = SIZES, progress: Callable[[str], None] =
 # caches as a decode step's weights do) between two sync points: three compute lengths to fit the wait against
 SEGMENT_MATMULS = (1, 4, 16)
 # a wait is a difference of three timings: more rounds than a sweep size to steady its median, in each sweep pass
-SYNC_ROUNDS = 15
+SYNC_ROUNDS = 9
+# collectives timed as one block in a round of the sync and exchange measurements: a decode step makes 30-60 of
+# them and pays their mean, and their time has a long tail (the gloo worker thread of a rank that computed since
+# the last one wakes slowly on a VM): in a 2-rank tensor-parallel decode on the 2-core VM here, an all-reduce took
+# 345 us median and 718 us mean once both ranks were in it, 10% of them over 2.3 ms. A median over blocks of 3
+# (the sweep's) reads the median; over blocks of 20 it reads what a step pays, and still outvotes a rare stall
+SYNC_CALLS = 20
 
 
 def sync_segments(ops, progress: Callable[[str], None] = lambda m: None, closer: str = "all_reduce") -> dict:
@@ -136,7 +142,7 @@ def sync_segments(ops, progress: Callable[[str], None] = lambda m: None, closer:
             for w in weights[:n]:
                 ops.linear(x, w)
         alone, synced, closed = _time_in_turn([work, lambda work=work: (work(), close(small)),
-                                               lambda: close(small)], ops, SYNC_ROUNDS)
+                                               lambda: close(small)], ops, SYNC_ROUNDS, SYNC_CALLS)
         # the compute a prediction charges is one rank's, not rank 0's: whichever rank happens to be slower
         # here, rank 0 waits for the slowest at each sync point, so the wait is taken beyond the ranks' mean
         alone = _mean_over_ranks(comm, alone)
@@ -144,8 +150,64 @@ def sync_segments(ops, progress: Callable[[str], None] = lambda m: None, closer:
         close_alone.append(statistics.median(closed))
         wait.append(max(0.0, statistics.median(s - a - c for s, a, c in zip(synced, alone, closed, strict=True))))
     return {"collective": closer, "matmuls": list(SEGMENT_MATMULS), "compute_s": compute, "wait_s": wait,
-            f"{closer}_s": statistics.median(close_alone),
+            f"{closer}_s": statistics.median(close_alone), f"{closer}_bytes": small.numel() * small.element_size(),
             "fit": dict(zip(("fixed_s", "per_compute"), _sync_fit(compute, wait), strict=True))}
+
+
+# rows of the compute segment a rank's rate is measured at: a decode step's matmuls run a few rows (one per
+# sequence, or per expert's tokens) to tens
+RANK_ROWS = (1, 4, 16, 64)
+
+
+def rank_compute(ops, all_threads: int, progress: Callable[[str], None] = lambda m: None) -> dict:
+    """What a rank's compute rate is against the profile's, at each of RANK_ROWS rows. The profile measures
+    rates with all the machine's threads in one process; a parallel run divides them among its ranks, and how
+    much a rank loses depends on the shape: on the 2-core VM here 16 one-row matmuls over 57 MB ran as fast on
+    one thread as on two, 64-row ones 1.75 times slower, so 1/world_size of the profiled rate (threads / ranks)
+    overcharges small-batch decode. Rank 0 times the 16-matmul segment of `sync_segments` at each row count
+    three ways, in turn within each round: with `all_threads` (the machine's) while the other ranks wait in a
+    barrier (`full_s`, the profile's setting), with every rank running it at once on its own threads
+    (`together_s`: tensor and expert parallelism), and alone on its own threads while the others wait in a
+    broadcast from it, polling as the runtime's waits do (`alone_s`: attention-FFN disaggregation's sides take
+    turns). share = full / together is a rank's fraction of the profiled rate; solo = together / alone how much
+    faster it computes while the others wait. Run on every rank in step; rank 0's figures are what counts."""
+    comm = ops.comm
+    progress(f"a rank's compute rate at {comm.world_size} ranks, {len(RANK_ROWS)} row counts")
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(1536, 576, generator=g).to(ops.device) for _ in range(max(SEGMENT_MATMULS))]
+    done = torch.zeros(1, device=ops.device)
+    mine = torch.get_num_threads()
+    out: dict[str, list[float]] = {"full_s": [], "together_s": [], "alone_s": []}
+    for rows in RANK_ROWS:
+        x = torch.randn(rows, 576, generator=g).to(ops.device)
+
+        def work(x=x) -> float:
+            t = time.perf_counter()
+            for w in weights:
+                ops.linear(x, w)
+            synchronize(ops)
+            return time.perf_counter() - t
+
+        for _ in range(WARMUP):
+            work()
+        full, together, alone = [], [], []
+        for _ in range(SYNC_ROUNDS):
+            torch.distributed.barrier()
+            if comm.rank == 0:
+                torch.set_num_threads(all_threads)
+                full.append(work())
+                torch.set_num_threads(mine)
+            torch.distributed.barrier()
+            together.append(work())
+            torch.distributed.barrier()
+            if comm.rank == 0:
+                alone.append(work())
+            comm.broadcast(done, src=0)
+        if comm.rank != 0:  # only rank 0 timed the other two; its figures are the ones kept
+            full = alone = together
+        for key, times in (("full_s", full), ("together_s", together), ("alone_s", alone)):
+            out[key].append(statistics.median(times))
+    return {"rows": list(RANK_ROWS), **out}
 
 
 # an expert-parallel MoE layer's exchange: tokens each rank dispatches, their width and routing (random, top 2 of 4
@@ -179,28 +241,31 @@ def ep_exchange(ops, progress: Callable[[str], None] = lambda m: None) -> dict:
         ids = torch.stack([torch.randperm(experts, generator=g)[:EXCHANGE_TOP_K] for _ in range(t)]).to(ops.device)
         weights = torch.full((t, EXCHANGE_TOP_K), 1.0 / EXCHANGE_TOP_K, device=ops.device)
         calls.append(lambda x=x, ids=ids, w=weights: dispatch_combine(shell, x, w, ids, local, local))
-    times = _time_in_turn(calls, ops, SYNC_ROUNDS)
+    times = _time_in_turn(calls, ops, SYNC_ROUNDS, SYNC_CALLS)
     return {"tokens": list(EXCHANGE_TOKENS), "hidden": EXCHANGE_HIDDEN, "top_k": EXCHANGE_TOP_K,
             "seconds": [statistics.median(t) for t in times]}
 
 
 def measure_passes(ops, sizes: tuple[int, ...], progress: Callable[[str], None] = lambda m: None,
-                   passes: int = SWEEP_PASSES) -> tuple[dict, dict, dict, dict]:
-    """The sweep, the two kinds of sync wait and the exchange, each of the last three measured once after every
-    sweep pass and kept as the median of its passes: they take a second or less, so measured once they could
-    all land in one slow spell of a VM (an exchange once read 2.4-3.0 ms where the runs before and after read
-    0.9-1.3 ms). Run on every rank in step."""
+                   passes: int = SWEEP_PASSES, all_threads: int = 1) -> tuple[dict, dict, dict, dict, dict]:
+    """The sweep, the two kinds of sync wait, the exchange and a rank's compute rate, each of the last four measured
+    once after every sweep pass and kept as the median of its passes: they take a second or less, so measured
+    once they could all land in one slow spell of a VM (an exchange once read 2.4-3.0 ms where the runs before
+    and after read 0.9-1.3 ms). `all_threads`: the machine's threads, which rank 0 times its compute with once
+    (rank_compute). Run on every rank in step."""
     syncs: list[dict] = []
     a2as: list[dict] = []
     exchanges: list[dict] = []
+    ranks: list[dict] = []
 
     def after_pass(i: int) -> None:
         syncs.append(sync_segments(ops, progress))
         a2as.append(sync_segments(ops, progress, closer="all_to_all"))
         exchanges.append(ep_exchange(ops, progress))
+        ranks.append(rank_compute(ops, all_threads, progress))
 
     raw = sweep(ops, sizes, progress, passes, after_pass)
-    return raw, _median_sync(syncs), _median_sync(a2as), _median_exchange(exchanges)
+    return raw, _median_sync(syncs), _median_sync(a2as), _median_exchange(exchanges), _median_rank(ranks)
 
 
 def _median_sync(runs: list[dict]) -> dict:
@@ -209,13 +274,22 @@ def _median_sync(runs: list[dict]) -> dict:
     compute = [statistics.median(r["compute_s"][j] for r in runs) for j in range(len(first["compute_s"]))]
     wait = [statistics.median(r["wait_s"][j] for r in runs) for j in range(len(first["wait_s"]))]
     return {"collective": closer, "matmuls": first["matmuls"], "compute_s": compute, "wait_s": wait,
-            f"{closer}_s": statistics.median(r[f"{closer}_s"] for r in runs), "passes": len(runs),
+            f"{closer}_s": statistics.median(r[f"{closer}_s"] for r in runs),
+            f"{closer}_bytes": first[f"{closer}_bytes"], "passes": len(runs),
             "fit": dict(zip(("fixed_s", "per_compute"), _sync_fit(compute, wait), strict=True))}
 
 
 def _median_exchange(runs: list[dict]) -> dict:
     return {**runs[0], "seconds": [statistics.median(r["seconds"][j] for r in runs)
                                    for j in range(len(runs[0]["seconds"]))], "passes": len(runs)}
+
+
+def _median_rank(runs: list[dict]) -> dict:
+    med = {key: [statistics.median(r[key][j] for r in runs) for j in range(len(runs[0]["rows"]))]
+           for key in ("full_s", "together_s", "alone_s")}
+    return {"rows": runs[0]["rows"], **med,
+            "share": [f / t for f, t in zip(med["full_s"], med["together_s"], strict=True)],
+            "solo": [t / a for t, a in zip(med["together_s"], med["alone_s"], strict=True)], "passes": len(runs)}
 
 
 def _mean_over_ranks(comm, times: list[float]) -> list[float]:
@@ -225,16 +299,15 @@ def _mean_over_ranks(comm, times: list[float]) -> list[float]:
     return (t / comm.world_size).tolist()
 
 
-def _time_in_turn(calls: list[Callable[[], object]], ops, rounds: int) -> list[list[float]]:
-    """Seconds per call of each of `calls`, per round: every round runs 3 of each in turn, each call's three
-    entered together (a barrier). Every rank runs the same rounds: a count decided by each rank's own clock could
-    leave one rank waiting at a barrier the others never reach."""
+def _time_in_turn(calls: list[Callable[[], object]], ops, rounds: int, number: int = 3) -> list[list[float]]:
+    """Seconds per call of each of `calls`, per round: every round runs `number` of each in turn, each call's
+    block entered together (a barrier). Every rank runs the same rounds: a count decided by each rank's own clock
+    could leave one rank waiting at a barrier the others never reach."""
     for call in calls:
         for _ in range(WARMUP):
             call()
     synchronize(ops)
     times: list[list[float]] = [[] for _ in calls]
-    number = 3
     for _ in range(rounds):
         for call, out in zip(calls, times, strict=True):
             torch.distributed.barrier()
@@ -305,7 +378,7 @@ def measure(world_size: int, backend: str = "reference", device: str = "cpu", si
         launch.init_group(0, world_size, ops.device, f"tcp://127.0.0.1:{port}")
         ops.attach_group()
         torch.distributed.broadcast_object_list([list(sizes)], src=0)
-        raw, sync, sync_a2a, exchange = measure_passes(ops, sizes, progress)
+        raw, sync, sync_a2a, exchange, rank = measure_passes(ops, sizes, progress, all_threads=total)
     except (RuntimeError, ModelchipError) as exc:
         reports = []
         while not errors.empty():
@@ -320,7 +393,7 @@ def measure(world_size: int, backend: str = "reference", device: str = "cpu", si
                 p.kill()
         torch.set_num_threads(total)
     return {"threads_per_rank": threads, "raw": raw, "fit": _fit(raw), "sync_wait": sync,
-            "sync_wait_all_to_all": sync_a2a, "ep_exchange": exchange}
+            "sync_wait_all_to_all": sync_a2a, "ep_exchange": exchange, "rank_compute": rank}
 
 
 def section(world_sizes: list[int], backend: str, device: str, progress: Callable[[str], None] = lambda m: None,

@@ -240,7 +240,7 @@ def _bench_parallel(args) -> int:
                                      args.dtype)
                 step = p.tpot_ms / 1e3
                 comm = (p.breakdown_ms["communication"] + p.breakdown_ms["collective_latency"]
-                        + p.breakdown_ms["sync_wait"]) / 1e3
+                        + p.breakdown_ms["sync_wait"] + p.breakdown_ms["collective_tail"]) / 1e3
                 row |= {"predicted_step_s": step, "predicted_comm_s": comm, "predicted_comm_share": comm / step,
                         "error": step / m["step_s"] - 1}
             rows.append(row)

@@ -74,6 +74,10 @@ class SyncWait:
 
     fixed_s: float
     per_compute: float
+    # what each collective of a run of them costs beyond the sweep's fit at its size: the sync measurement times
+    # its collective back to back in blocks as long as a step's run of them, whose mean carries the slow calls a
+    # median over the sweep's short blocks leaves out (0: not measured)
+    tail_s: float = 0.0
 
     def at(self, compute_s: float) -> float:
         """The wait at one sync point reached after `compute_s` seconds of compute."""
@@ -115,6 +119,10 @@ class MeasuredCollectives:
     # the same measured for other collectives that close a compute segment, by name (an all-to-all waits
     # differently from an all-reduce); a kind not measured takes `sync_wait`
     sync_waits: tuple[tuple[str, SyncWait], ...] = ()
+    # (rows, share, solo) of a rank's measured compute (calibrate's rank_compute): its rate with every rank
+    # computing at once as a fraction of the profiled rate, and how much faster it runs while the others wait on
+    # it; empty: not measured (the share is then its threads over the profile's)
+    rank_rates: tuple[tuple[float, float, float], ...] = ()
 
     def exchange_seconds(self, tokens: float) -> float:
         """One MoE layer's measured dispatch and combine with `tokens` tokens per rank: linear between the
@@ -137,6 +145,14 @@ class MeasuredCollectives:
         by_name = dict(self.sync_waits)
         return sum(c.count * by_name.get(c.name, self.sync_wait).at(compute_s / syncs) for c in calls)
 
+    def tail_seconds(self, calls: list[CollectiveCall]) -> float:
+        """The step's collectives' tail beyond the sweep's fit (SyncWait.tail_s, by kind as for the wait); a
+        measured whole exchange (EXCHANGE_CALL) already carries its own."""
+        if self.sync_wait is None:
+            return 0.0
+        by_name = dict(self.sync_waits)
+        return sum(c.count * by_name.get(c.name, self.sync_wait).tail_s for c in calls if c.what != EXCHANGE_CALL)
+
     def fit(self, name: str) -> LinkFit:
         if name not in self.fits:
             raise ModelchipError(f"the profile's collectives at world size {self.world_size} have no {name!r} "
@@ -155,14 +171,26 @@ class MeasuredCollectives:
             return 1.0
         return max(1.0, self.world_size * self.threads_per_rank() / self.cpus)
 
-    def compute_share(self) -> float:
+    def compute_share(self, rows: float = 1.0) -> float:
         """One rank's compute and bandwidth as a fraction of the profiled rates (measured with `threads`
-        threads, each on a core of its own): its threads over the profile's, each thread time-sliced when the
-        ranks together run more threads than there are cores. 3 ranks of 1 thread on 2 cores, profiled with 2
-        threads: 1 / 1.5 / 2 = a third each."""
+        threads, each on a core of its own), for matmuls of `rows` rows with every rank computing at once: as
+        measured (rank_rates, interpolated in log rows, the end values held beyond them), or where nothing
+        measured it its threads over the profile's, each thread time-sliced when the ranks together run more
+        threads than there are cores (3 ranks of 1 thread on 2 cores, profiled with 2 threads: 1 / 1.5 / 2 = a
+        third each)."""
         if not self.shared_device:
             return 1.0
+        if self.rank_rates:  # a rank on fewer threads is not faster than the profile's: a ratio over 1 is noise
+            return min(1.0, _log_interpolate([(r, share) for r, share, _ in self.rank_rates], rows))
         return self.threads_per_rank() / self.oversubscription() / self.threads
+
+    def solo_speedup(self, rows: float = 1.0) -> float:
+        """How much faster a rank computes `rows`-row matmuls while the other ranks wait on it than while all
+        compute at once (1 where not measured); never below 1: a rank alone is not slower than beside the
+        others, so a measured ratio under it is noise."""
+        if not (self.shared_device and self.rank_rates):
+            return 1.0
+        return max(1.0, _log_interpolate([(r, solo) for r, _, solo in self.rank_rates], rows))
 
 
 def read_collectives(data: dict, world_size: int, source: str = "profile") -> MeasuredCollectives:
@@ -180,20 +208,56 @@ def read_collectives(data: dict, world_size: int, source: str = "profile") -> Me
     try:
         fits = {name: LinkFit(f["alpha_s"], f["bandwidth_Bps"] or math.inf) for name, f in measured["fit"].items()}
         wait = (measured.get("sync_wait") or {}).get("fit")
+        fits_now = fits  # the sweep's fits, which each sync measurement's tail is taken against
         exchange = measured.get("ep_exchange") or {}
         points = tuple(sorted(zip(map(float, exchange.get("tokens", ())), map(float, exchange.get("seconds", ())),
                                   strict=True)))
         if len(points) == 1:
             raise ModelchipError(f"{source}: ep_exchange needs at least two token counts")
-        others = tuple((name.removeprefix("sync_wait_"), SyncWait(float(v["fit"]["fixed_s"]),
-                                                                  float(v["fit"]["per_compute"])))
+        others = tuple((name.removeprefix("sync_wait_"), _sync_wait(v, fits_now))
                        for name, v in measured.items() if name.startswith("sync_wait_") and v)
         return MeasuredCollectives(world_size, fits, bool(section["shared_device"]), int(section["threads"]),
                                    int(section["cpus"]),
-                                   SyncWait(float(wait["fixed_s"]), float(wait["per_compute"])) if wait else None,
-                                   points, others)
+                                   _sync_wait(measured["sync_wait"], fits_now) if wait else None,
+                                   points, others, _rank_rates(measured.get("rank_compute"), source))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelchipError(f"{source}: malformed collectives section ({exc!r})") from exc
+
+
+def _sync_wait(section: dict, fits: dict[str, LinkFit]) -> SyncWait:
+    """A sync measurement's fit, with its collective's tail: the back-to-back blocks' time per call less the
+    sweep's fit at that size (profiles from before the size was stored have none)."""
+    closer = section.get("collective", "all_reduce")
+    tail = 0.0
+    if f"{closer}_bytes" in section and closer in fits:
+        tail = max(0.0, float(section[f"{closer}_s"]) - fits[closer].seconds(float(section[f"{closer}_bytes"])))
+    return SyncWait(float(section["fit"]["fixed_s"]), float(section["fit"]["per_compute"]), tail)
+
+
+def _rank_rates(section: dict | None, source: str) -> tuple[tuple[float, float, float], ...]:
+    """A profile's rank_compute as (rows, share, solo) points, checked: a share is a fraction of the profiled
+    rate (0 < share, and not far above 1), a solo ratio positive."""
+    if not section:
+        return ()
+    points = tuple(sorted(zip(map(float, section["rows"]), map(float, section["share"]), map(float, section["solo"]),
+                              strict=True)))
+    for rows, share, solo in points:
+        if not (rows >= 1 and 0 < share <= 2 and solo > 0 and math.isfinite(share) and math.isfinite(solo)):
+            raise ModelchipError(f"{source}: rank_compute at {rows:g} rows has share {share!r} and solo {solo!r}; "
+                                 f"a rank's share of the profiled rate lies in (0, 2] and its solo ratio above 0 "
+                                 f"(measure again with `modelchip calibrate --collectives`)")
+    return points
+
+
+def _log_interpolate(points: list[tuple[float, float]], x: float) -> float:
+    """y at x on the polyline through (x, y) points in log x; the end values held beyond the ends."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x <= x1:
+            f = math.log(x / x0) / math.log(x1 / x0)
+            return y0 + (y1 - y0) * f
+    return points[-1][1]
 
 
 # A step message as pickled by the runtime's broadcast_object_list: token ids, positions, the metadata's
@@ -258,6 +322,7 @@ def expert_parallel_step(moe_layers: int, hidden: int, top_k: int, ep: int, toke
 
 
 EXCHANGE_CALLS = ("row counts", "dispatch", "expert ids", "combine")  # expert_parallel_step's per-layer exchange
+EXCHANGE_CALL = "dispatch and combine"  # the four as one measured exchange (expert_parallel_seconds)
 
 
 def expert_parallel_seconds(calls: list[CollectiveCall], measured: MeasuredCollectives, moe_layers: int,
@@ -271,7 +336,7 @@ def expert_parallel_seconds(calls: list[CollectiveCall], measured: MeasuredColle
     rest = [c for c in calls if not (c.name == "all_to_all" and c.what in EXCHANGE_CALLS)]
     latency, transfer = step_seconds(rest, measured)
     latency += moe_layers * measured.exchange_seconds(tokens_per_rank)
-    return latency, transfer, [*rest, CollectiveCall("all_to_all", 0.0, moe_layers, "dispatch and combine")]
+    return latency, transfer, [*rest, CollectiveCall("all_to_all", 0.0, moe_layers, EXCHANGE_CALL)]
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from modelchip.cost import attention_layers, streaming
+from modelchip.cost import afd_schedule, attention_layers, streaming
 from modelchip.cost import collectives as measured_comm
 from modelchip.cost import kernel_model as km
 from modelchip.cost.conventions import Precision
@@ -564,11 +564,16 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
     act_fn = widths * ACT_FN_PASSES * ACT_BYTES / mem_bw
     host_slowdown = 1.0
     if d.collectives is not None:
-        # ranks sharing one device (a CPU's cores) each run at their share of the profiled rate, and their host
-        # threads share the cores too
-        k, host_slowdown = 1 / d.collectives.compute_share(), d.collectives.oversubscription()
-        proj, core, lm_head, norms, sampling, dense, moe_t, imbalance, router, act_fn = (
-            v * k for v in (proj, core, lm_head, norms, sampling, dense, moe_t, imbalance, router, act_fn))
+        # ranks sharing one device (a CPU's cores) each run at their share of the profiled rate, which depends on
+        # the rows their matmuls run (measured: rank_compute), and their host threads share the cores too
+        share, host_slowdown = d.collectives.compute_share, d.collectives.oversubscription()
+        expert_rows = pairs / max(hit, 1e-9) if moe else 1.0
+        proj, core, norms, act_fn = (v / share(inst_tokens) for v in (proj, core, norms, act_fn))
+        lm_head, sampling = lm_head / share(out_tokens), sampling / share(out_tokens)
+        dense, router = dense / share(dense_tokens), router / share(ffn_tokens)
+        if moe:  # routed experts run their rows per expert, the shared expert every token
+            moe_t = moe.layers * (routed / share(expert_rows) + shared / share(shared_tokens))
+            imbalance /= share(expert_rows)
 
     # communication per step
     act = H * ACT_BYTES
@@ -641,7 +646,8 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
     # ranks reach each blocking collective from their own compute, not together: the first waits for the last
     # (measured on the profiled process group, cost/collectives.SyncWait)
     sync_wait = d.collectives.wait_seconds(measured_calls, attn_side + ffn_side) if measured_calls else 0.0
-    comm_total = comm + comm_fixed + sync_wait
+    tail = d.collectives.tail_seconds(measured_calls) if measured_calls else 0.0
+    comm_total = comm + comm_fixed + sync_wait + tail
     sides = (attn_side, ffn_side, lm_head + sampling)
     if sides_only:
         return Prediction(True, "", None, None, b, None, 0.0, {}, {}, None, "", sides)
@@ -728,7 +734,8 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
                  "router": router, "moe_expert_host": expert_host, "act_fn": act_fn, "dp_attention_wait": dp_wait,
                  "cold_op_host": attn_cold + ffn_cold,
                  "communication": comm,
-                 "collective_latency": comm_fixed, "sync_wait": sync_wait, "host_overhead": host, "launch": launch,
+                 "collective_latency": comm_fixed, "sync_wait": sync_wait, "collective_tail": tail,
+                 "host_overhead": host, "launch": launch,
                  "kernel_floor": floor,
                  "gemm_call_floor": floor_attn + floor_ffn,
                  "small_kernel_floor": floor_small, "host_dispatch_wait": dispatch_wait,
@@ -757,12 +764,11 @@ def _afd_pipeline(cost: ModelCost, d: Deployment, attn_side: float, ffn_side: fl
                   host_slowdown: float) -> tuple[float, float, float]:
     """(step seconds, seconds attention rank 0 waits on the FFN side and in its own collectives, its host
     seconds) of an AFD decode step on a profile with measured collectives, scheduled as the runtime runs it
-    (runtime/distributed/afd.py): micro-batch i of layer l starts its attention once the attention rank is
-    free and micro-batch i's FFN output of layer l-1 is back; its FFN starts once the FFN rank is free and
-    its hidden states have arrived. So a layer costs its slower side when the micro-batches keep both busy,
-    and the round trip attention, wire, FFN, wire when they cannot (one micro-batch: no overlap at all).
-    Each side's work per layer and micro-batch is its share of the step's compute, its op calls' host cost
-    (every op runs once per micro-batch) and its collectives; messages cost the measured send/recv fit."""
+    (cost/afd_schedule.py): a layer costs its slower side when the micro-batches keep both busy, and the round
+    trip attention, wire, FFN, wire when they cannot (one micro-batch: no overlap at all), and on a shared
+    device a side of one rank computes at its measured solo rate while the other waits. Each side's work per
+    layer and micro-batch is its share of the step's compute, its op calls' host cost (every op runs once per
+    micro-batch) and its collectives; messages cost the measured send/recv fit."""
     L, H, fit = cost.layers, cost.hidden, d.collectives
     m = _micro_batch_count(d, sequences)
     calls = measured_comm.afd_step(L, H, cost.vocab, d.attn_chips, d.ffn_chips, m, tokens, logit_rows, act_bytes,
@@ -771,31 +777,26 @@ def _afd_pipeline(cost: ModelCost, d: Deployment, attn_side: float, ffn_side: fl
     seconds = lambda cs: sum(measured_comm.step_seconds(cs, fit))  # noqa: E731
     per_op = d.overhead_per_op_s * host_slowdown
     attn_ops = (cost.layer_op_calls - cost.ffn_op_calls) / L
-    # one micro-batch's work on each side in one layer
-    a = ((attn_side - head) / L + seconds(calls.attention) / L) / m + per_op * attn_ops \
-        + d.overhead_per_seq_s * host_slowdown * sequences / m
-    f = (ffn_side / L + seconds(calls.ffn) / L) / m + per_op * cost.ffn_op_calls / L
+    # one micro-batch's work on each side in one layer: its share of the side's compute, and host work (its op
+    # calls, as every op runs once per micro-batch, and the side's own collectives)
+    attention = afd_schedule.Job(seconds(calls.attention) / L / m + per_op * attn_ops
+                                 + d.overhead_per_seq_s * host_slowdown * sequences / m, (attn_side - head) / L / m)
+    ffn = afd_schedule.Job(seconds(calls.ffn) / L / m + per_op * cost.ffn_op_calls / L, ffn_side / L / m)
     out = fit.fit("send_recv").seconds(calls.to_ffn.nbytes) * d.ffn_chips  # rank 0 sends to every FFN rank
     back = fit.fit("send_recv").seconds(calls.from_ffn.nbytes)
-    attn_free = ffn_free = 0.0
-    returned = [0.0] * m  # when micro-batch i's FFN output of the previous layer is back on rank 0
-    busy = 0.0
-    for _ in range(L):
-        for i in range(m):
-            start = max(attn_free, returned[i])
-            attn_free = start + a
-            busy += a
-            ffn_start = max(ffn_free, attn_free + out)
-            ffn_free = ffn_start + f
-            returned[i] = ffn_free + back
-    layers = max(attn_free, max(returned))
-    # embedding, final norm, LM head and sampling, and the step's own bookkeeping, once on rank 0
+    # a side of one rank computes alone while the other side waits on it (measured: rank_compute's solo ratio at
+    # the rows of one micro-batch)
+    solo = (fit.solo_speedup(tokens / m) if d.attn_chips == 1 else 1.0,
+            fit.solo_speedup(tokens / m) if d.ffn_chips == 1 else 1.0)
+    played = afd_schedule.play(L, m, attention, ffn, out, back, *solo)
+    # embedding, final norm, LM head and sampling, and the step's own bookkeeping, once on rank 0 while the FFN
+    # side waits
     step_host = (4 * d.overhead_per_op_s + d.overhead_per_step_s + d.overhead_per_seq_step_s * sequences) \
         * host_slowdown
-    once = seconds(calls.step) + head + step_host
+    once = seconds(calls.step) + head / solo[0] + step_host
     host = per_op * attn_ops * m * L + d.overhead_per_seq_s * host_slowdown * sequences * L + step_host
-    wait = layers - busy + seconds(calls.step)
-    return layers + once, wait, host
+    wait = played.end - played.attention_busy + seconds(calls.step)
+    return played.end + once, wait, host
 
 
 def _offload_problem(chip: Chip, excess: float, weights: float) -> str:
