@@ -159,12 +159,28 @@ def test_serving_steady_state_by_hand():
     t_d = evaluate(cost, replace(d, batch=32, context=1024 + 128)).tpot_ms  # decode at the mean context
     t_p = evaluate(cost, replace(d, batch=32, phase="prefill", prompt_len=1024)).ttft_ms  # the cohort's prefills
     t_1 = evaluate(cost, replace(d, batch=1, phase="prefill", prompt_len=1024)).ttft_ms
-    assert r.output_tokens_per_s == pytest.approx(32 * 256 / ((t_p + 256 * t_d) / 1e3))
-    assert r.tpot_ms == pytest.approx(t_d + t_p / 256)
+    # the prefill samples each request's first token: 255 decode steps and 255 gaps between tokens follow it
+    assert r.output_tokens_per_s == pytest.approx(32 * 256 / ((t_p + 255 * t_d) / 1e3))
+    assert r.tpot_ms == pytest.approx(t_d + t_p / 255)
     assert r.ttft_ms == pytest.approx(t_1 + t_d)
     # a request rate is the concurrency Little's law gives back
     q = serving.serve(cost, d, 1024, 256, request_rate=r.requests_per_s)
     assert q.concurrency == pytest.approx(r.requests_per_s * (q.ttft_ms + 255 * q.tpot_ms) / 1e3, rel=1e-2)
+
+
+def test_serving_counts_the_first_token_from_the_prefill():
+    """A request of output_len tokens runs one prefill step (which samples token 1) and output_len - 1 decode
+    steps (TensorRT-LLM's gptSession loop: step 0 the context phase, steps 1..maxNewTokens-1 generation): a
+    4-token burst of 100 requests is 100 prefills plus 3 decode steps, by hand."""
+    cost, d = _deploy("llama-3.1-8b", batch=1)
+    r = serving.serve(cost, d, 128, 4, concurrency=100)
+    t_d = evaluate(cost, replace(d, batch=100, context=128 + 2)).tpot_ms
+    t_p = evaluate(cost, replace(d, batch=100, phase="prefill", prompt_len=128)).ttft_ms
+    assert r.output_tokens_per_s == pytest.approx(400 / ((t_p + 3 * t_d) / 1e3), rel=1e-12)
+    assert r.tpot_ms == pytest.approx(t_d + t_p / 3, rel=1e-12)
+    # one output token: the prefill alone, no decode step
+    one = serving.serve(cost, d, 128, 1, concurrency=100)
+    assert one.output_tokens_per_s == pytest.approx(100 / (t_p / 1e3), rel=1e-12)
 
 
 def test_serving_errors_are_clear():

@@ -33,8 +33,11 @@ def test_validation_error_bounds():
     # miss like their 128-token twins; with MI300X's small-kernel floor charged per group: 16.0% and 17.0%, 94
     # and 93 within 30%. Sizing gptSessionBenchmark's KV cache to its static batch, as GptSession allocates it (the
     # A100 batch-60 run fits; the executor's 90%-of-free-memory pool does not apply): 15.7% and 15.7%, 95 and 94
-    assert ins["median_abs_error"] <= 0.157 and ins["within_30"] >= 95
-    assert loso["median_abs_error"] <= 0.157 and loso["within_30"] >= 94
+    # Raised a second time, for a counting correction: each request's first token comes from its prefill step
+    # (output_len - 1 decode steps, as the engines run them), which makes every serving point 0.05-5% faster:
+    # 15.7% and 15.7% (0.1 point worse), 95 and 94 within 30%
+    assert ins["median_abs_error"] <= 0.158 and ins["within_30"] >= 95
+    assert loso["median_abs_error"] <= 0.158 and loso["within_30"] >= 94
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 

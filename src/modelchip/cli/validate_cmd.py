@@ -192,7 +192,7 @@ sample, 71 and 70 of 101 within 30%):
   Ascend 950 with 3,968 prefill tokens and 23 decodes against 8,192 keys, 4,360 to 3,949 us per call, quoting
   vLLM-Ascend PR #11948: another chip and another kernel). For MindIE's per-operator host or graph-launch time,
   nothing new: Ascend's msprof-analyze advisor flags host-bound operator sequences by a threshold and gives no
-  time. The 128-in / 4-out burst of 1,000 requests (+144%) is host work per request (tokenising, scheduling) for
+  time. The 128-in / 4-out burst of 1,000 requests (+148%) is host work per request (tokenising, scheduling) for
   which no measurement was found (see "Bursts of short requests" below). The 2K and 4K prompt runs land at +12%
   to +28%.
 - **MI300X at TP8: ROCm's docker 70B +14% and +16% at one sequence, +42% and +39% at 16, +58% and +54% at
@@ -288,19 +288,19 @@ sample, 71 and 70 of 101 within 30%):
   that K), vLLM recipes PR #112 (MiniMax-M2 on H100 served twice as fast without DeepGEMM: end-to-end, another
   model) and VeOmni PR #460 (another Triton kernel). For BF16 the figure wanted is the same benchmark at E=128,
   N=192 itself.
-- **Bursts of short requests: 128 in / 4 out, 1,000 requests at once (H100 +148% FP8 TP4, +184% BF16 TP8; 910B
-  +144%).** Each H100 run is one cohort, whose device work the model puts at 3.1 s (TP8, since the fused-MoE table)
-  and 2.5 s (TP4); the runs take 8.83 s and 6.11 s, and their published first-token times are bunched late (mean
+- **Bursts of short requests: 128 in / 4 out, 1,000 requests at once (H100 +153% FP8 TP4, +189% BF16 TP8; 910B
+  +148%).** Each H100 run is one cohort, whose device work the model puts at 3.1 s (TP8, since the fused-MoE table)
+  and 2.4 s (TP4); the runs take 8.83 s and 6.11 s, and their published first-token times are bunched late (mean
   7.0 s, P99 8.7 s; mean 5.6 s, P99 5.8 s), where device-bound admission would spread them over the prefill chunks.
   That points at host work per request that the model does not charge: the API server's chat template,
   tokenisation, request and stream handling, and the scheduler. It is not one serial per-request time of vLLM
   v0.11's single API-server process, whichever way it is charged. As a bound (a burst of N requests admitted no
   faster than N times it) the TP8 run needs at least 8.98 ms per request (8.83 s over 984 requests), while the TP4
   run, on the same engine version and tokenizer, finished its 984 requests in 6.11 s, which caps any serial time at
-  6.21 ms. Added to the device work, they leave 5.8 and 3.7 ms per request. Part of each gap is the prefill
+  6.21 ms. Added to the device work, they leave 5.9 and 3.8 ms per request. Part of each gap is the prefill
   shortfall the same instance shows on its prompt-heavy runs: with the device time scaled by the 2,000-token runs'
-  errors (+28% TP8, +62% TP4), 4.9 and 2.2 ms per request remain, still not one figure. The 910B run (vLLM-Ascend
-  0.9.1 on its own host) leaves 13.3 ms per request (22.6 s for 1,000 requests against 9.2 s of device work). A
+  errors (+28% TP8, +62% TP4), 5.0 and 2.2 ms per request remain, still not one figure. The 910B run (vLLM-Ascend
+  0.9.1 on its own host) leaves 13.5 ms per request (22.6 s for 1,000 requests against 9.1 s of device work). A
   term for it would touch only GPUStack's runs through `vllm serve`: the catalog's other vLLM points (ROCm's docker
   table and Oracle's, both benchmark_latency, and AMD's MLPerf harness) drive the engine without its OpenAI API
   server. No mechanism-level measurement of vLLM V1's per-request host time was found. Found and not used: vLLM's

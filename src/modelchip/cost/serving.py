@@ -3,11 +3,14 @@ as engine benchmarks (vLLM's benchmark_serving, trtllm-bench, SGLang's bench_ser
 Offline/Server scenarios measure it: throughput, TTFT and TPOT at a concurrency or a request rate.
 
 The engine keeps `concurrency` requests in flight per instance (or as many as fit, capped at the engine's
-batch limit). In steady state every request is prefilled once and decoded for `output_len` steps, so for the
-whole in-flight cohort one round costs its prefill plus `output_len` decode steps at the mean context
-(input + output / 2); a request's TPOT is its decode step plus its share of the prefills that interrupt it
-(the cohort's prefill spread over its output tokens), and its TTFT is its own prompt's prefill plus the
-decode step it waits behind. A request rate is turned into a concurrency by Little's law.
+batch limit). In steady state every request is prefilled once, and the prefill's forward pass samples its first
+output token (vLLM, SGLang and TensorRT-LLM alike: gptSession runs `maxNewTokens` steps, the context step
+first), so it is decoded for `output_len - 1` more steps. For the whole in-flight cohort one round costs its
+prefill plus `output_len - 1` decode steps at the mean context (input + output / 2); a request's TPOT is its
+decode step plus its share of the prefills that interrupt it (the cohort's prefill spread over its
+`output_len - 1` gaps between tokens, as benchmarks count TPOT: (latency - TTFT) / (output_len - 1)), and its
+TTFT is its own prompt's prefill plus the decode step it waits behind. A request rate is turned into a
+concurrency by Little's law.
 """
 
 from __future__ import annotations
@@ -83,9 +86,10 @@ def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concu
             firsts[first] = evaluate(cost, replace(d, phase="prefill", batch=first, prompt_len=input_len))
         one = firsts[first]
         step, prefill = dec.tpot_ms, pre.ttft_ms
-        tpot = step + prefill / output_len
+        decodes = output_len - 1  # the prefill step samples the first token
+        tpot = step + prefill / max(decodes, 1)  # one-token requests have no gap: the nominal step and prefill
         in_flight = batch * per
-        out_tps = in_flight * output_len / ((prefill + output_len * step) / 1e3)
+        out_tps = in_flight * output_len / ((prefill + decodes * step) / 1e3)
         ok = dec.feasible and pre.feasible
         return ServingPrediction(ok, dec.reason or pre.reason, in_flight, batch, out_tps, out_tps / d.chips,
                                  out_tps * input_len / output_len / d.chips, out_tps / output_len,
