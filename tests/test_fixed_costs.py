@@ -183,6 +183,28 @@ def test_serving_counts_the_first_token_from_the_prefill():
     assert one.output_tokens_per_s == pytest.approx(100 / (t_p / 1e3), rel=1e-12)
 
 
+def test_tensor_parallel_memory_fit_counts_whole_sequences_per_instance():
+    """Under TP every chip holds 1/tp of each sequence's cache, so an instance holds whole sequences, not whole
+    sequences per chip. Qwen3-235B BF16 on TP8 H100 at 32,000 + 82 tokens, by hand: 94 layers x 4 K/V heads x
+    128 x 2 (K and V) x 2 B = 192,512 B per token, split over 4 chips (4 heads on 8 chips: each head on two),
+    1.544 GB per sequence per chip; what the weights leave holds floor(11.78) = 11 sequences, 11/8 per chip
+    (whole sequences per chip would have stopped at 8)."""
+    p = next(x for x in validation.points()["point"] if x["id"] == "gpustack-h100-qwen3-235b-bf16-tp8-32000")
+    cost, d = validation.deployment(p)
+    assert cost.kv_bytes_per_token == 94 * 4 * 128 * 2 * 2
+    per_seq = 32082 * 94 * 4 * 128 * 2 * 2 / 4
+    mem = evaluate(cost, replace(d, batch=1 / 8, context=32082)).memory_gb
+    assert mem["kv_cache"] * 1e9 == pytest.approx(per_seq, rel=1e-12)
+    n = int((mem["usable"] - mem["weights"]) * 1e9 // per_seq)
+    assert n == 11 and serving.memory_fit(cost, d, 32000, 82) == 1
+    s = serving.serve(cost, d, 32000, 82)
+    assert s.concurrency == pytest.approx(11) and s.batch_per_chip == pytest.approx(11 / 8)
+    # the engine's limit is per instance too: a limit of 10 holds 10 sequences (not 8), and 12 do not fit
+    assert serving.serve(cost, d, 32000, 82, max_batch=10).concurrency == pytest.approx(10)
+    with pytest.raises(ModelchipError, match="fit"):
+        serving.serve(cost, d, 32000, 82, concurrency=12)
+
+
 def test_serving_errors_are_clear():
     cost, d = _deploy("llama-3.1-405b", batch=1)
     with pytest.raises(ModelchipError, match="weights alone"):

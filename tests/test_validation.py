@@ -35,9 +35,12 @@ def test_validation_error_bounds():
     # A100 batch-60 run fits; the executor's 90%-of-free-memory pool does not apply): 15.7% and 15.7%, 95 and 94
     # Raised a second time, for a counting correction: each request's first token comes from its prefill step
     # (output_len - 1 decode steps, as the engines run them), which makes every serving point 0.05-5% faster:
-    # 15.7% and 15.7% (0.1 point worse), 95 and 94 within 30%
-    assert ins["median_abs_error"] <= 0.158 and ins["within_30"] >= 95
-    assert loso["median_abs_error"] <= 0.158 and loso["within_30"] >= 94
+    # 15.7% and 15.7% (0.1 point worse), 95 and 94 within 30%. Raised a third time, for a memory-fit correction:
+    # a tensor-parallel instance holds whole sequences, not whole sequences per chip (GPUStack's TP8 and TP4
+    # 32K-prompt runs: 11 in flight, not 8), which makes five Qwen3-235B points 1-5% faster and moves the median
+    # across a gap in the sorted errors: 16.0% and 17.1%, 95 and 94 within 30%
+    assert ins["median_abs_error"] <= 0.160 and ins["within_30"] >= 95
+    assert loso["median_abs_error"] <= 0.171 and loso["within_30"] >= 94
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 

@@ -246,7 +246,7 @@ sample, 71 and 70 of 101 within 30%):
   the vLLM V0 RFC #6854 shows 4-ms GPU bubbles a decode step in a profile image whose setup the text does not
   give (Oracle's 2024 runs, on V0, miss by 4.8 ms at one sequence and 36 ms at 256). (3) FP8 GEMM times at
   M 16-128 for 70B's TP8 shards on MI300X with the docker's kernels (the catalog has 405B's shards at M 1-32).
-- **Qwen3-235B on H100 with vLLM tensor parallelism: BF16 TP8 +13% to +28%, FP8 TP4 +31% to +62% at 2K to
+- **Qwen3-235B on H100 with vLLM tensor parallelism: BF16 TP8 +15% to +29%, FP8 TP4 +33% to +62% at 2K to
   32K prompts.** These runs are prefill-bound, and the two instances run different expert kernels. The BF16 TP8
   instance (192 of each expert's 1,536 columns per GPU) runs vLLM's Triton fused-MoE kernel, which now has a
   measured table (`[[fused_moe]]` in kernels.toml, cost/kernel_model.fused_moe_efficiency): a whole Triton

@@ -72,7 +72,7 @@ def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concu
     if fit == 0:
         p = evaluate(cost, replace(d, batch=1, context=input_len + output_len, cached_prefix=0))
         raise ModelchipError(f"the weights alone do not fit: {p.reason}")
-    cap = min(fit, max(max_batch // d.chips, 1) if d.strategy == "tp" else max_batch)
+    cap = _load_cap(cost, d, input_len, output_len, fit, max_batch)
 
     firsts: dict[float, Prediction] = {}  # one prompt's prefill (TTFT), the same for every batch of 1 or more
 
@@ -99,21 +99,37 @@ def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concu
         batch = concurrency / per
         if batch > cap:
             raise ModelchipError(f"concurrency {concurrency:g} needs {batch:.1f} sequences per chip; "
-                                 f"{cap} fit (memory or the engine's batch limit)")
+                                 f"{cap:g} fit (memory or the engine's batch limit)")
         return at(batch)
     if not request_rate:
-        return at(float(cap))
+        return at(cap)
     batch = 1.0 / per  # Little's law: in flight = rate x time in system, iterated to its fixed point
     for _ in range(60):
         p = at(batch)
         want = request_rate * (p.ttft_ms + (output_len - 1) * p.tpot_ms) / 1e3 / per
         if want > cap:
             raise ModelchipError(f"{request_rate:g} requests/s is beyond this deployment's capacity "
-                                 f"({at(float(cap)).requests_per_s:.2f} requests/s at {cap} sequences per chip)")
+                                 f"({at(cap).requests_per_s:.2f} requests/s at {cap:g} sequences per chip)")
         if abs(want - batch) < 1e-3 * max(batch, 1e-3):
             break
         batch = max(want, 1.0 / per)
     return at(batch)
+
+
+def _load_cap(cost: ModelCost, d: Deployment, input_len: int, output_len: int, fit: int, max_batch: int) -> float:
+    """Most sequences per chip the engine keeps in flight: the memory fit, capped at the engine's batch limit.
+    Under tp an instance's chips each hold 1/tp of every sequence, so the instance holds whole sequences, not
+    whole sequences per chip: `fit` (whole per chip) is refined to the most instance sequences that fit, and the
+    engine's limit (per instance) is divided exactly (TP8 holding 11 sequences of 32K tokens is 11/8 per chip)."""
+    if d.strategy != "tp" or d.chips == 1:
+        return float(min(fit, max_batch))
+    tp = d.chips
+    whole = replace(d, phase="decode", context=input_len + output_len, cached_prefix=0)
+    lo, hi = fit * tp, (fit + 1) * tp  # lo sequences fit, hi do not (fit + 1 per chip does not)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if evaluate(cost, replace(whole, batch=mid / tp)).feasible else (lo, mid)
+    return min(lo, max_batch) / tp
 
 
 def memory_fit(cost: ModelCost, d: Deployment, input_len: int, output_len: int) -> int:
@@ -133,7 +149,7 @@ def serve_under_slo(cost: ModelCost, d: Deployment, input_len: int, output_len: 
     fit = memory_fit(cost, d, input_len, output_len)
     if fit == 0:
         return serve(cost, d, input_len, output_len, fit=fit)  # raises: the weights do not fit
-    cap = min(fit, max(max_batch // d.chips, 1) if d.strategy == "tp" else max_batch)
+    cap = _load_cap(cost, d, input_len, output_len, fit, max_batch)
 
     def ok(s: ServingPrediction) -> bool:
         return s.tpot_ms <= tpot_ms and (not ttft_ms or s.ttft_ms <= ttft_ms)
@@ -148,10 +164,10 @@ def serve_under_slo(cost: ModelCost, d: Deployment, input_len: int, output_len: 
         first.reason = (f"misses the bounds at one request in flight: TPOT {first.tpot_ms:.1f} ms (bound {tpot_ms:g}), "
                         f"TTFT {first.ttft_ms:.1f} ms (bound {ttft_ms:g})")
         return first
-    top = at(float(cap))
+    top = at(cap)
     if ok(top):
         return top
-    lo, hi = lo_batch, float(cap)
+    lo, hi = lo_batch, cap
     for _ in range(50):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if ok(at(mid)) else (lo, mid)
