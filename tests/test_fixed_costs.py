@@ -205,6 +205,18 @@ def test_tensor_parallel_memory_fit_counts_whole_sequences_per_instance():
         serving.serve(cost, d, 32000, 82, concurrency=12)
 
 
+def test_serving_ttft_is_one_prompt_on_the_instance():
+    """TTFT is one prompt's prefill plus the decode step it waits behind: under TP2 one prompt is half a sequence
+    per chip (batch 1 per chip would be two prompts, one per chip's share)."""
+    cost, d = _deploy("llama-3.1-70b", chips=2, batch=1)
+    r = serving.serve(cost, d, 2048, 128, concurrency=16)
+    t_1 = evaluate(cost, replace(d, batch=0.5, phase="prefill", prompt_len=2048)).ttft_ms
+    t_2 = evaluate(cost, replace(d, batch=1, phase="prefill", prompt_len=2048)).ttft_ms
+    t_d = evaluate(cost, replace(d, batch=8, context=2048 + 64)).tpot_ms
+    assert r.ttft_ms == pytest.approx(t_1 + t_d, rel=1e-12)
+    assert t_1 < t_2
+
+
 def test_serving_errors_are_clear():
     cost, d = _deploy("llama-3.1-405b", batch=1)
     with pytest.raises(ModelchipError, match="weights alone"):

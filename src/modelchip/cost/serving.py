@@ -75,13 +75,16 @@ def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concu
     cap = _load_cap(cost, d, input_len, output_len, fit, max_batch)
 
     firsts: dict[float, Prediction] = {}  # one prompt's prefill (TTFT), the same for every batch of 1 or more
+    # one prompt on the instance: under tp every chip holds 1/tp of it (batch 1 per chip would be tp prompts);
+    # a data-parallel attention rank prefills it alone
+    one_prompt = 1.0 / d.chips if d.strategy == "tp" else 1.0
 
     def at(batch: float) -> ServingPrediction:
         # a prefix cache spares prompt tokens' prefill only; the decode step still reads their KV cache
         dec = evaluate(cost, replace(d, phase="decode", batch=batch, context=input_len + output_len // 2,
                                      cached_prefix=0))
         pre = evaluate(cost, replace(d, phase="prefill", batch=batch, prompt_len=input_len))
-        first = min(batch, 1.0)
+        first = min(batch, one_prompt)
         if first not in firsts:
             firsts[first] = evaluate(cost, replace(d, phase="prefill", batch=first, prompt_len=input_len))
         one = firsts[first]
