@@ -205,6 +205,22 @@ def test_tensor_parallel_memory_fit_counts_whole_sequences_per_instance():
         serving.serve(cost, d, 32000, 82, concurrency=12)
 
 
+def test_a_finite_run_holds_no_more_requests_than_it_has():
+    """trtllm-bench queues its whole dataset at once (3,000 requests at 1000/1000 on the perf-overview page): where
+    more would fit, the load is the run's requests. By hand: 300 requests on one H100 where thousands fit are
+    300 prefills plus 999 decode steps at batch 300."""
+    cost, d = _deploy("llama-3.1-8b", batch=1)
+    full = serving.serve(cost, d, 1000, 1000)
+    assert full.batch_per_chip > 300
+    r = serving.serve(cost, d, 1000, 1000, requests=300)
+    t_d = evaluate(cost, replace(d, batch=300, context=1000 + 500)).tpot_ms
+    t_p = evaluate(cost, replace(d, batch=300, phase="prefill", prompt_len=1000)).ttft_ms
+    assert r.concurrency == 300
+    assert r.output_tokens_per_s == pytest.approx(300 * 1000 / ((t_p + 999 * t_d) / 1e3), rel=1e-12)
+    # more requests than fit: memory still bounds the load
+    assert serving.serve(cost, d, 1000, 1000, requests=10 ** 6).concurrency == full.concurrency
+
+
 def test_serving_ttft_is_one_prompt_on_the_instance():
     """TTFT is one prompt's prefill plus the decode step it waits behind: under TP2 one prompt is half a sequence
     per chip (batch 1 per chip would be two prompts, one per chip's share)."""

@@ -38,9 +38,10 @@ def test_validation_error_bounds():
     # 15.7% and 15.7% (0.1 point worse), 95 and 94 within 30%. Raised a third time, for a memory-fit correction:
     # a tensor-parallel instance holds whole sequences, not whole sequences per chip (GPUStack's TP8 and TP4
     # 32K-prompt runs: 11 in flight, not 8), which makes five Qwen3-235B points 1-5% faster and moves the median
-    # across a gap in the sorted errors: 16.0% and 17.1%, 95 and 94 within 30%
-    assert ins["median_abs_error"] <= 0.160 and ins["within_30"] >= 95
-    assert loso["median_abs_error"] <= 0.171 and loso["within_30"] >= 94
+    # across a gap in the sorted errors: 16.0% and 17.1%, 95 and 94 within 30%. Holding a finite run's load to
+    # its requests (trtllm-bench's 3,000 at 1000/1000 on the MoE points): 16.0% and 17.1%, 96 and 95
+    assert ins["median_abs_error"] <= 0.160 and ins["within_30"] >= 96
+    assert loso["median_abs_error"] <= 0.171 and loso["within_30"] >= 95
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 

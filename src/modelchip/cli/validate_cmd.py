@@ -116,7 +116,11 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   activations (PR #3046, 9.4-59.1 us: the quantization left out, unlike the other FP4 tables); FlashInfer issue
   #1732 (M = 1, 8192 x 8192, 1.78 TB/s, one shape); FlashInfer PR #3560 and #5100 (SM 12.0 kernels); a GPU MODE
   hackathon GEMV (24.2 us for 70B's down_proj, helion issue #2417: not a kernel the measured engines run).
-- **Aggregated serving with data-parallel attention (Qwen3-235B FP4 +43%, FP8 +32%).** The attention-DP
+- **Aggregated serving with data-parallel attention (Qwen3-235B FP4 +17%, FP8 +26%; Maverick FP4 -38%).** The
+  perf-overview page queues 3,000 requests at 1000/1000, so no more than 375 per GPU are ever in flight; the
+  model had filled memory (813 and 534 per GPU for Qwen3, 589 for Maverick) and predicted +44%, +32% and -26%.
+  Held to the run's requests (`num_requests`, from the page's own table), Qwen3 comes within 30% and Maverick,
+  too slow before, is further off: its miss is not the load. The attention-DP
   balance (TensorRT-LLM blog 10) and the EP32 expert imbalance (blog 4) are measured on DeepSeek; Qwen3's
   128-expert top-8 routing at EP8 has no published imbalance figure, so its experts are charged as balanced.
   Searched and not found: a measured max/mean routed-token load per rank of any Qwen3-MoE model at EP8. vLLM's

@@ -53,10 +53,13 @@ def _sequences_per_chip(d: Deployment) -> int:
 
 
 def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concurrency: float = 0,
-          request_rate: float = 0, max_batch: int = ENGINE_MAX_BATCH, fit: int | None = None) -> ServingPrediction:
+          request_rate: float = 0, max_batch: int = ENGINE_MAX_BATCH, fit: int | None = None,
+          requests: int = 0) -> ServingPrediction:
     """Steady-state serving of the deployment; see the module docstring. `concurrency` and `request_rate`
     count the whole deployment; with neither, the engine fills memory (maximum-load throughput). `fit`: the
-    sequences per chip that fit in memory, where the caller has it (a search reuses it across batches)."""
+    sequences per chip that fit in memory, where the caller has it (a search reuses it across batches).
+    `requests`: the run's whole number of requests where it is finite and published (0: unbounded); with all of
+    them in flight at once the load is that many, however many more would fit."""
     if input_len < 1 or output_len < 1:
         raise ModelchipError("serving needs positive --input-len and --output-len")
     if concurrency < 0 or request_rate < 0:
@@ -73,6 +76,8 @@ def serve(cost: ModelCost, d: Deployment, input_len: int, output_len: int, concu
         p = evaluate(cost, replace(d, batch=1, context=input_len + output_len, cached_prefix=0))
         raise ModelchipError(f"the weights alone do not fit: {p.reason}")
     cap = _load_cap(cost, d, input_len, output_len, fit, max_batch)
+    if requests:  # a finite run (trtllm-bench's dataset, a burst of prompts) never has more requests in flight
+        cap = min(cap, requests / per)
 
     firsts: dict[float, Prediction] = {}  # one prompt's prefill (TTFT), the same for every batch of 1 or more
     # one prompt on the instance: under tp every chip holds 1/tp of it (batch 1 per chip would be tp prompts);
