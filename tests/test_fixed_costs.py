@@ -159,12 +159,78 @@ def test_serving_steady_state_by_hand():
     t_d = evaluate(cost, replace(d, batch=32, context=1024 + 128)).tpot_ms  # decode at the mean context
     t_p = evaluate(cost, replace(d, batch=32, phase="prefill", prompt_len=1024)).ttft_ms  # the cohort's prefills
     t_1 = evaluate(cost, replace(d, batch=1, phase="prefill", prompt_len=1024)).ttft_ms
-    assert r.output_tokens_per_s == pytest.approx(32 * 256 / ((t_p + 256 * t_d) / 1e3))
-    assert r.tpot_ms == pytest.approx(t_d + t_p / 256)
+    # the prefill samples each request's first token: 255 decode steps and 255 gaps between tokens follow it
+    assert r.output_tokens_per_s == pytest.approx(32 * 256 / ((t_p + 255 * t_d) / 1e3))
+    assert r.tpot_ms == pytest.approx(t_d + t_p / 255)
     assert r.ttft_ms == pytest.approx(t_1 + t_d)
     # a request rate is the concurrency Little's law gives back
     q = serving.serve(cost, d, 1024, 256, request_rate=r.requests_per_s)
     assert q.concurrency == pytest.approx(r.requests_per_s * (q.ttft_ms + 255 * q.tpot_ms) / 1e3, rel=1e-2)
+
+
+def test_serving_counts_the_first_token_from_the_prefill():
+    """A request of output_len tokens runs one prefill step (which samples token 1) and output_len - 1 decode
+    steps (TensorRT-LLM's gptSession loop: step 0 the context phase, steps 1..maxNewTokens-1 generation): a
+    4-token burst of 100 requests is 100 prefills plus 3 decode steps, by hand."""
+    cost, d = _deploy("llama-3.1-8b", batch=1)
+    r = serving.serve(cost, d, 128, 4, concurrency=100)
+    t_d = evaluate(cost, replace(d, batch=100, context=128 + 2)).tpot_ms
+    t_p = evaluate(cost, replace(d, batch=100, phase="prefill", prompt_len=128)).ttft_ms
+    assert r.output_tokens_per_s == pytest.approx(400 / ((t_p + 3 * t_d) / 1e3), rel=1e-12)
+    assert r.tpot_ms == pytest.approx(t_d + t_p / 3, rel=1e-12)
+    # one output token: the prefill alone, no decode step
+    one = serving.serve(cost, d, 128, 1, concurrency=100)
+    assert one.output_tokens_per_s == pytest.approx(100 / (t_p / 1e3), rel=1e-12)
+
+
+def test_tensor_parallel_memory_fit_counts_whole_sequences_per_instance():
+    """Under TP every chip holds 1/tp of each sequence's cache, so an instance holds whole sequences, not whole
+    sequences per chip. Qwen3-235B BF16 on TP8 H100 at 32,000 + 82 tokens, by hand: 94 layers x 4 K/V heads x
+    128 x 2 (K and V) x 2 B = 192,512 B per token, split over 4 chips (4 heads on 8 chips: each head on two),
+    1.544 GB per sequence per chip; what the weights leave holds floor(11.78) = 11 sequences, 11/8 per chip
+    (whole sequences per chip would have stopped at 8)."""
+    p = next(x for x in validation.points()["point"] if x["id"] == "gpustack-h100-qwen3-235b-bf16-tp8-32000")
+    cost, d = validation.deployment(p)
+    assert cost.kv_bytes_per_token == 94 * 4 * 128 * 2 * 2
+    per_seq = 32082 * 94 * 4 * 128 * 2 * 2 / 4
+    mem = evaluate(cost, replace(d, batch=1 / 8, context=32082)).memory_gb
+    assert mem["kv_cache"] * 1e9 == pytest.approx(per_seq, rel=1e-12)
+    n = int((mem["usable"] - mem["weights"]) * 1e9 // per_seq)
+    assert n == 11 and serving.memory_fit(cost, d, 32000, 82) == 1
+    s = serving.serve(cost, d, 32000, 82)
+    assert s.concurrency == pytest.approx(11) and s.batch_per_chip == pytest.approx(11 / 8)
+    # the engine's limit is per instance too: a limit of 10 holds 10 sequences (not 8), and 12 do not fit
+    assert serving.serve(cost, d, 32000, 82, max_batch=10).concurrency == pytest.approx(10)
+    with pytest.raises(ModelchipError, match="fit"):
+        serving.serve(cost, d, 32000, 82, concurrency=12)
+
+
+def test_a_finite_run_holds_no_more_requests_than_it_has():
+    """trtllm-bench queues its whole dataset at once (3,000 requests at 1000/1000 on the perf-overview page): where
+    more would fit, the load is the run's requests. By hand: 300 requests on one H100 where thousands fit are
+    300 prefills plus 999 decode steps at batch 300."""
+    cost, d = _deploy("llama-3.1-8b", batch=1)
+    full = serving.serve(cost, d, 1000, 1000)
+    assert full.batch_per_chip > 300
+    r = serving.serve(cost, d, 1000, 1000, requests=300)
+    t_d = evaluate(cost, replace(d, batch=300, context=1000 + 500)).tpot_ms
+    t_p = evaluate(cost, replace(d, batch=300, phase="prefill", prompt_len=1000)).ttft_ms
+    assert r.concurrency == 300
+    assert r.output_tokens_per_s == pytest.approx(300 * 1000 / ((t_p + 999 * t_d) / 1e3), rel=1e-12)
+    # more requests than fit: memory still bounds the load
+    assert serving.serve(cost, d, 1000, 1000, requests=10 ** 6).concurrency == full.concurrency
+
+
+def test_serving_ttft_is_one_prompt_on_the_instance():
+    """TTFT is one prompt's prefill plus the decode step it waits behind: under TP2 one prompt is half a sequence
+    per chip (batch 1 per chip would be two prompts, one per chip's share)."""
+    cost, d = _deploy("llama-3.1-70b", chips=2, batch=1)
+    r = serving.serve(cost, d, 2048, 128, concurrency=16)
+    t_1 = evaluate(cost, replace(d, batch=0.5, phase="prefill", prompt_len=2048)).ttft_ms
+    t_2 = evaluate(cost, replace(d, batch=1, phase="prefill", prompt_len=2048)).ttft_ms
+    t_d = evaluate(cost, replace(d, batch=8, context=2048 + 64)).tpot_ms
+    assert r.ttft_ms == pytest.approx(t_1 + t_d, rel=1e-12)
+    assert t_1 < t_2
 
 
 def test_serving_errors_are_clear():

@@ -94,7 +94,8 @@ def test_predict_and_plan_take_cached_prefix(capsys, tmp_path):
 def test_serving_with_a_cached_prefix_spares_the_prefill_not_the_decode():
     """A benchmark that replays the same prompts (vLLM's benchmark_latency with V1's default prefix cache)
     prefills only the uncached tail, while every decode step still reads the whole prompt's KV cache: the
-    round is the tail's prefill plus output_len decode steps over the full context."""
+    round is the tail's prefill (which samples the first token) plus output_len - 1 decode steps over the full
+    context."""
     from dataclasses import replace
 
     from modelchip.cost import serving
@@ -112,5 +113,7 @@ def test_serving_with_a_cached_prefix_spares_the_prefill_not_the_decode():
     pre = evaluate(cost, replace(base, phase="prefill", batch=conc, prompt_len=prompt, cached_prefix=cached))
     assert s.prefill.ttft_ms == pytest.approx(pre.ttft_ms, rel=1e-12)
     assert s.prefill.ttft_ms < cold.prefill.ttft_ms / 10
-    # output tokens/s by hand: conc sequences x out tokens over (prefill + out decode steps)
-    assert s.output_tokens_per_s == pytest.approx(conc * out / ((pre.ttft_ms + out * dec.tpot_ms) / 1e3), rel=1e-12)
+    # output tokens/s by hand: conc sequences x out tokens over (prefill, which samples the first token,
+    # + out - 1 decode steps)
+    assert s.output_tokens_per_s == pytest.approx(conc * out / ((pre.ttft_ms + (out - 1) * dec.tpot_ms) / 1e3),
+                                                  rel=1e-12)

@@ -31,9 +31,17 @@ def test_validation_error_bounds():
     # once, for a correction of the points' setup rather than of the model: ROCm's dev-docker latency runs serve
     # their prompts from vLLM V1's prefix cache (the warm-up's prompts, reused), which made its 2K-prompt points
     # miss like their 128-token twins; with MI300X's small-kernel floor charged per group: 16.0% and 17.0%, 94
-    # and 93 within 30%
-    assert ins["median_abs_error"] <= 0.160 and ins["within_30"] >= 94
-    assert loso["median_abs_error"] <= 0.170 and loso["within_30"] >= 93
+    # and 93 within 30%. Sizing gptSessionBenchmark's KV cache to its static batch, as GptSession allocates it (the
+    # A100 batch-60 run fits; the executor's 90%-of-free-memory pool does not apply): 15.7% and 15.7%, 95 and 94
+    # Raised a second time, for a counting correction: each request's first token comes from its prefill step
+    # (output_len - 1 decode steps, as the engines run them), which makes every serving point 0.05-5% faster:
+    # 15.7% and 15.7% (0.1 point worse), 95 and 94 within 30%. Raised a third time, for a memory-fit correction:
+    # a tensor-parallel instance holds whole sequences, not whole sequences per chip (GPUStack's TP8 and TP4
+    # 32K-prompt runs: 11 in flight, not 8), which makes five Qwen3-235B points 1-5% faster and moves the median
+    # across a gap in the sorted errors: 16.0% and 17.1%, 95 and 94 within 30%. Holding a finite run's load to
+    # its requests (trtllm-bench's 3,000 at 1000/1000 on the MoE points): 16.0% and 17.1%, 96 and 95
+    assert ins["median_abs_error"] <= 0.160 and ins["within_30"] >= 96
+    assert loso["median_abs_error"] <= 0.171 and loso["within_30"] >= 95
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 
@@ -64,3 +72,25 @@ def test_regimes_cover_batch_1_to_over_1000_per_chip():
     assert min(x for x in per_chip if x) <= 1 and max(per_chip) > 1000
     assert {validation.regime(p) for p in points} >= {"decode/latency", "decode/throughput", "prefill",
                                                          "serve/latency", "serve/throughput"}
+
+
+def test_gpt_session_static_batch_fits_its_kv_cache_whole():
+    """TensorRT-LLM v0.6.1's A100 LLaMA-7B run at batch 60, 128 in / 2048 out: GptSession sizes its KV cache to
+    the batch, so the run needs weights + 60 x 2,176 tokens of KV. By hand: Llama-2-7B holds 6.74e9 BF16
+    parameters (13.48 GB) and 2 x 32 layers x 4,096 x 2 B = 524,288 B of KV per token, 68.45 GB for the batch;
+    81.9 GB fits the 80 GiB (85.9 GB) A100, but not the 13.48 + 0.9 x (85.9 - 13.48) = 78.7 GB an executor
+    leaves with its default 90% free-memory KV pool."""
+    from dataclasses import replace
+
+    from modelchip.cost.deploy import evaluate
+    p = next(x for x in validation.points()["point"] if x["id"] == "trtllm-v061-a100-llama7b-b60-128-2048")
+    assert p["kv_free_memory_fraction"] == 1.0
+    cost, d = validation.deployment(p)
+    run = replace(d, batch=60, context=128 + 2048)
+    pred = evaluate(cost, run)
+    assert cost.kv_bytes_per_token == 2 * 32 * 4096 * 2
+    assert pred.memory_gb["kv_cache"] * 1e9 == 60 * 2176 * 524288
+    assert abs(pred.memory_gb["weights"] - 13.48) < 0.01 and pred.feasible
+    executor = evaluate(cost, replace(run, kv_free_fraction=0.0))  # tensorrt-llm's catalogued 0.9 pool
+    assert not executor.feasible and abs(executor.memory_gb["usable"] - 78.66) < 0.01
+    assert validation.predict_point(p) > 0

@@ -116,7 +116,11 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   activations (PR #3046, 9.4-59.1 us: the quantization left out, unlike the other FP4 tables); FlashInfer issue
   #1732 (M = 1, 8192 x 8192, 1.78 TB/s, one shape); FlashInfer PR #3560 and #5100 (SM 12.0 kernels); a GPU MODE
   hackathon GEMV (24.2 us for 70B's down_proj, helion issue #2417: not a kernel the measured engines run).
-- **Aggregated serving with data-parallel attention (Qwen3-235B FP4 +43%, FP8 +32%).** The attention-DP
+- **Aggregated serving with data-parallel attention (Qwen3-235B FP4 +17%, FP8 +26%; Maverick FP4 -38%).** The
+  perf-overview page queues 3,000 requests at 1000/1000, so no more than 375 per GPU are ever in flight; the
+  model had filled memory (813 and 534 per GPU for Qwen3, 589 for Maverick) and predicted +44%, +32% and -26%.
+  Held to the run's requests (`num_requests`, from the page's own table), Qwen3 comes within 30% and Maverick,
+  too slow before, is further off: its miss is not the load. The attention-DP
   balance (TensorRT-LLM blog 10) and the EP32 expert imbalance (blog 4) are measured on DeepSeek; Qwen3's
   128-expert top-8 routing at EP8 has no published imbalance figure, so its experts are charged as balanced.
   Searched and not found: a measured max/mean routed-token load per rank of any Qwen3-MoE model at EP8. vLLM's
@@ -135,10 +139,13 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   latency (13 us, vLLM's pynccl benchmark at world size 2) the batch-1 points land at +11% (no MTP) and -6%
   (MTP 3); the relaxed-acceptance point runs TensorRT-LLM's fused all-reduce and a TP8/EP2 split whose faster
   kernels the catalog does not have.
-- **A setup that does not fit as published.** TensorRT-LLM v0.6's A100 LLaMA-7B batch of 60 at 128 + 2,048
-  tokens needs 68.4 GB of FP16 KV cache beside 13.5 GB of weights. The A100 holds 85.9 GB (nvidia-smi's 81920
-  MiB), but TensorRT-LLM's default pool is 90% of what the weights leave (65.2 GB), so 57 sequences fit; the run
-  must have set a larger fraction, which the page does not state (the batch-52 row fits and lands at -5%).
+- **A setup that did not fit as published, until its engine's memory policy was read.** TensorRT-LLM v0.6's
+  A100 LLaMA-7B batch of 60 at 128 + 2,048 tokens needs 68.4 GB of FP16 KV cache beside 13.5 GB of weights. The
+  A100 holds 85.9 GB (nvidia-smi's 81920 MiB); the executor's default pool of 90% of what the weights leave
+  (65.2 GB) holds 57 sequences, and the point was infeasible (-100%). But these rows are gptSessionBenchmark
+  static batches, and GptSession sizes its KV cache to the batch (batch x maxBlocksPerSeq blocks, or non-paged
+  buffers of batch x sequence length), with no free-memory fraction; with the cache sized so, the run fits and
+  lands at -0.1%.
   SGLang's GB200 prefill instances, which did not fit before, offload weights to Grace memory as the post
   says; with that mechanism (the excess streams over NVLink-C2C behind each forward) they land at -5% and -7%.
   Chip capacities are the device's own report (nvidia-smi, rocm-smi, npu-smi), not the marketed decimal GB.
@@ -189,7 +196,7 @@ sample, 71 and 70 of 101 within 30%):
   Ascend 950 with 3,968 prefill tokens and 23 decodes against 8,192 keys, 4,360 to 3,949 us per call, quoting
   vLLM-Ascend PR #11948: another chip and another kernel). For MindIE's per-operator host or graph-launch time,
   nothing new: Ascend's msprof-analyze advisor flags host-bound operator sequences by a threshold and gives no
-  time. The 128-in / 4-out burst of 1,000 requests (+144%) is host work per request (tokenising, scheduling) for
+  time. The 128-in / 4-out burst of 1,000 requests (+148%) is host work per request (tokenising, scheduling) for
   which no measurement was found (see "Bursts of short requests" below). The 2K and 4K prompt runs land at +12%
   to +28%.
 - **MI300X at TP8: ROCm's docker 70B +14% and +16% at one sequence, +42% and +39% at 16, +58% and +54% at
@@ -243,7 +250,7 @@ sample, 71 and 70 of 101 within 30%):
   the vLLM V0 RFC #6854 shows 4-ms GPU bubbles a decode step in a profile image whose setup the text does not
   give (Oracle's 2024 runs, on V0, miss by 4.8 ms at one sequence and 36 ms at 256). (3) FP8 GEMM times at
   M 16-128 for 70B's TP8 shards on MI300X with the docker's kernels (the catalog has 405B's shards at M 1-32).
-- **Qwen3-235B on H100 with vLLM tensor parallelism: BF16 TP8 +13% to +28%, FP8 TP4 +31% to +62% at 2K to
+- **Qwen3-235B on H100 with vLLM tensor parallelism: BF16 TP8 +15% to +29%, FP8 TP4 +33% to +62% at 2K to
   32K prompts.** These runs are prefill-bound, and the two instances run different expert kernels. The BF16 TP8
   instance (192 of each expert's 1,536 columns per GPU) runs vLLM's Triton fused-MoE kernel, which now has a
   measured table (`[[fused_moe]]` in kernels.toml, cost/kernel_model.fused_moe_efficiency): a whole Triton
@@ -285,19 +292,19 @@ sample, 71 and 70 of 101 within 30%):
   that K), vLLM recipes PR #112 (MiniMax-M2 on H100 served twice as fast without DeepGEMM: end-to-end, another
   model) and VeOmni PR #460 (another Triton kernel). For BF16 the figure wanted is the same benchmark at E=128,
   N=192 itself.
-- **Bursts of short requests: 128 in / 4 out, 1,000 requests at once (H100 +148% FP8 TP4, +184% BF16 TP8; 910B
-  +144%).** Each H100 run is one cohort, whose device work the model puts at 3.1 s (TP8, since the fused-MoE table)
-  and 2.5 s (TP4); the runs take 8.83 s and 6.11 s, and their published first-token times are bunched late (mean
+- **Bursts of short requests: 128 in / 4 out, 1,000 requests at once (H100 +153% FP8 TP4, +189% BF16 TP8; 910B
+  +148%).** Each H100 run is one cohort, whose device work the model puts at 3.1 s (TP8, since the fused-MoE table)
+  and 2.4 s (TP4); the runs take 8.83 s and 6.11 s, and their published first-token times are bunched late (mean
   7.0 s, P99 8.7 s; mean 5.6 s, P99 5.8 s), where device-bound admission would spread them over the prefill chunks.
   That points at host work per request that the model does not charge: the API server's chat template,
   tokenisation, request and stream handling, and the scheduler. It is not one serial per-request time of vLLM
   v0.11's single API-server process, whichever way it is charged. As a bound (a burst of N requests admitted no
   faster than N times it) the TP8 run needs at least 8.98 ms per request (8.83 s over 984 requests), while the TP4
   run, on the same engine version and tokenizer, finished its 984 requests in 6.11 s, which caps any serial time at
-  6.21 ms. Added to the device work, they leave 5.8 and 3.7 ms per request. Part of each gap is the prefill
+  6.21 ms. Added to the device work, they leave 5.9 and 3.8 ms per request. Part of each gap is the prefill
   shortfall the same instance shows on its prompt-heavy runs: with the device time scaled by the 2,000-token runs'
-  errors (+28% TP8, +62% TP4), 4.9 and 2.2 ms per request remain, still not one figure. The 910B run (vLLM-Ascend
-  0.9.1 on its own host) leaves 13.3 ms per request (22.6 s for 1,000 requests against 9.2 s of device work). A
+  errors (+28% TP8, +62% TP4), 5.0 and 2.2 ms per request remain, still not one figure. The 910B run (vLLM-Ascend
+  0.9.1 on its own host) leaves 13.5 ms per request (22.6 s for 1,000 requests against 9.1 s of device work). A
   term for it would touch only GPUStack's runs through `vllm serve`: the catalog's other vLLM points (ROCm's docker
   table and Oracle's, both benchmark_latency, and AMD's MLPerf harness) drive the engine without its OpenAI API
   server. No mechanism-level measurement of vLLM V1's per-request host time was found. Found and not used: vLLM's

@@ -96,7 +96,8 @@ def predict_point(p: dict, exclude: frozenset[str] = frozenset()) -> float:
                                         p.get("ttft_slo_ms", 0), max_batch=max_batch)
         else:
             s = serving.serve(cost, d, p["prompt_len"], p["output_len"], concurrency=p.get("concurrency", 0),
-                              request_rate=p.get("request_rate", 0), max_batch=max_batch)
+                              request_rate=p.get("request_rate", 0), max_batch=max_batch,
+                              requests=p.get("num_requests", 0))
         if not s.feasible:
             return 0.0
         values = {"out_per_chip": s.output_tokens_per_s_per_chip, "per_user": 1e3 / s.tpot_ms,
