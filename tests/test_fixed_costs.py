@@ -318,3 +318,28 @@ def test_weight_offload_needs_a_host_link():
     p = _step("deepseek-v3", "h100", chips=4, strategy="ep", batch=8, phase="prefill", prompt_len=2000, context=1,
               redundant_experts=0, weight_offload=True)
     assert not p.feasible and "no host link" in p.reason
+
+
+def test_redundant_expert_replicas_each_stream_their_weights():
+    # DeepSeek-V3 on 144 H800 (EP144), 256 experts + 32 redundant replicas = 2 expert copies per GPU, 4 sequences
+    # per GPU: 576 tokens x top-8 spread evenly over the 288 copies reach every copy (1 - (1 - 8/288)^576 of them,
+    # 1 - 1e-7), so each GPU streams 2 experts' weights, not 256/144 = 1.78, at 32 / 2 = 16 rows per expert
+    kw = dict(chips=144, strategy="ep", batch=4, context=4096, moe_balance="ideal")
+    p = _step("deepseek-v3", "h800", redundant_experts=32, **kw).breakdown_ms
+    chip, params, peak = get_chip("h800"), 44040192, H800_FP8  # 3 x 7168 x 2048 per expert, FP8: 1 byte each
+    hit = 288 * (1 - (1 - 8 / 288) ** 576) / 144
+    pairs = 576 * 8 / 144
+
+    def gemm(flops, nbytes, m):  # a matmul at the grouped/dense FP8 benchmarks' roofline efficiency at M
+        return max(flops / peak, nbytes / H800_BW) / km.gemm_efficiency(chip, "fp8", m, True, weight="fp8")
+
+    routed = gemm(2 * pairs * params, hit * params, pairs / hit)
+    shared = max(2 * 4 * params / peak, params / H800_BW) / km.gemm_efficiency(chip, "fp8", 4, False, weight="fp8")
+    assert hit == pytest.approx(2.0, rel=1e-6)
+    assert p["moe"] == pytest.approx(58 * (routed + shared) * 1e3, rel=1e-9)
+    # without replicas the same GPUs hold 256 / 144 experts' worth each (the check needs EP to divide them: EP128)
+    kw["chips"] = 128
+    q = _step("deepseek-v3", "h800", redundant_experts=0, **kw).breakdown_ms
+    hit0 = 256 * (1 - (1 - 8 / 256) ** 512) / 128
+    routed0 = gemm(2 * 32 * params, hit0 * params, 32 / hit0)
+    assert q["moe"] == pytest.approx(58 * (routed0 + shared) * 1e3, rel=1e-9)

@@ -244,6 +244,15 @@ def _activated(experts: int, top_k: int, tokens: float) -> float:
     return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
 
 
+def _expert_slots(experts: int, d: Deployment) -> int:
+    """Expert copies the expert-parallel group runs: the experts plus their redundant replicas. A replica takes
+    a share of its expert's tokens (that is what it is placed for: DeepSeek's EPLB, SGLang's and TensorRT-LLM's
+    redundant experts), so under balanced routing each token-expert pair lands on one of experts + replicas
+    copies, and every copy a step's tokens reach streams its own weights. Without expert parallelism every
+    chip holds every expert and replicas do not apply."""
+    return experts + d.redundant_experts if d.expert_parallel > 1 else experts
+
+
 def _prefill_core(cost: ModelCost, prompt: int, cached: int) -> tuple[float, float]:
     """(attention core FLOPs per computed token, cached-prefix KV bytes read per sequence) for a prefill of
     the last `prompt - cached` tokens of a `prompt`-token prompt. Token i attends over positions 1..i, so the
@@ -515,7 +524,8 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
         # tokens the expert-parallel group routes: every chip's own, or (attention replicated) one set for all
         group_tokens = ffn_tokens * ep if d.strategy != "tp" and d.attention != "replicated" else ffn_tokens
         pairs = group_tokens * moe.top_k / max(ep, 1)  # token-expert pairs landing on this chip
-        hit = _activated(moe.experts, moe.top_k, group_tokens) / max(ep, 1)
+        slots = _expert_slots(moe.experts, d)
+        hit = _activated(slots, moe.top_k, group_tokens) / max(ep, 1)
         shard = tp if d.strategy == "tp" else 1
         shared_tokens = ffn_tokens if d.strategy != "tp" else inst_tokens
         # routed experts as one grouped GEMM of pairs/hit rows per expert, the shared expert as a dense one;
@@ -542,7 +552,7 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
     if moe and d.overhead_per_expert_s:
         m = _micro_batch_count(d, tp * b) if d.strategy == "afd" else 1
         expert_host = (d.overhead_per_expert_s * moe.layers * m
-                       * _activated(moe.experts, moe.top_k, group_tokens / m) / max(ep, 1))
+                       * _activated(slots, moe.top_k, group_tokens / m) / max(ep, 1))
 
     # a matmul call cannot run faster than its architecture's measured per-call floor: small weight shards (70B
     # at TP8) wait on it where their streaming time is shorter; FFN matmuls are gate_up (2/3) and down (1/3)
