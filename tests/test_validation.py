@@ -31,8 +31,10 @@ def test_validation_error_bounds():
     # once, for a correction of the points' setup rather than of the model: ROCm's dev-docker latency runs serve
     # their prompts from vLLM V1's prefix cache (the warm-up's prompts, reused), which made its 2K-prompt points
     # miss like their 128-token twins; with MI300X's small-kernel floor charged per group: 16.0% and 17.0%, 94
-    # and 93 within 30%
-    assert ins["median_abs_error"] <= 0.160 and ins["within_30"] >= 94
+    # and 93 within 30%. Lowered once more for a units bug: the 910C's per-die dispatch and combine tables were
+    # read at a whole chip's tokens (two dies'); read per die, two CloudMatrix decode points left the 30% band
+    # in-sample (92 of 121; medians 15.9% and 16.9% unchanged)
+    assert ins["median_abs_error"] <= 0.160 and ins["within_30"] >= 92
     assert loso["median_abs_error"] <= 0.170 and loso["within_30"] >= 93
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]

@@ -540,7 +540,7 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
         moe_t = moe.layers * (routed + shared)
         # the busiest expert-parallel rank sets the pace: routed work grows by its measured max/mean load
         if ep > 1 and d.moe_balance != "ideal":
-            ratio = km.fixed("moe_imbalance", (d.moe_balance,), d.exclude, ranks=ep)
+            ratio = km.fixed("moe_imbalance", (d.moe_balance,), d.exclude, ranks=ep * chip.devices)
             imbalance = moe.layers * routed * ((ratio or 1.0) - 1.0)
         router = moe.layers * _roofline(2 * shared_tokens * moe.router_params / shard, moe.router_params * wb / shard,
                                         peak, bw, eff.gemm, eff.memory)
@@ -610,7 +610,10 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
             comm = 2 * L * max(0.0, timed - _collective_latency(d, tp))
     elif d.strategy == "ep" and moe:
         per_token = moe.top_k * H * (1 + ACT_BYTES)
-        measured = km.ep_low_latency(chip.arch, ep, tokens, H, moe.top_k, d.exclude) if decode else None
+        # the kernels are benchmarked per rank: a chip of several devices (a 910C's two dies) is that many ranks,
+        # each dispatching its share of the chip's tokens at the same time over its own ports
+        measured = (km.ep_low_latency(chip.arch, ep * chip.devices, tokens / chip.devices, H, moe.top_k, d.exclude)
+                    if decode else None)
         if measured and measured[2]:  # the architecture's low-latency dispatch and combine, as benchmarked
             comm = moe.layers * (measured[0] + measured[1])
         elif measured:  # a measured latency floor, plus the bytes over the links
