@@ -360,3 +360,22 @@ def test_redundant_expert_replicas_each_stream_their_weights():
     hit0 = 256 * (1 - (1 - 8 / 256) ** 512) / 128
     routed0 = gemm(2 * 32 * params, hit0 * params, 32 / hit0)
     assert q["moe"] == pytest.approx(58 * (routed0 + shared) * 1e3, rel=1e-9)
+
+
+def test_mtp_draft_passes_after_the_first_run_on_one_token_per_sequence():
+    # DeepSeek-V3 on 16 910Cs (no graph-kernel, host or launch figure on davinci: a step is its layers plus draft
+    # passes). With 3 drafts the module runs once over the 4 tokens per sequence the step verified, then twice
+    # on the last draft alone: (S4 + 2 S1) / 61, S_q the layers' time at q tokens per sequence
+    kw = dict(chips=16, strategy="ep", batch=8, context=2048, redundant_experts=0,
+              precision=Precision(weight="int8", kv="bf16"))
+    one = _step("deepseek-v3", "ascend-910c", **kw)
+    s1 = one.tpot_ms  # one token per step without drafts
+    assert one.breakdown_ms["mtp_draft"] == 0
+    three = _step("deepseek-v3", "ascend-910c", mtp=3, mtp_acceptance=0.8, **kw)
+    step = three.tpot_ms * (1 + 0.8 + 0.8 ** 2 + 0.8 ** 3)
+    draft = three.breakdown_ms["mtp_draft"]
+    assert draft * 61 == pytest.approx(step - draft + 2 * s1, rel=1e-9)
+    # one draft: a single pass over the 2 tokens per sequence, 1/61 of the layers' time
+    two = _step("deepseek-v3", "ascend-910c", mtp=1, mtp_acceptance=0.8, **kw)
+    assert two.breakdown_ms["mtp_draft"] * 61 == pytest.approx(two.tpot_ms * 1.8 - two.breakdown_ms["mtp_draft"],
+                                                               rel=1e-9)

@@ -457,7 +457,21 @@ def _sides(cost: ModelCost, d: Deployment) -> tuple:
     return _evaluate(cost, d, sides_only=True).sides
 
 
-def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Prediction:
+def _layers_step(cost: ModelCost, d: Deployment) -> float:
+    """Seconds of a step's layers, LM head, sampling and communication, before draft passes and fixed costs."""
+    return _evaluate(cost, d, step_only=True).sides[0]
+
+
+def _draft_passes(cost: ModelCost, d: Deployment, step: float) -> float:
+    """Seconds of a decode step's MTP draft passes, `step` being its layers' time at 1 + mtp tokens per sequence.
+    DeepSeek ships one MTP module, and the engines chain it (TensorRT-LLM's MTP Eagle, its default for DeepSeek,
+    tech blog 2; SGLang's and vLLM's drafters alike): the first pass runs over every token the step verified, the
+    other mtp - 1 on the last draft token alone, one per sequence. Each pass is one layer-sized module."""
+    single = _layers_step(cost, replace(d, mtp=0, mtp_acceptance=0.0)) if d.mtp > 1 else 0.0
+    return (step + (d.mtp - 1) * single) / cost.layers
+
+
+def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False, step_only: bool = False) -> Prediction:
     chip, eff, prec = d.chip, d.efficiency, d.precision
     peak = chip.peak(prec.compute_dtype(chip))
     # the attention core runs in the cache's format: 8-bit math only where the KV is 8-bit and the chip has it
@@ -688,8 +702,10 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
         # because the published decode and prefill runs sit near the sum (docs/validation.md)
         step = max(compute, comm_total) if (d.overlap and d.strategy == "ep") else compute + comm_total
         bound = "communication" if comm_total > compute else "compute"
-    if decode and d.mtp:
-        step *= 1 + d.mtp / L  # each draft token runs one more layer-sized MTP module
+    if step_only:
+        return Prediction(True, "", None, None, b, None, 0.0, {}, {}, None, "", (step,))
+    draft = _draft_passes(cost, d, step) if decode and d.mtp else 0.0
+    step += draft
 
     # memory per chip
     kv = b * tp * (d.context if decode else d.prompt_len) * cost.kv_bytes_per_token / kv_shard
@@ -745,7 +761,8 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
                  "kernel_floor": floor,
                  "gemm_call_floor": floor_attn + floor_ffn,
                  "small_kernel_floor": floor_small, "host_dispatch_wait": dispatch_wait,
-                 "afd_straggler_wait": straggler, "afd_micro_batch_rereads": rereads, "weight_offload": offload}
+                 "afd_straggler_wait": straggler, "afd_micro_batch_rereads": rereads, "weight_offload": offload,
+                 "mtp_draft": draft}
     breakdown = {k: v * 1e3 for k, v in breakdown.items()}
     if used > cap:
         policy = (f"KV cache limited to {kv_fraction:.0%} of the memory the weights leave" if kv_fraction else
