@@ -379,3 +379,16 @@ def test_mtp_draft_passes_after_the_first_run_on_one_token_per_sequence():
     two = _step("deepseek-v3", "ascend-910c", mtp=1, mtp_acceptance=0.8, **kw)
     assert two.breakdown_ms["mtp_draft"] * 61 == pytest.approx(two.tpot_ms * 1.8 - two.breakdown_ms["mtp_draft"],
                                                                rel=1e-9)
+
+
+def test_mtp_draft_passes_pay_the_per_op_floor():
+    # each draft pass replays one layer's calls (the layers' average), the embedding, final norm, LM head and
+    # sampling, and the MTP module's two RMSNorms and its projection (DeepSeek-V3 report, section 2.2), each at
+    # Hopper's graph-replayed per-op floor (3.77 us, Hazy Research's batch-1 Llama measurement)
+    kw = dict(chips=16, strategy="ep", batch=8, context=2048, redundant_experts=0)
+    cost, _ = _deploy("deepseek-v3", "h800", **kw)
+    base = _step("deepseek-v3", "h800", **kw).breakdown_ms["kernel_floor"]
+    assert base == pytest.approx(cost.op_calls() * 3.77e-3, rel=1e-12)
+    mtp = _step("deepseek-v3", "h800", mtp=2, mtp_acceptance=0.8, **kw).breakdown_ms["kernel_floor"]
+    per_pass = cost.layer_op_calls / 61 + 4 + 3
+    assert mtp == pytest.approx((cost.op_calls() + 2 * per_pass) * 3.77e-3, rel=1e-12)

@@ -56,6 +56,10 @@ NORM_PASSES = 8
 ACT_FN_PASSES = 3
 LOGIT_PASSES = 3
 LOGIT_BYTES = 4.0
+# an MTP module's calls beside its transformer block and the LM head it shares: RMSNorm of the token's embedding
+# and of the previous hidden state, and the projection of their concatenation (DeepSeek-V3 technical report,
+# arXiv 2412.19437, section 2.2)
+MTP_MODULE_OPS = 3
 
 
 @dataclass(frozen=True)
@@ -340,12 +344,22 @@ def _collective_latency(d: Deployment, group: int) -> float:
     return km.fixed("collective_latency", (f"{d.chip.arch}/scale-out",), d.exclude) or 0.0
 
 
+def _op_calls(cost: ModelCost, d: Deployment) -> float:
+    """Op calls of a step: the model's, plus each MTP draft pass's at decode. A pass is one layer's calls (the
+    layers' average), the embedding, final norm, LM head and sampling a step adds, and the module's own
+    MTP_MODULE_OPS."""
+    calls = cost.op_calls()
+    if d.phase == "decode" and d.mtp:
+        calls += d.mtp * (cost.layer_op_calls / cost.layers + cost.op_calls() - cost.layer_op_calls + MTP_MODULE_OPS)
+    return calls
+
+
 def _launch(cost: ModelCost, d: Deployment) -> float:
     """Seconds of kernel launches in a step not captured in a graph: one launch per op call of the model's op
     list, at the architecture's measured launch cost (none where nothing is measured)."""
     if d.graphs:
         return 0.0
-    return (km.fixed("kernel_launch", (d.chip.arch,), d.exclude) or 0.0) * cost.op_calls()
+    return (km.fixed("kernel_launch", (d.chip.arch,), d.exclude) or 0.0) * _op_calls(cost, d)
 
 
 def _kernel_floor(cost: ModelCost, d: Deployment) -> float:
@@ -354,7 +368,7 @@ def _kernel_floor(cost: ModelCost, d: Deployment) -> float:
     what keeps small-batch decode above its weight-read time)."""
     if not d.graphs:
         return 0.0  # outside a graph the launch cost (_launch) is paid instead
-    return (km.fixed("graph_kernel", (d.chip.arch,), d.exclude) or 0.0) * cost.op_calls()
+    return (km.fixed("graph_kernel", (d.chip.arch,), d.exclude) or 0.0) * _op_calls(cost, d)
 
 
 def _call_floor(d: Deployment, dtype: str) -> float:
@@ -394,7 +408,7 @@ def _host_dispatch(cost: ModelCost, d: Deployment) -> float:
     if not (d.engine and d.chip.arch):
         return 0.0
     per_op = km.fixed("host_dispatch", (f"{d.chip.arch}/{d.engine}",), d.exclude) or 0.0
-    return per_op * cost.op_calls()
+    return per_op * _op_calls(cost, d)
 
 
 def _cold_ops(cost: ModelCost, d: Deployment, tp: int, dense_tp: int, wb: float, awb: float, experts_hit: float,
@@ -652,7 +666,7 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False, step_onl
         comm = L * per_chip / link
 
     # fixed per-call costs: every op call, plus per sequence in each attention call
-    host = (d.overhead_per_op_s * cost.op_calls() + d.overhead_per_seq_s * L * b * tp
+    host = (d.overhead_per_op_s * _op_calls(cost, d) + d.overhead_per_seq_s * L * b * tp
             + d.overhead_per_step_s + d.overhead_per_seq_step_s * b * tp) * host_slowdown
     launch = _launch(cost, d)
     floor = _kernel_floor(cost, d)
