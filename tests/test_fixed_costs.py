@@ -95,16 +95,33 @@ def test_ep_decode_dispatch_and_combine_take_the_measured_kernels_time():
 
 def test_ascend_small_batch_dispatch_keeps_the_measured_latency_floor():
     # DeepEP-Ascend's fused-MoE doc: 80 / 75 us at 32 tokens per rank (EP size not stated, so at every size);
-    # at EP8 with 128 tokens the fastest of CloudMatrix Table 6 (116 / 118) and DeepEP-Ascend (132 / 126).
-    # Linear in tokens between the two counts, so 4 tokens per rank keeps most of the 32-token time.
+    # with 128 tokens the fastest of CloudMatrix Table 6 and DeepEP-Ascend at the rank count. A 910C is two
+    # ranks (one per die): 8 chips are EP16 (CloudMatrix 131 / 132 us, DeepEP-Ascend 139 / 135), and 4 sequences
+    # per chip are 2 tokens per rank. Linear in tokens between the two counts, so 2 tokens keep most of the
+    # 32-token time.
     def line(y32, y128, tokens):
         slope = (y128 - y32) / (128 - 32)
         return y32 - slope * 32 + slope * tokens
     p = _step("deepseek-v3", "ascend-910c", chips=8, strategy="ep", batch=4, context=1024, redundant_experts=0,
               precision=Precision(weight="int8", kv="bf16"))
-    expected = 58 * (line(80, 116, 4) + line(75, 118, 4)) * 1e-3
+    expected = 58 * (line(80, 131, 2) + line(75, 132, 2)) * 1e-3
     assert p.breakdown_ms["communication"] == pytest.approx(expected, rel=1e-6)
-    assert expected > 58 * (116 + 118) * 4 / 128 * 1e-3 * 5  # not the bandwidth share of the 128-token time
+    assert expected > 58 * (131 + 132) * 2 / 128 * 1e-3 * 5  # not the bandwidth share of the 128-token time
+
+
+def test_a_two_die_chip_is_two_expert_parallel_ranks():
+    # CloudMatrix Table 6 is timed per 910C die at 128 tokens per rank. 128 sequences per 910C with one MTP draft
+    # are 256 tokens per chip, 128 per die: each die dispatches its own at the table's 128-token time, both at
+    # once (EP 72 chips = 144 ranks, between Table 6's EP128 (152 / 150 us) and EP256 (152 / 149 us))
+    assert get_chip("ascend-910c").devices == 2 and get_chip("ascend-910b").devices == 1
+    p = _step("deepseek-v3", "ascend-910c", chips=72, strategy="ep", batch=128, context=1024, redundant_experts=32,
+              mtp=1, mtp_acceptance=0.7, precision=Precision(weight="int8", kv="bf16"))
+    combine = 150 + (149 - 150) * math.log(144 / 128) / math.log(256 / 128)
+    assert p.breakdown_ms["communication"] == pytest.approx(58 * (152 + combine) * 1e-3, rel=1e-6)
+    # and the busiest of its 144 ranks sets the expert time (TensorRT-LLM blog 4: 0.109 above the mean with EPLB)
+    assert p.breakdown_ms["moe_imbalance"] > 0
+    assert _step("deepseek-v3", "ascend-910c", chips=16, strategy="ep", batch=8, context=1024, redundant_experts=0,
+                 precision=Precision(weight="int8", kv="bf16")).breakdown_ms["moe_imbalance"] > 0  # EP32 in dies
 
 
 def test_ep_decode_without_a_benchmark_pays_bytes_over_the_links():
@@ -384,3 +401,60 @@ def test_weight_offload_needs_a_host_link():
     p = _step("deepseek-v3", "h100", chips=4, strategy="ep", batch=8, phase="prefill", prompt_len=2000, context=1,
               redundant_experts=0, weight_offload=True)
     assert not p.feasible and "no host link" in p.reason
+
+
+def test_redundant_expert_replicas_each_stream_their_weights():
+    # DeepSeek-V3 on 144 H800 (EP144), 256 experts + 32 redundant replicas = 2 expert copies per GPU, 4 sequences
+    # per GPU: 576 tokens x top-8 spread evenly over the 288 copies reach every copy (1 - (1 - 8/288)^576 of them,
+    # 1 - 1e-7), so each GPU streams 2 experts' weights, not 256/144 = 1.78, at 32 / 2 = 16 rows per expert
+    kw = dict(chips=144, strategy="ep", batch=4, context=4096, moe_balance="ideal")
+    p = _step("deepseek-v3", "h800", redundant_experts=32, **kw).breakdown_ms
+    chip, params, peak = get_chip("h800"), 44040192, H800_FP8  # 3 x 7168 x 2048 per expert, FP8: 1 byte each
+    hit = 288 * (1 - (1 - 8 / 288) ** 576) / 144
+    pairs = 576 * 8 / 144
+
+    def gemm(flops, nbytes, m):  # a matmul at the grouped/dense FP8 benchmarks' roofline efficiency at M
+        return max(flops / peak, nbytes / H800_BW) / km.gemm_efficiency(chip, "fp8", m, True, weight="fp8")
+
+    routed = gemm(2 * pairs * params, hit * params, pairs / hit)
+    shared = max(2 * 4 * params / peak, params / H800_BW) / km.gemm_efficiency(chip, "fp8", 4, False, weight="fp8")
+    assert hit == pytest.approx(2.0, rel=1e-6)
+    assert p["moe"] == pytest.approx(58 * (routed + shared) * 1e3, rel=1e-9)
+    # without replicas the same GPUs hold 256 / 144 experts' worth each (the check needs EP to divide them: EP128)
+    kw["chips"] = 128
+    q = _step("deepseek-v3", "h800", redundant_experts=0, **kw).breakdown_ms
+    hit0 = 256 * (1 - (1 - 8 / 256) ** 512) / 128
+    routed0 = gemm(2 * 32 * params, hit0 * params, 32 / hit0)
+    assert q["moe"] == pytest.approx(58 * (routed0 + shared) * 1e3, rel=1e-9)
+
+
+def test_mtp_draft_passes_after_the_first_run_on_one_token_per_sequence():
+    # DeepSeek-V3 on 16 910Cs (no graph-kernel, host or launch figure on davinci: a step is its layers plus draft
+    # passes). With 3 drafts the module runs once over the 4 tokens per sequence the step verified, then twice
+    # on the last draft alone: (S4 + 2 S1) / 61, S_q the layers' time at q tokens per sequence
+    kw = dict(chips=16, strategy="ep", batch=8, context=2048, redundant_experts=0,
+              precision=Precision(weight="int8", kv="bf16"))
+    one = _step("deepseek-v3", "ascend-910c", **kw)
+    s1 = one.tpot_ms  # one token per step without drafts
+    assert one.breakdown_ms["mtp_draft"] == 0
+    three = _step("deepseek-v3", "ascend-910c", mtp=3, mtp_acceptance=0.8, **kw)
+    step = three.tpot_ms * (1 + 0.8 + 0.8 ** 2 + 0.8 ** 3)
+    draft = three.breakdown_ms["mtp_draft"]
+    assert draft * 61 == pytest.approx(step - draft + 2 * s1, rel=1e-9)
+    # one draft: a single pass over the 2 tokens per sequence, 1/61 of the layers' time
+    two = _step("deepseek-v3", "ascend-910c", mtp=1, mtp_acceptance=0.8, **kw)
+    assert two.breakdown_ms["mtp_draft"] * 61 == pytest.approx(two.tpot_ms * 1.8 - two.breakdown_ms["mtp_draft"],
+                                                               rel=1e-9)
+
+
+def test_mtp_draft_passes_pay_the_per_op_floor():
+    # each draft pass replays one layer's calls (the layers' average), the embedding, final norm, LM head and
+    # sampling, and the MTP module's two RMSNorms and its projection (DeepSeek-V3 report, section 2.2), each at
+    # Hopper's graph-replayed per-op floor (3.77 us, Hazy Research's batch-1 Llama measurement)
+    kw = dict(chips=16, strategy="ep", batch=8, context=2048, redundant_experts=0)
+    cost, _ = _deploy("deepseek-v3", "h800", **kw)
+    base = _step("deepseek-v3", "h800", **kw).breakdown_ms["kernel_floor"]
+    assert base == pytest.approx(cost.op_calls() * 3.77e-3, rel=1e-12)
+    mtp = _step("deepseek-v3", "h800", mtp=2, mtp_acceptance=0.8, **kw).breakdown_ms["kernel_floor"]
+    per_pass = cost.layer_op_calls / 61 + 4 + 3
+    assert mtp == pytest.approx((cost.op_calls() + 2 * per_pass) * 3.77e-3, rel=1e-12)

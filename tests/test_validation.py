@@ -33,15 +33,21 @@ def test_validation_error_bounds():
     # miss like their 128-token twins; with MI300X's small-kernel floor charged per group: 16.0% and 17.0%, 94
     # and 93 within 30%. Sizing gptSessionBenchmark's KV cache to its static batch, as GptSession allocates it (the
     # A100 batch-60 run fits; the executor's 90%-of-free-memory pool does not apply): 15.7% and 15.7%, 95 and 94
-    # Raised a second time, for a counting correction: each request's first token comes from its prefill step
+    # within 30%. Raised a second time, for a counting correction: each request's first token comes from its prefill step
     # (output_len - 1 decode steps, as the engines run them), which makes every serving point 0.05-5% faster:
     # 15.7% and 15.7% (0.1 point worse), 95 and 94 within 30%. Raised a third time, for a memory-fit correction:
     # a tensor-parallel instance holds whole sequences, not whole sequences per chip (GPUStack's TP8 and TP4
     # 32K-prompt runs: 11 in flight, not 8), which makes five Qwen3-235B points 1-5% faster and moves the median
     # across a gap in the sorted errors: 16.0% and 17.1%, 95 and 94 within 30%. Holding a finite run's load to
     # its requests (trtllm-bench's 3,000 at 1000/1000 on the MoE points): 16.0% and 17.1%, 96 and 95
-    assert ins["median_abs_error"] <= 0.160 and ins["within_30"] >= 96
-    assert loso["median_abs_error"] <= 0.171 and loso["within_30"] >= 95
+    # within 30%. Lowered once more for a units bug: the 910C's per-die dispatch and combine tables were
+    # read at a whole chip's tokens (two dies'); read per die, two CloudMatrix decode points left the 30% band
+    # in-sample (92 of 121; medians 15.9% and 16.9% unchanged). And for MTP draft passes that paid no per-op
+    # floor: charged like the model's own calls, TensorRT-LLM's relaxed-MTP B200 point went from -29.0% to -30.8%
+    # (91 and 92 within 30%)
+    # Both sets of corrections (serving, expert-parallel decode) together: 16.0% and 16.9%, 93 and 94 within 30%
+    assert ins["median_abs_error"] <= 0.160 and ins["within_30"] >= 93
+    assert loso["median_abs_error"] <= 0.170 and loso["within_30"] >= 94
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 

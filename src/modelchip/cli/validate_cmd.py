@@ -30,26 +30,27 @@ NOTES = """
 
 Every miss stays in the table. The mechanisms we believe are missing, by group:
 
-- **Ascend 910C decode (+25-58% in-sample, +30-65% out of sample) and prefill (+37%, +50%).** Dispatch and
-  combine now keep the small-batch floor DeepEP-Ascend's fused-MoE doc measures (80 / 75 us at 32 tokens per
-  rank), which took the 8-sequence point from +92% to +35%; the 24-sequence point (+58%) and the 96-128
-  sequence points (+25-35%) remain. CloudMatrix-Infer pipelines two micro-batches in decode by splitting the
-  910C's cube and vector cores between them; the model has no measurement of what that split costs each
-  stream, nor a kernel floor for Ascend's graph mode. Out of sample the 910C also loses the CloudMatrix GEMM
-  and MLA figures (the scalar defaults apply). Prefill attention on davinci now runs at the utilization
-  torch_npu's flash attention reaches on a 910B2 at 32K tokens (42.6%, pto-isa's sweep), where it took a decode
-  kernel's 65%: the prefill point moved from +50% to +37% (+67% to +50% out of sample).
-  A per-operator decode profile of DeepSeek on a 910B or 910C from another source is what these points need,
-  and none was found: Ascend's cann-recipes-infer DeepSeek-R1 decode guide lists the fused operators
-  (MLAProlog, fused infer attention, grouped matmul, MoE dispatch/combine v2, torchair graphs, SuperKernel)
-  without times; CANN's MoeDistributeDispatch/Combine and SuperKernel pages give no latency; vLLM-Ascend's
-  issues (#2905, #4295) and SGLang's Ascend best-practice tables give end-to-end TPOT only. The paper's own
-  MTP ablation (read in a secondary summary; the batch is not stated there) measures a decode layer at 874 us
-  without MTP and 1,260 us with one draft token (+44%); at 96 sequences the model gives 643 and 1,082 us (+68%).
-  So the model overcharges what a second token per sequence costs and misses a part of the layer that does
-  not grow with tokens, some 180-230 us per layer. Being the validated source's own end-to-end layer time, it
-  is not entered as a constant. One accounting choice makes the model slower here, not faster: the CANN EP
-  tables are per die, and the model reads them at a whole 910C's tokens (two dies' worth).
+- **Ascend 910C decode (+39-71% in-sample, +48-79% out of sample) and prefill (+33%, +47%).** Dispatch and combine
+  now keep the small-batch floor DeepEP-Ascend's fused-MoE doc measures (80 / 75 us at 32 tokens per rank), which
+  took the 8-sequence point from +92% to +35%. A 910C is two ranks, one per die (`devices` in its chip file), and
+  the CANN and DeepEP-Ascend tables are timed per rank: the model read them at a whole chip's tokens (two dies'
+  worth, up to 256 tokens against a table that stops at 128), which made it slower here. Read per die, the decode
+  points moved from +25-57% to +39-71% (+30-64% to +48-79% out of sample) and the prefill point, now EP32 in ranks
+  and so charged the measured EPLB imbalance, from +37% to +33%. CloudMatrix-Infer pipelines two micro-batches in
+  decode by splitting the 910C's cube and vector cores between them; the model has no measurement of what that
+  split costs each stream, nor a kernel floor for Ascend's graph mode. Out of sample the 910C also loses the
+  CloudMatrix GEMM and MLA figures (the scalar defaults apply). Prefill attention on davinci now runs at the
+  utilization torch_npu's flash attention reaches on a 910B2 at 32K tokens (42.6%, pto-isa's sweep), where it took
+  a decode kernel's 65%: the prefill point moved from +50% to +37% (+67% to +50% out of sample). A per-operator
+  decode profile of DeepSeek on a 910B or 910C from another source is what these points need, and none was found:
+  Ascend's cann-recipes-infer DeepSeek-R1 decode guide lists the fused operators (MLAProlog, fused infer
+  attention, grouped matmul, MoE dispatch/combine v2, torchair graphs, SuperKernel) without times; CANN's
+  MoeDistributeDispatch/Combine and SuperKernel pages give no latency; vLLM-Ascend's issues (#2905, #4295) and
+  SGLang's Ascend best-practice tables give end-to-end TPOT only. The paper's own MTP ablation (read in a
+  secondary summary; the batch is not stated there) measures a decode layer at 874 us without MTP and 1,260 us
+  with one draft token (+44%); at 96 sequences the model gives 574 and 941 us (+64%). So the model overcharges
+  what a second token per sequence costs and misses a part of the layer that does not grow with tokens, some 300
+  us per layer. Being the validated source's own end-to-end layer time, it is not entered as a constant.
 - **Step-3 AFD on Hopper (-2% to +4% in-sample, +2% to +9% out of sample; were +37% to +73% and +44% to
   +85%).** The paper does not name the GPU (H800 assumed). Its measured TPOT is 47.5 ms (6,144 sequences at
   4,039 tokens/s per GPU over 32 GPUs); the model gave about 30 ms while it costed each micro-batch at 1/m of
@@ -135,10 +136,12 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   The figures these points need: Qwen3-235B's max/mean tokens per rank at EP8 with static placement
   (TensorRT-LLM's MoE load-balancer statistics, or vLLM's corrected balancedness log), and TensorRT-LLM's FP4
   and FP8 grouped-GEMM times at 16 experts per rank (N 3,072 at K 4,096; N 4,096 at K 1,536).
-- **DeepSeek-R1 batch 1 on B200 with relaxed MTP acceptance (-30%).** With Blackwell's measured all-reduce
-  latency (13 us, vLLM's pynccl benchmark at world size 2) the batch-1 points land at +11% (no MTP) and -6%
+- **DeepSeek-R1 batch 1 on B200 with relaxed MTP acceptance (-31%).** With Blackwell's measured all-reduce
+  latency (13 us, vLLM's pynccl benchmark at world size 2) the batch-1 points land at +11% (no MTP) and -8%
   (MTP 3); the relaxed-acceptance point runs TensorRT-LLM's fused all-reduce and a TP8/EP2 split whose faster
-  kernels the catalog does not have.
+  kernels the catalog does not have. MTP Eagle's second and third draft passes run on one token per sequence
+  rather than all four (TensorRT-LLM tech blog 2), and each pass's kernels pay the graph-replayed per-op floor
+  as the model's own do: together the two MTP points moved from -6.3% and -29.7% to -7.8% and -30.8%.
 - **A setup that did not fit as published, until its engine's memory policy was read.** TensorRT-LLM v0.6's
   A100 LLaMA-7B batch of 60 at 128 + 2,048 tokens needs 68.4 GB of FP16 KV cache beside 13.5 GB of weights. The
   A100 holds 85.9 GB (nvidia-smi's 81920 MiB); the executor's default pool of 90% of what the weights leave

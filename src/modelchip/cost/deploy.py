@@ -56,6 +56,10 @@ NORM_PASSES = 8
 ACT_FN_PASSES = 3
 LOGIT_PASSES = 3
 LOGIT_BYTES = 4.0
+# an MTP module's calls beside its transformer block and the LM head it shares: RMSNorm of the token's embedding
+# and of the previous hidden state, and the projection of their concatenation (DeepSeek-V3 technical report,
+# arXiv 2412.19437, section 2.2)
+MTP_MODULE_OPS = 3
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,15 @@ def _activated(experts: int, top_k: int, tokens: float) -> float:
     return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
 
 
+def _expert_slots(experts: int, d: Deployment) -> int:
+    """Expert copies the expert-parallel group runs: the experts plus their redundant replicas. A replica takes
+    a share of its expert's tokens (that is what it is placed for: DeepSeek's EPLB, SGLang's and TensorRT-LLM's
+    redundant experts), so under balanced routing each token-expert pair lands on one of experts + replicas
+    copies, and every copy a step's tokens reach streams its own weights. Without expert parallelism every
+    chip holds every expert and replicas do not apply."""
+    return experts + d.redundant_experts if d.expert_parallel > 1 else experts
+
+
 def _prefill_core(cost: ModelCost, prompt: int, cached: int) -> tuple[float, float]:
     """(attention core FLOPs per computed token, cached-prefix KV bytes read per sequence) for a prefill of
     the last `prompt - cached` tokens of a `prompt`-token prompt. Token i attends over positions 1..i, so the
@@ -331,12 +344,22 @@ def _collective_latency(d: Deployment, group: int) -> float:
     return km.fixed("collective_latency", (f"{d.chip.arch}/scale-out",), d.exclude) or 0.0
 
 
+def _op_calls(cost: ModelCost, d: Deployment) -> float:
+    """Op calls of a step: the model's, plus each MTP draft pass's at decode. A pass is one layer's calls (the
+    layers' average), the embedding, final norm, LM head and sampling a step adds, and the module's own
+    MTP_MODULE_OPS."""
+    calls = cost.op_calls()
+    if d.phase == "decode" and d.mtp:
+        calls += d.mtp * (cost.layer_op_calls / cost.layers + cost.op_calls() - cost.layer_op_calls + MTP_MODULE_OPS)
+    return calls
+
+
 def _launch(cost: ModelCost, d: Deployment) -> float:
     """Seconds of kernel launches in a step not captured in a graph: one launch per op call of the model's op
     list, at the architecture's measured launch cost (none where nothing is measured)."""
     if d.graphs:
         return 0.0
-    return (km.fixed("kernel_launch", (d.chip.arch,), d.exclude) or 0.0) * cost.op_calls()
+    return (km.fixed("kernel_launch", (d.chip.arch,), d.exclude) or 0.0) * _op_calls(cost, d)
 
 
 def _kernel_floor(cost: ModelCost, d: Deployment) -> float:
@@ -345,7 +368,7 @@ def _kernel_floor(cost: ModelCost, d: Deployment) -> float:
     what keeps small-batch decode above its weight-read time)."""
     if not d.graphs:
         return 0.0  # outside a graph the launch cost (_launch) is paid instead
-    return (km.fixed("graph_kernel", (d.chip.arch,), d.exclude) or 0.0) * cost.op_calls()
+    return (km.fixed("graph_kernel", (d.chip.arch,), d.exclude) or 0.0) * _op_calls(cost, d)
 
 
 def _call_floor(d: Deployment, dtype: str) -> float:
@@ -385,7 +408,7 @@ def _host_dispatch(cost: ModelCost, d: Deployment) -> float:
     if not (d.engine and d.chip.arch):
         return 0.0
     per_op = km.fixed("host_dispatch", (f"{d.chip.arch}/{d.engine}",), d.exclude) or 0.0
-    return per_op * cost.op_calls()
+    return per_op * _op_calls(cost, d)
 
 
 def _cold_ops(cost: ModelCost, d: Deployment, tp: int, dense_tp: int, wb: float, awb: float, experts_hit: float,
@@ -448,7 +471,21 @@ def _sides(cost: ModelCost, d: Deployment) -> tuple:
     return _evaluate(cost, d, sides_only=True).sides
 
 
-def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Prediction:
+def _layers_step(cost: ModelCost, d: Deployment) -> float:
+    """Seconds of a step's layers, LM head, sampling and communication, before draft passes and fixed costs."""
+    return _evaluate(cost, d, step_only=True).sides[0]
+
+
+def _draft_passes(cost: ModelCost, d: Deployment, step: float) -> float:
+    """Seconds of a decode step's MTP draft passes, `step` being its layers' time at 1 + mtp tokens per sequence.
+    DeepSeek ships one MTP module, and the engines chain it (TensorRT-LLM's MTP Eagle, its default for DeepSeek,
+    tech blog 2; SGLang's and vLLM's drafters alike): the first pass runs over every token the step verified, the
+    other mtp - 1 on the last draft token alone, one per sequence. Each pass is one layer-sized module."""
+    single = _layers_step(cost, replace(d, mtp=0, mtp_acceptance=0.0)) if d.mtp > 1 else 0.0
+    return (step + (d.mtp - 1) * single) / cost.layers
+
+
+def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False, step_only: bool = False) -> Prediction:
     chip, eff, prec = d.chip, d.efficiency, d.precision
     peak = chip.peak(prec.compute_dtype(chip))
     # the attention core runs in the cache's format: 8-bit math only where the KV is 8-bit and the chip has it
@@ -515,7 +552,8 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
         # tokens the expert-parallel group routes: every chip's own, or (attention replicated) one set for all
         group_tokens = ffn_tokens * ep if d.strategy != "tp" and d.attention != "replicated" else ffn_tokens
         pairs = group_tokens * moe.top_k / max(ep, 1)  # token-expert pairs landing on this chip
-        hit = _activated(moe.experts, moe.top_k, group_tokens) / max(ep, 1)
+        slots = _expert_slots(moe.experts, d)
+        hit = _activated(slots, moe.top_k, group_tokens) / max(ep, 1)
         shard = tp if d.strategy == "tp" else 1
         shared_tokens = ffn_tokens if d.strategy != "tp" else inst_tokens
         # routed experts as one grouped GEMM of pairs/hit rows per expert, the shared expert as a dense one;
@@ -530,7 +568,7 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
         moe_t = moe.layers * (routed + shared)
         # the busiest expert-parallel rank sets the pace: routed work grows by its measured max/mean load
         if ep > 1 and d.moe_balance != "ideal":
-            ratio = km.fixed("moe_imbalance", (d.moe_balance,), d.exclude, ranks=ep)
+            ratio = km.fixed("moe_imbalance", (d.moe_balance,), d.exclude, ranks=ep * chip.devices)
             imbalance = moe.layers * routed * ((ratio or 1.0) - 1.0)
         router = moe.layers * _roofline(2 * shared_tokens * moe.router_params / shard, moe.router_params * wb / shard,
                                         peak, bw, eff.gemm, eff.memory)
@@ -542,7 +580,7 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
     if moe and d.overhead_per_expert_s:
         m = _micro_batch_count(d, tp * b) if d.strategy == "afd" else 1
         expert_host = (d.overhead_per_expert_s * moe.layers * m
-                       * _activated(moe.experts, moe.top_k, group_tokens / m) / max(ep, 1))
+                       * _activated(slots, moe.top_k, group_tokens / m) / max(ep, 1))
 
     # a matmul call cannot run faster than its architecture's measured per-call floor: small weight shards (70B
     # at TP8) wait on it where their streaming time is shorter; FFN matmuls are gate_up (2/3) and down (1/3)
@@ -605,7 +643,10 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
             comm = 2 * L * max(0.0, timed - _collective_latency(d, tp))
     elif d.strategy == "ep" and moe:
         per_token = moe.top_k * H * (1 + ACT_BYTES)
-        measured = km.ep_low_latency(chip.arch, ep, tokens, H, moe.top_k, d.exclude) if decode else None
+        # the kernels are benchmarked per rank: a chip of several devices (a 910C's two dies) is that many ranks,
+        # each dispatching its share of the chip's tokens at the same time over its own ports
+        measured = (km.ep_low_latency(chip.arch, ep * chip.devices, tokens / chip.devices, H, moe.top_k, d.exclude)
+                    if decode else None)
         if measured and measured[2]:  # the architecture's low-latency dispatch and combine, as benchmarked
             comm = moe.layers * (measured[0] + measured[1])
         elif measured:  # a measured latency floor, plus the bytes over the links
@@ -630,7 +671,7 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
         comm = L * per_chip / link
 
     # fixed per-call costs: every op call, plus per sequence in each attention call
-    host = (d.overhead_per_op_s * cost.op_calls() + d.overhead_per_seq_s * L * b * tp
+    host = (d.overhead_per_op_s * _op_calls(cost, d) + d.overhead_per_seq_s * L * b * tp
             + d.overhead_per_step_s + d.overhead_per_seq_step_s * b * tp) * host_slowdown
     launch = _launch(cost, d)
     floor = _kernel_floor(cost, d)
@@ -681,8 +722,10 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
         # because the published decode and prefill runs sit near the sum (docs/validation.md)
         step = max(compute, comm_total) if (d.overlap and d.strategy == "ep") else compute + comm_total
         bound = "communication" if comm_total > compute else "compute"
-    if decode and d.mtp:
-        step *= 1 + d.mtp / L  # each draft token runs one more layer-sized MTP module
+    if step_only:
+        return Prediction(True, "", None, None, b, None, 0.0, {}, {}, None, "", (step,))
+    draft = _draft_passes(cost, d, step) if decode and d.mtp else 0.0
+    step += draft
 
     # memory per chip
     kv = b * tp * (d.context if decode else d.prompt_len) * cost.kv_bytes_per_token / kv_shard
@@ -739,7 +782,8 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False) -> Predi
                  "kernel_floor": floor,
                  "gemm_call_floor": floor_attn + floor_ffn,
                  "small_kernel_floor": floor_small, "host_dispatch_wait": dispatch_wait,
-                 "afd_straggler_wait": straggler, "afd_micro_batch_rereads": rereads, "weight_offload": offload}
+                 "afd_straggler_wait": straggler, "afd_micro_batch_rereads": rereads, "weight_offload": offload,
+                 "mtp_draft": draft}
     breakdown = {k: v * 1e3 for k, v in breakdown.items()}
     if used > cap:
         policy = (f"KV cache limited to {kv_fraction:.0%} of the memory the weights leave" if kv_fraction else

@@ -68,6 +68,10 @@ class Chip:
     # that do not fit are offloaded, they stream over this link every forward
     host_link: Link = Link()
     host_memory: Figure | None = None
+    # devices the runtime addresses in one package: an Atlas A3's 910C is two NPUs to npu-smi, torch_npu and HCCL,
+    # one per die, each its own data-parallel attention and expert-parallel rank (kernel tables measured per
+    # rank, such as CloudMatrix's dispatch times per die, hold at a device's share of the chip's tokens)
+    devices: int = 1
     tdp: Figure | None = None
     price: Figure | None = None  # USD per hour
 
@@ -163,6 +167,12 @@ def _link(raw: dict | None, where: str) -> Link:
     )
 
 
+def _devices(raw, where: str) -> int:
+    if not isinstance(raw, int) or raw < 1:
+        raise ModelchipError(f"{where}: devices must be a positive integer, got {raw!r}")
+    return raw
+
+
 def chip_from_toml(data: dict, where: str = "chip") -> Chip:
     try:
         flops = {dtypes.canonical(k): _figure(v, f"{where}.flops.{k}") for k, v in data.get("flops", {}).items()}
@@ -182,6 +192,7 @@ def chip_from_toml(data: dict, where: str = "chip") -> Chip:
             scale_out=_link(data.get("scale_out"), f"{where}.scale_out"),
             host_link=_link(data.get("host"), f"{where}.host"),
             host_memory=_figure(data.get("host", {}).get("memory"), f"{where}.host.memory"),
+            devices=_devices(data.get("devices", 1), where),
             tdp=_figure(data.get("power", {}).get("tdp"), f"{where}.power.tdp"),
             price=_figure(data.get("price", {}).get("usd_per_hour"), f"{where}.price.usd_per_hour"),
         )
