@@ -33,8 +33,8 @@ def test_validation_error_bounds():
     # miss like their 128-token twins; with MI300X's small-kernel floor charged per group: 16.0% and 17.0%, 94
     # and 93 within 30%. Sizing gptSessionBenchmark's KV cache to its static batch, as GptSession allocates it (the
     # A100 batch-60 run fits; the executor's 90%-of-free-memory pool does not apply): 15.7% and 15.7%, 95 and 94
-    # within 30%. Raised a second time, for a counting correction: each request's first token comes from its prefill step
-    # (output_len - 1 decode steps, as the engines run them), which makes every serving point 0.05-5% faster:
+    # within 30%. Raised a second time, for a counting correction: each request's first token comes from its prefill
+    # step (output_len - 1 decode steps, as the engines run them), which makes every serving point 0.05-5% faster:
     # 15.7% and 15.7% (0.1 point worse), 95 and 94 within 30%. Raised a third time, for a memory-fit correction:
     # a tensor-parallel instance holds whole sequences, not whole sequences per chip (GPUStack's TP8 and TP4
     # 32K-prompt runs: 11 in flight, not 8), which makes five Qwen3-235B points 1-5% faster and moves the median
