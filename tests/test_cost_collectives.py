@@ -291,6 +291,10 @@ def test_calibrate_collectives_only_adds_a_fitted_sweep(tmp_path):
     assert rank["share"] == [f / t for f, t in zip(rank["full_s"], rank["together_s"], strict=True)]
     assert rank["solo"] == [t / a for t, a in zip(rank["together_s"], rank["alone_s"], strict=True)]
     assert sync["passes"] == sync_a2a["passes"] == exchange["passes"] == rank["passes"] == 3  # once a sweep pass
+    cast = measured["sync_wait_broadcast"]
+    assert cast["collective"] == "broadcast" and cast["broadcast_bytes"] == 576 * 2 and cast["passes"] == 3
+    cast_tail = max(0.0, cast["broadcast_s"] - read_collectives(data, 2).fit("send_recv").seconds(576 * 2))
+    assert read_collectives(data, 2).tail_of("broadcast") == pytest.approx(cast_tail, rel=1e-12)
     # each measured its small collective's size, which its tail beyond the sweep's fit is taken at
     assert (sync["all_reduce_bytes"], sync_a2a["all_to_all_bytes"]) == (576 * 2, 2 * 576 * 2)
     tail = max(0.0, sync["all_reduce_s"] - read_collectives(data, 2).fit("all_reduce").seconds(576 * 2))
@@ -438,6 +442,24 @@ def test_afd_sides_compute_at_their_solo_rate_while_the_other_waits(tmp_path):
     wire = sr.seconds(4 * 48 * 4)
     once = bc.seconds(8 * 4 * (5 + 4) + 2000) + head / 1.5 + 4 * 5e-6 + 1e-4 + 4 * 1e-5
     assert p.tpot_ms == pytest.approx((2 * (a + wire + f + wire) + once) * 1e3, rel=1e-9)
+
+
+def test_afd_messages_pay_the_broadcasts_measured_tail(tmp_path):
+    # AFD 1 + 1, one micro-batch: each layer's two messages are broadcasts, costed at the send/recv fit plus what a
+    # broadcast took back to back beyond that fit (0.3 ms against 40 us + 1,152 B / 3 GB/s)
+    base = Deployment(chip=get_chip("h100"), chips=2, strategy="afd", attn_chips=1, ffn_chips=1, batch=4,
+                      context=64, precision=FP32, attention="tensor-parallel", microbatches=1)
+    plain = _on_profile(tmp_path, base, sync_wait=(0.0, 0.0))
+    path = _profile(tmp_path, world=2, sync_wait=(0.0, 0.0))
+    data = json.loads(path.read_text())
+    data["collectives"]["by_world_size"]["2"]["sync_wait_broadcast"] = {
+        "collective": "broadcast", "broadcast_s": 3e-4, "broadcast_bytes": 1152,
+        "fit": {"fixed_s": 0.0, "per_compute": 0.0}}
+    path.write_text(json.dumps(data))
+    p = evaluate(model_cost(families.read(TINY_MOE, "tiny-moe"), FP32), apply_profile(base, path))
+    tail = 3e-4 - FITS["send_recv"].seconds(1152)
+    layers = TINY_MOE["num_hidden_layers"]
+    assert p.tpot_ms == pytest.approx(plain.tpot_ms + 2 * layers * tail * 1e3, rel=1e-9)
 
 
 def test_sync_wait_fit_is_the_least_squares_line_kept_non_negative():

@@ -20,7 +20,8 @@ SWEEP_PASSES = 3  # whole sweeps: each point the median of its passes
 WARMUP = 2
 # the dtype each collective carries in the runtime: activations in bfloat16, the LM head's logits in float32
 DTYPES = {"all_reduce": torch.bfloat16, "all_gather": torch.float32, "all_to_all": torch.bfloat16,
-          "send_recv": torch.bfloat16, "broadcast_object": torch.uint8}
+          "send_recv": torch.bfloat16, "broadcast_object": torch.uint8,
+          "broadcast": torch.bfloat16}  # not swept: AFD's exchange, which sync_segments times as a closer
 
 
 def synchronize(ops) -> None:
@@ -119,23 +120,26 @@ def sync_segments(ops, progress: Callable[[str], None] = lambda m: None, closer:
     """What a blocking collective costs when ranks reach it from compute, not from a barrier (cost/collectives.
     SyncWait). Every rank runs the same segments: n matmuls alone (all ranks at once, so with the contention a
     parallel step has), n matmuls closed by a small collective (`closer`: an all-reduce, as tensor parallelism
-    closes its layers, or an all-to-all, as expert parallelism opens its exchange), and that collective back to
-    back; the wait is the second (rank 0's) less the other two (the first averaged over the ranks, since a step
-    waits for whichever rank is slower at each sync point). The two kinds wait differently: gloo's point-to-point
-    all-to-all, reached from 2.6 ms of one-row matmuls, took 2.5-3.0 ms on both ranks where back to back it took
-    0.2 ms. The three are timed in turn within each round and the wait taken per round, so
-    load that comes and goes on the machine falls on all three alike (one all-reduce timing taken apart from
-    the segments once read 2.5 ms against a 0.36 ms fit, and cancelled every wait). Run on every rank in step;
-    rank 0's figures are what counts."""
+    closes its layers, an all-to-all, as expert parallelism opens its exchange, or a broadcast from rank 0, as
+    attention-FFN disaggregation sends its hidden states), and that collective back to back; the wait is the
+    second (rank 0's) less the other two (the first averaged over the ranks, since a step waits for whichever rank
+    is slower at each sync point). The kinds wait differently: gloo's point-to-point all-to-all, reached from 2.6
+    ms of one-row matmuls, took 2.5-3.0 ms on both ranks where back to back it took 0.2 ms. The three are timed in
+    turn within each round, SYNC_CALLS at a time, and the wait taken per round, so load that comes and goes on the
+    machine falls on all three alike (one all-reduce timing taken apart from the segments once read 2.5 ms against
+    a 0.36 ms fit, and cancelled every wait). The collective back to back, per call, is also what a run of them
+    costs beside the sweep's fit (SyncWait.tail_s). Run on every rank in step; rank 0's figures are what
+    counts."""
     comm = ops.comm
     progress(f"{closer} after compute at {comm.world_size} ranks, {len(SEGMENT_MATMULS)} compute lengths")
     g = torch.Generator().manual_seed(0)
     weights = [torch.randn(1536, 576, generator=g).to(ops.device) for _ in range(max(SEGMENT_MATMULS))]
     x = torch.randn(1, 576, generator=g).to(ops.device)
     # a decode token's activations; for an all-to-all, one row to each rank
-    small = torch.ones(576 if closer == "all_reduce" else (comm.world_size, 576), dtype=DTYPES[closer],
+    small = torch.ones(576 if closer != "all_to_all" else (comm.world_size, 576), dtype=DTYPES[closer],
                        device=ops.device)
-    close = {"all_reduce": comm.all_reduce, "all_to_all": comm.all_to_all}[closer]
+    close = {"all_reduce": comm.all_reduce, "all_to_all": comm.all_to_all,
+             "broadcast": lambda t: comm.broadcast(t, src=0)}[closer]
     compute, wait, close_alone = [], [], []
     for n in SEGMENT_MATMULS:
         def work(n=n) -> None:
@@ -247,25 +251,28 @@ def ep_exchange(ops, progress: Callable[[str], None] = lambda m: None) -> dict:
 
 
 def measure_passes(ops, sizes: tuple[int, ...], progress: Callable[[str], None] = lambda m: None,
-                   passes: int = SWEEP_PASSES, all_threads: int = 1) -> tuple[dict, dict, dict, dict, dict]:
-    """The sweep, the two kinds of sync wait, the exchange and a rank's compute rate, each of the last four measured
+                   passes: int = SWEEP_PASSES, all_threads: int = 1) -> tuple[dict, dict, dict, dict, dict, dict]:
+    """The sweep, the three kinds of sync wait, the exchange and a rank's compute rate, each of the last five measured
     once after every sweep pass and kept as the median of its passes: they take a second or less, so measured
     once they could all land in one slow spell of a VM (an exchange once read 2.4-3.0 ms where the runs before
     and after read 0.9-1.3 ms). `all_threads`: the machine's threads, which rank 0 times its compute with once
     (rank_compute). Run on every rank in step."""
     syncs: list[dict] = []
     a2as: list[dict] = []
+    casts: list[dict] = []
     exchanges: list[dict] = []
     ranks: list[dict] = []
 
     def after_pass(i: int) -> None:
         syncs.append(sync_segments(ops, progress))
         a2as.append(sync_segments(ops, progress, closer="all_to_all"))
+        casts.append(sync_segments(ops, progress, closer="broadcast"))
         exchanges.append(ep_exchange(ops, progress))
         ranks.append(rank_compute(ops, all_threads, progress))
 
     raw = sweep(ops, sizes, progress, passes, after_pass)
-    return raw, _median_sync(syncs), _median_sync(a2as), _median_exchange(exchanges), _median_rank(ranks)
+    return (raw, _median_sync(syncs), _median_sync(a2as), _median_sync(casts), _median_exchange(exchanges),
+            _median_rank(ranks))
 
 
 def _median_sync(runs: list[dict]) -> dict:
@@ -378,7 +385,7 @@ def measure(world_size: int, backend: str = "reference", device: str = "cpu", si
         launch.init_group(0, world_size, ops.device, f"tcp://127.0.0.1:{port}")
         ops.attach_group()
         torch.distributed.broadcast_object_list([list(sizes)], src=0)
-        raw, sync, sync_a2a, exchange, rank = measure_passes(ops, sizes, progress, all_threads=total)
+        raw, sync, sync_a2a, sync_cast, exchange, rank = measure_passes(ops, sizes, progress, all_threads=total)
     except (RuntimeError, ModelchipError) as exc:
         reports = []
         while not errors.empty():
@@ -393,7 +400,8 @@ def measure(world_size: int, backend: str = "reference", device: str = "cpu", si
                 p.kill()
         torch.set_num_threads(total)
     return {"threads_per_rank": threads, "raw": raw, "fit": _fit(raw), "sync_wait": sync,
-            "sync_wait_all_to_all": sync_a2a, "ep_exchange": exchange, "rank_compute": rank}
+            "sync_wait_all_to_all": sync_a2a, "sync_wait_broadcast": sync_cast, "ep_exchange": exchange,
+            "rank_compute": rank}
 
 
 def section(world_sizes: list[int], backend: str, device: str, progress: Callable[[str], None] = lambda m: None,
@@ -402,10 +410,14 @@ def section(world_sizes: list[int], backend: str, device: str, progress: Callabl
     dev = torch.device(device)
     return {"backend": backend, "device": str(dev), "process_group": "gloo" if dev.type == "cpu" else dev.type,
             "threads": torch.get_num_threads(), "cpus": os.cpu_count() or 1, "shared_device": dev.type == "cpu",
-            "timed": "rank 0, median of rounds of 3 calls, each round entered together after a barrier; "
+            "timed": "rank 0, median of rounds of 3 calls (20 for the sync waits and the exchange), each round "
+                     "entered together after a barrier; "
                      "send_recv is half a ping-pong between ranks 0 and 1; broadcast_object is rank 0's "
                      "broadcast_object_list on the control group followed by a barrier there (every rank has it); "
-                     "sync_wait (sync_wait_all_to_all): rank 0's wait at an all-reduce (all-to-all) reached from n "
+                     "sync_wait (sync_wait_all_to_all, sync_wait_broadcast): rank 0's wait at an all-reduce "
+                     "(all-to-all, broadcast from rank 0) reached from n "
                      "one-row matmuls, beyond the ranks' mean time for the matmuls alone and the collective alone; "
-                     "ep_exchange: the runtime's dispatch and combine of a MoE layer, experts taken out",
+                     "ep_exchange: the runtime's dispatch and combine of a MoE layer, experts taken out; "
+                     "rank_compute: rank 0's matmul segment with all threads alone, with every rank at once, and "
+                     "alone on its own threads",
             "by_world_size": {str(n): measure(n, backend, device, sizes, progress) for n in world_sizes}}

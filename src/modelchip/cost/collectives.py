@@ -145,6 +145,10 @@ class MeasuredCollectives:
         by_name = dict(self.sync_waits)
         return sum(c.count * by_name.get(c.name, self.sync_wait).at(compute_s / syncs) for c in calls)
 
+    def tail_of(self, name: str) -> float:
+        """Seconds each collective of kind `name` takes in a run of them beyond its fit (0 where not measured)."""
+        return dict(self.sync_waits).get(name, SyncWait(0.0, 0.0)).tail_s
+
     def tail_seconds(self, calls: list[CollectiveCall]) -> float:
         """The step's collectives' tail beyond the sweep's fit (SyncWait.tail_s, by kind as for the wait); a
         measured whole exchange (EXCHANGE_CALL) already carries its own."""
@@ -228,9 +232,10 @@ def _sync_wait(section: dict, fits: dict[str, LinkFit]) -> SyncWait:
     """A sync measurement's fit, with its collective's tail: the back-to-back blocks' time per call less the
     sweep's fit at that size (profiles from before the size was stored have none)."""
     closer = section.get("collective", "all_reduce")
+    fit = fits.get(FIT_OF.get(closer, closer))
     tail = 0.0
-    if f"{closer}_bytes" in section and closer in fits:
-        tail = max(0.0, float(section[f"{closer}_s"]) - fits[closer].seconds(float(section[f"{closer}_bytes"])))
+    if f"{closer}_bytes" in section and fit is not None:
+        tail = max(0.0, float(section[f"{closer}_s"]) - fit.seconds(float(section[f"{closer}_bytes"])))
     return SyncWait(float(section["fit"]["fixed_s"]), float(section["fit"]["per_compute"]), tail)
 
 
@@ -322,6 +327,9 @@ def expert_parallel_step(moe_layers: int, hidden: int, top_k: int, ep: int, toke
 
 
 EXCHANGE_CALLS = ("row counts", "dispatch", "expert ids", "combine")  # expert_parallel_step's per-layer exchange
+# the sweep's fit a sync measurement's closer is costed with where the sweep does not time it: AFD's broadcasts of
+# activations are priced as messages (deploy._afd_pipeline)
+FIT_OF = {"broadcast": "send_recv"}
 EXCHANGE_CALL = "dispatch and combine"  # the four as one measured exchange (expert_parallel_seconds)
 
 

@@ -826,8 +826,11 @@ def _afd_pipeline(cost: ModelCost, d: Deployment, attn_side: float, ffn_side: fl
     attention = afd_schedule.Job(seconds(calls.attention) / L / m + per_op * attn_ops
                                  + d.overhead_per_seq_s * host_slowdown * sequences / m, (attn_side - head) / L / m)
     ffn = afd_schedule.Job(seconds(calls.ffn) / L / m + per_op * cost.ffn_op_calls / L, ffn_side / L / m)
-    out = fit.fit("send_recv").seconds(calls.to_ffn.nbytes) * d.ffn_chips  # rank 0 sends to every FFN rank
-    back = fit.fit("send_recv").seconds(calls.from_ffn.nbytes)
+    # each message at the send/recv fit plus the measured tail of the broadcasts that carry it (runtime/
+    # distributed/afd.py); rank 0 sends to every FFN rank
+    tail = fit.tail_of("broadcast")
+    out = (fit.fit("send_recv").seconds(calls.to_ffn.nbytes) + tail) * d.ffn_chips
+    back = fit.fit("send_recv").seconds(calls.from_ffn.nbytes) + tail
     # a side of one rank computes alone while the other side waits on it (measured: rank_compute's solo ratio at
     # the rows of one micro-batch)
     solo = (fit.solo_speedup(tokens / m) if d.attn_chips == 1 else 1.0,
