@@ -137,14 +137,25 @@ def _existing_profile(path: str) -> dict:
 
 
 def _collectives_table(section: dict) -> str:
-    rows = []
+    from modelchip.cost.collectives import read_collectives
+
+    rows, notes = [], []
     for world, m in section["by_world_size"].items():
+        measured = read_collectives({"collectives": section}, int(world))
         for name, fit in m["fit"].items():
             bw = fit["bandwidth_Bps"]
+            tail = measured.tail_of(name) if name != "send_recv" else measured.tail_of("broadcast")
             rows.append([world, m["threads_per_rank"], name, f"{fit['alpha_s'] * 1e6:.1f} us",
-                         si(bw, "B/s") if bw else "unbounded"])
-    return render(["ranks", "threads/rank", "collective", "latency (alpha)", "bandwidth (1/beta)"], rows,
-                  title=f"collectives on {section['process_group']} ({section['device']})")
+                         si(bw, "B/s") if bw else "unbounded", f"{tail * 1e6:.0f} us" if tail else "-"])
+        if measured.rank_rates:
+            rates = measured.rank_rates
+            notes.append(f"{world} ranks: a rank's share of the profiled compute at "
+                         f"{' / '.join(f'{r:g}' for r, _, _ in rates)} rows: "
+                         f"{' / '.join(f'{share:.2f}' for _, share, _ in rates)}; alone while the others wait, "
+                         f"{' / '.join(f'{solo:.2f}' for _, _, solo in rates)} times the rate (under 1: noise)")
+    table = render(["ranks", "threads/rank", "collective", "latency (alpha)", "bandwidth (1/beta)",
+                    "tail in a run"], rows, title=f"collectives on {section['process_group']} ({section['device']})")
+    return "\n".join([table, *notes])
 
 
 def _streaming_rows(section: dict | None) -> list[list[str]]:

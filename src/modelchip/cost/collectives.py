@@ -146,16 +146,16 @@ class MeasuredCollectives:
         return sum(c.count * by_name.get(c.name, self.sync_wait).at(compute_s / syncs) for c in calls)
 
     def tail_of(self, name: str) -> float:
-        """Seconds each collective of kind `name` takes in a run of them beyond its fit (0 where not measured)."""
-        return dict(self.sync_waits).get(name, SyncWait(0.0, 0.0)).tail_s
+        """Seconds each collective of kind `name` takes in a run of them beyond its fit: its own measurement's, or
+        the all-reduce's for a kind without one (0 where nothing measured it)."""
+        if self.sync_wait is None:
+            return 0.0
+        return dict(self.sync_waits).get(name, self.sync_wait).tail_s
 
     def tail_seconds(self, calls: list[CollectiveCall]) -> float:
         """The step's collectives' tail beyond the sweep's fit (SyncWait.tail_s, by kind as for the wait); a
         measured whole exchange (EXCHANGE_CALL) already carries its own."""
-        if self.sync_wait is None:
-            return 0.0
-        by_name = dict(self.sync_waits)
-        return sum(c.count * by_name.get(c.name, self.sync_wait).tail_s for c in calls if c.what != EXCHANGE_CALL)
+        return sum(c.count * self.tail_of(c.name) for c in calls if c.what != EXCHANGE_CALL)
 
     def fit(self, name: str) -> LinkFit:
         if name not in self.fits:
