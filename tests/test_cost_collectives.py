@@ -295,6 +295,8 @@ def test_calibrate_collectives_only_adds_a_fitted_sweep(tmp_path):
     assert cast["collective"] == "broadcast" and cast["broadcast_bytes"] == 576 * 2 and cast["passes"] == 3
     cast_tail = max(0.0, cast["broadcast_s"] - read_collectives(data, 2).fit("send_recv").seconds(576 * 2))
     assert read_collectives(data, 2).tail_of("broadcast") == pytest.approx(cast_tail, rel=1e-12)
+    assert cast["broadcast_issue_s"] > 0
+    assert read_collectives(data, 2).broadcast_issue_s == cast["broadcast_issue_s"]
     # each measured its small collective's size, which its tail beyond the sweep's fit is taken at
     assert (sync["all_reduce_bytes"], sync_a2a["all_to_all_bytes"]) == (576 * 2, 2 * 576 * 2)
     tail = max(0.0, sync["all_reduce_s"] - read_collectives(data, 2).fit("all_reduce").seconds(576 * 2))
@@ -444,7 +446,7 @@ def test_afd_sides_compute_at_their_solo_rate_while_the_other_waits(tmp_path):
     assert p.tpot_ms == pytest.approx((2 * (a + wire + f + wire) + once) * 1e3, rel=1e-9)
 
 
-def test_afd_messages_pay_the_broadcasts_measured_tail(tmp_path):
+def test_afd_messages_pay_the_broadcasts_measured_tail_and_issue(tmp_path):
     # AFD 1 + 1, one micro-batch: each layer's two messages are broadcasts, costed at the send/recv fit plus what a
     # broadcast took back to back beyond that fit (0.3 ms against 40 us + 1,152 B / 3 GB/s)
     base = Deployment(chip=get_chip("h100"), chips=2, strategy="afd", attn_chips=1, ffn_chips=1, batch=4,
@@ -460,6 +462,12 @@ def test_afd_messages_pay_the_broadcasts_measured_tail(tmp_path):
     tail = 3e-4 - FITS["send_recv"].seconds(1152)
     layers = TINY_MOE["num_hidden_layers"]
     assert p.tpot_ms == pytest.approx(plain.tpot_ms + 2 * layers * tail * 1e3, rel=1e-9)
+    # and starting each broadcast costs its rank 0.1 ms of host time: attention rank 0 starts two a layer (its send
+    # and the receive of the FFN output), the FFN rank one (its send back); with one micro-batch nothing overlaps
+    data["collectives"]["by_world_size"]["2"]["sync_wait_broadcast"]["broadcast_issue_s"] = 1e-4
+    path.write_text(json.dumps(data))
+    issued = evaluate(model_cost(families.read(TINY_MOE, "tiny-moe"), FP32), apply_profile(base, path))
+    assert issued.tpot_ms == pytest.approx(p.tpot_ms + 3 * layers * 1e-4 * 1e3, rel=1e-9)
 
 
 def test_sync_wait_fit_is_the_least_squares_line_kept_non_negative():

@@ -153,9 +153,34 @@ def sync_segments(ops, progress: Callable[[str], None] = lambda m: None, closer:
         compute.append(statistics.median(alone))
         close_alone.append(statistics.median(closed))
         wait.append(max(0.0, statistics.median(s - a - c for s, a, c in zip(synced, alone, closed, strict=True))))
-    return {"collective": closer, "matmuls": list(SEGMENT_MATMULS), "compute_s": compute, "wait_s": wait,
+    issue = {"broadcast_issue_s": _issue_seconds(ops, small, weights[:4], x)} if closer == "broadcast" else {}
+    return {"collective": closer, "matmuls": list(SEGMENT_MATMULS), "compute_s": compute, "wait_s": wait, **issue,
             f"{closer}_s": statistics.median(close_alone), f"{closer}_bytes": small.numel() * small.element_size(),
             "fit": dict(zip(("fixed_s", "per_compute"), _sync_fit(compute, wait), strict=True))}
+
+
+def _issue_seconds(ops, msg: torch.Tensor, weights: list, x: torch.Tensor) -> float:
+    """Rank 0's host time to start an asynchronous broadcast of `msg` right after a few matmuls, per call: what
+    attention-FFN disaggregation's sides spend on their own cores for each message, apart from its time on the
+    wire (on the 2-core VM here 50-128 us a call in this probe, 123-182 us timed inside an AFD run). Median over
+    rounds of SYNC_CALLS calls' mean; the other ranks receive each broadcast."""
+    comm = ops.comm
+    rounds = []
+    for _ in range(SYNC_ROUNDS):
+        torch.distributed.barrier()
+        total = 0.0
+        for _ in range(SYNC_CALLS):
+            for w in weights:
+                ops.linear(x, w)
+            if comm.rank == 0:
+                t = time.perf_counter()
+                handle = comm.ibroadcast(msg, 0)
+                total += time.perf_counter() - t
+                handle.wait()
+            else:
+                comm.broadcast(msg, 0)
+        rounds.append(total / SYNC_CALLS)
+    return statistics.median(rounds)
 
 
 # rows of the compute segment a rank's rate is measured at: a decode step's matmuls run a few rows (one per
@@ -280,7 +305,9 @@ def _median_sync(runs: list[dict]) -> dict:
     closer = first["collective"]
     compute = [statistics.median(r["compute_s"][j] for r in runs) for j in range(len(first["compute_s"]))]
     wait = [statistics.median(r["wait_s"][j] for r in runs) for j in range(len(first["wait_s"]))]
-    return {"collective": closer, "matmuls": first["matmuls"], "compute_s": compute, "wait_s": wait,
+    issue = ({"broadcast_issue_s": statistics.median(r["broadcast_issue_s"] for r in runs)}
+             if "broadcast_issue_s" in first else {})
+    return {"collective": closer, "matmuls": first["matmuls"], "compute_s": compute, "wait_s": wait, **issue,
             f"{closer}_s": statistics.median(r[f"{closer}_s"] for r in runs),
             f"{closer}_bytes": first[f"{closer}_bytes"], "passes": len(runs),
             "fit": dict(zip(("fixed_s", "per_compute"), _sync_fit(compute, wait), strict=True))}

@@ -123,6 +123,9 @@ class MeasuredCollectives:
     # computing at once as a fraction of the profiled rate, and how much faster it runs while the others wait on
     # it; empty: not measured (the share is then its threads over the profile's)
     rank_rates: tuple[tuple[float, float, float], ...] = ()
+    # host seconds rank 0 takes to start an asynchronous broadcast (calibrate's broadcast_issue_s; 0: not measured):
+    # work on the issuing rank's own core, apart from the message's time on the wire
+    broadcast_issue_s: float = 0.0
 
     def exchange_seconds(self, tokens: float) -> float:
         """One MoE layer's measured dispatch and combine with `tokens` tokens per rank: linear between the
@@ -223,7 +226,8 @@ def read_collectives(data: dict, world_size: int, source: str = "profile") -> Me
         return MeasuredCollectives(world_size, fits, bool(section["shared_device"]), int(section["threads"]),
                                    int(section["cpus"]),
                                    _sync_wait(measured["sync_wait"], fits_now) if wait else None,
-                                   points, others, _rank_rates(measured.get("rank_compute"), source))
+                                   points, others, _rank_rates(measured.get("rank_compute"), source),
+                                   float((measured.get("sync_wait_broadcast") or {}).get("broadcast_issue_s", 0.0)))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelchipError(f"{source}: malformed collectives section ({exc!r})") from exc
 

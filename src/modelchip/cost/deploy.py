@@ -823,9 +823,13 @@ def _afd_pipeline(cost: ModelCost, d: Deployment, attn_side: float, ffn_side: fl
     attn_ops = (cost.layer_op_calls - cost.ffn_op_calls) / L
     # one micro-batch's work on each side in one layer: its share of the side's compute, and host work (its op
     # calls, as every op runs once per micro-batch, and the side's own collectives)
+    # each micro-batch's messages also cost their issuing rank host time (measured: broadcast_issue_s): attention
+    # rank 0 starts its send to the FFN ranks and the receive of their output, the FFN leader its send back
+    issue = fit.broadcast_issue_s * host_slowdown
     attention = afd_schedule.Job(seconds(calls.attention) / L / m + per_op * attn_ops
-                                 + d.overhead_per_seq_s * host_slowdown * sequences / m, (attn_side - head) / L / m)
-    ffn = afd_schedule.Job(seconds(calls.ffn) / L / m + per_op * cost.ffn_op_calls / L, ffn_side / L / m)
+                                 + d.overhead_per_seq_s * host_slowdown * sequences / m + 2 * issue,
+                                 (attn_side - head) / L / m)
+    ffn = afd_schedule.Job(seconds(calls.ffn) / L / m + per_op * cost.ffn_op_calls / L + issue, ffn_side / L / m)
     # each message at the send/recv fit plus the measured tail of the broadcasts that carry it (runtime/
     # distributed/afd.py); rank 0 sends to every FFN rank
     tail = fit.tail_of("broadcast")
@@ -841,7 +845,7 @@ def _afd_pipeline(cost: ModelCost, d: Deployment, attn_side: float, ffn_side: fl
     step_host = (4 * d.overhead_per_op_s + d.overhead_per_step_s + d.overhead_per_seq_step_s * sequences) \
         * host_slowdown
     once = seconds(calls.step) + head / solo[0] + step_host
-    host = per_op * attn_ops * m * L + d.overhead_per_seq_s * host_slowdown * sequences * L + step_host
+    host = (per_op * attn_ops + 2 * issue) * m * L + d.overhead_per_seq_s * host_slowdown * sequences * L + step_host
     wait = played.end - played.attention_busy + seconds(calls.step)
     return played.end + once, wait, host
 
