@@ -98,8 +98,7 @@ def sweep(ops, sizes: tuple[int, ...] = SIZES, progress: Callable[[str], None] =
                                    for n in sizes])
         after_pass(i)
     return {name: {"dtype": str(DTYPES[name]).removeprefix("torch."), "bytes": list(sizes),
-                   "seconds": [statistics.median(p[j] for p in runs) for j in range(len(sizes))],
-                   "passes": runs}
+                   "seconds": _pointwise_median(runs), "passes": runs}
             for name, runs in per_pass.items()}
 
 
@@ -114,6 +113,11 @@ SYNC_ROUNDS = 9
 # 345 us median and 718 us mean once both ranks were in it, 10% of them over 2.3 ms. A median over blocks of 3
 # (the sweep's) reads the median; over blocks of 20 it reads what a step pays, and still outvotes a rare stall
 SYNC_CALLS = 20
+
+
+def _segment_weights(ops, g: torch.Generator) -> list[torch.Tensor]:
+    """The compute segments' distinct weights (see SEGMENT_MATMULS), drawn from `g`."""
+    return [torch.randn(1536, 576, generator=g).to(ops.device) for _ in range(max(SEGMENT_MATMULS))]
 
 
 def sync_segments(ops, progress: Callable[[str], None] = lambda m: None, closer: str = "all_reduce") -> dict:
@@ -133,7 +137,7 @@ def sync_segments(ops, progress: Callable[[str], None] = lambda m: None, closer:
     comm = ops.comm
     progress(f"{closer} after compute at {comm.world_size} ranks, {len(SEGMENT_MATMULS)} compute lengths")
     g = torch.Generator().manual_seed(0)
-    weights = [torch.randn(1536, 576, generator=g).to(ops.device) for _ in range(max(SEGMENT_MATMULS))]
+    weights = _segment_weights(ops, g)
     x = torch.randn(1, 576, generator=g).to(ops.device)
     # a decode token's activations; for an all-to-all, one row to each rank
     small = torch.ones(576 if closer != "all_to_all" else (comm.world_size, 576), dtype=DTYPES[closer],
@@ -203,7 +207,7 @@ def rank_compute(ops, all_threads: int, progress: Callable[[str], None] = lambda
     comm = ops.comm
     progress(f"a rank's compute rate at {comm.world_size} ranks, {len(RANK_ROWS)} row counts")
     g = torch.Generator().manual_seed(0)
-    weights = [torch.randn(1536, 576, generator=g).to(ops.device) for _ in range(max(SEGMENT_MATMULS))]
+    weights = _segment_weights(ops, g)
     done = torch.zeros(1, device=ops.device)
     mine = torch.get_num_threads()
     out: dict[str, list[float]] = {"full_s": [], "together_s": [], "alone_s": []}
@@ -303,8 +307,8 @@ def measure_passes(ops, sizes: tuple[int, ...], progress: Callable[[str], None] 
 def _median_sync(runs: list[dict]) -> dict:
     first = runs[0]
     closer = first["collective"]
-    compute = [statistics.median(r["compute_s"][j] for r in runs) for j in range(len(first["compute_s"]))]
-    wait = [statistics.median(r["wait_s"][j] for r in runs) for j in range(len(first["wait_s"]))]
+    compute = _pointwise_median([r["compute_s"] for r in runs])
+    wait = _pointwise_median([r["wait_s"] for r in runs])
     issue = ({"broadcast_issue_s": statistics.median(r["broadcast_issue_s"] for r in runs)}
              if "broadcast_issue_s" in first else {})
     return {"collective": closer, "matmuls": first["matmuls"], "compute_s": compute, "wait_s": wait, **issue,
@@ -314,16 +318,19 @@ def _median_sync(runs: list[dict]) -> dict:
 
 
 def _median_exchange(runs: list[dict]) -> dict:
-    return {**runs[0], "seconds": [statistics.median(r["seconds"][j] for r in runs)
-                                   for j in range(len(runs[0]["seconds"]))], "passes": len(runs)}
+    return {**runs[0], "seconds": _pointwise_median([r["seconds"] for r in runs]), "passes": len(runs)}
 
 
 def _median_rank(runs: list[dict]) -> dict:
-    med = {key: [statistics.median(r[key][j] for r in runs) for j in range(len(runs[0]["rows"]))]
-           for key in ("full_s", "together_s", "alone_s")}
+    med = {key: _pointwise_median([r[key] for r in runs]) for key in ("full_s", "together_s", "alone_s")}
     return {"rows": runs[0]["rows"], **med,
             "share": [f / t for f, t in zip(med["full_s"], med["together_s"], strict=True)],
             "solo": [t / a for t, a in zip(med["together_s"], med["alone_s"], strict=True)], "passes": len(runs)}
+
+
+def _pointwise_median(runs: list[list[float]]) -> list[float]:
+    """Point j's median over the runs (each run a list of the same points)."""
+    return [statistics.median(run[j] for run in runs) for j in range(len(runs[0]))]
 
 
 def _mean_over_ranks(comm, times: list[float]) -> list[float]:

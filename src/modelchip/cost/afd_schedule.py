@@ -5,7 +5,7 @@ Micro-batch i of layer l starts its attention once the attention side is free an
 layer l-1 is back; its FFN starts once the FFN side is free and its hidden states have arrived. A job (one
 micro-batch of one layer on one side) is `host` seconds of host work plus `compute` seconds of compute at the
 rate each rank has when every rank computes at once. While the other side is idle its compute runs `solo`
-times faster (calibrate's `solo_compute`: one rank alone against every rank at once), so a job alone takes
+times faster (calibrate's `rank_compute` solo ratio: one rank alone against every rank at once), so a job alone takes
 host + compute / solo and a job that overlaps the other side all along takes host + compute; in between, it
 progresses at the rate of whichever holds at each moment (an event simulation of the two sides)."""
 

@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from modelchip.cost.kernel_model import log_interp
 from modelchip.errors import ModelchipError
 
 # what the calibration times, as the runtime calls it (runtime/distributed/communicator.py, executor.py)
@@ -188,7 +189,7 @@ class MeasuredCollectives:
         if not self.shared_device:
             return 1.0
         if self.rank_rates:  # a rank on fewer threads is not faster than the profile's: a ratio over 1 is noise
-            return min(1.0, _log_interpolate([(r, share) for r, share, _ in self.rank_rates], rows))
+            return min(1.0, log_interp([(r, share) for r, share, _ in self.rank_rates], rows))
         return self.threads_per_rank() / self.oversubscription() / self.threads
 
     def solo_speedup(self, rows: float = 1.0) -> float:
@@ -197,7 +198,7 @@ class MeasuredCollectives:
         others, so a measured ratio under it is noise."""
         if not (self.shared_device and self.rank_rates):
             return 1.0
-        return max(1.0, _log_interpolate([(r, solo) for r, _, solo in self.rank_rates], rows))
+        return max(1.0, log_interp([(r, solo) for r, _, solo in self.rank_rates], rows))
 
 
 def read_collectives(data: dict, world_size: int, source: str = "profile") -> MeasuredCollectives:
@@ -214,18 +215,17 @@ def read_collectives(data: dict, world_size: int, source: str = "profile") -> Me
                              f"`{how}`")
     try:
         fits = {name: LinkFit(f["alpha_s"], f["bandwidth_Bps"] or math.inf) for name, f in measured["fit"].items()}
-        wait = (measured.get("sync_wait") or {}).get("fit")
-        fits_now = fits  # the sweep's fits, which each sync measurement's tail is taken against
+        sync = measured.get("sync_wait")
         exchange = measured.get("ep_exchange") or {}
         points = tuple(sorted(zip(map(float, exchange.get("tokens", ())), map(float, exchange.get("seconds", ())),
                                   strict=True)))
         if len(points) == 1:
             raise ModelchipError(f"{source}: ep_exchange needs at least two token counts")
-        others = tuple((name.removeprefix("sync_wait_"), _sync_wait(v, fits_now))
+        others = tuple((name.removeprefix("sync_wait_"), _sync_wait(v, fits))
                        for name, v in measured.items() if name.startswith("sync_wait_") and v)
         return MeasuredCollectives(world_size, fits, bool(section["shared_device"]), int(section["threads"]),
                                    int(section["cpus"]),
-                                   _sync_wait(measured["sync_wait"], fits_now) if wait else None,
+                                   _sync_wait(sync, fits) if sync and sync.get("fit") else None,
                                    points, others, _rank_rates(measured.get("rank_compute"), source),
                                    float((measured.get("sync_wait_broadcast") or {}).get("broadcast_issue_s", 0.0)))
     except (KeyError, TypeError, ValueError) as exc:
@@ -234,7 +234,7 @@ def read_collectives(data: dict, world_size: int, source: str = "profile") -> Me
 
 def _sync_wait(section: dict, fits: dict[str, LinkFit]) -> SyncWait:
     """A sync measurement's fit, with its collective's tail: the back-to-back blocks' time per call less the
-    sweep's fit at that size (profiles from before the size was stored have none)."""
+    sweep's fit (`fits`) at that size (profiles from before the size was stored have none)."""
     closer = section.get("collective", "all_reduce")
     fit = fits.get(FIT_OF.get(closer, closer))
     tail = 0.0
@@ -256,17 +256,6 @@ def _rank_rates(section: dict | None, source: str) -> tuple[tuple[float, float, 
                                  f"a rank's share of the profiled rate lies in (0, 2] and its solo ratio above 0 "
                                  f"(measure again with `modelchip calibrate --collectives`)")
     return points
-
-
-def _log_interpolate(points: list[tuple[float, float]], x: float) -> float:
-    """y at x on the polyline through (x, y) points in log x; the end values held beyond the ends."""
-    if x <= points[0][0]:
-        return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
-        if x <= x1:
-            f = math.log(x / x0) / math.log(x1 / x0)
-            return y0 + (y1 - y0) * f
-    return points[-1][1]
 
 
 # A step message as pickled by the runtime's broadcast_object_list: token ids, positions, the metadata's

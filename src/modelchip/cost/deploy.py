@@ -185,12 +185,9 @@ class Prediction:
     breakdown_ms: dict
     usd_per_mtok: float | None
     bound: str = ""
-    # (attention side, FFN side, LM head and sampling) seconds of the step, for an AFD step to cost its
-    # micro-batches from (evaluate); not part of the result a user reads
-    sides: tuple = field(default=(), repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "sides"}
+        return dict(self.__dict__)
 
 
 def _roofline(flops: float, nbytes: float, peak: float, bw: float, eff_c: float, eff_m: float) -> float:
@@ -466,14 +463,14 @@ def evaluate(cost: ModelCost, d: Deployment) -> Prediction:
     return _evaluate(cost, d)
 
 
-def _sides(cost: ModelCost, d: Deployment) -> tuple:
+def _sides(cost: ModelCost, d: Deployment) -> tuple[float, float, float]:
     """(attention side, FFN side, LM head and sampling) seconds of a step of `d` (already checked)."""
-    return _evaluate(cost, d, sides_only=True).sides
+    return _evaluate(cost, d, stop="sides")
 
 
 def _layers_step(cost: ModelCost, d: Deployment) -> float:
     """Seconds of a step's layers, LM head, sampling and communication, before draft passes and fixed costs."""
-    return _evaluate(cost, d, step_only=True).sides[0]
+    return _evaluate(cost, d, stop="step")
 
 
 def _draft_passes(cost: ModelCost, d: Deployment, step: float) -> float:
@@ -485,7 +482,9 @@ def _draft_passes(cost: ModelCost, d: Deployment, step: float) -> float:
     return (step + (d.mtp - 1) * single) / cost.layers
 
 
-def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False, step_only: bool = False) -> Prediction:
+def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tuple[float, float, float] | float:
+    """evaluate's work; `stop` ends it early for the costing of a variant of `d`: "sides" at the step's
+    (attention side, FFN side, LM head and sampling) seconds, "step" at the step before draft passes."""
     chip, eff, prec = d.chip, d.efficiency, d.precision
     peak = chip.peak(prec.compute_dtype(chip))
     # the attention core runs in the cache's format: 8-bit math only where the KV is 8-bit and the chip has it
@@ -689,9 +688,8 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False, step_onl
     sync_wait = d.collectives.wait_seconds(measured_calls, attn_side + ffn_side) if measured_calls else 0.0
     tail = d.collectives.tail_seconds(measured_calls) if measured_calls else 0.0
     comm_total = comm + comm_fixed + sync_wait + tail
-    sides = (attn_side, ffn_side, lm_head + sampling)
-    if sides_only:
-        return Prediction(True, "", None, None, b, None, 0.0, {}, {}, None, "", sides)
+    if stop == "sides":
+        return attn_side, ffn_side, lm_head + sampling
     # AFD's micro-batches each stream their side's weights: a micro-batch of 1/m of the batch takes what a step
     # of 1/m of the batch takes on each side, not 1/m of the step (at decode sizes, nearly all of it). Measured
     # here: 1 attention + 1 FFN rank at batch 16 took 62.1 ms a step with 1 micro-batch and 65.2 ms with 2
@@ -699,13 +697,11 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False, step_onl
     rereads = 0.0
     m_afd = _micro_batch_count(d, tp * b) if d.strategy == "afd" else 1
     if m_afd > 1:
-        part = _sides(cost, replace(d, batch=b / m_afd, microbatches=1))
-        if part:
-            head = lm_head + sampling
-            split_attn = m_afd * (part[0] - part[2]) + head
-            split_ffn = m_afd * part[1]
-            rereads = max(0.0, split_attn - attn_side) + max(0.0, split_ffn - ffn_side)
-            attn_side, ffn_side = max(attn_side, split_attn), max(ffn_side, split_ffn)
+        part_attn, part_ffn, part_head = _sides(cost, replace(d, batch=b / m_afd, microbatches=1))
+        split_attn = m_afd * (part_attn - part_head) + lm_head + sampling
+        split_ffn = m_afd * part_ffn
+        rereads = max(0.0, split_attn - attn_side) + max(0.0, split_ffn - ffn_side)
+        attn_side, ffn_side = max(attn_side, split_attn), max(ffn_side, split_ffn)
     afd_host = None
     if d.strategy == "afd" and d.collectives is not None:
         step, comm, afd_host = _afd_pipeline(cost, d, attn_side, ffn_side, lm_head + sampling, tp * b, inst_tokens,
@@ -722,8 +718,8 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False, step_onl
         # because the published decode and prefill runs sit near the sum (docs/validation.md)
         step = max(compute, comm_total) if (d.overlap and d.strategy == "ep") else compute + comm_total
         bound = "communication" if comm_total > compute else "compute"
-    if step_only:
-        return Prediction(True, "", None, None, b, None, 0.0, {}, {}, None, "", (step,))
+    if stop == "step":
+        return step
     draft = _draft_passes(cost, d, step) if decode and d.mtp else 0.0
     step += draft
 
@@ -790,7 +786,7 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False, step_onl
                   f"{chip.memory_capacity.value / 1e9:.0f} GB less {eff.memory_reserved:.0%} reserved")
         return Prediction(False, f"out of memory: needs {used / 1e9:.1f} GB per chip, {cap / 1e9:.1f} GB usable "
                           f"({policy})",
-                          None, None, b, None, used / 1e9, mem, breakdown, None, "memory", sides)
+                          None, None, b, None, used / 1e9, mem, breakdown, None, "memory")
     sequences = b * (attn_chips if d.strategy == "afd" else d.chips)  # sequences in flight on the deployment
     if decode:
         tokens_per_s = sequences * d.tokens_per_step / step / d.chips
@@ -800,7 +796,7 @@ def _evaluate(cost: ModelCost, d: Deployment, sides_only: bool = False, step_onl
         tpot, ttft = None, step * 1e3
     price = chip.usd_per_hour
     usd = price / 3600 / tokens_per_s * 1e6 if price else None
-    return Prediction(True, "", tpot, ttft, b, tokens_per_s, used / 1e9, mem, breakdown, usd, bound, sides)
+    return Prediction(True, "", tpot, ttft, b, tokens_per_s, used / 1e9, mem, breakdown, usd, bound)
 
 
 def _afd_pipeline(cost: ModelCost, d: Deployment, attn_side: float, ffn_side: float, head: float,
@@ -821,10 +817,10 @@ def _afd_pipeline(cost: ModelCost, d: Deployment, attn_side: float, ffn_side: fl
     seconds = lambda cs: sum(measured_comm.step_seconds(cs, fit))  # noqa: E731
     per_op = d.overhead_per_op_s * host_slowdown
     attn_ops = (cost.layer_op_calls - cost.ffn_op_calls) / L
-    # one micro-batch's work on each side in one layer: its share of the side's compute, and host work (its op
-    # calls, as every op runs once per micro-batch, and the side's own collectives)
-    # each micro-batch's messages also cost their issuing rank host time (measured: broadcast_issue_s): attention
-    # rank 0 starts its send to the FFN ranks and the receive of their output, the FFN leader its send back
+    # one micro-batch's work on each side in one layer: its share of the side's compute, and host work: its op
+    # calls (every op runs once per micro-batch), the side's own collectives, and starting its messages
+    # (measured: broadcast_issue_s; attention rank 0 starts its send to the FFN ranks and the receive of their
+    # output, the FFN leader its send back)
     issue = fit.broadcast_issue_s * host_slowdown
     attention = afd_schedule.Job(seconds(calls.attention) / L / m + per_op * attn_ops
                                  + d.overhead_per_seq_s * host_slowdown * sequences / m + 2 * issue,
@@ -837,8 +833,8 @@ def _afd_pipeline(cost: ModelCost, d: Deployment, attn_side: float, ffn_side: fl
     back = fit.fit("send_recv").seconds(calls.from_ffn.nbytes) + tail
     # a side of one rank computes alone while the other side waits on it (measured: rank_compute's solo ratio at
     # the rows of one micro-batch)
-    solo = (fit.solo_speedup(tokens / m) if d.attn_chips == 1 else 1.0,
-            fit.solo_speedup(tokens / m) if d.ffn_chips == 1 else 1.0)
+    alone = fit.solo_speedup(tokens / m)
+    solo = (alone if d.attn_chips == 1 else 1.0, alone if d.ffn_chips == 1 else 1.0)
     played = afd_schedule.play(L, m, attention, ffn, out, back, *solo)
     # embedding, final norm, LM head and sampling, and the step's own bookkeeping, once on rank 0 while the FFN
     # side waits

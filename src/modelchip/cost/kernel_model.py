@@ -46,15 +46,11 @@ def _measure_curve(tables: tuple[GemmTable, ...], flop_bound: bool = False) -> l
     peak or bandwidth, whichever bounds the shape (a roofline-bound kernel reaches one of them), the median over
     every shape measured at that M in the architecture's benchmarks. `flop_bound`: only the rows bound by their
     FLOPs (fraction of peak above fraction of bandwidth), as fractions of peak; a benchmark's rows at its largest
-    M then also vote at every larger M of the others (see `_flop_bound_votes`)."""
+    M then also vote at every larger M of the others (see `_votes_at`)."""
     per_table = _table_votes(tables, flop_bound)
-    by_m: dict[float, list[float]] = {}
-    for votes in per_table:
-        for m, values in votes.items():
-            by_m.setdefault(m, []).extend(values)
-    if flop_bound:
-        by_m = _flop_bound_votes(per_table, sorted(by_m))
-    return [(m, statistics.median(v)) for m, v in sorted(by_m.items())]
+    ms = sorted({m for votes in per_table for m in votes})
+    by_m = _votes_at(per_table, ms, carry_up=flop_bound)
+    return [(m, statistics.median(by_m[m])) for m in ms]
 
 
 def _table_votes(tables: tuple[GemmTable, ...], flop_bound: bool) -> list[dict[float, list[float]]]:
@@ -74,21 +70,21 @@ def _table_votes(tables: tuple[GemmTable, ...], flop_bound: bool) -> list[dict[f
     return out
 
 
-def _flop_bound_votes(tables: list[dict[float, list[float]]], ms: list[float]) -> dict[float, list[float]]:
-    """The FLOP-bound rows voting at each M: a benchmark's own rows at that M, and above its largest measured M
-    its rows there. A shape's FLOP-bound fraction of peak does not fall as M grows (vLLM's NVFP4 6144 x 4096:
-    2,221, 2,613, 2,948, 3,025, 3,039 TFLOPS from M = 1,024 to 16,384), so a benchmark that stops at a smaller M
-    still says what its shape reaches; leaving it out made the median jump with whichever benchmarks happen to
-    measure at that M (NVFP4 on Blackwell: 47% of peak at M = 8,192 with TorchAO's 8192^3 row, 34% at 16,384
-    where only vLLM's small shape is measured). Below a benchmark's smallest M it does not vote: efficiency
-    falls with fewer rows."""
+def _votes_at(tables: list[dict[float, list[float]]], ms: list[float], carry_up: bool) -> dict[float, list[float]]:
+    """The rows voting at each M: a benchmark's own rows at that M, and with `carry_up` (FLOP-bound rows) above
+    its largest measured M its rows there. A shape's FLOP-bound fraction of peak does not fall as M grows
+    (vLLM's NVFP4 6144 x 4096: 2,221, 2,613, 2,948, 3,025, 3,039 TFLOPS from M = 1,024 to 16,384), so a
+    benchmark that stops at a smaller M still says what its shape reaches; leaving it out made the median jump
+    with whichever benchmarks happen to measure at that M (NVFP4 on Blackwell: 47% of peak at M = 8,192 with
+    TorchAO's 8192^3 row, 34% at 16,384 where only vLLM's small shape is measured). Below a benchmark's smallest
+    M it does not vote: efficiency falls with fewer rows."""
     out: dict[float, list[float]] = {}
     for m in ms:
         for votes in tables:
             top = max(votes)
             if m in votes:
                 out.setdefault(m, []).extend(votes[m])
-            elif m > top:
+            elif carry_up and m > top:
                 out.setdefault(m, []).extend(votes[top])
     return out
 
