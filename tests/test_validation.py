@@ -45,9 +45,10 @@ def test_validation_error_bounds():
     # in-sample (92 of 121; medians 15.9% and 16.9% unchanged). And for MTP draft passes that paid no per-op
     # floor: charged like the model's own calls, TensorRT-LLM's relaxed-MTP B200 point went from -29.0% to -30.8%
     # (91 and 92 within 30%)
-    # Both sets of corrections (serving, expert-parallel decode) together: 16.0% and 16.9%, 93 and 94 within 30%
-    assert ins["median_abs_error"] <= 0.160 and ins["within_30"] >= 93
-    assert loso["median_abs_error"] <= 0.170 and loso["within_30"] >= 94
+    # Both sets of corrections (serving, expert-parallel decode) together: 16.0% and 16.9%, 93 and 94 within 30%.
+    # MindIE's W8A8 checkpoint read as msModelSlim writes it (LM head and down_proj in BF16): 15.7% and 15.7%
+    assert ins["median_abs_error"] <= 0.158 and ins["within_30"] >= 93
+    assert loso["median_abs_error"] <= 0.158 and loso["within_30"] >= 94
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 

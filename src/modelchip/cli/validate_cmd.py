@@ -171,37 +171,48 @@ The misses, and what we found about their mechanisms (after the per-call floors 
 next paragraphs and the 910B2 flash-attention figure, the medians are 16.4% in-sample and 17.1% out of
 sample, 71 and 70 of 101 within 30%):
 
-- **Ascend 910B, Qwen3-8B on one card: small-batch decode too fast (vLLM-Ascend BF16 +55% TPOT at 4
-  sequences, MindIE W8A8 +304%).** The model's device work is 11.7 ms (BF16 weights read at 1.6 TB/s: 10.2 ms);
-  the card measures 47.3 ms, where the same workload on an H100 lands at -1%. The mechanism is host-side
-  dispatch of each operator: vLLM-Ascend's default graph mode captures the layers piecewise and issues
-  attention eagerly, and a profile in vLLM-Ascend issue #9404 measures a 910B3 decode layer at 832 us of which
-  the NPU idles 591 us (59.4 us of host dispatch per op call in modelchip's op list). With that figure a step
-  takes at least its host's dispatch (`host_dispatch_wait`), which took the vLLM point from +304% to +55%. The
-  figure is one user's profile of a MoE model at TP2 on vLLM-Ascend 0.18 (the run here is 0.9.1 on a dense
-  model); a dispatch measurement on the version and model served would settle the remaining gap. MindIE runs
-  its own graph engine, whose per-operator host time is not published, so its W8A8 point pays none and stays at
-  +304%. vLLM-Ascend 0.9.1 ran this graph mode (ACL graphs, piecewise) by default too, per its graph-mode
-  guide, so the figure's mode matches; MindIE's W8A8 point needs MindIE's own host or graph-launch time per
-  operator, which neither its tuning guide nor its issues give. The 32K-prompt run (+158%, now +114%) is
-  prefill-bound: its attention now runs at torch_npu's measured flash-attention utilization on a 910B2 (42.6% at
-  32K tokens, pto-isa's sweep), and the rest of the gap (the model takes 47 s per cohort of nine prompts, 42 s
-  of it prefill; the run about 100 s) is not explained by a measurement we have. vLLM serves with chunked
-  prefill and, on a device under 70 GiB, chunks of 2,048 tokens (vllm/engine/arg_utils.py, OPENAI_API_SERVER
-  default); vLLM-Ascend 0.9.x runs chunks mixed with decodes through torch_npu's paged split-fuse attention
-  (_npu_paged_attention_splitfuse), not the flash-attention kernel pto-isa measured. That sweep times one head
-  with queries and keys of equal length, so it says nothing of a 2,048-query chunk of 32 heads against up to
-  32K cached keys; the figure this point needs is the split-fuse kernel's time at that shape on a 910B (the
-  only profile of it found is on a 310P). No chunked-prefill term is added without it. Searched again and not
-  used: vLLM-Ascend PR #2962 and RFC #3610 (chunked prefill moves from the split-fuse kernel to
-  npu_fused_infer_attention_score because the former is "suboptimal"; no time given), SGLang PR #15518 (the same
+- **Ascend 910B, Qwen3-8B on one card: small-batch decode too fast (vLLM-Ascend BF16 +55% TPOT at 4 sequences,
+  MindIE W8A8 +217%).** The model's device work is 11.7 ms (BF16 weights read at 1.6 TB/s: 10.2 ms); the card
+  measures 47.3 ms, where the same workload on an H100 lands at -1%. The mechanism is host-side dispatch of each
+  operator: vLLM-Ascend's default graph mode captures the layers piecewise and issues attention eagerly, and a
+  profile in vLLM-Ascend issue #9404 measures a 910B3 decode layer at 832 us of which the NPU idles 591 us (59.4 us
+  of host dispatch per op call in modelchip's op list). With that figure a step takes at least its host's dispatch
+  (`host_dispatch_wait`), which took the vLLM point from +304% to +55%. The figure is one user's profile of a MoE
+  model at TP2 on vLLM-Ascend 0.18 (the run here is 0.9.1 on a dense model); a dispatch measurement on the version
+  and model served would settle the remaining gap. MindIE runs its own graph engine, whose per-operator host time is
+  not published, so its W8A8 point pays none (+304%, now +217% after the checkpoint correction below). The W8A8
+  checkpoint (vllm-ascend/Qwen3-8B-W8A8) was read as INT8 throughout; msModelSlim's W8A8 defaults keep the LM head
+  and every down_proj in float (its Qwen example's parameter table: disable_last_linear True, disable_names all
+  down_proj), and the checkpoint's one weight file lists at 11G (vLLM-Ascend issue #5812), which fits that fallback
+  (11.25 GB) and not all-INT8 linear layers (9.44 GB with a BF16 embedding and LM head). Those layers now stream and
+  compute in BF16 (`ffn_down_weight`, `lm_head_weight`): the batch-4 step reads 10.0 GB, not 7.6, and the two MindIE
+  throughput points moved from +12% and +29% to -2% and +9%. The ShareGPT point was also entered with the vLLM run's
+  request shape (100 requests of 233 / 221 tokens); MindIE's run sent 1,000 (217 / 202). Its peak output rate (200
+  tokens/s at 4 in flight) puts MindIE's fastest steps at 20 ms against the model's 8: some 12-17 ms a step,
+  whatever the batch, that the model does not have. MindIE runs each step synchronously (its asynchronous-scheduling
+  guide: CPU data preparation, NPU inference, CPU data return, in turn; overlap is opt-in,
+  MINDIE_ASYNC_SCHEDULING_ENABLE), and msprof's MindIE case (MindStudio practical cases, 'framework scheduling')
+  measures the service's decode step at 66 ms against 36 ms for the model alone at 300 concurrent requests: that
+  host time, not a batch-4 figure of it, is what this point lacks. vLLM-Ascend 0.9.1 ran this graph mode (ACL
+  graphs, piecewise) by default too, per its graph-mode guide, so the figure's mode matches; MindIE's W8A8 point
+  needs MindIE's own host or graph-launch time per operator or step, which neither its tuning guide nor its issues
+  give. The 32K-prompt run (+158%, now +114%) is prefill-bound: its attention now runs at torch_npu's measured
+  flash-attention utilization on a 910B2 (42.6% at 32K tokens, pto-isa's sweep), and the rest of the gap (the model
+  takes 47 s per cohort of nine prompts, 42 s of it prefill; the run about 100 s) is not explained by a measurement
+  we have. vLLM serves with chunked prefill and, on a device under 70 GiB, chunks of 2,048 tokens
+  (vllm/engine/arg_utils.py, OPENAI_API_SERVER default); vLLM-Ascend 0.9.x runs chunks mixed with decodes through
+  torch_npu's paged split-fuse attention (_npu_paged_attention_splitfuse), not the flash-attention kernel pto-isa
+  measured. That sweep times one head with queries and keys of equal length, so it says nothing of a 2,048-query
+  chunk of 32 heads against up to 32K cached keys; the figure this point needs is the split-fuse kernel's time at
+  that shape on a 910B (the only profile of it found is on a 310P). No chunked-prefill term is added without it.
+  Searched again and not used: vLLM-Ascend PR #2962 and RFC #3610 (chunked prefill moves from the split-fuse kernel
+  to npu_fused_infer_attention_score because the former is "suboptimal"; no time given), SGLang PR #15518 (the same
   swap for mixed chunks on Ascend; its before and after are images), SGLang PR #34387 (fused infer attention on an
   Ascend 950 with 3,968 prefill tokens and 23 decodes against 8,192 keys, 4,360 to 3,949 us per call, quoting
   vLLM-Ascend PR #11948: another chip and another kernel). For MindIE's per-operator host or graph-launch time,
-  nothing new: Ascend's msprof-analyze advisor flags host-bound operator sequences by a threshold and gives no
-  time. The 128-in / 4-out burst of 1,000 requests (+148%) is host work per request (tokenising, scheduling) for
-  which no measurement was found (see "Bursts of short requests" below). The 2K and 4K prompt runs land at +12%
-  to +28%.
+  nothing new: Ascend's msprof-analyze advisor flags host-bound operator sequences by a threshold and gives no time.
+  The 128-in / 4-out burst of 1,000 requests (+148%) is host work per request (tokenising, scheduling) for which no
+  measurement was found (see "Bursts of short requests" below). The 2K and 4K prompt runs land at +12% to +28%.
 - **MI300X at TP8: ROCm's docker 70B +14% and +16% at one sequence, +42% and +39% at 16, +58% and +54% at
   128; 405B +4% to +23%; Oracle's 405B +21% to +35%.** Two per-call floors measured on MI300X kernels are
   charged per call: a matmul takes at least 10.7 us, the fastest tuned FP8 kernel for 70B's TP8 QKV shard

@@ -52,6 +52,10 @@ class Precision:
     (FP8 or BF16 attention beside FP4 experts, as NVIDIA's FP4 DeepSeek-R1 checkpoint keeps it); '' = weight.
     lm_head_weight: the LM head's format where it differs from the attention projections' (a GGUF file often
     keeps its output matrix at Q8_0 or Q6_K beside Q4 layers); '' = attention_weight, else weight.
+    ffn_down_weight: the dense FFN's down projection's format where a quantizer left it wider than the FFN's
+    other matmuls (msModelSlim's W8A8 falls every down_proj back to float by default); '' = weight.
+    A matmul kept in a float format wider than an integer `compute` runs in that float format: the quantizer
+    left its activations unquantized too.
     """
 
     weight: str = "fp8"
@@ -61,11 +65,12 @@ class Precision:
     honor_pins: bool = True
     attention_weight: str = ""
     lm_head_weight: str = ""
+    ffn_down_weight: str = ""
 
     def __post_init__(self):
         for name in ("weight", "kv", "linear_state"):
             object.__setattr__(self, name, dtypes.canonical(getattr(self, name)))
-        for name in ("attention_weight", "lm_head_weight"):
+        for name in ("attention_weight", "lm_head_weight", "ffn_down_weight"):
             if getattr(self, name):
                 object.__setattr__(self, name, dtypes.canonical(getattr(self, name)))
         if self.compute != "auto":
@@ -78,6 +83,10 @@ class Precision:
         """The format the chip's math runs in for weights of `weight` (default: the deployment's)."""
         weight = dtypes.BASE.get(weight or self.weight, weight or self.weight)
         if self.compute != "auto":
+            # a float layer beside integer compute (a W8A8 checkpoint's unquantized LM head or down_proj) has
+            # float activations, so it cannot run on the integer units
+            if self.compute in ("int8", "int4") and weight in ("bf16", "fp16"):
+                return "bf16"
             return self.compute
         if weight in ("fp8", "fp4") and chip.peak(weight):
             return weight

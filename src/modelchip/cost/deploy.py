@@ -408,6 +408,13 @@ def _host_dispatch(cost: ModelCost, d: Deployment) -> float:
     return per_op * _op_calls(cost, d)
 
 
+def _dense_weight_bytes(prec: Precision) -> float:
+    """Bytes per dense-FFN weight element: gate and up (2/3 of the elements) in the weight format, down in its own
+    where a quantizer left it wider (`ffn_down_weight`)."""
+    wb = dtypes.nbytes(prec.weight)
+    return (2 * wb + dtypes.nbytes(prec.ffn_down_weight or prec.weight)) / 3
+
+
 def _cold_ops(cost: ModelCost, d: Deployment, tp: int, dense_tp: int, wb: float, awb: float, experts_hit: float,
               kv_shard: int) -> tuple[float, float]:
     """(attention side, FFN side) seconds the step's small ops and per-expert loops pay beyond their in-cache cost,
@@ -417,7 +424,7 @@ def _cold_ops(cost: ModelCost, d: Deployment, tp: int, dense_tp: int, wb: float,
     if not d.overhead_cold_op:
         return 0.0, 0.0
     L, moe = cost.layers, cost.moe
-    streamed = (cost.attn_params * awb / tp + cost.dense_params * wb / dense_tp
+    streamed = (cost.attn_params * awb / tp + cost.dense_params * _dense_weight_bytes(d.precision) / dense_tp
                 + (cost.decode_attention(d.context)[1] * d.batch * tp / kv_shard if d.phase == "decode" else 0.0))
     if moe:
         streamed += moe.layers * (experts_hit * moe.expert_params + moe.shared_params) * wb / (
@@ -543,9 +550,18 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
     ffn_tokens = served / ffn_group if d.strategy == "afd" else inst_tokens
     dense_tp = tp if d.strategy == "tp" else (ffn_group if d.strategy == "afd" else 1)
     dense_tokens = ffn_tokens * (ffn_group if d.strategy == "afd" else 1)
-    dense = _gemm(d, 2 * dense_tokens * cost.dense_params / dense_tp, cost.dense_params * wb / dense_tp,
-                  dense_tokens, peak, bw, cdt, weight_dtype=prec.weight,
-                  calls=tuple(cost.dense_params / dense_tp / max(cost.dense_layers, 1) * f for f in ffn_split))
+    dense_calls = tuple(cost.dense_params / dense_tp / max(cost.dense_layers, 1) * f for f in ffn_split)
+    if prec.ffn_down_weight:  # down_proj kept wider: its own bytes, format and compute units (a second group)
+        up, down = (cost.dense_params * f / dense_tp for f in ffn_split)
+        down_cdt = prec.compute_dtype(chip, prec.ffn_down_weight)
+        dense = (_gemm(d, 2 * dense_tokens * up, up * wb, dense_tokens, peak, bw, cdt, weight_dtype=prec.weight,
+                       calls=dense_calls[:1])
+                 + _gemm(d, 2 * dense_tokens * down, down * dtypes.nbytes(prec.ffn_down_weight), dense_tokens,
+                         chip.peak(down_cdt) or peak, bw, down_cdt, weight_dtype=prec.ffn_down_weight,
+                         calls=dense_calls[1:]))
+    else:
+        dense = _gemm(d, 2 * dense_tokens * cost.dense_params / dense_tp, cost.dense_params * wb / dense_tp,
+                      dense_tokens, peak, bw, cdt, weight_dtype=prec.weight, calls=dense_calls)
     moe_t = router = imbalance = 0.0
     if moe:
         # tokens the expert-parallel group routes: every chip's own, or (attention replicated) one set for all
@@ -733,7 +749,7 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
         per_chip_experts = (moe.experts + d.redundant_experts) / max(ep, 1)
         expert_w = moe.layers * (per_chip_experts * moe.expert_params + moe.shared_params
                                  + moe.router_params) * wb / (tp if d.strategy == "tp" else 1)
-    dense_w = cost.dense_params * wb / dense_tp
+    dense_w = cost.dense_params * _dense_weight_bytes(prec) / dense_tp
     if d.strategy == "afd":
         mem = {"attention_chip": {"weights": attn_w / 1e9, "kv_cache": kv / 1e9},
                "ffn_chip": {"weights": (expert_w + dense_w) / 1e9}}

@@ -69,7 +69,9 @@ def acceptance(point: dict) -> float:
 
 def deployment(p: dict, exclude: frozenset[str] = frozenset()) -> tuple:
     precision = Precision(weight=p.get("weight_dtype", "fp8"), kv=p.get("kv_dtype", "bf16"),
-                          attention_weight=p.get("attention_weight_dtype", ""), compute=p.get("compute_dtype", "auto"))
+                          attention_weight=p.get("attention_weight_dtype", ""), compute=p.get("compute_dtype", "auto"),
+                          lm_head_weight=p.get("lm_head_weight_dtype", ""),
+                          ffn_down_weight=p.get("ffn_down_weight_dtype", ""))
     cost = model_cost(load_model(p["model"]), precision)
     chip = get_chip(p["chip"])
     d = Deployment(chip=chip, chips=p["chips"], strategy=p["strategy"], batch=p.get("batch", 1),
