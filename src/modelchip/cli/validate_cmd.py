@@ -136,6 +136,15 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   The figures these points need: Qwen3-235B's max/mean tokens per rank at EP8 with static placement
   (TensorRT-LLM's MoE load-balancer statistics, or vLLM's corrected balancedness log), and TensorRT-LLM's FP4
   and FP8 grouped-GEMM times at 16 experts per rank (N 3,072 at K 4,096; N 4,096 at K 1,536).
+  An audit of the Blackwell misses' breakdowns (this round) found no term charged that the setups do not run: the
+  TP1 Llama points pay no collective, KV is FP8 where the sources say so, MTP only where published. One
+  mechanism stands out in Maverick's step: Blackwell has no grouped FP4 benchmark, so its routed experts (about
+  23 rows per expert, 24 GB of FP4 experts per GPU) take the dense FP4 curve by M, whose small-M rows are the
+  12.6 MB CUTLASS shape's fixed time read as a bandwidth fraction (23.8 ms a step, 1.0 TB/s): the unit issue the
+  dense weight-size sweep fixed, left in place for grouped calls because no grouped NVFP4 measurement was found
+  (SGLang PR #6093's CUTLASS FP4 MoE table on DeepSeek-R1 shapes could not be read past its first rows, without
+  units). Qwen3-235B FP4 (+17%) and SGLang's GB200 decode (+15%) run the same path, so such a figure would also
+  move them faster.
 - **DeepSeek-R1 batch 1 on B200 with relaxed MTP acceptance (-31%).** With Blackwell's measured all-reduce
   latency (13 us, vLLM's pynccl benchmark at world size 2) the batch-1 points land at +11% (no MTP) and -8%
   (MTP 3); the relaxed-acceptance point runs TensorRT-LLM's fused all-reduce and a TP8/EP2 split whose faster
@@ -264,6 +273,28 @@ sample, 71 and 70 of 101 within 30%):
   the vLLM V0 RFC #6854 shows 4-ms GPU bubbles a decode step in a profile image whose setup the text does not
   give (Oracle's 2024 runs, on V0, miss by 4.8 ms at one sequence and 36 ms at 256). (3) FP8 GEMM times at
   M 16-128 for 70B's TP8 shards on MI300X with the docker's kernels (the catalog has 405B's shards at M 1-32).
+  An audit of the docker's release (ROCm/vllm commit 340ea86, named in the README's manifest) found no setup
+  misread: AITER is off by default (VLLM_ROCM_USE_AITER=0), so the per-tensor Quark checkpoints run vLLM's
+  skinny wvSplitKQ kernel at one sequence and hipBLASLt (torch._scaled_mm) from two, not AITER's rowwise kernel
+  (whose table the model takes beside hipBLASLt's; with hipBLASLt's alone, which stops at 32 rows, these points
+  come out faster still: 70B at 128 sequences +76%, Oracle's 405B at 256 +80%);
+  decode attention is vLLM's custom ROCm paged attention (256-token partitions, TritonAttentionBackend with
+  VLLM_V1_USE_PREFILL_DECODE_ATTENTION); `auto` KV stays 16-bit (this fork does not take the checkpoint's FP8 KV
+  scheme). Taking the table's whole batch sweep (1 to 128 sequences, the catalog holds 1, 16 and 128) against the
+  model: the gap is about 1.0 ms a step at one sequence for both models (0.95-1.16 ms), and above it nearly the
+  same per layer in both at the same batch (after that 1.0 ms, 70B against 405B over both prompt lengths: 6-9 and
+  5-10 us per layer at 4 sequences, 13-15 and 13-14 at 8, 26-27 and 27-28 at 16, 62-64 and 61-65 at 64; 33-34
+  against 50 at 32 and 92-100 against 76-80 at 128), and within 0.6 ms of itself at 128- and 2,048-token prompts
+  (the model's context scaling of the attention holds). Counted per step instead, 405B's gap is 1.3-2.0 times
+  70B's.
+  Per layer, what 70B and 405B share at TP8 is the attention side (8 query heads over one KV head of 128, whatever
+  the hidden size): rotary, the KV-cache write, the paged-attention kernel and its partition reduce. So the figure
+  most wanted is that kernel group's time per layer on MI300X at 16-128 sequences and 1-3K context (the catalog
+  has no decode-attention measurement on cdna3; the model's attention core is 2-6 us per layer at 16
+  sequences). Found and not used: AITER PR #4794 (its pa_fwd_asm runs one workgroup per KV head and sequence,
+  169 us for one 32K sequence, on gfx950 and another kernel), TLX PR #2040 (AITER's paged decode on gfx950),
+  ROCm/triton PR #718 (a Triton decode kernel, FP8 cache, 6 KV heads). Not found: SemiAnalysis's December 2024
+  MI300X collective and bandwidth figures in any readable form.
 - **Qwen3-235B on H100 with vLLM tensor parallelism: BF16 TP8 +15% to +29%, FP8 TP4 +33% to +62% at 2K to
   32K prompts.** These runs are prefill-bound, and the two instances run different expert kernels. The BF16 TP8
   instance (192 of each expert's 1,536 columns per GPU) runs vLLM's Triton fused-MoE kernel, which now has a
