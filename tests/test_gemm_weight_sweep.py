@@ -109,3 +109,36 @@ def test_leaving_a_benchmark_out_removes_its_held_votes():
     out = frozenset({"flashinfer-pr-1979"})
     assert km.gemm_split(b200, "fp4", 16384, exclude=out)[0] * FP4_PEAK / 1e12 == pytest.approx(
         statistics.median([3038.8, 5370.0]))
+
+
+def _log_between(lo: tuple[int, int], hi: tuple[int, int], w: float) -> float:
+    """The sweep's rate at `w` weight elements, linear in log size between two swept shapes."""
+    (wl, el), (wh, eh) = (lo[0] * lo[1], _eff(*lo)), (hi[0] * hi[1], _eff(*hi))
+    return el + (eh - el) * math.log(w / wl) / math.log(wh / wl)
+
+
+def test_grouped_experts_stream_at_the_sweep_rate_of_all_experts_hit():
+    # Qwen3-235B-A22B in NVFP4 (0.5 B per weight in the model's accounting) on 8 B200, experts over all 8 (EP8,
+    # 16 of 128 per GPU), attention data-parallel, 64 sequences per GPU: 512 tokens x top-8 hit all 128 experts
+    # (128 (1 - (120/128)^512) = 128 - 6e-13), 16 per GPU, 512 pairs per GPU, 32 rows per expert. Blackwell has
+    # no grouped FP4 benchmark, so each layer's two grouped launches (gate_up, down) stream the weights of the
+    # 16 experts they run at the sweep's rate for that sum, not at the dense per-M curve's rate at 32 rows
+    # (measured on one 6144 x 4096 projection: ~1.1 TB/s)
+    c = get_chip("b200")
+    cost = model_cost(load_model("qwen3-235b-a22b"), FP4)
+    moe = cost.moe
+    assert (moe.layers, moe.experts, moe.top_k, moe.expert_params, moe.shared_params) == (
+        94, 128, 8, 3 * 4096 * 1536, 0)
+    d = Deployment(chip=c, chips=8, strategy="ep", batch=64, context=1024, precision=FP4, system=system_for(c))
+    p = evaluate(cost, d)
+    gate_up, down = 16 * 2 * 4096 * 1536, 16 * 4096 * 1536  # 201.3M and 100.7M weight elements a launch
+    # swept neighbours: 28672 x 4096 (117.4M) and 8192 x 28672 (234.9M); 10240 x 8192 (83.9M) and 28672 x 4096
+    e_gu = _log_between((28672, 4096), (8192, 28672), gate_up)
+    e_dn = _log_between((10240, 8192), (28672, 4096), down)
+    stream = 94 * 0.5 * (gate_up / (BW * e_gu) + down / (BW * e_dn))
+    assert p.breakdown_ms["moe"] == pytest.approx(stream * 1e3, rel=1e-9)
+    # 32 rows per expert stay bandwidth-bound: gate_up's FLOPs (2 x 512 pairs x its weights per expert) at the
+    # compute side's efficiency (vLLM's M = 512 row, 1569.1 TFLOPS, held below) take under a quarter of its bytes'
+    assert 2 * 512 * gate_up / 16 / 1569.1e12 < 0.25 * 0.5 * gate_up / (BW * e_gu)
+    # the dense curve at 32 rows (between vLLM's M = 16 and 64 rows, 1071 and 1104 GB/s) would take over twice as long
+    assert stream * 2 < 94 * 0.5 * (gate_up + down) / 1104e9

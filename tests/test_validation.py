@@ -46,9 +46,12 @@ def test_validation_error_bounds():
     # floor: charged like the model's own calls, TensorRT-LLM's relaxed-MTP B200 point went from -29.0% to -30.8%
     # (91 and 92 within 30%)
     # Both sets of corrections (serving, expert-parallel decode) together: 16.0% and 16.9%, 93 and 94 within 30%.
-    # MindIE's W8A8 checkpoint read as msModelSlim writes it (LM head and down_proj in BF16): 15.7% and 15.7%
-    assert ins["median_abs_error"] <= 0.158 and ins["within_30"] >= 93
-    assert loso["median_abs_error"] <= 0.158 and loso["within_30"] >= 94
+    # MindIE's W8A8 checkpoint read as msModelSlim writes it (LM head and down_proj in BF16): 15.7% and 15.7%.
+    # Raised for a units correction: Blackwell FP4 routed experts stream at the weight-size sweep's rate for all
+    # the experts a grouped launch runs, not the dense curve's one-projection rate (Maverick -38% to -23%, Qwen3 and
+    # DeepSeek-R1 FP4 max-throughput worse). Both together: 16.0% and 16.9%, 95 and 96 within 30%
+    assert ins["median_abs_error"] <= 0.160 and ins["within_30"] >= 95
+    assert loso["median_abs_error"] <= 0.169 and loso["within_30"] >= 96
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 

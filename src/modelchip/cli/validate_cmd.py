@@ -77,8 +77,8 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   median at their M. This took the MLPerf Interactive points from -81% and -79% to -25% and -18%, and the
   long-context and 2K/2K TensorRT-LLM points from -28% and -38% to -9% and -24%; the other Llama FP4 points moved
   0.6-1.7 points faster, DeepSeek-R1 FP4 at batch 1 (FP4 dense layers and shared experts, small TP8 shards below
-  the sweep's smallest size) 0.2-0.4 points slower (+10.9%, -6.3%, -29.7%), and nothing else: MoE experts keep the
-  curve by M, and no other architecture has a sweep.
+  the sweep's smallest size) 0.2-0.4 points slower (+10.9%, -6.3%, -29.7%), and nothing else: MoE experts kept the
+  curve by M (corrected since: next item), and no other architecture has a sweep.
   That compute side was a median over whichever benchmarks measured at exactly that M, so a benchmark dropped
   out above its largest M and the curve jumped: 31% of the FP4 peak at M = 1,024 (vLLM's 6144 x 4096 and
   FlashInfer's 7168 x 4608), 29% at 2,048 (vLLM's alone), 47% at 8,192 (with TorchAO's 8192^3), 34% from 16,384
@@ -117,12 +117,39 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   activations (PR #3046, 9.4-59.1 us: the quantization left out, unlike the other FP4 tables); FlashInfer issue
   #1732 (M = 1, 8192 x 8192, 1.78 TB/s, one shape); FlashInfer PR #3560 and #5100 (SM 12.0 kernels); a GPU MODE
   hackathon GEMV (24.2 us for 70B's down_proj, helion issue #2417: not a kernel the measured engines run).
-- **Aggregated serving with data-parallel attention (Qwen3-235B FP4 +17%, FP8 +26%; Maverick FP4 -38%).** The
+- **Blackwell FP4 routed experts read the dense curve at one projection's weight size (a units correction).**
+  No grouped or fused-MoE FP4 benchmark covers Blackwell, so routed experts took the dense per-M curve at their
+  rows per expert, whose decode rows are vLLM's one 6144 x 4096 weight (12.6 MB, 13-14% of the 8 TB/s): Maverick's
+  16 experts per GPU streamed at about 1.1 TB/s (24.2 ms of a 512-sequence decode step). A grouped MoE GEMM
+  (TensorRT-LLM's CUTLASS and TRTLLM-Gen kernels, SGLang's) runs every expert hit in one launch per projection,
+  paying its fixed time once over the sum of their weights, so without a grouped benchmark each launch (gate_up,
+  down) now streams at the weight-size sweep's rate for all hit experts' weights, and computes at the FLOP-bound
+  rows' efficiency at its rows per expert, as a dense call does (Maverick's step: 12.1 ms of experts). Unchanged:
+  Hopper FP8 and Ascend INT8 (grouped benchmarks), Hopper BF16 tensor-parallel experts (the fused MoE layer);
+  Blackwell FP8 (SGLang's GB200 FP8 prefill, 2,000 rows per expert, compute-bound) and CDNA3 FP8 have no sweep
+  and keep the curve by M. Points moved (in-sample equals out of sample): Maverick FP4 -38.5% to -23.1%;
+  DeepSeek-R1 FP4 at batch 1 with relaxed MTP -30.8% to -15.2%, with MTP 3 -7.8% to +13.0%, without MTP +10.9% to
+  +11.2% (TP8 shards of 8 experts, near the sweep's small sizes); and worse: Qwen3-235B FP4 +17.3% to +29.3%,
+  DeepSeek-R1 FP4 max-throughput -5.4% to +21.2%, SGLang's GB200 FP4 decode +14.8% to +17.9% (1,877 rows per
+  expert: the FLOP-bound compute side). Medians 16.0% and 16.9% to 16.9% and 17.2%, 95 and 96 within 30%; kept
+  as a correction. The sweep is a dense kernel that stays near 30% of bandwidth past 100M weights; FlashInfer's
+  DeepSeek-V3 MoE benchmarks (PRs #4048 and #4366: B200, EP8 simulated as 32 local experts; #4985 and #5301:
+  TRTLLM NVFP4 MoE 0.153-0.172 ms at 128-512 tokens, 4.6-5.1 TB/s over the 32 experts' 793 MB) suggest a fused
+  FP4 MoE launch streams near twice that, so the overpredicted points above miss elsewhere. Not entered: only
+  excerpts could be read, the GPU of the #4985/#5301 tables is not stated in them (a B300 appears in #4985's
+  thread), and the fused_moe table form counts every expert as local. Wanted: TensorRT-LLM's NVFP4 MoE time by
+  tokens at EP8 on B200 for DeepSeek-R1, Qwen3-235B and Maverick's shapes.
+- **Aggregated serving with data-parallel attention (Qwen3-235B FP4 +29%, FP8 +26%; Maverick FP4 -23%).** The
   perf-overview page queues 3,000 requests at 1000/1000, so no more than 375 per GPU are ever in flight; the
   model had filled memory (813 and 534 per GPU for Qwen3, 589 for Maverick) and predicted +44%, +32% and -26%.
   Held to the run's requests (`num_requests`, from the page's own table), Qwen3 comes within 30% and Maverick,
-  too slow before, is further off: its miss is not the load. The attention-DP
-  balance (TensorRT-LLM blog 10) and the EP32 expert imbalance (blog 4) are measured on DeepSeek; Qwen3's
+  too slow before, is further off: its miss is not the load (the FP4 experts' units correction above then took
+  Maverick from -38% to -23% and Qwen3 FP4 from +17% to +29%). The attention-DP balance (0.5411) stretches prefill
+  and decode steps alike; blog 10's figure is the mean per-iteration avg/max tokens of a whole in-flight-batching
+  run, its imbalance in the iterations where some ranks run context and others generation (all in its first
+  12,000 iterations; generation-only iterations after them balance), so it is neither a decode nor a prefill
+  figure, and no prefill-only balance is published: left as is. That balance and the EP32 expert imbalance
+  (TensorRT-LLM blog 4) are measured on DeepSeek; Qwen3's
   128-expert top-8 routing at EP8 has no published imbalance figure, so its experts are charged as balanced.
   Searched and not found: a measured max/mean routed-token load per rank of any Qwen3-MoE model at EP8. vLLM's
   and SGLang's PRs adding EPLB for Qwen3 (vLLM #20815, #20967; SGLang #6533; lmdeploy #3582) give end-to-end
@@ -136,21 +163,17 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   The figures these points need: Qwen3-235B's max/mean tokens per rank at EP8 with static placement
   (TensorRT-LLM's MoE load-balancer statistics, or vLLM's corrected balancedness log), and TensorRT-LLM's FP4
   and FP8 grouped-GEMM times at 16 experts per rank (N 3,072 at K 4,096; N 4,096 at K 1,536).
-  An audit of the Blackwell misses' breakdowns (this round) found no term charged that the setups do not run: the
-  TP1 Llama points pay no collective, KV is FP8 where the sources say so, MTP only where published. One
-  mechanism stands out in Maverick's step: Blackwell has no grouped FP4 benchmark, so its routed experts (about
-  23 rows per expert, 24 GB of FP4 experts per GPU) take the dense FP4 curve by M, whose small-M rows are the
-  12.6 MB CUTLASS shape's fixed time read as a bandwidth fraction (23.8 ms a step, 1.0 TB/s): the unit issue the
-  dense weight-size sweep fixed, left in place for grouped calls because no grouped NVFP4 measurement was found
-  (SGLang PR #6093's CUTLASS FP4 MoE table on DeepSeek-R1 shapes could not be read past its first rows, without
-  units). Qwen3-235B FP4 (+17%) and SGLang's GB200 decode (+15%) run the same path, so such a figure would also
-  move them faster.
-- **DeepSeek-R1 batch 1 on B200 with relaxed MTP acceptance (-31%).** With Blackwell's measured all-reduce
+  An audit of the Blackwell misses' breakdowns found no term charged that the setups do not run: the TP1 Llama
+  points pay no collective, KV is FP8 where the sources say so, MTP only where published. It found the grouped
+  experts reading the dense FP4 curve at one projection's weight size (23.8 ms of Maverick's step at 1.0 TB/s),
+  corrected since: each grouped launch reads the weight-size sweep at all the experts it runs (above).
+- **DeepSeek-R1 batch 1 on B200 with relaxed MTP acceptance (-15%).** With Blackwell's measured all-reduce
   latency (13 us, vLLM's pynccl benchmark at world size 2) the batch-1 points land at +11% (no MTP) and -8%
   (MTP 3); the relaxed-acceptance point runs TensorRT-LLM's fused all-reduce and a TP8/EP2 split whose faster
   kernels the catalog does not have. MTP Eagle's second and third draft passes run on one token per sequence
   rather than all four (TensorRT-LLM tech blog 2), and each pass's kernels pay the graph-replayed per-op floor
-  as the model's own do: together the two MTP points moved from -6.3% and -29.7% to -7.8% and -30.8%.
+  as the model's own do: together the two MTP points moved from -6.3% and -29.7% to -7.8% and -30.8%. Reading
+  the FP4 experts at their launch's weight size (above) took the three to +11.2%, +13.0% and -15.2%.
 - **A setup that did not fit as published, until its engine's memory policy was read.** TensorRT-LLM v0.6's
   A100 LLaMA-7B batch of 60 at 128 + 2,048 tokens needs 68.4 GB of FP16 KV cache beside 13.5 GB of weights. The
   A100 holds 85.9 GB (nvidia-smi's 81920 MiB); the executor's default pool of 90% of what the weights leave

@@ -204,19 +204,23 @@ def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw:
     kernel, at the efficiency a whole fused MoE layer was measured at on the architecture, where it was. Where the
     architecture has a weight-size sweep (kernel_model.gemm_split), a dense group's calls (`calls`: the weight
     elements of each call of one layer, which split the group's FLOPs and bytes) each take the longer of their
-    FLOPs at the measured compute efficiency and their bytes at the rate swept for their size."""
+    FLOPs at the measured compute efficiency and their bytes at the rate swept for their size; so do routed
+    experts where no grouped benchmark covers the architecture, each call the weights of every expert hit."""
     eff = d.efficiency
     packed = streaming.lookup(d.weight_streaming, weight_dtype) if weight_dtype and d.weight_streaming else None
     if packed is not None:
         return max(flops / (peak * eff.gemm), nbytes / packed.rate(m))
     explicit = bool(eff.explicit & {"gemm", "memory", "memory_by_tokens"})
-    e = None if explicit or not moe_shard else km.fused_moe_efficiency(d.chip, dtype, m, moe_shard, d.exclude)
+    fused = None if explicit or not moe_shard else km.fused_moe_efficiency(d.chip, dtype, m, moe_shard, d.exclude)
+    e = fused
     if e is None and not explicit:
         e = km.gemm_efficiency(d.chip, dtype, m, grouped, d.exclude, weight_dtype)
     if e is None:
         return _roofline(flops, nbytes, peak, bw, eff.gemm, eff.weight_memory(m))
     total = sum(calls)
-    split = km.gemm_split(d.chip, dtype, m, d.exclude) if total > 0 and not grouped else None
+    # a measured fused MoE layer is the whole kernel already; grouped experts without a grouped benchmark take
+    # the sweep at the summed weights of their launch (kernel_model.gemm_split)
+    split = km.gemm_split(d.chip, dtype, m, d.exclude, grouped) if total > 0 and fused is None else None
     if split is None:
         return max(flops / peak, nbytes / bw) / e
     e_c, sweep = split
@@ -574,9 +578,10 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
         # routed experts as one grouped GEMM of pairs/hit rows per expert, the shared expert as a dense one;
         # split tensor-parallel, each expert is 1/tp of its intermediate width wide (Qwen3-235B at TP8: 192)
         width = moe.expert_params / (3 * H) / shard if d.strategy == "tp" else 0.0
+        # one grouped launch per projection runs every expert hit: its call streams all their weights
         routed = _gemm(d, 2 * pairs * moe.expert_params / shard, hit * moe.expert_params * wb / shard,
                        pairs / max(hit, 1e-9), peak, bw, cdt, grouped=True, weight_dtype=prec.weight,
-                       moe_shard=width)
+                       moe_shard=width, calls=tuple(hit * moe.expert_params / shard * f for f in ffn_split))
         shared = _gemm(d, 2 * shared_tokens * moe.shared_params / shard, moe.shared_params * wb / shard,
                        shared_tokens, peak, bw, cdt, weight_dtype=prec.weight,
                        calls=tuple(moe.shared_params / shard * f for f in ffn_split)) if moe.shared_params else 0.0

@@ -154,8 +154,8 @@ def _fused_moe_curve(arch: str, dtype: str, shard_width: float,
     return tuple(fused_moe_curve(near))
 
 
-def gemm_split(chip: Chip, dtype: str, m: float,
-               exclude: frozenset[str] = NONE) -> tuple[float, list[tuple[float, float]]] | None:
+def gemm_split(chip: Chip, dtype: str, m: float, exclude: frozenset[str] = NONE,
+               grouped: bool = False) -> tuple[float, list[tuple[float, float]]] | None:
     """(compute efficiency at M, streaming curve) of a dense GEMM where the architecture has a weight-size sweep
     for this compute dtype beside its per-M benchmarks (None elsewhere: the median curve of `gemm_efficiency`
     applies). A bandwidth-bound call takes the same time at any M (vLLM's NVFP4 runs: 13.4-14.6 us from M = 1
@@ -163,7 +163,15 @@ def gemm_split(chip: Chip, dtype: str, m: float,
     fraction of bandwidth)], see `stream_efficiency`. The compute side is the median fraction of peak of the
     benchmarks' FLOP-bound rows at that M, each benchmark's largest-M rows voting above it (log-interpolated,
     flat beyond the measured M), so a small shape's bandwidth-bound rows do not stand in for a large call's
-    compute; without such rows, the median curve."""
+    compute; without such rows, the median curve.
+
+    `grouped` (routed experts): only where no grouped benchmark covers the architecture and dtype, so that the
+    experts would otherwise read the dense per-M curve. That curve's small-M rows were measured on one
+    projection's weights (vLLM's 6144 x 4096, 14 MB in NVFP4), but a grouped GEMM runs every expert hit in one
+    launch and streams the sum of their weights, so its streaming rate is the sweep's at that sum (the caller's
+    `calls`). A grouped benchmark measures that launch itself and keeps its per-M curve."""
+    if grouped and any(t.grouped for t in gemm_tables(chip, dtype, True, exclude)):
+        return None
     sweep = _sweep_curve(chip.arch, dtypes.canonical(dtype), exclude)
     tables = gemm_tables(chip, dtype, False, exclude)
     if not (sweep and tables):
