@@ -2,9 +2,9 @@
 through each weight layout the cpu backend can use, in one run, same weights, same thread count.
 
 Layouts: the cpu backend's pair-blocked bfloat16 matmul (cpu_linear_bf16.cpp, wherever the CPU has
-AVX512-BF16: on an AMX machine this is the measurement that decides whether pair blocks or oneDNN's AMX
-tiles should be the default there), or with --dtype float32 the blocked float32 matmul (cpu_linear_f32.cpp),
-oneDNN's packed weights, and `F.linear` on plain [out, in] weights. Per
+AVX512-BF16), through vdpbf16ps and, on AMX CPUs, through AMX tiles over the same blocks (`bf16_pairs_amx`:
+the measurement that decides the default there), or with --dtype float32 the blocked float32 matmul
+(cpu_linear_f32.cpp), oneDNN's packed weights, and `F.linear` on plain [out, in] weights. Per
 row count: milliseconds for the whole set (median of --repeat), the weights' read rate, and each layout's ratio
 against oneDNN packed.
 Not a timed unit test; record the JSON it prints in BENCHMARKS.md.
@@ -50,6 +50,15 @@ def weight_shapes(model: str) -> list[tuple[int, int]]:
     return shapes + [(spec.vocab_size, spec.hidden_size)]
 
 
+def _pairs(kernels, amx: bool):
+    """The pair-blocked matmul through vdpbf16ps (amx=False) or AMX tiles, whichever the kernels default to."""
+    def call(x, w, o):
+        kernels.set_linear_bf16_amx(amx)
+        return kernels.linear_bf16(x, w, o)
+
+    return call if getattr(kernels, "has_linear_bf16_amx", False) else (lambda x, w, o: kernels.linear_bf16(x, w, o))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -78,7 +87,10 @@ def main() -> None:
              "plain": lambda x, w, o: F.linear(x, w)}
     if kernels is not None and kernels.has_linear_bf16 and dtype == torch.bfloat16:
         layouts["bf16_pairs"] = [kernels.pack_linear_bf16(w) for w in plain]
-        calls["bf16_pairs"] = lambda x, w, o: kernels.linear_bf16(x, w, o)
+        calls["bf16_pairs"] = _pairs(kernels, amx=False)
+        if getattr(kernels, "has_linear_bf16_amx", False):  # the same pair blocks through AMX tiles
+            layouts["bf16_pairs_amx"] = layouts["bf16_pairs"]
+            calls["bf16_pairs_amx"] = _pairs(kernels, amx=True)
     if kernels is not None and dtype == torch.float32:
         layouts["f32_blocks"] = [kernels.pack_linear_f32(w) for w in plain]
         calls["f32_blocks"] = lambda x, w, o: kernels.linear_f32(x, w, o)
@@ -104,7 +116,7 @@ def main() -> None:
         "benchmark": "linear-layouts", "model": args.model, "dtype": args.dtype, "matmuls": len(shapes),
         "clock": args.clock,
         "weight_mb": round(weight_bytes / 1e6, 1), "threads": args.threads,
-        "own_kernel": next((k for k in ("bf16_pairs", "f32_blocks") if k in layouts),
+        "own_kernel": next((k for k in ("bf16_pairs_amx", "bf16_pairs", "f32_blocks") if k in layouts),
                            f"unavailable ({why or 'no AVX512-BF16'})"),
         "f32_isa": kernels.f32_isa() if kernels is not None else None,
         "machine": machine() + f", torch {torch.__version__}",

@@ -104,7 +104,8 @@ def run_tool(cmd: list[str], threads: int, timeout: float = 1800) -> tuple[str, 
 
 def llama_bench(binary: Path, model: Path, args) -> dict:
     out, util = run_tool([str(binary), "-m", str(model), "-t", str(args.threads), "-p", str(args.prefill),
-                          "-n", str(args.decode_tokens), "-r", str(args.repeat), "-o", "json"], args.threads)
+                          "-n", str(args.decode_tokens), "-r", str(args.repeat), "-o", "json"]
+                         + (["--repack", "0"] if args.no_repack else []), args.threads)
     rows = {r["test"]: r for r in parse_llama_bench(out)}
     pp, tg = rows[f"pp{args.prefill}"], rows[f"tg{args.decode_tokens}"]
     return {"decode_tok_s": round(max(tg["samples_ts"]), 2), "decode_mean_tok_s": round(tg["avg_ts"], 2),
@@ -119,7 +120,8 @@ def llama_batched_bench(binary: Path, model: Path, args) -> dict:
     for _ in range(args.repeat):
         out, util = run_tool([str(binary), "-m", str(model), "-t", str(args.threads), "-c", str(ctx),
                         "-npp", str(args.batch_prompt_tokens), "-ntg", str(args.batch_decode_tokens),
-                        "-npl", str(args.concurrency), "--output-format", "jsonl"], args.threads)
+                        "-npl", str(args.concurrency), "--output-format", "jsonl"]
+                        + (["--no-repack"] if args.no_repack else []), args.threads)
         (row,) = parse_batched_bench(out)
         if best is None or row["speed_tg"] > best["speed_tg"]:
             best, best_util = row, util
@@ -139,7 +141,8 @@ def llama_server_greedy(binary: Path, model: Path, prompts: list[list[int]], arg
     temperature 0 (llama.cpp keeps only the largest logit), EOS ignored, no prompt cache."""
     port = free_port()
     proc = subprocess.Popen([str(binary), "-m", str(model), "-t", str(args.threads), "-c", "1024", "-np", "1",
-                             "--host", "127.0.0.1", "--port", str(port)],
+                             "--host", "127.0.0.1", "--port", str(port)]
+                            + (["--no-repack"] if args.no_repack else []),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -208,8 +211,12 @@ def what_ran(llm) -> dict:
             if weight is not None:
                 kind = describe_linear(weight)
                 counts[kind] = counts.get(kind, 0) + 1
+    backend = llm.ops.backend
     layers = (f"fused stack x{len(llm.model.layers)}" if getattr(llm.model, "fused_stack", None) is not None
-              else f"op by op ({getattr(llm.ops.backend, 'unfused', 'the backend has no fused stack')})")
+              else f"op by op ({getattr(backend, 'unfused', 'the backend has no fused stack')})")
+    if getattr(backend, "bf16_linear", None) == "bf16-pairs":  # which instructions run the bfloat16 pair blocks
+        counts = {(f"{k} ({'amx' if backend.bf16_amx else 'vdpbf16ps'})" if k.endswith("bf16-pairs") else k): v
+                  for k, v in counts.items()}
     return {"backend": llm.ops.name, "dtype": str(llm.dtype).removeprefix("torch."), "linear_weights": counts,
             "decoder_layers": layers, "weight_mb_as_loaded": round(sum(llm.parameter_bytes.values()) / 1e6, 1)}
 
@@ -475,6 +482,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement on each side; the best counts")
     ap.add_argument("--greedy-tokens", type=int, default=32, help="0 skips the greedy comparison")
     ap.add_argument("--greedy-only", action="store_true", help="only the greedy comparison, no speed measurements")
+    ap.add_argument("--no-repack", action="store_true",
+                    help="run llama.cpp without weight repacking (no AMX or CPU_REPACK buffers): on AMX Xeons its "
+                         "AMX matmul for Q8_0/Q4_x crashed at ldtilecfg in build 0c1e570 (llama.cpp PR #26954)")
     ap.add_argument("--no-transformers", action="store_true", help="skip transformers on the BF16 and F32 files")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument("--render", type=Path, help="print the tables of an earlier run's --json file, run nothing")

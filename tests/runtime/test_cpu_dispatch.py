@@ -33,6 +33,8 @@ def test_kernels_pick_the_widest_copy_linux_lists(kernels):
         want = "baseline"
     assert kernels.best_isa == want and kernels.isa() == want
     assert kernels.has_linear_bf16 == ("avx512_bf16" in flags and "avx512f" in flags)
+    # AMX also needs Linux's permission for the tile data, which every kernel since 5.16 grants where it lists them
+    assert kernels.has_linear_bf16_amx == (kernels.has_linear_bf16 and {"amx_tile", "amx_bf16"} <= flags)
 
 
 def test_set_isa_refuses_what_it_cannot_run(kernels):
@@ -44,20 +46,45 @@ def test_set_isa_refuses_what_it_cannot_run(kernels):
     assert kernels.isa() == kernels.best_isa
 
 
-@pytest.mark.parametrize(("has_pairs", "amx", "forced", "want"), [
-    (True, False, "", "bf16-pairs"),
-    (True, True, "", "onednn"),       # AMX: oneDNN's tiles until pair blocks are measured against them
-    (False, False, "", "onednn"),
-    (True, True, "pairs", "bf16-pairs"),
-    (True, False, "onednn", "onednn"),
+@pytest.mark.parametrize(("has_pairs", "forced", "want"), [
+    (True, "", "bf16-pairs"),        # AMX or not: on AMX CPUs the pairs run through its tiles (bf16_amx)
+    (False, "", "onednn"),
+    (True, "onednn", "onednn"),
 ])
-def test_bf16_matmul_choice(monkeypatch, has_pairs, amx, forced, want):
+def test_bf16_matmul_choice(monkeypatch, has_pairs, forced, want):
     class Kernels:
         has_linear_bf16 = has_pairs
 
-    monkeypatch.setattr(cpu, "has_amx_bf16", lambda: amx)
     monkeypatch.setenv("MODELCHIP_BF16_MATMUL", forced)
     assert cpu.bf16_matmul(Kernels) == want
+
+
+@pytest.mark.parametrize(("has_amx", "setting", "want"), [
+    (True, "", True), (True, "1", True), (True, "0", False), (False, "", False), (False, "0", False)])
+def test_bf16_amx_choice(monkeypatch, has_amx, setting, want):
+    class Kernels:
+        has_linear_bf16_amx = has_amx
+        chosen = None
+
+        @classmethod
+        def set_linear_bf16_amx(cls, on):
+            cls.chosen = on
+
+    monkeypatch.setenv("MODELCHIP_BF16_AMX", setting)
+    assert cpu.bf16_amx(Kernels) == want
+    assert Kernels.chosen == (want if has_amx else None)  # the kernels are told only where they have a choice
+
+
+def test_bf16_amx_refuses_what_cannot_run(monkeypatch):
+    class Kernels:
+        has_linear_bf16_amx = False
+
+    monkeypatch.setenv("MODELCHIP_BF16_AMX", "1")
+    with pytest.raises(ModelchipError, match="gives no AMX tiles"):
+        cpu.bf16_amx(Kernels)
+    monkeypatch.setenv("MODELCHIP_BF16_AMX", "yes")
+    with pytest.raises(ModelchipError, match="set 0"):
+        cpu.bf16_amx(Kernels)
 
 
 def test_bf16_matmul_override_refuses_what_cannot_run(monkeypatch):

@@ -1,6 +1,7 @@
-"""The cpu backend's pair-blocked bfloat16 matmul (cpu_linear_bf16.cpp) against float64 products: ragged
-widths, bias, every row-tile remainder and the split-rows path; each row's result independent of the batch it
-came in; shapes that do not fit refused; and the backend choosing it, or oneDNN and saying why."""
+"""The cpu backend's pair-blocked bfloat16 matmul (cpu_linear_bf16.cpp) against float64 products, through
+vdpbf16ps and, on AMX CPUs, through AMX tiles: ragged widths (input pairs past the last whole tile), bias, every
+row-tile remainder and the split-rows path; each row's result independent of the batch it came in; shapes that
+do not fit refused; and the backend choosing it, or oneDNN and saying why."""
 
 import pytest
 
@@ -9,6 +10,17 @@ torch = pytest.importorskip("torch")
 from modelchip.runtime.backends.cpu import CPUBackend, PackedLinear  # noqa: E402
 
 needs_bf16 = pytest.mark.usefixtures("bf16_kernels")  # built once per session on first use, not at collection
+
+
+@pytest.fixture(params=["vdpbf16ps", "amx"])
+def path(request, bf16_kernels):
+    """Each way the pair blocks can run on this CPU (AMX tiles only where it has them), restored after."""
+    if request.param == "amx" and not bf16_kernels.has_linear_bf16_amx:
+        pytest.skip("this CPU has no AMX tiles")
+    before = bf16_kernels.linear_bf16_amx()
+    bf16_kernels.set_linear_bf16_amx(request.param == "amx")
+    yield request.param
+    bf16_kernels.set_linear_bf16_amx(before)
 
 
 def _case(n, k, rows, seed):
@@ -28,10 +40,10 @@ def _within_bf16_rounding(got, w, x, bias):
 
 
 @needs_bf16
-@pytest.mark.parametrize(("n", "k"), [(96, 64), (37, 51), (16, 2), (1, 1), (200, 33), (64, 1536)])
-@pytest.mark.parametrize("rows", [0, 1, 5, 6, 7, 13, 64])
+@pytest.mark.parametrize(("n", "k"), [(96, 64), (37, 51), (16, 2), (1, 1), (200, 33), (64, 1536), (72, 100)])
+@pytest.mark.parametrize("rows", [0, 1, 5, 6, 7, 13, 16, 17, 64])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_matches_float64_product(n, k, rows, with_bias, bf16_kernels):
+def test_matches_float64_product(n, k, rows, with_bias, bf16_kernels, path):
     w, x, b = _case(n, k, rows, seed=n * 1000 + k + rows)
     bias = b if with_bias else None
     got = bf16_kernels.linear_bf16(x, bf16_kernels.pack_linear_bf16(w), n, bias)
@@ -40,13 +52,15 @@ def test_matches_float64_product(n, k, rows, with_bias, bf16_kernels):
 
 
 @needs_bf16
-def test_a_rows_result_does_not_depend_on_its_batch(bf16_kernels):
+@pytest.mark.parametrize("k", [576, 600])  # 600: 12 input pairs past the last whole AMX tile
+def test_a_rows_result_does_not_depend_on_its_batch(bf16_kernels, path, k):
     # the engine's greedy outputs must not change with who else is in the batch
-    w, x, _ = _case(300, 576, 23, seed=1)
+    w, x, b = _case(300, k, 37, seed=1)
     blocked = bf16_kernels.pack_linear_bf16(w)
-    together = bf16_kernels.linear_bf16(x, blocked, 300)
-    for i in (0, 5, 6, 22):
-        assert torch.equal(together[i:i + 1], bf16_kernels.linear_bf16(x[i:i + 1], blocked, 300))
+    together = bf16_kernels.linear_bf16(x, blocked, 300, b)
+    for i in (0, 5, 6, 15, 16, 22, 36):
+        assert torch.equal(together[i:i + 1], bf16_kernels.linear_bf16(x[i:i + 1], blocked, 300, b))
+    assert torch.equal(together[16:33], bf16_kernels.linear_bf16(x[16:33], blocked, 300, b))
 
 
 @needs_bf16

@@ -7,9 +7,12 @@ elsewhere to oneDNN's blocked layout, as bfloat16 ones on CPUs without AVX512-BF
 at every row count on a Zen 4 EPYC; BENCHMARKS.md); MODELCHIP_F32_MATMUL=blocks or =onednn overrides the
 float32 choice. On AVX512-BF16 CPUs, bfloat16 weights go to pair blocks for the fused kernels' own matmul
 (cpu_linear_bf16.cpp): at one row it reads weights near memory bandwidth without oneDNN's ~10 us per call, and
-it matches oneDNN from there up to prefill sizes. On CPUs that also have AMX, oneDNN's AMX tiles stay the
-default until pair blocks are measured against them on such a machine (`benchmarks/bench_linear.py` measures
-both; MODELCHIP_BF16_MATMUL=pairs or =onednn overrides the choice). Either way the weight is kept once.
+on a Zen 4 it matches oneDNN from there up to prefill sizes. On CPUs with AMX the same pair blocks run through
+AMX tiles (the layout is the tiles' own): on a Sapphire Rapids-class Xeon 1.5x oneDNN's AMX matmul at 1-16 rows,
+level at 64, 0.76-0.93x at 128-512 (BENCHMARKS.md), and a row's result never depends on its batch, which
+oneDNN's does not promise. MODELCHIP_BF16_MATMUL=pairs or =onednn overrides the choice, MODELCHIP_BF16_AMX=0
+keeps the pairs on vdpbf16ps (`benchmarks/bench_linear.py` measures all three). Either way the weight is kept
+once.
 Quantized weights (`QuantizedWeight`): GGUF Q8_0, Q4_0 and Q4_1 stay packed for the kernels' int8 matmul
 (cpu_linear_quant.cpp); other formats are dequantized once and take the dense path, counted (cpu_quant.py).
 
@@ -37,7 +40,6 @@ import torch.nn.functional as F
 
 from modelchip.errors import ModelchipError
 from modelchip.runtime.backends import cpu_kernels, cpu_quant
-from modelchip.runtime.backends.cpu_features import has_amx_bf16
 from modelchip.runtime.backends.cpu_quant import QuantLinear, prepare_quantized, scaled_output
 from modelchip.runtime.backends.reference import ReferenceBackend, decode_blocks, gather_blocks, visible
 from modelchip.runtime.contract import AttentionMetadata, DecoderLayerWeights, FusedLayers
@@ -61,9 +63,9 @@ class PackedLinear:
 
 
 def bf16_matmul(kernels) -> str:
-    """Which matmul bfloat16 weights get: "bf16-pairs" (the kernels' own, where the CPU has AVX512-BF16) or
-    "onednn"; on AMX CPUs oneDNN's tiles until measured otherwise. MODELCHIP_BF16_MATMUL=pairs|onednn decides
-    instead (how an AMX machine measures both through the whole model)."""
+    """Which matmul bfloat16 weights get: "bf16-pairs" (the kernels' own, where the CPU has AVX512-BF16; through
+    AMX tiles where it also has AMX) or "onednn". MODELCHIP_BF16_MATMUL=pairs|onednn decides instead (how a
+    machine measures both through the whole model)."""
     has_pairs = bool(getattr(kernels, "has_linear_bf16", False))
     forced = os.environ.get("MODELCHIP_BF16_MATMUL", "")
     if forced == "onednn":
@@ -75,7 +77,21 @@ def bf16_matmul(kernels) -> str:
         return "bf16-pairs"
     if forced:
         raise ModelchipError(f"MODELCHIP_BF16_MATMUL={forced!r}: choose pairs or onednn, or leave it unset")
-    return "bf16-pairs" if has_pairs and not has_amx_bf16() else "onednn"
+    return "bf16-pairs" if has_pairs else "onednn"
+
+
+def bf16_amx(kernels) -> bool:
+    """Whether the pair-blocked matmul runs through AMX tiles: where the CPU and OS give them, unless
+    MODELCHIP_BF16_AMX=0 keeps it on vdpbf16ps. Sets the kernels' (process-wide) choice and returns it."""
+    has_amx = bool(getattr(kernels, "has_linear_bf16_amx", False))
+    setting = os.environ.get("MODELCHIP_BF16_AMX", "")
+    if setting not in ("", "0", "1"):
+        raise ModelchipError(f"MODELCHIP_BF16_AMX={setting!r}: set 0 (vdpbf16ps) or 1 (AMX tiles), or leave it unset")
+    if setting == "1" and not has_amx:
+        raise ModelchipError("MODELCHIP_BF16_AMX=1, but this CPU (or its OS, or the kernels' build) gives no AMX tiles")
+    if has_amx:
+        kernels.set_linear_bf16_amx(setting != "0")
+    return has_amx and setting != "0"
 
 
 def f32_matmul(kernels) -> str:
@@ -139,6 +155,7 @@ class CPUBackend(ReferenceBackend):
         self.fallbacks: Counter[str] = Counter()  # weights left unpacked, eager ops, by reason (conformance shows it)
         self.kernels, self.kernels_missing = cpu_kernels.load()
         self.bf16_linear = bf16_matmul(self.kernels)
+        self.bf16_amx = self.bf16_linear == "bf16-pairs" and bf16_amx(self.kernels)
         self.f32_linear = f32_matmul(self.kernels)
         cpu_quant.choose_isa(self.kernels)
         # per-step tables, rebuilt when a new step's tensors arrive (every layer of a step shares them)

@@ -29,6 +29,9 @@
 #include <cpuid.h>
 #include <immintrin.h>
 #define MC_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define MC_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace {
@@ -49,6 +52,20 @@ bool cpu_has_avx512_bf16() {
 }
 
 const bool kHasBf16 = cpu_has_avx512_bf16();
+
+// AMX tiles (Sapphire Rapids on): CPUID leaf 7 EDX bits 22 (AMX-BF16) and 24 (AMX-TILE), and Linux's permission
+// for this process to use the tile data (arch_prctl ARCH_REQ_XCOMP_PERM, kernel 5.16 on), which also says the OS
+// saves the tiles. oneDNN asks for the same permission; asking twice is harmless.
+bool cpu_has_amx_bf16() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!kHasBf16 || !__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  if (!((edx >> 22) & 1) || !((edx >> 24) & 1)) return false;
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+const bool kHasAmx = cpu_has_amx_bf16();
+bool use_amx = kHasAmx;  // set_linear_bf16_amx: tests and benchmarks run both paths on an AMX CPU
 
 constexpr int kRowTile = 6;    // rows per micro-kernel: 6 x 4 accumulators + 4 weight registers of 32
 constexpr int kBlockTile = 4;  // output blocks per micro-kernel
@@ -120,6 +137,119 @@ void blocks(const uint16_t* x, int64_t m, int64_t k2, const uint16_t* w, const f
   }
 }
 
+// The same pair blocks through AMX tiles. One B tile is 16 consecutive pair lines of an output block (16 pairs =
+// 32 input features for 16 outputs, 64 bytes a line): exactly the layout TDPBF16PS reads, so the weight is packed
+// once for both paths. A micro-kernel holds up to 16 rows (one A tile) against 4 output blocks (4 C tiles), with
+// two B tiles taking turns. Each row's sums run the pairs in order, bias first, as the vector path does, whatever
+// the number of rows in its tile, so a row's result does not depend on its batch here either; pairs past the last
+// whole 16 (an input width that is not a multiple of 32) are added afterwards with vdpbf16ps, in the same order.
+constexpr int kAmxRows = 16;
+constexpr int kAmxBlocks = 4;
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// One configuration per row count, built once in static memory: GCC's _tile_loadconfig tells the compiler it
+// reads 8 bytes, so a configuration filled on the stack just before can lose its other stores (llama.cpp's AMX
+// matmul crashed at ldtilecfg that way, llama.cpp PR #26954).
+struct TileConfigs {
+  TileConfig by_rows[kAmxRows + 1];
+  TileConfigs() {
+    for (int mt = 1; mt <= kAmxRows; ++mt) {
+      for (int t = 0; t < 7; ++t) {  // 0-3: C (mt x 16 float32), 4: A (mt x 32 bf16), 5-6: B (16 pair lines)
+        by_rows[mt].colsb[t] = 64;
+        by_rows[mt].rows[t] = static_cast<uint8_t>(t < 5 ? mt : 16);
+      }
+    }
+  }
+};
+const TileConfigs kTileConfigs;
+
+MC_AMX_TARGET
+void amx_configure(int mt) { _tile_loadconfig(&kTileConfigs.by_rows[mt]); }
+
+template <int R>
+MC_AMX_TARGET
+void amx_tile(const uint16_t* x, int mt, int64_t k2, const uint16_t* w, const float* bias, uint16_t* y, int64_t n,
+              int64_t b0, float* acc /* [kAmxRows][kAmxBlocks * kBlock] */) {
+  constexpr int64_t kStride = kAmxBlocks * kBlock * sizeof(float);
+  if (bias) {  // every row starts from the bias: stride 0 reads the same line into each row
+    if (R > 0) _tile_loadd(0, bias + (b0 + 0) * kBlock, 0);
+    if (R > 1) _tile_loadd(1, bias + (b0 + 1) * kBlock, 0);
+    if (R > 2) _tile_loadd(2, bias + (b0 + 2) * kBlock, 0);
+    if (R > 3) _tile_loadd(3, bias + (b0 + 3) * kBlock, 0);
+  } else {
+    if (R > 0) _tile_zero(0);
+    if (R > 1) _tile_zero(1);
+    if (R > 2) _tile_zero(2);
+    if (R > 3) _tile_zero(3);
+  }
+  const int64_t chunks = k2 / 16, line = 2 * kBlock;  // pair lines of 16 pairs; uint16 per pair line
+  const uint16_t* wb = w + b0 * k2 * line;
+  for (int64_t c = 0; c < chunks; ++c) {
+    _tile_loadd(4, x + 32 * c, 4 * k2);
+    if (R > 0) { _tile_loadd(5, wb + (0 * k2 + 16 * c) * line, 64); _tile_dpbf16ps(0, 4, 5); }
+    if (R > 1) { _tile_loadd(6, wb + (1 * k2 + 16 * c) * line, 64); _tile_dpbf16ps(1, 4, 6); }
+    if (R > 2) { _tile_loadd(5, wb + (2 * k2 + 16 * c) * line, 64); _tile_dpbf16ps(2, 4, 5); }
+    if (R > 3) { _tile_loadd(6, wb + (3 * k2 + 16 * c) * line, 64); _tile_dpbf16ps(3, 4, 6); }
+  }
+  if (R > 0) _tile_stored(0, acc + 0 * kBlock, kStride);
+  if (R > 1) _tile_stored(1, acc + 1 * kBlock, kStride);
+  if (R > 2) _tile_stored(2, acc + 2 * kBlock, kStride);
+  if (R > 3) _tile_stored(3, acc + 3 * kBlock, kStride);
+  for (int i = 0; i < mt; ++i) {
+    for (int r = 0; r < R; ++r) {
+      float* a = acc + i * kAmxBlocks * kBlock + r * kBlock;
+      __m512 sum = _mm512_loadu_ps(a);
+      for (int64_t p = 16 * chunks; p < k2; ++p) {  // the pairs past the last whole tile
+        int32_t pair;
+        std::memcpy(&pair, x + 2 * (i * k2 + p), sizeof pair);
+        sum = _mm512_dpbf16_ps(sum, (__m512bh)_mm512_loadu_si512(wb + (r * k2 + p) * line),
+                               (__m512bh)_mm512_set1_epi32(pair));
+      }
+      const int64_t col = (b0 + r) * kBlock;
+      const __m256i h = (__m256i)_mm512_cvtneps_pbh(sum);
+      if (col + kBlock <= n) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i * n + col), h);
+      } else {
+        alignas(32) uint16_t last[kBlock];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(last), h);
+        std::memcpy(y + i * n + col, last, (n - col) * sizeof(uint16_t));
+      }
+    }
+  }
+}
+
+// output blocks [b, e) for rows [0, m) through AMX tiles; the tile configuration is per thread, so each call
+// configures its own and releases it
+MC_AMX_TARGET
+void amx_blocks(const uint16_t* x, int64_t m, int64_t k2, const uint16_t* w, const float* bias, uint16_t* y,
+                int64_t n, int64_t b, int64_t e) {
+  alignas(64) float acc[kAmxRows * kAmxBlocks * kBlock];
+  int configured = 0;
+  for (int64_t i = 0; i < m; i += kAmxRows) {
+    const int mt = static_cast<int>(std::min<int64_t>(kAmxRows, m - i));
+    if (mt != configured) {
+      amx_configure(mt);
+      configured = mt;
+    }
+    const uint16_t* xi = x + 2 * i * k2;
+    uint16_t* yi = y + i * n;
+    int64_t bb = b;
+    for (; bb + kAmxBlocks <= e; bb += kAmxBlocks) amx_tile<4>(xi, mt, k2, w, bias, yi, n, bb, acc);
+    switch (e - bb) {
+      case 1: amx_tile<1>(xi, mt, k2, w, bias, yi, n, bb, acc); break;
+      case 2: amx_tile<2>(xi, mt, k2, w, bias, yi, n, bb, acc); break;
+      case 3: amx_tile<3>(xi, mt, k2, w, bias, yi, n, bb, acc); break;
+      default: break;
+    }
+  }
+  _tile_release();
+}
+
 #endif  // MODELCHIP_LINEAR_BF16
 
 at::Tensor pack_linear_bf16(const at::Tensor& weight) {
@@ -163,10 +293,17 @@ at::Tensor linear_bf16(const at::Tensor& x_in, const at::Tensor& blocked, int64_
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   auto* yp = reinterpret_cast<uint16_t*>(out.data_ptr());
 
-  mc_ops::parallel_row_blocks(m, blocks_n, kRowTile, k2 * 2 * kBlock, [&](int64_t r0, int64_t rows, int64_t b,
-                                                                         int64_t e) {
-    blocks(xp + r0 * 2 * k2, rows, k2, wp, bp, yp + r0 * n, n, b, e);
-  });
+  if (use_amx) {
+    mc_ops::parallel_row_blocks(m, blocks_n, kAmxRows, k2 * 2 * kBlock, [&](int64_t r0, int64_t rows, int64_t b,
+                                                                            int64_t e) {
+      amx_blocks(xp + r0 * 2 * k2, rows, k2, wp, bp, yp + r0 * n, n, b, e);
+    });
+  } else {
+    mc_ops::parallel_row_blocks(m, blocks_n, kRowTile, k2 * 2 * kBlock, [&](int64_t r0, int64_t rows, int64_t b,
+                                                                           int64_t e) {
+      blocks(xp + r0 * 2 * k2, rows, k2, wp, bp, yp + r0 * n, n, b, e);
+    });
+  }
   return out;
 #else
   TORCH_CHECK(false, "linear_bf16: this build has no AVX512-BF16 matmul (not x86-64, or a compiler older than "
@@ -182,12 +319,38 @@ at::Tensor mc_ops::linear_bf16(const at::Tensor& x, const at::Tensor& blocked, i
   return ::linear_bf16(x, blocked, n, bias);
 }
 
+namespace {
+
+bool linear_bf16_amx() {
+#if MODELCHIP_LINEAR_BF16
+  return use_amx;
+#else
+  return false;
+#endif
+}
+
+void set_linear_bf16_amx(bool on) {
+#if MODELCHIP_LINEAR_BF16
+  TORCH_CHECK(!on || kHasAmx, "set_linear_bf16_amx: this CPU (or its OS) gives this process no AMX tiles");
+  use_amx = on;
+#else
+  TORCH_CHECK(!on, "set_linear_bf16_amx: this build has no AVX512-BF16 matmul");
+#endif
+}
+
+}  // namespace
+
 void register_linear_bf16(pybind11::module& m) {
 #if MODELCHIP_LINEAR_BF16
   m.attr("has_linear_bf16") = kHasBf16;
+  m.attr("has_linear_bf16_amx") = kHasAmx;
 #else
   m.attr("has_linear_bf16") = false;
+  m.attr("has_linear_bf16_amx") = false;
 #endif
+  m.def("linear_bf16_amx", &linear_bf16_amx, "whether linear_bf16 runs its pairs through AMX tiles");
+  m.def("set_linear_bf16_amx", &set_linear_bf16_amx, "run linear_bf16 through AMX tiles (where the CPU has them) "
+        "or through vdpbf16ps; for tests and benchmarks");
   m.def("pack_linear_bf16", &pack_linear_bf16, "lay a bfloat16 [out, in] weight out in pair blocks");
   m.def("linear_bf16", &linear_bf16, "x @ weight.T (+ bias) over a pair-blocked bfloat16 weight",
         pybind11::arg("x"), pybind11::arg("blocked"), pybind11::arg("n"), pybind11::arg("bias") = pybind11::none());
