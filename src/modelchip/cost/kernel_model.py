@@ -211,6 +211,7 @@ def attention_efficiency(chip: Chip, phase: str,
     return None
 
 
+@cache  # the catalog is read once per process; a plan asks the same few questions ~200,000 times
 def fixed(name: str, keys: tuple[str, ...], exclude: frozenset[str] = NONE, ranks: int = 0) -> float | None:
     """The first catalogued figure `name` that applies to one of `keys` (an architecture, a link class), in
     the order of `keys`, at `ranks` ranks (figures measured at scale apply from their `min_ranks` up); None

@@ -91,19 +91,20 @@ def plan(cost: ModelCost, base: list[Deployment], tpot_slo_ms: float | None, ttf
         best_here = None
         for b in BATCHES:
             evaluated += 1
+            at_b = replace(d, batch=b)
             try:
-                p = evaluate(cost, replace(d, batch=b))
+                p = evaluate(cost, at_b)
             except ModelchipError as exc:
                 reject("invalid", d, str(exc))
                 break
             if not p.feasible:
-                reject("memory", replace(d, batch=b), p.reason)
+                reject("memory", at_b, p.reason)
                 break  # larger batches need more memory still
             if tpot_slo_ms and p.tpot_ms > tpot_slo_ms:
-                reject("tpot", replace(d, batch=b), f"TPOT {p.tpot_ms:.1f} ms > {tpot_slo_ms} ms")
+                reject("tpot", at_b, f"TPOT {p.tpot_ms:.1f} ms > {tpot_slo_ms} ms")
                 continue
             if ttft_slo_ms and (ttft is None or ttft > ttft_slo_ms):
-                reject("ttft", replace(d, batch=b), f"TTFT {ttft if ttft is None else round(ttft, 1)} ms")
+                reject("ttft", at_b, f"TTFT {ttft if ttft is None else round(ttft, 1)} ms")
                 continue
             c = Candidate(d.precision.kv, d.chip.id, d.chips, d.strategy, d.attn_chips, d.ffn_chips, b, p.tpot_ms, ttft,
                           p.tokens_per_s_per_chip, p.usd_per_mtok, p.memory_gb_per_chip, p.breakdown_ms)
