@@ -316,7 +316,14 @@ sample, 71 and 70 of 101 within 30%):
   has no decode-attention measurement on cdna3; the model's attention core is 2-6 us per layer at 16
   sequences). Found and not used: AITER PR #4794 (its pa_fwd_asm runs one workgroup per KV head and sequence,
   169 us for one 32K sequence, on gfx950 and another kernel), TLX PR #2040 (AITER's paged decode on gfx950),
-  ROCm/triton PR #718 (a Triton decode kernel, FP8 cache, 6 KV heads). Not found: SemiAnalysis's December 2024
+  ROCm/triton PR #718 (a Triton decode kernel, FP8 cache, 6 KV heads), vLLM PR #33955 (times this very kernel on
+  MI300X with benchmark_paged_attention.py, but only at 256 tokens or fewer, one partition, where it drops the
+  reduce kernel, "~10 us" of launch by its own estimate; its result tables could not be read, and it was closed
+  unmerged), AITER PR #2039 (its MLA decode kernels on MI300: 15.5 us for one sequence and 20.6 us for 128 at 21
+  tokens of context; another kernel and shape, 128 query heads over a 576-wide latent, whose growth from 1 to 128
+  sequences, 5 us, is under a tenth of the 61-100 us per layer these points miss by at 64-128). So the core stays
+  the KV read at efficiency.toml's default 84.1% of bandwidth (kernels.toml's one cdna3 attention figure is AITER's
+  prefill) and at least the 2.7 us small_kernel_floor. Not found: SemiAnalysis's December 2024
   MI300X collective and bandwidth figures in any readable form.
 - **Qwen3-235B on H100 with vLLM tensor parallelism: BF16 TP8 +15% to +29%, FP8 TP4 +33% to +62% at 2K to
   32K prompts.** These runs are prefill-bound, and the two instances run different expert kernels. The BF16 TP8
