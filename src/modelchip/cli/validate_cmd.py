@@ -117,6 +117,22 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   activations (PR #3046, 9.4-59.1 us: the quantization left out, unlike the other FP4 tables); FlashInfer issue
   #1732 (M = 1, 8192 x 8192, 1.78 TB/s, one shape); FlashInfer PR #3560 and #5100 (SM 12.0 kernels); a GPU MODE
   hackathon GEMV (24.2 us for 70B's down_proj, helion issue #2417: not a kernel the measured engines run).
+  Rechecked 2026-12-02, which term sets these misses: on GB200 at 128/2048 (412 sequences, 52.4 ms a step) the
+  dense FFN and attention projections take 32.3 ms, both at the curve's 17% of the FP4 peak (vLLM's 8B QKV shape
+  at M = 512: with 128 x 256 tiles 96 of them for 148 SMs, under one wave, where 70B's 57,344-wide gate/up fills
+  about six), the attention core 13.3 ms, the per-call graph floor 3.6 ms; on B200 at 1000/1000 (431 sequences)
+  the GEMMs take 37.6 ms of 80.9, the attention core 18.2.
+  The attention core is not what is slow: vLLM PR #23647 times trtllm-gen decode with FP8 Q and KV
+  on 70B's heads (64 query / 8 KV of 128; benchmarks/kernels/benchmark_trtllm_decode_attention.py, lengths drawn
+  uniformly below the maximum, one call timed by CUDA events) at 0.079 ms for 256 sequences up to 1,024 tokens and
+  0.111 ms up to 2,048, about 3.4 and 4.8 TB/s by the mean length (42-60%), below the catalogued 73% (its rows past
+  2,048 could not be read; not entered). The per-call floor (`graph_kernel`, 3.77 us derived from batch-1 decode
+  on H100) is charged at every batch, on top of GEMM rows that already time their own ramp and tail; whether it
+  double-counts at hundreds of rows has no measurement either way. Also searched and not usable: FlashInfer PR
+  #1979's cuDNN backend on the catalogued 1024 x 7168 x 4608 (3,798 TFLOPS against CUTLASS's 3,440 in the same
+  run: backends differ by ~10% at one shape); FlashInfer's benchmarks/samples/sample_testlist_output.csv (mm_fp4
+  at M = 8,192, N 4,096, K 16,384: CUTLASS 5,310 TFLOPS, GPU not stated, and only at M = 8,192); XLA's
+  matmul_interpolator_data.h (measured sm_100 GEMM rates by m, n, k, BF16 and FP8 only, no FP4).
 - **Blackwell FP4 routed experts read the dense curve at one projection's weight size (a units correction).**
   No grouped or fused-MoE FP4 benchmark covers Blackwell, so routed experts took the dense per-M curve at their
   rows per expert, whose decode rows are vLLM's one 6144 x 4096 weight (12.6 MB, 13-14% of the 8 TB/s): Maverick's
