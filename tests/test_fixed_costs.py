@@ -340,6 +340,32 @@ def test_attention_layer_measurements_are_reproduced():
     assert layer_efficiency("h100", "mla", 8192) is None
 
 
+def test_fp8_attention_on_hopper_runs_at_the_measured_fp8_over_bf16_speedup():
+    # MLA decode on an H20 at 64 sequences of 8K context is compute-bound in either cache format: per sequence and
+    # layer 2 x 128 heads x 8192 x (576 + 512) = 2.28 GFLOP over 8192 x 576 x 2 = 9.4 MB (BF16), 242 FLOP/byte,
+    # beyond the H20's 148 TFLOPS / 4.0 TB/s = 37. The core's efficiency is the BF16 Step-3 layer's (0.90), so
+    # BF16 attention takes FLOPs / (148 TFLOPS x 0.90); FlashAttention-3 (arXiv 2407.08608) measured FP8 at
+    # 1.2 PFLOPS against 740 TFLOPS BF16 on H100, so FP8 takes that time / 1.62, not / 2 (296 / 148)
+    times = {}
+    for kv in ("bf16", "fp8"):
+        prec = Precision(weight="fp8", kv=kv)
+        cost = model_cost(load_model("deepseek-v3"), prec)
+        d = Deployment(chip=get_chip("h20"), chips=4, strategy="ep", batch=64, context=8192, precision=prec,
+                       moe_balance="ideal")
+        times[kv] = evaluate(cost, d).breakdown_ms["attention_core"]
+    flops = 2 * 128 * 8192 * (576 + 512) * 64 * 61
+    assert times["bf16"] == pytest.approx(flops / (148e12 * layer_efficiency("h20", "mla", 8192)) * 1e3, rel=1e-6)
+    assert times["fp8"] == pytest.approx(times["bf16"] / (1.2e15 / 7.4e14), rel=2e-3)
+    # left out (the FlashAttention-3 source), or on an architecture without the measurement, FP8 gets its peak
+    prec = Precision(weight="fp8", kv="fp8")
+    cost = model_cost(load_model("deepseek-v3"), prec)
+    d = Deployment(chip=get_chip("h20"), chips=4, strategy="ep", batch=64, context=8192, precision=prec,
+                   moe_balance="ideal", exclude=frozenset({"flash-attention-3"}),
+                   efficiency=defaults(frozenset({"flash-attention-3"})))
+    assert evaluate(cost, d).breakdown_ms["attention_core"] == pytest.approx(times["bf16"] / 2, rel=1e-6)
+    assert km.fixed("fp8_attention_speedup", ("blackwell",)) is None
+
+
 def test_tensorrt_llm_gives_the_kv_cache_a_fraction_of_the_memory_the_weights_leave():
     vllm = _step("llama-2-7b", "a100", batch=8, context=2176, precision=Precision(weight="bf16", kv="bf16"))
     trt = _step("llama-2-7b", "a100", batch=8, context=2176, precision=Precision(weight="bf16", kv="bf16"),

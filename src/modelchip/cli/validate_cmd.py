@@ -200,11 +200,36 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   SGLang's GB200 prefill instances, which did not fit before, offload weights to Grace memory as the post
   says; with that mechanism (the excess streams over NVLink-C2C behind each forward) they land at -5% and -7%.
   Chip capacities are the device's own report (nvidia-smi, rocm-smi, npu-smi), not the marketed decimal GB.
+- **DeepSeek-R1 decode on H20 (Ant Group / SGLang: +14% to +22%; were +19% to +31%).** All five decode points
+  were too fast together, the batch-48 one most (TPOT 51 ms against the 67 ms its 714 tokens/s per GPU imply),
+  and at that batch the MLA core is the largest term: FP8 KV cache, so the core ran at the H20's FP8 peak times
+  the efficiency the Step-3 paper's H20 layer gives (0.90), and that layer was measured with BF16 attention
+  (FlashMLA; FlashMLA issue #30 measures BF16 FlashMLA on H20 at 120-130 TFLOPS too). An FP8 attention kernel
+  does not double its BF16 twin: FlashAttention-3 reaches 740 TFLOPS in BF16 and close to 1.2 PFLOPS in FP8 on
+  H100 (arXiv 2407.08608), 1.62x. 8-bit attention on Hopper now runs at the BF16 peak times that ratio
+  (`fp8_attention_speedup`), which took the batch-48 point from +31% to +22%; elsewhere FP8-KV Hopper points
+  moved by under 2 points. The H20's own FP8 MLA kernel (Ant's FlashMLA-FP8; FlashMLA PRs #54, #82 and #122
+  publish theirs as plots or tables not readable here) is the measurement these points need; Blackwell has no
+  FP8/BF16 attention ratio in the catalog and keeps the peaks' 2.
 - **DeepSeek's online prefill (+40% in-sample)** is a 24-hour service average after 56.3% on-disk cache hits,
-  under varying load; the model predicts a saturated step. DeepSeek's profile decode (-30% out of sample)
-  loses DeepEP's measured kernels and falls back to bytes over the NICs.
+  under varying load; the model predicts a saturated step. It, RTP-LLM's and SGLang's EP32 prefill points are
+  costed with dispatch and combine in series with compute (`overlap` off: 734 ms of a 1,552 ms forward here),
+  although DeepSeek and SGLang overlap them with two micro-batches; overlapped, the three would be +88% to +165%.
+  So the prefill compute (or the all-to-all time) lacks a mechanism that the serial communication hides; the
+  prompt length (the published mean KV length per output token, 4,989) is an assumption as well. DeepSeek's
+  profile decode (-30% out of sample) loses DeepEP's measured kernels and falls back to bytes over the NICs.
 - **TensorRT-LLM v0.5's 128-token TTFT on A100 (+60%)**: a 16 ms first token where the model's prefill and
-  kernel floor give 10 ms; eager launches are charged only to steps marked without graphs.
+  eager launches give 10 ms. The table's rows are batch 1 (its reproduction commands pass batch 64 or 32, but
+  at batch 64 a 128-token prefill of LLaMA 7B alone would take some 350 ms on an A100) and time
+  gptSessionBenchmark's whole `generate` call with one output token: buffer reshape, the decoder's newBatch,
+  the context step, one sampling step and finalizeOutputIds (gptSession.cpp at 027cd518). The table's rows not
+  entered as points show the same: at 128 tokens A100 70B TP4 47 ms against the model's 28, H100 FP8 LLaMA 7B 7
+  against 5.1, 70B TP4 26 against 17.5 (+38% to +68%), while at 2,048 tokens all four land within 8-27%; the
+  absolute gap is about the same at both lengths (A100 7B 6 and 10 ms, 70B TP4 19 and 23 ms, H100 70B 8.5 and 8.4
+  ms). So a per-call time that grows with the model's depth, not with tokens, is missing: per-request setup of
+  GptSession and TensorRT's context-phase enqueue (shape binding, plugin setup per layer), or A100 GEMMs at the
+  ridge point (M 128; the Ampere path has no GEMM benchmark and takes the scalar 0.77 / 0.896). Neither has a
+  published measurement we found.
 
 ### Held-out deployments (issue 14)
 

@@ -403,6 +403,18 @@ def _small_kernel_floor(cost: ModelCost, d: Deployment, attention: float, work: 
     return max(0.0, per_call * cost.layers - attention) + max(0.0, per_call * rest - work)
 
 
+def _attention_peak(chip: Chip, prec: Precision, exclude: frozenset = frozenset()) -> float:
+    """FLOP/s the attention core's efficiency is a fraction of. The core runs in the cache's format: 8-bit math
+    only where the KV is 8-bit and the chip has it. The attention efficiencies are measured on BF16 kernels
+    (fractions of the BF16 peak), and an FP8 attention kernel does not double its BF16 twin's speed (its softmax
+    and the transposes around the 8-bit matmuls do not speed up): where the architecture has that ratio measured
+    (`fp8_attention_speedup`), 8-bit attention runs at the BF16 peak times it rather than at the FP8 peak."""
+    if not (prec.kv in ("fp8", "int8") and chip.peak("fp8")):
+        return chip.peak("bf16")
+    speedup = km.fixed("fp8_attention_speedup", (chip.arch,), exclude) if chip.arch else None
+    return min(chip.peak("fp8"), chip.peak("bf16") * speedup) if speedup else chip.peak("fp8")
+
+
 def _host_dispatch(cost: ModelCost, d: Deployment) -> float:
     """Seconds the host takes to issue a step's operators where the engine does not replay the step as one
     graph and the architecture/engine pair has a measured per-op dispatch time (0 elsewhere)."""
@@ -498,8 +510,7 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
     (attention side, FFN side, LM head and sampling) seconds, "step" at the step before draft passes."""
     chip, eff, prec = d.chip, d.efficiency, d.precision
     peak = chip.peak(prec.compute_dtype(chip))
-    # the attention core runs in the cache's format: 8-bit math only where the KV is 8-bit and the chip has it
-    attn_peak = chip.peak("fp8") if (prec.kv in ("fp8", "int8") and chip.peak("fp8")) else chip.peak("bf16")
+    attn_peak = _attention_peak(chip, prec, d.exclude)
     if not peak or not chip.bandwidth or not chip.memory_capacity:
         raise ModelchipError(f"{chip.id} lacks a peak, bandwidth or capacity figure for "
                              f"{prec.compute_dtype(chip)}; pick another chip or add the figure to its catalog file")
