@@ -8,8 +8,8 @@ at every row count on a Zen 4 EPYC; BENCHMARKS.md); MODELCHIP_F32_MATMUL=blocks 
 float32 choice. On AVX512-BF16 CPUs, bfloat16 weights go to pair blocks for the fused kernels' own matmul
 (cpu_linear_bf16.cpp): at one row it reads weights near memory bandwidth without oneDNN's ~10 us per call, and
 on a Zen 4 it matches oneDNN from there up to prefill sizes. On CPUs with AMX the same pair blocks run through
-AMX tiles (the layout is the tiles' own): on a Sapphire Rapids-class Xeon 1.5x oneDNN's AMX matmul at 1-16 rows,
-level at 64, 0.76-0.93x at 128-512 (BENCHMARKS.md), and a row's result never depends on its batch, which
+AMX tiles (the layout is the tiles' own): on an AMX Xeon 1.5x oneDNN's AMX matmul at 1-16 rows, 1.24-1.44x at
+32-128, level at 256-512 (BENCHMARKS.md), and a row's result never depends on its batch, which
 oneDNN's does not promise. MODELCHIP_BF16_MATMUL=pairs or =onednn overrides the choice, MODELCHIP_BF16_AMX=0
 keeps the pairs on vdpbf16ps (`benchmarks/bench_linear.py` measures all three). Either way the weight is kept
 once.
