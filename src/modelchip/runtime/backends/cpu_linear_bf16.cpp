@@ -29,6 +29,11 @@
 #include <cpuid.h>
 #include <immintrin.h>
 #define MC_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#endif
+// AMX tiles need GCC 11 / clang 12 for the target names, and Linux for the tile-data permission
+#if MODELCHIP_LINEAR_BF16 && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
+#define MODELCHIP_LINEAR_AMX 1
 #define MC_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -57,11 +62,15 @@ const bool kHasBf16 = cpu_has_avx512_bf16();
 // for this process to use the tile data (arch_prctl ARCH_REQ_XCOMP_PERM, kernel 5.16 on), which also says the OS
 // saves the tiles. oneDNN asks for the same permission; asking twice is harmless.
 bool cpu_has_amx_bf16() {
+#if !MODELCHIP_LINEAR_AMX
+  return false;
+#else
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   if (!kHasBf16 || !__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
   if (!((edx >> 22) & 1) || !((edx >> 24) & 1)) return false;
   constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
   return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#endif
 }
 
 const bool kHasAmx = cpu_has_amx_bf16();
@@ -137,6 +146,7 @@ void blocks(const uint16_t* x, int64_t m, int64_t k2, const uint16_t* w, const f
   }
 }
 
+#if MODELCHIP_LINEAR_AMX
 // The same pair blocks through AMX tiles. One B tile is 16 consecutive pair lines of an output block (16 pairs =
 // 32 input features for 16 outputs, 64 bytes a line): exactly the layout TDPBF16PS reads, so the weight is packed
 // once for both paths. A micro-kernel holds up to 16 rows (one A tile) against 4 output blocks (4 C tiles), with
@@ -251,6 +261,7 @@ void amx_blocks(const uint16_t* x, int64_t m, int64_t k2, const uint16_t* w, con
   if (m > whole) pass(whole, m, static_cast<int>(m - whole));
   _tile_release();
 }
+#endif  // MODELCHIP_LINEAR_AMX
 
 #endif  // MODELCHIP_LINEAR_BF16
 
@@ -295,12 +306,15 @@ at::Tensor linear_bf16(const at::Tensor& x_in, const at::Tensor& blocked, int64_
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   auto* yp = reinterpret_cast<uint16_t*>(out.data_ptr());
 
+#if MODELCHIP_LINEAR_AMX
   if (use_amx) {
     mc_ops::parallel_row_blocks(m, blocks_n, kAmxRows, k2 * 2 * kBlock, [&](int64_t r0, int64_t rows, int64_t b,
                                                                             int64_t e) {
       amx_blocks(xp + r0 * 2 * k2, rows, k2, wp, bp, yp + r0 * n, n, b, e);
     });
-  } else {
+  } else
+#endif
+  {
     mc_ops::parallel_row_blocks(m, blocks_n, kRowTile, k2 * 2 * kBlock, [&](int64_t r0, int64_t rows, int64_t b,
                                                                            int64_t e) {
       blocks(xp + r0 * 2 * k2, rows, k2, wp, bp, yp + r0 * n, n, b, e);
