@@ -216,8 +216,38 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   costed with dispatch and combine in series with compute (`overlap` off: 734 ms of a 1,552 ms forward here),
   although DeepSeek and SGLang overlap them with two micro-batches; overlapped, the three would be +88% to +165%.
   So the prefill compute (or the all-to-all time) lacks a mechanism that the serial communication hides; the
-  prompt length (the published mean KV length per output token, 4,989) is an assumption as well. DeepSeek's
-  profile decode (-30% out of sample) loses DeepEP's measured kernels and falls back to bytes over the NICs.
+  prompt length (the published mean KV length per output token, 4,989) is an assumption as well. Rechecked term
+  by term against hand arithmetic at 16,384 tokens per GPU and 4K prompts (RTP-LLM's point), per layer: the MLA
+  projections (187 M weights, kv_b applied to every token for the MHA-form prefill) 6.1 TFLOP at 1.15 PFLOPS (58%
+  of the FP8 peak, DeepGEMM's dense rows); the attention core (128 heads, q.k 192 and p.v 128 wide, causal) 2.75
+  TFLOP at FlashAttention-3's 740 TFLOPS, which is its best BF16 figure, so if anything fast for causal 1K-4K;
+  routed experts (131,072 token-expert pairs, 16,384 rows per expert) at the mean of DeepGEMM's contiguous
+  grouped rows at M 4096-8192 (1,346 and 1,214 TFLOPS); communication 16,384 tokens x 2.70 remote nodes x 21.5 kB
+  (FP8 out, BF16 back) = 951 MB over 40 GB/s = 23.8 ms. No units bug: DeepEP's normal-kernel table (EP32 58/57
+  GB/s) is a logical bandwidth, its tests/test_internode.py counting (token, node) pairs with the token's own node
+  included, so per remote byte it is 58 x 3/4 = 43.5 GB/s dispatch and 42.8 GB/s combine, within 9% of the
+  catalogued 40. Each term sits on its benchmark; the model's compute (1.33 s a forward) and communication (1.38
+  s) against measured forwards of 2.6 s (SGLang 4K) and 3.1 s (RTP-LLM) leave an overlapped model 1.9-2.2x too
+  fast. Mechanisms absent and sized (not entered, no measurement of them at these shapes): DeepEP's normal
+  kernels hold 20 of the 132 SMs while they run (deep_ep/buffer.py `num_sms = 20`), slowing overlapped compute by
+  up to 1.18x; the memory-bound kernels around the grouped GEMM (permute and un-permute of 131,072 rows, about
+  1.9 ms a layer at 3 TB/s) and the MHA-form K/V expansion (128 x 320 x 2 bytes per token written and read, 0.9
+  ms) add some 13%. Together they reach about 1.8 s, still short of the measured forwards, so overlap stays off
+  until the remainder is found. DeepSeek's profile-data prefill trace (16K tokens per GPU, EP32, two
+  micro-batches), which would time each kernel, is not in the stored snapshot (prefill.json absent, the figure a
+  JPEG not readable here). SGLang's blog (lm-sys.github.io blog/2025-05-05-large-scale-ep.md, 'Ablation Study:
+  Two-batch Overlap' and 'Profile Results') measures what the model lacks: two-batch overlap adds 27-35% to
+  prefill throughput at the same tokens per device, where ideal overlap gives 1.96x in the model, and the
+  all-to-all reaches its unit-test time only with overlap off. So the engine without overlap takes some 3.4 s for
+  16,384 tokens (50,302 tok/s per node / 1.3), of which the unit-test all-to-all (the model's 1.38 s) leaves
+  about 2.0 s of compute against the model's 1.33 s: the gap is in compute or in waiting on the busiest rank, not
+  in the all-to-all's bytes. The same page gives DeepSeek's profile at 62,713 tok/s per node (2.09 s a forward,
+  routing simulated perfectly balanced) and SGLang's with simulated perfect EPLB at 59,337; SGLang's default
+  expert distribution takes 18% longer than that, where the model's EPLB imbalance (TensorRT-LLM's 1.109
+  max/mean, applied to the routed GEMMs only) adds 57 ms, 2% of the serial step. Waiting on the busiest rank
+  also stretches dispatch and combine, but their RDMA leg is loaded per node, not per rank, and no per-node ratio
+  is measured, so it is not entered. DeepSeek's profile decode (-30% out of sample) loses DeepEP's measured
+  kernels and falls back to bytes over the NICs.
 - **TensorRT-LLM v0.5's 128-token TTFT on A100 (+60%)**: a 16 ms first token where the model's prefill and
   eager launches give 10 ms. The table's rows are batch 1 (its reproduction commands pass batch 64 or 32, but
   at batch 64 a 128-token prefill of LLaMA 7B alone would take some 350 ms on an A100) and time
