@@ -51,9 +51,11 @@ def test_validation_error_bounds():
     # the experts a grouped launch runs, not the dense curve's one-projection rate (Maverick -38% to -23%, Qwen3 and
     # DeepSeek-R1 FP4 max-throughput worse). Both together: 16.0% and 16.9%, 95 and 96 within 30%.
     # FP8 attention on Hopper at FlashAttention-3's measured FP8/BF16 speedup (1.62), not the peaks' 2: 16.0% and
-    # 16.6%, 96 and 97 within 30%
-    assert ins["median_abs_error"] <= 0.160 and ins["within_30"] >= 96
-    assert loso["median_abs_error"] <= 0.166 and loso["within_30"] >= 97
+    # 16.6%, 96 and 97 within 30%. Blackwell likewise at FA4's measured 1.016 (PR #2109), SGLang's GB200 FP4 decode
+    # +17.9% to +3.8% crossing the median (Blackwell FP8-KV prefill-heavy points worse): 15.7% and 15.7%,
+    # 96 and 97 within 30%
+    assert ins["median_abs_error"] <= 0.158 and ins["within_30"] >= 96
+    assert loso["median_abs_error"] <= 0.158 and loso["within_30"] >= 97
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 

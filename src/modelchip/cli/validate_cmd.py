@@ -209,8 +209,25 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   H100 (arXiv 2407.08608), 1.62x. 8-bit attention on Hopper now runs at the BF16 peak times that ratio
   (`fp8_attention_speedup`), which took the batch-48 point from +31% to +22%; elsewhere FP8-KV Hopper points
   moved by under 2 points. The H20's own FP8 MLA kernel (Ant's FlashMLA-FP8; FlashMLA PRs #54, #82 and #122
-  publish theirs as plots or tables not readable here) is the measurement these points need; Blackwell has no
-  FP8/BF16 attention ratio in the catalog and keeps the peaks' 2.
+  publish theirs as plots or tables not readable here) is the measurement these points need.
+- **FP8 attention on Blackwell (SGLang's GB200 FP4 decode +17.9% to +3.8%).** FlashAttention PR #2109 (FA4's
+  FP8 forward on SM100) times FP8 and BF16 on the same shapes: 903.13 against 888.56 TFLOPS at head dim 64, 2 x
+  8,192 tokens (1.013-1.030 over its five shapes), with FA4's exp2 emulation ("e2e softmax") off in both, as FP8
+  runs it; the softmax, not the tensor cores, bounds both. 8-bit attention on Blackwell now runs at the BF16 peak
+  x 1.016 instead of the FP8 peak, which moves only compute-bound cores (prefill, MLA decode at large batch; GQA
+  decode reads its cache at the same rate). Moved, in-sample equal to out of sample: SGLang's GB200 FP4 decode
+  +17.9% to +3.8% (batch 1,408, MLA with an FP8 cache); and worse: its FP4 prefill -4.3% to -7.7%, TensorRT-LLM B200
+  70B FP4 20000/2000 -6.4% to -11.2%, GB200 405B FP4 5000/500 -10.9% to -12.2%, the other Blackwell 70B points
+  and MLPerf B200/GB200 by 0.1-0.3 points; Qwen3-235B FP4 +29.3% to +28.4%. The ratio is measured at head dim 64
+  only; at 128, and in MLA (576/512), the softmax weighs less per FLOP and FP8 should gain more, so for those
+  it is likely a lower bound; B300/GB300 (SM103, twice the exponential rate) share the key unmeasured. Searched,
+  not usable: the same PR's head-dim-128 rows and its first BF16-with-e2e comparison (0.95-1.15x per a reviewer;
+  not readable here), FlashAttention PR #2905 (a dedicated FP8 head-dim-256 kernel, 1.2-1.9x over the generic
+  FP8 one, BF16 rows not readable), Meta's TLX MXFP8 attention on B200 (triton PR #3621: table not readable;
+  block-scaled MXFP8, not the per-tensor FP8 the engines run), cuDNN frontend's attention benchmarks (B200 and
+  GB200 FP8-KV rows fail or run a generation path at 1-17 TFLOPS), SGLang PR #8638 (trtllm-gen MLA FP8 vs BF16
+  end to end only). MI300X: no FP8-vs-BF16 FMHA kernel pair found (AITER, CK-tile, FlyDSL tables are BF16 or
+  gfx950); CDNA3 keeps the peaks' 2, and its FP8-KV MLPerf points moved under 0.3 points in a trial of 1.02.
 - **DeepSeek's online prefill (+40% in-sample)** is a 24-hour service average after 56.3% on-disk cache hits,
   under varying load; the model predicts a saturated step. It, RTP-LLM's and SGLang's EP32 prefill points are
   costed with dispatch and combine in series with compute (`overlap` off: 734 ms of a 1,552 ms forward here),

@@ -408,7 +408,8 @@ def _attention_peak(chip: Chip, prec: Precision, exclude: frozenset = frozenset(
     only where the KV is 8-bit and the chip has it. The attention efficiencies are measured on BF16 kernels
     (fractions of the BF16 peak), and an FP8 attention kernel does not double its BF16 twin's speed (its softmax
     and the transposes around the 8-bit matmuls do not speed up): where the architecture has that ratio measured
-    (`fp8_attention_speedup`), 8-bit attention runs at the BF16 peak times it rather than at the FP8 peak."""
+    (`fp8_attention_speedup`), 8-bit attention runs at the BF16 peak times it rather than at the FP8 peak. Only the
+    compute side of the core's roofline uses this peak: bandwidth-bound decode reads the 8-bit cache at full rate."""
     if not (prec.kv in ("fp8", "int8") and chip.peak("fp8")):
         return chip.peak("bf16")
     speedup = km.fixed("fp8_attention_speedup", (chip.arch,), exclude) if chip.arch else None
