@@ -91,7 +91,7 @@ def plan(cost: ModelCost, base: list[Deployment], tpot_slo_ms: float | None, ttf
         best_here = None
         for b in BATCHES:
             evaluated += 1
-            at_b = replace(d, batch=b)
+            at_b = d.but(batch=b)
             try:
                 p = evaluate(cost, at_b)
             except ModelchipError as exc:
