@@ -261,8 +261,6 @@ def test_serve_under_slo_is_the_highest_load_within_the_bounds():
 
 def test_deployment_but_equals_dataclasses_replace():
     # the planner's fast copy must give the same deployment replace gives, and refuse a misspelt field as it does
-    from modelchip.spec.chips import get_chip
-
     d = Deployment(chip=get_chip("h100"), chips=8, strategy="afd", batch=4, context=1024, attn_chips=2, ffn_chips=6)
     for changes in ({"batch": 8}, {"batch": 0.5, "microbatches": 1}, {"mtp": 0, "mtp_acceptance": 0.0}):
         assert d.but(**changes) == replace(d, **changes)
