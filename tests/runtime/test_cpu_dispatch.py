@@ -75,25 +75,21 @@ def test_bf16_amx_choice(monkeypatch, has_amx, setting, want):
     assert Kernels.chosen == (want if has_amx else None)  # the kernels are told only where they have a choice
 
 
-def test_bf16_amx_refuses_what_cannot_run(monkeypatch):
-    class Kernels:
+@pytest.mark.parametrize(("choose", "variable", "unavailable", "cannot", "unknown", "choices"), [
+    (cpu.bf16_amx, "MODELCHIP_BF16_AMX", "1", "gives no AMX tiles", "yes", "set 0"),
+    (cpu.bf16_matmul, "MODELCHIP_BF16_MATMUL", "pairs", "cannot run here", "amx", "choose pairs or onednn"),
+])
+def test_bf16_overrides_refuse_what_cannot_run(monkeypatch, choose, variable, unavailable, cannot, unknown, choices):
+    class Kernels:  # neither the pair-blocked matmul nor AMX tiles
+        has_linear_bf16 = False
         has_linear_bf16_amx = False
 
-    monkeypatch.setenv("MODELCHIP_BF16_AMX", "1")
-    with pytest.raises(ModelchipError, match="gives no AMX tiles"):
-        cpu.bf16_amx(Kernels)
-    monkeypatch.setenv("MODELCHIP_BF16_AMX", "yes")
-    with pytest.raises(ModelchipError, match="set 0"):
-        cpu.bf16_amx(Kernels)
-
-
-def test_bf16_matmul_override_refuses_what_cannot_run(monkeypatch):
-    class Kernels:
-        has_linear_bf16 = False
-
-    monkeypatch.setenv("MODELCHIP_BF16_MATMUL", "pairs")
-    with pytest.raises(ModelchipError, match="cannot run here"):
-        cpu.bf16_matmul(Kernels)
+    monkeypatch.setenv(variable, unavailable)
+    with pytest.raises(ModelchipError, match=cannot):
+        choose(Kernels)
+    monkeypatch.setenv(variable, unknown)
+    with pytest.raises(ModelchipError, match=choices):
+        choose(Kernels)
     monkeypatch.setenv("MODELCHIP_BF16_MATMUL", "amx")
     with pytest.raises(ModelchipError, match="choose pairs or onednn"):
         cpu.bf16_matmul(Kernels)
