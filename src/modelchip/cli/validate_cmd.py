@@ -127,10 +127,20 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   uniformly below the maximum, one call timed by CUDA events) at 0.079 ms for 256 sequences up to 1,024 tokens and
   0.111 ms up to 2,048, about 3.4 and 4.8 TB/s by the mean length (42-60%), below the catalogued 73% (its rows past
   2,048 could not be read; not entered). The per-call floor (`graph_kernel`, 3.77 us derived from batch-1 decode
-  on H100) is charged at every batch, on top of GEMM rows that already time their own ramp and tail; whether it
-  double-counts at hundreds of rows has no measurement either way. Also searched and not usable: FlashInfer PR
-  #1979's cuDNN backend on the catalogued 1024 x 7168 x 4608 (3,798 TFLOPS against CUTLASS's 3,440 in the same
-  run: backends differ by ~10% at one shape); FlashInfer's benchmarks/samples/sample_testlist_output.csv (mm_fp4
+  on H100) is charged at every batch, on top of GEMM rows that already time their own ramp and tail. Its launch
+  part is measured: a graph-replayed kernel that does no work takes 1.3 us on H100 (Hazy's own microbenchmark, 2.1
+  us without graphs, read as Luminal's 'Compiling Models to Megakernels' quotes it), and pegainfer issue #569 times
+  0.96 us of raw gap between two empty kernels that PDL removes (%globaltimer, isolated pair). Tried 2026-12-02 and
+  not kept: 1.3 us additive per call, the other 2.47 us a floor each call's own time covers (as gemm_call_floor /
+  small_kernel_floor). GB200 128/2048 moves -30.5% -> -27.2% (floor 3.6 -> 1.3 ms), B200 1000/1000 -24.1% ->
+  -21.8%, but batch-1 steps lose it too: Llama-3.2-1B on H100 comes out at 50.7% of bandwidth against Hazy's
+  "at most 50%", TensorRT-LLM's B200 R1 batch-1 +11.2% -> +23.8%, Ant's H20 decode +2-6 points, GPUStack's
+  H100 Qwen3-8B at concurrency 4 +6 and +10, H100/H200 max-load points +1-8; medians 15.7%/15.7% ->
+  17.2%/17.3%, within 30% 96/97 -> 94/95. So at batch 1 the non-launch part behaves additively on top of the
+  isolated-kernel rows, and where it stops doing so with batch has no measurement. MLPerf's B200/GB200 llama2-70b
+  points (use_graphs False) do not pay this floor at all. Also searched and not usable: FlashInfer PR #1979's
+  cuDNN backend on the catalogued 1024 x 7168 x 4608 (3,798 TFLOPS against CUTLASS's 3,440 in the same run:
+  backends differ by ~10% at one shape); FlashInfer's benchmarks/samples/sample_testlist_output.csv (mm_fp4
   at M = 8,192, N 4,096, K 16,384: CUTLASS 5,310 TFLOPS, GPU not stated, and only at M = 8,192); XLA's
   matmul_interpolator_data.h (measured sm_100 GEMM rates by m, n, k, BF16 and FP8 only, no FP4).
 - **Blackwell FP4 routed experts read the dense curve at one projection's weight size (a units correction).**
