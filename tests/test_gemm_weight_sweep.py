@@ -17,7 +17,7 @@ from modelchip.cost.systems import system_for
 from modelchip.spec import load_model
 from modelchip.spec.chips import get_chip
 
-FP4 = Precision(weight="fp4", kv="fp8")
+FP4 = Precision(weight="fp4", kv="fp8", lm_head_weight="fp4")  # head too: one format, one sweep
 BW, FP4_PEAK = 8.0e12, 9.0e15  # NVIDIA B200 and GB200: 8 TB/s; B200 FP4 9 PFLOPS (the FLOP-bound rows' chip)
 # helion PR #3079, 'cutlass (us)' of the bf16in rows, as GB/s over the weights (kernels.toml): N x K -> GB/s
 SWEEP = {(4096, 4096): 861, (6144, 4096): 1204, (28672, 4096): 2533, (4096, 14336): 1460, (5120, 5120): 1180,

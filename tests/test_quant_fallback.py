@@ -13,7 +13,8 @@ from modelchip.spec import load_model
 from modelchip.spec.chips import get_chip
 
 BW, BF16, INT8 = 1.6e12, 2.8e14, 5.6e14  # the catalog's 910B: Step-3 Table 4 bandwidth, msmodeling 280T peaks
-W8A8 = Precision(weight="int8", kv="bf16", compute="int8")
+# a checkpoint that quantized its LM head and embedding too (no quantizer's ignore list kept them in BF16)
+W8A8 = Precision(weight="int8", kv="bf16", compute="int8", lm_head_weight="int8", embedding_weight="int8")
 FALLBACK = Precision(weight="int8", kv="bf16", compute="int8", lm_head_weight="bf16", ffn_down_weight="bf16")
 # Qwen3-8B: 36 layers of gate, up and down at 4,096 x 12,288; vocabulary 151,936 untied
 FFN = 36 * 3 * 4096 * 12288
@@ -35,8 +36,8 @@ def test_down_proj_and_lm_head_kept_in_bf16_stream_twice_their_int8_bytes():
                                                             rel=1e-6)
     assert mixed.breakdown_ms["lm_head"] == pytest.approx(HEAD * 2 / (BW * 0.5) * 1e3, rel=1e-6)
     assert mixed.breakdown_ms["attention_proj"] == pytest.approx(int8.breakdown_ms["attention_proj"])
-    # the 36 down_proj (1.81 GB at BF16) and the LM head held at 2 bytes
-    extra_gb = (FFN / 3 + HEAD) * (2 - 1) / 1e9
+    # the 36 down_proj (1.81 GB at BF16), the LM head and the embedding (a BF16 table by default) held at 2 bytes
+    extra_gb = (FFN / 3 + HEAD + HEAD) * (2 - 1) / 1e9
     assert mixed.memory_gb["weights"] - int8.memory_gb["weights"] == pytest.approx(extra_gb, rel=1e-6)
 
 

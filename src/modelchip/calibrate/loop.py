@@ -105,7 +105,7 @@ def run_precision(model: str, backend: str = "reference", device: str = "cpu", d
     said = [f"{part} weights mix {', '.join(f'{n:,} {f}' for f, n in c.items())}: priced as {c.most_common(1)[0][0]}"
             for part, c in (("attention", attn), ("FFN", ffn)) if len(c) > 1]
     return Precision(weight=weight, kv=name, compute=name, attention_weight="" if attention == weight else attention,
-                     lm_head_weight="" if head in ("", attention) else head), said
+                     lm_head_weight=head), said
 
 
 def predict(model: str, profile: str, batch: int, context: int, dtype: str = "float32",

@@ -66,6 +66,15 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   sample. StepMesh budgets 273 us per layer for the A2F and F2A transfers and quotes 37 us and 18 us for the
   2A2F tensors (896 KB and 1.75 MB) without saying they were measured; neither a measured per-layer network
   latency nor a measured FP8 MFA kernel is published, so the model charges bytes only.
+- **Step-3 3A2F at 4K, BF16 attention: infeasible (was -2%).** Quantized checkpoints keep the token embedding
+  and the LM head in BF16 (ModelOpt's exclude_modules ["lm_head"], llm-compressor's ignore ["lm_head"] with
+  targets ["Linear"], DeepSeek-V3's FP8 release building its head and embedding in BF16; `Precision.head_dtype`,
+  `embedding_dtype`), and AFD holds both on the attention GPUs: Step-3's 128,815 x 7,168 tables add 1.85 GB
+  there, so 252 sequences of 4,096 BF16-cached tokens need 78.5 GB against the 77.0 GB the planner leaves after
+  its 10% reserve. The paper ran this batch, so either StepMesh reserves less than 10% of an H800 or its
+  checkpoint quantizes the tables; neither is published, and the correction stands for the other 50-odd
+  quantized points (0.1-3.7 points each: Qwen3-8B SGLang FP8 +8.1% to +4.4%, Llama FP8 on H200 1-3 points
+  slower, the Blackwell FP4 points 0.1-0.8 points slower).
 - **Blackwell FP4 dense GEMMs (Llama 70B FP4 on B200/GB200 -7% to -31%).** The FP4 per-M benchmarks at decode
   sizes are vLLM's CUTLASS runs on one 6144 x 4096 weight (12.6 MB), 13.4-14.6 us from M = 1 to 256: a call that
   small is set by the kernel's fixed time, and read as a fraction of bandwidth (13-15%) it made 70B's 100+ MB

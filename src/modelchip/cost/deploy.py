@@ -555,7 +555,8 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
     # attention beside FP4 experts)
     attn_dtype = prec.attention_weight or prec.weight
     awb = dtypes.nbytes(attn_dtype)
-    head_dtype = prec.lm_head_weight or attn_dtype
+    # a tied LM head multiplies by the embedding table itself, so it streams that table's format
+    head_dtype = prec.head_dtype() if (cost.lm_head_params or prec.lm_head_weight) else prec.embedding_dtype()
     attn_cdt = prec.compute_dtype(chip, attn_dtype)
     attn_peak_w = chip.peak(attn_cdt) or peak
     cdt = prec.compute_dtype(chip)
@@ -771,7 +772,10 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
     # memory per chip
     kv = b * tp * (d.context if decode else d.prompt_len) * cost.kv_bytes_per_token / kv_shard
     cap = chip.memory_capacity.value * (1 - eff.memory_reserved)
-    attn_w = ((cost.attn_params + cost.attn_norm_params + cost.embed_params) * awb
+    # the embedding table is stored in its own format (BF16 beside quantized layers); a tied LM head reads
+    # that same table (lm_head_params is 0 then)
+    attn_w = ((cost.attn_params + cost.attn_norm_params) * awb
+              + cost.embed_params * dtypes.nbytes(prec.embedding_dtype())
               + cost.lm_head_params * dtypes.nbytes(head_dtype)) / tp
     expert_w = 0.0
     if moe:
