@@ -223,8 +223,8 @@ def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw:
     if packed is not None:
         return max(flops / (peak * eff.gemm), nbytes / packed.rate(m))
     explicit = bool(eff.explicit & {"gemm", "memory", "memory_by_tokens"})
-    fused = None if explicit or not moe_shard else km.fused_moe_efficiency(d.chip, dtype, m, moe_shard, d.exclude)
-    e = fused
+    e = fused = None if explicit or not moe_shard else km.fused_moe_efficiency(d.chip, dtype, m, moe_shard,
+                                                                                d.exclude)
     if e is None and not explicit:
         e = km.gemm_efficiency(d.chip, dtype, m, grouped, d.exclude, weight_dtype)
     if e is None:

@@ -79,6 +79,19 @@ bool use_amx = kHasAmx;  // set_linear_bf16_amx: tests and benchmarks run both p
 constexpr int kRowTile = 6;    // rows per micro-kernel: 6 x 4 accumulators + 4 weight registers of 32
 constexpr int kBlockTile = 4;  // output blocks per micro-kernel
 
+// one output block's 16 float32 sums, rounded once to bfloat16 (round-to-nearest-even), into row y at `col`
+MC_BF16_TARGET
+inline void store_block(__m512 sums, uint16_t* y, int64_t n, int64_t col) {
+  const __m256i h = (__m256i)_mm512_cvtneps_pbh(sums);
+  if (col + kBlock <= n) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + col), h);
+  } else {  // the padded last block: keep only the real outputs
+    alignas(32) uint16_t last[kBlock];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(last), h);
+    std::memcpy(y + col, last, (n - col) * sizeof(uint16_t));
+  }
+}
+
 // rows [0, MT) of x ([rows, 2 k2]) times output blocks [b0, b0 + R) of w -> y ([rows, n])
 template <int MT, int R>
 MC_BF16_TARGET
@@ -100,19 +113,8 @@ void tile(const uint16_t* x, int64_t k2, const uint16_t* w, const float* bias, u
       for (int r = 0; r < R; ++r) acc[i][r] = _mm512_dpbf16_ps(acc[i][r], wv[r], xb);
     }
   }
-  for (int i = 0; i < MT; ++i) {
-    for (int r = 0; r < R; ++r) {
-      const int64_t col = (b0 + r) * kBlock;
-      const __m256i h = (__m256i)_mm512_cvtneps_pbh(acc[i][r]);
-      if (col + kBlock <= n) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i * n + col), h);
-      } else {  // the padded last block: keep only the real outputs
-        alignas(32) uint16_t last[kBlock];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(last), h);
-        std::memcpy(y + i * n + col, last, (n - col) * sizeof(uint16_t));
-      }
-    }
-  }
+  for (int i = 0; i < MT; ++i)
+    for (int r = 0; r < R; ++r) store_block(acc[i][r], y + i * n, n, (b0 + r) * kBlock);
 }
 
 template <int R>
@@ -220,15 +222,7 @@ void amx_tile(const uint16_t* x, int mt, int64_t k2, const uint16_t* w, const fl
         sum = _mm512_dpbf16_ps(sum, (__m512bh)_mm512_loadu_si512(wb + (r * k2 + p) * line),
                                (__m512bh)_mm512_set1_epi32(pair));
       }
-      const int64_t col = (b0 + r) * kBlock;
-      const __m256i h = (__m256i)_mm512_cvtneps_pbh(sum);
-      if (col + kBlock <= n) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i * n + col), h);
-      } else {
-        alignas(32) uint16_t last[kBlock];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(last), h);
-        std::memcpy(y + i * n + col, last, (n - col) * sizeof(uint16_t));
-      }
+      store_block(sum, y + i * n, n, (b0 + r) * kBlock);
     }
   }
 }
