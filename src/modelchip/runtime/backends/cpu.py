@@ -166,7 +166,11 @@ class CPUBackend(ReferenceBackend):
 
     def prepare_linear(self, weight: torch.Tensor | QuantizedWeight) -> torch.Tensor | PackedLinear:
         if isinstance(weight, QuantizedWeight):
-            if weight.compute_dtype not in self.pack_dtypes:  # nothing to pack into: the reference's per call
+            # only W8A8 needs the dense packing itself (its handle carries the row scales); the kernels' int8
+            # matmul reads bfloat16 on any x86, and a weight dequantized once is kept plain where oneDNN has no
+            # bfloat16 (CPUs without AVX512-BF16): both beat unpacking it in every call
+            w8a8 = weight.format == "int8_channel" and weight.activation is not None
+            if w8a8 and weight.compute_dtype not in self.pack_dtypes:  # the reference's per call
                 self._count(f"linear: {weight.format} weight in {weight.compute_dtype} left to the reference")
                 return weight
             return prepare_quantized(weight, self.prepare_linear, self._count, self.kernels)
