@@ -432,48 +432,56 @@ sample, 71 and 70 of 101 within 30%):
   the KV read at efficiency.toml's default 84.1% of bandwidth (kernels.toml's one cdna3 attention figure is AITER's
   prefill) and at least the 2.7 us small_kernel_floor. Not found: SemiAnalysis's December 2024
   MI300X collective and bandwidth figures in any readable form.
-- **Qwen3-235B on H100 with vLLM tensor parallelism: BF16 TP8 +15% to +29%, FP8 TP4 +33% to +62% at 2K to
-  32K prompts.** These runs are prefill-bound, and the two instances run different expert kernels. The BF16 TP8
-  instance (192 of each expert's 1,536 columns per GPU) runs vLLM's Triton fused-MoE kernel, which now has a
-  measured table (`[[fused_moe]]` in kernels.toml, cost/kernel_model.fused_moe_efficiency): a whole Triton
-  fused-MoE layer timed at 1 to 4,096 tokens on an H200 in BF16 (vLLM PR #44818, Gemma4's E 128, top-8, K 2,816,
-  N 704, tuned configs), turned into a roofline efficiency per rows per expert: 0.80 at 8 rows, 0.72 at 32, 0.44
-  at 128, 0.33 at 256 (312-344 TFLOPS where a dense BF16 GEMM runs near 700). Experts split tensor-parallel on
-  Hopper in BF16 take it in place of the scalar 77% (the `moe` term); a vLLM prefill chunk on an H100 (8,192
-  tokens, 512 rows per expert) lies past the last row, so the last efficiency holds, as for every table. It took
-  the three prompt-heavy BF16 points from +38%, +35%, +58% to +13%, +14%, +28% (and the 128-token burst from
-  +284% to +184%), in-sample and out of sample alike (the figure is vLLM's kernel benchmark, not GPUStack's); no
-  other point moves, since no other point splits BF16 experts on Hopper. Its shape is wider than Qwen3-235B's
-  192-column shard, and a narrower shard runs no faster per row, so the figure is a lower bound on the time
-  there. The FP8 TP4 instance holds 384 columns in 128-blocks. vLLM v0.11 runs block-FP8 experts on DeepGEMM's
-  grouped GEMM only where the DeepGEMM package is installed (VLLM_USE_DEEP_GEMM=1 is the default, but vLLM's wheel
-  does not depend on it), and GPUStack's runner image for vLLM 0.11.0 (gpustack/runner pack/cuda/Dockerfile at
-  commit 01961f47, VLLM_VERSION=0.11.0) installs vLLM, FlashInfer and LMCache and no DeepGEMM. So these experts ran
-  vLLM's Triton fused-MoE kernel in block-FP8 (w8a8, 128 x 128 scales), for which no time at prefill sizes was
-  found. The model keeps the catalog's DeepGEMM grouped table for them (0.55-0.65 of FP8 peak at 1,024-22,000 rows
-  per expert): the faster kernel, so these points err fast. At decode sizes the table agrees with the one Triton
-  FP8 layer timed at Qwen3-235B's own expert shape: SGLang PR #11730 (E 128, N 192, K 4,096, per-tensor FP8 on an
-  H200, default config) runs the layer in 66.9, 92.4 and 125 us at 8, 16 and 32 tokens, 0.38-0.44 of its
-  weight-streaming roofline, where the table gives 0.43 below 16 rows per expert. What differs is the compute-bound
-  prefill kernel. As a sensitivity only (not a figure, not entered): with prefill experts at the BF16 Triton
-  layer's measured 312-344 TFLOPS (vLLM PR #44818) the 32K, 4K and 2K points would land at +9%, -2% and +10% and
-  the burst at +36%. The figure they need: vLLM v0.11's benchmark_moe.py without DeepGEMM for E=128, N=384,
-  block-FP8 [128, 128] on an H100 SXM at 1K-16K tokens, or any block-FP8 Triton fused-MoE layer timed at 256 or
-  more rows per expert on Hopper. Found and not used for FP8: vLLM PR #13932 (DeepGEMM and Triton block-FP8
-  fused-MoE layers on an H100 at DeepSeek's E 256, K 7,168, shards 512 and 256: 1.7-5.2 ms at 128-2,048 tokens, at
-  most 64-96 rows per expert, 0.16-0.33 of the bandwidth roofline; early-2025 configs, and carried to 1,000 rows a
-  memory-bound efficiency would cross the roofline ridge, about 300 rows for FP8 on an H100), PR #44830 (E 512, N
-  128 block-FP8 on H100, at most 80 rows per expert; only its first row is in the text we could read), PR #45142 (E
-  512 block-FP8 on H20-3e, 64-1,024 tokens), SGLang PR #34795 (the default block-FP8 Triton config against a tuned
-  one on H20, E 512, N 256; nothing past its table header could be read), PRs #53710 and #53819 (L40S), PR #24700
-  (Qwen3-30B, E 128, N 768, per-tensor FP8 on H100, September 2025: 0.11 of roofline at 4,096 tokens, another
-  quantization with its own default config), PR #54500 (E 192 on H20, per-tensor), PR #29346 (vLLM turns DeepGEMM
-  MoE off by default at TP8 from November 2025, after v0.11), vLLM PR #13917, SGLang PR #3893 and DeepGEMM PR #25
-  (dense block-FP8 GEMMs, not MoE layers), DeepGEMM issue #39 (its maintainers: the kernel underperforms at small
-  K, having no split-K or stream-K, which would touch the 384-deep down projection had DeepGEMM run; no times at
-  that K), vLLM recipes PR #112 (MiniMax-M2 on H100 served twice as fast without DeepGEMM: end-to-end, another
-  model) and VeOmni PR #460 (another Triton kernel). For BF16 the figure wanted is the same benchmark at E=128,
-  N=192 itself.
+- **Qwen3-235B on H100 with vLLM tensor parallelism: BF16 TP8 +15% to +29%, FP8 TP4 +33% to +62% at 2K to 32K
+  prompts.** These runs are prefill-bound, and the two instances run different expert kernels. The BF16 TP8 instance
+  (192 of each expert's 1,536 columns per GPU) runs vLLM's Triton fused-MoE kernel, which now has a measured table
+  (`[[fused_moe]]` in kernels.toml, cost/kernel_model.fused_moe_efficiency): a whole Triton fused-MoE layer timed at 1
+  to 4,096 tokens on an H200 in BF16 (vLLM PR #44818, Gemma4's E 128, top-8, K 2,816, N 704, tuned configs), turned
+  into a roofline efficiency per rows per expert: 0.80 at 8 rows, 0.72 at 32, 0.44 at 128, 0.33 at 256 (312-344 TFLOPS
+  where a dense BF16 GEMM runs near 700). Experts split tensor-parallel on Hopper in BF16 take it in place of the
+  scalar 77% (the `moe` term); a vLLM prefill chunk on an H100 (8,192 tokens, 512 rows per expert) lies past the last
+  row, so the last efficiency holds, as for every table. It took the three prompt-heavy BF16 points from +38%, +35%,
+  +58% to +13%, +14%, +28% (and the 128-token burst from +284% to +184%), in-sample and out of sample alike (the
+  figure is vLLM's kernel benchmark, not GPUStack's); no other point moves, since no other point splits BF16 experts
+  on Hopper. Its shape is wider than Qwen3-235B's 192-column shard, and a narrower shard runs no faster per row, so
+  the figure is a lower bound on the time there. The FP8 TP4 instance holds 384 columns in 128-blocks. vLLM v0.11 runs
+  block-FP8 experts on DeepGEMM's grouped GEMM only where the DeepGEMM package is installed (VLLM_USE_DEEP_GEMM=1 is
+  the default, but vLLM's wheel does not depend on it), and GPUStack's runner image for vLLM 0.11.0 (gpustack/runner
+  pack/cuda/Dockerfile at commit 01961f47, VLLM_VERSION=0.11.0) installs vLLM, FlashInfer and LMCache and no DeepGEMM.
+  Had it been installed, these experts would still not have run it: in vLLM 0.11.0's source (the PyPI sdist, sha256
+  f435a64c...) fused_moe/deep_gemm_moe.py `_valid_deep_gemm` returns False for N <= 512 (N: the per-rank intermediate
+  width, 384 here, 192 at TP8; "fallback to triton"), and fused_experts takes DeepGEMM only where that check passes or
+  E8M0 scales are on (off on Hopper by default, VLLM_USE_DEEP_GEMM_E8M0_HOPPER=0); FlashInfer's FP8 MoE is opt-in
+  (VLLM_USE_FLASHINFER_MOE_FP8=0) and the CUTLASS block-scaled grouped GEMM is Blackwell-only. So these experts ran
+  vLLM's Triton fused-MoE kernel in block-FP8 (w8a8, 128 x 128 scales), and on the default config: 0.11.0 ships tuned
+  E=128,N=384 block-FP8 configs for H200, H20, H20-3e, B200, GB200 and MI300X but none for H100, so get_default_config
+  applies (BLOCK_SIZE_M 64, N 128, K 128, GROUP_SIZE_M 32, 4 warps, 3 stages). No time of that kernel at prefill sizes
+  was found. The model keeps the catalog's DeepGEMM grouped table for them (0.55-0.65 of FP8 peak at 1,024-22,000 rows
+  per expert): the faster kernel, so these points err fast. At decode sizes the table agrees with the one Triton FP8
+  layer timed at Qwen3-235B's own expert shape: SGLang PR #11730 (E 128, N 192, K 4,096, per-tensor FP8 on an H200,
+  default config) runs the layer in 66.9, 92.4 and 125 us at 8, 16 and 32 tokens, 0.38-0.44 of its weight-streaming
+  roofline, where the table gives 0.43 below 16 rows per expert. What differs is the compute-bound prefill kernel. As
+  a sensitivity only (not a figure, not entered): with prefill experts at the BF16 Triton layer's measured 312-344
+  TFLOPS (vLLM PR #44818) the 32K, 4K and 2K points would land at +9%, -2% and +10% and the burst at +36%. The figure
+  they need: vLLM v0.11's benchmark_moe.py without DeepGEMM for E=128, N=384, block-FP8 [128, 128] on an H100 SXM at
+  1K-16K tokens, or any block-FP8 Triton fused-MoE layer timed at 256 or more rows per expert on Hopper. Found and not
+  used for FP8: vLLM PR #13932 (DeepGEMM and Triton block-FP8 fused-MoE layers on an H100 at DeepSeek's E 256, K
+  7,168, shards 512 and 256: 1.7-5.2 ms at 128-2,048 tokens, at most 64-96 rows per expert, 0.16-0.33 of the bandwidth
+  roofline; early-2025 configs, and carried to 1,000 rows a memory-bound efficiency would cross the roofline ridge,
+  about 300 rows for FP8 on an H100), PR #44830 (E 512, N 128 block-FP8 on H100, at most 80 rows per expert; only its
+  first row is in the text we could read), PR #45142 (E 512 block-FP8 on H20-3e, 64-1,024 tokens), SGLang PR #34795
+  (the default block-FP8 Triton config against a tuned one on H20, E 512, N 256; nothing past its table header could
+  be read), PRs #53710 and #53819 (L40S), PR #24700 (Qwen3-30B, E 128, N 768, per-tensor FP8 on H100, September 2025:
+  0.11 of roofline at 4,096 tokens, another quantization with its own default config), PR #54500 (E 192 on H20,
+  per-tensor), PR #29346 (vLLM turns DeepGEMM MoE off by default at TP8 from November 2025, after v0.11), vLLM PR
+  #13917, SGLang PR #3893 and DeepGEMM PR #25 (dense block-FP8 GEMMs, not MoE layers), DeepGEMM issue #39 (its
+  maintainers: the kernel underperforms at small K, having no split-K or stream-K, which would touch the 384-deep down
+  projection had DeepGEMM run; no times at that K), vLLM recipes PR #112 (MiniMax-M2 on H100 served twice as fast
+  without DeepGEMM: end-to-end, another model), VeOmni PR #460 (another Triton kernel), vLLM PR #19983 (block-FP8
+  CUTLASS MoE against Triton on Hopper, as ratios, at 64 tokens and E 8), SGLang PR #5694 (block-FP8 Triton
+  fused_experts at DeepSeek's shape, batch 1 to 8 in the text we could read; #6916 repeats it on B200), vLLM PR #39331
+  (DeepGEMM against Triton on an H100 NVL for E 256: end-to-end latency, not kernel times) and SGLang PR #25659 (an
+  NCU profile at 4,096 tokens on H20). For BF16 the figure wanted is the same benchmark at E=128, N=192 itself.
 - **Bursts of short requests: 128 in / 4 out, 1,000 requests at once (H100 +153% FP8 TP4, +189% BF16 TP8; 910B
   +148%).** Each H100 run is one cohort, whose device work the model puts at 3.1 s (TP8, since the fused-MoE table)
   and 2.4 s (TP4); the runs take 8.83 s and 6.11 s, and their published first-token times are bunched late (mean
