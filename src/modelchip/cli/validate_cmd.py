@@ -338,12 +338,23 @@ sample, 71 and 70 of 101 within 30%):
   give. The 32K-prompt run (+158%, now +114%) is prefill-bound: its attention now runs at torch_npu's measured
   flash-attention utilization on a 910B2 (42.6% at 32K tokens, pto-isa's sweep), and the rest of the gap (the model
   takes 47 s per cohort of nine prompts, 42 s of it prefill; the run about 100 s) is not explained by a measurement
-  we have. vLLM serves with chunked prefill and, on a device under 70 GiB, chunks of 2,048 tokens
-  (vllm/engine/arg_utils.py, OPENAI_API_SERVER default); vLLM-Ascend 0.9.x runs chunks mixed with decodes through
-  torch_npu's paged split-fuse attention (_npu_paged_attention_splitfuse), not the flash-attention kernel pto-isa
-  measured. That sweep times one head with queries and keys of equal length, so it says nothing of a 2,048-query
-  chunk of 32 heads against up to 32K cached keys; the figure this point needs is the split-fuse kernel's time at
-  that shape on a 910B (the only profile of it found is on a 310P). No chunked-prefill term is added without it.
+  we have. The run did not chunk its prompts. vLLM-Ascend v0.9.1 (platform.py, check_and_update_config, at tag
+  v0.9.1) turns chunked prefill off for every model without MLA, "as the performance of operators supporting this
+  feature is currently suboptimal", switches on its own AscendScheduler (core/scheduler.py: prefill first; decode
+  steps only when no prefill is scheduled) and raises max_num_batched_tokens to max_model_len (40,960 for
+  Qwen3-8B), so each 32,000-token prompt is prefilled whole, alone in its step, through torch_npu's
+  _npu_flash_attention (attention_v1.py, PrefillNoCache) with a dense causal mask of the step's longest prompt,
+  sliced from a max_model_len-square table kept on the CPU and copied to the device every prefill step
+  (model_runner_v1.py, AttentionMaskBuilder.get_attn_mask: 2.0 GB at 32,000 tokens in BF16). The run's own
+  figures say the same: median inter-token latency 48.5 ms and P99 59 ms against a mean of 341 ms, so almost every
+  gap is a pure decode step and each request waits once, behind the other prompts' prefills; its peak of 147
+  output tokens/s at 48.5 ms a step is about seven requests decoding together. That is the model's cohort (the
+  in-flight requests prefilled, then decoded together; the model fits nine, whose decode step it puts at 42.9 ms,
+  35.9 ms at seven), so the schedule is not what is missing, and the split-fuse kernel is not what this run ran.
+  With decode steps at the measured 48.5 ms, the run's 1,110 s leave about 10.4 s of prefill per prompt where
+  the model takes 4.7 s (2.1 s of projections and FFN, 2.5 s of attention at 42.6% of peak). The figures this
+  point needs: _npu_flash_attention's time on a 910B for one 32,000-token prompt (32 query and 8 KV heads of
+  128) with a dense mask, and the host time of building and copying that mask per step; none was found.
   Searched again and not used: vLLM-Ascend PR #2962 and RFC #3610 (chunked prefill moves from the split-fuse kernel
   to npu_fused_infer_attention_score because the former is "suboptimal"; no time given), SGLang PR #15518 (the same
   swap for mixed chunks on Ascend; its before and after are images), SGLang PR #34387 (fused infer attention on an
@@ -351,7 +362,9 @@ sample, 71 and 70 of 101 within 30%):
   vLLM-Ascend PR #11948: another chip and another kernel). For MindIE's per-operator host or graph-launch time,
   nothing new: Ascend's msprof-analyze advisor flags host-bound operator sequences by a threshold and gives no time.
   The 128-in / 4-out burst of 1,000 requests (+148%) is host work per request (tokenising, scheduling) for which no
-  measurement was found (see "Bursts of short requests" below). The 2K and 4K prompt runs land at +12% to +28%.
+  measurement was found (see "Bursts of short requests" below); its schedule is the model's too (the AscendScheduler
+  admits up to max_num_seqs 256 prompts into one 32,768-token prefill step, then decodes them). The 2K and 4K
+  prompt runs land at +12% to +28%.
 - **MI300X at TP8: ROCm's docker 70B +14% and +16% at one sequence, +42% and +39% at 16, +58% and +54% at
   128; 405B +4% to +23%; Oracle's 405B +21% to +35%.** Two per-call floors measured on MI300X kernels are
   charged per call: a matmul takes at least 10.7 us, the fastest tuned FP8 kernel for 70B's TP8 QKV shard
@@ -486,6 +499,9 @@ sample, 71 and 70 of 101 within 30%):
   +148%).** Each H100 run is one cohort, whose device work the model puts at 3.1 s (TP8, since the fused-MoE table)
   and 2.4 s (TP4); the runs take 8.83 s and 6.11 s, and their published first-token times are bunched late (mean
   7.0 s, P99 8.7 s; mean 5.6 s, P99 5.8 s), where device-bound admission would spread them over the prefill chunks.
+  vLLM v0.11's scheduler prefills these prompts in chunks (8,192 tokens a step at TP8, 16,384 at TP4) with the
+  earlier prompts' decodes beside them, not as one cohort; priced chunk by chunk the model's prefill grows by 4%
+  and 8% (0.13 s and 0.19 s per run), far short of the gaps, so the schedule is not what is missing.
   That points at host work per request that the model does not charge: the API server's chat template,
   tokenisation, request and stream handling, and the scheduler. It is not one serial per-request time of vLLM
   v0.11's single API-server process, whichever way it is charged. As a bound (a burst of N requests admitted no
@@ -515,7 +531,11 @@ sample, 71 and 70 of 101 within 30%):
   read); Dynamo PRs #5544 and #6437 (vLLM's pre- and post-processing inside Dynamo's frontend, GIL-bound; #6437
   gives tokens/s at one load on an unnamed machine); Megatron-LM PR #6223 and SGLang PR #8964 / issue #29367 (other
   frontends); vLLM-Ascend's optimization-and-tuning guide (its serving benchmark runs at one request per second,
-  results in an image). The figures needed are unchanged: the request rate at which one vLLM v0.11 API server
+  results in an image); vLLM PR #43469 (a mock engine behind the Python frontend: 806.77 requests/s for 32 in /
+  512 out at 1,024 in flight on GB200 at DP 4, a 2026 build, 512 streamed tokens a request, API-server count not
+  given); PR #23000 (10,000 embedding requests of 512 tokens in 24.1 s, 414.91 requests/s: no chat template,
+  no stream, GPU unstated) and issue #22941 (more API servers raise embedding throughput; its table was not
+  readable). The figures needed are unchanged: the request rate at which one vLLM v0.11 API server
   saturates on streaming chat requests of 128 tokens with 4 outputs against an engine whose steps are negligible
   (or an `--api-server-count` sweep at that shape), and the same for vLLM-Ascend 0.9.1 on a 910B host; with the two
   H100 runs as they are, such a figure would also have to say why they differ (TP8's per-step broadcast to eight
