@@ -104,6 +104,36 @@ def test_a_flop_bound_benchmark_votes_above_its_largest_m():
     assert at(500000) == pytest.approx(at(16384))
 
 
+def test_an_engine_that_writes_activations_quantized_reads_the_gemm_alone():
+    # vLLM PR #20646 published both columns of one run: NVFP4 with the activations' quantization in the call
+    # (what vLLM pays) and without it (TensorRT-LLM's RMSNorm writes NVFP4 itself); benchmarks that do not split
+    # the two (FlashInfer, TorchAO) stand for every engine
+    b200 = get_chip("b200")
+    ids = lambda engine: {t.id for t in km.gemm_tables(b200, "fp4", False, engine=engine)}  # noqa: E731
+    with_quant, alone = "cutlass-nvfp4-b200-vllm-20646", "cutlass-nvfp4-b200-vllm-20646-noquant"
+    assert with_quant in ids("vllm") and alone not in ids("vllm") and ids("") == ids("vllm")
+    assert alone in ids("tensorrt-llm") and with_quant not in ids("tensorrt-llm")
+    assert ids("vllm") - {with_quant} == ids("tensorrt-llm") - {alone}
+    at = lambda m, engine: km.gemm_split(b200, "fp4", m, engine=engine)[0] * FP4_PEAK / 1e12  # noqa: E731
+    # M = 2,048 by hand: the GEMM alone ran 3,411.5 TFLOPS (2,613.1 with the quantization), FlashInfer's M = 1,024
+    # row (3,370.4) held above it
+    assert at(2048, "tensorrt-llm") == pytest.approx(statistics.median([3411.5, 3370.4]))
+    assert at(2048, "vllm") == pytest.approx(statistics.median([2613.1, 3370.4]))
+    # at M = 64 the one row there is bandwidth-bound: 1,321 GB/s for the GEMM alone, 1,104 with the quantization
+    assert km.gemm_efficiency(b200, "fp4", 64, engine="tensorrt-llm") == pytest.approx(1321e9 / BW)
+
+
+def test_a_benchmark_says_included_or_excluded_or_nothing():
+    from modelchip.errors import ModelchipError
+    from modelchip.spec.kernels import parse
+
+    row = {"id": "x", "arch": ["blackwell"], "dtype": "fp4", "measured_on": "b200", "source": "s", "tag": "P",
+           "source_id": "s", "rows": [[1, 2, 3, 4, 5]]}
+    assert parse({"gemm": [row]}).gemm[0].activation_quant == ""
+    with pytest.raises(ModelchipError, match="activation_quant must be 'included' or 'excluded', not 'fused'"):
+        parse({"gemm": [{**row, "activation_quant": "fused"}]})
+
+
 def test_leaving_a_benchmark_out_removes_its_held_votes():
     b200 = get_chip("b200")
     out = frozenset({"flashinfer-pr-1979"})

@@ -54,9 +54,11 @@ def test_validation_error_bounds():
     # 16.6%, 96 and 97 within 30%. Blackwell likewise at FA4's measured 1.016 (PR #2109), SGLang's GB200 FP4 decode
     # +17.9% to +3.8% crossing the median (Blackwell FP8-KV prefill-heavy points worse): 15.7% and 15.7%,
     # 96 and 97 within 30%. Lowered for a setup correction: quantized checkpoints keep embedding and LM head in BF16
-    # (Step-3 3A2F 4K no longer fits in memory, -2% to infeasible): 16.3% and 16.6%, 95 and 96 within 30%
-    assert ins["median_abs_error"] <= 0.163 and ins["within_30"] >= 95
-    assert loso["median_abs_error"] <= 0.167 and loso["within_30"] >= 96
+    # (Step-3 3A2F 4K no longer fits in memory, -2% to infeasible): 16.3% and 16.6%, 95 and 96 within 30%.
+    # TensorRT-LLM's NVFP4 GEMMs at the time vLLM PR #20646 measured the GEMM alone (its RMSNorm writes NVFP4):
+    # 15.2% and 15.2%, 96 and 97 within 30% (dense Llama on B200/GB200 in; TRT-LLM's Qwen3-235B FP4 out, +35%)
+    assert ins["median_abs_error"] <= 0.152 and ins["within_30"] >= 96
+    assert loso["median_abs_error"] <= 0.152 and loso["within_30"] >= 97
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 

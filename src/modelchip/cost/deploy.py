@@ -226,13 +226,13 @@ def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw:
     e = fused = None if explicit or not moe_shard else km.fused_moe_efficiency(d.chip, dtype, m, moe_shard,
                                                                                 d.exclude)
     if e is None and not explicit:
-        e = km.gemm_efficiency(d.chip, dtype, m, grouped, d.exclude, weight_dtype)
+        e = km.gemm_efficiency(d.chip, dtype, m, grouped, d.exclude, weight_dtype, d.engine)
     if e is None:
         return _roofline(flops, nbytes, peak, bw, eff.gemm, eff.weight_memory(m))
     total = sum(calls)
     # a measured fused MoE layer is the whole kernel already; grouped experts without a grouped benchmark take
     # the sweep at the summed weights of their launch (kernel_model.gemm_split)
-    split = km.gemm_split(d.chip, dtype, m, d.exclude, grouped) if total > 0 and fused is None else None
+    split = km.gemm_split(d.chip, dtype, m, d.exclude, grouped, d.engine) if total > 0 and fused is None else None
     if split is None:
         return max(flops / peak, nbytes / bw) / e
     e_c, sweep = split

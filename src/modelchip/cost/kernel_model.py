@@ -89,20 +89,31 @@ def _votes_at(tables: list[dict[float, list[float]]], ms: list[float], carry_up:
     return out
 
 
+# Engines whose low-precision linear layers read activations the kernel before them already wrote quantized, so
+# a GEMM's time is the call alone: TensorRT-LLM's RMSNorm writes NVFP4 with its scales when the next linear is
+# NVFP4 (tensorrt_llm/_torch/modules/rms_norm.py, `quantize_type="nvfp4"`, "Enable fused NVFP4 quantization";
+# https://github.com/NVIDIA/TensorRT-LLM). vLLM and SGLang quantize in front of the GEMM (vLLM's
+# `scaled_fp4_quant` in its NVFP4 linear), which the "included" benchmarks time.
+PREQUANTIZED_ENGINES = frozenset({"tensorrt-llm"})
+
+
 def gemm_tables(chip: Chip, dtype: str, grouped: bool, exclude: frozenset[str] = NONE,
-                weight: str = "") -> tuple[GemmTable, ...]:
+                weight: str = "", engine: str = "") -> tuple[GemmTable, ...]:
     """The benchmarks that cover this chip's architecture and compute dtype: grouped MoE GEMMs take the grouped
     benchmarks where there are any, else the dense ones; of those, the ones measured on the weight's own format
-    (`weight`, e.g. per-channel "fp8" or block-scaled "fp8_block") where any is, else all of them."""
+    (`weight`, e.g. per-channel "fp8" or block-scaled "fp8_block") where any is, else all of them. A benchmark
+    timed with the activations' quantization in the call stands for engines that quantize in front of the GEMM,
+    one timed without it for `PREQUANTIZED_ENGINES`; one that does not say stands for both."""
     return _gemm_tables(chip.arch, dtypes.canonical(dtype), grouped, exclude,
-                        dtypes.canonical(weight) if weight else "")
+                        dtypes.canonical(weight) if weight else "", engine in PREQUANTIZED_ENGINES)
 
 
 @cache
 def _gemm_tables(arch: str, dtype: str, grouped: bool, exclude: frozenset[str],
-                 weight: str = "") -> tuple[GemmTable, ...]:
+                 weight: str = "", prequantized: bool = False) -> tuple[GemmTable, ...]:
+    other = "included" if prequantized else "excluded"
     tables = [t for t in kernel_catalog().gemm if arch and arch in t.arch and t.dtype == dtype
-              and t.source_id not in exclude and not t.weight_sweep]
+              and t.source_id not in exclude and not t.weight_sweep and t.activation_quant != other]
     same = tuple(t for t in tables if t.grouped == grouped) or tuple(tables)
     # per-channel and block-scaled FP8 run different kernels: on MI300X at M 1,024 AITER's rowwise GEMM reaches
     # 32% of FP8 peak in its median Llama shape, its block-scaled one 20% at DeepSeek's
@@ -111,10 +122,11 @@ def _gemm_tables(arch: str, dtype: str, grouped: bool, exclude: frozenset[str],
 
 
 def gemm_efficiency(chip: Chip, dtype: str, m: float, grouped: bool = False,
-                    exclude: frozenset[str] = NONE, weight: str = "") -> float | None:
+                    exclude: frozenset[str] = NONE, weight: str = "", engine: str = "") -> float | None:
     """Roofline efficiency of an M-row GEMM: max(FLOPs / peak, bytes / bandwidth) / this = its time. `weight`:
-    the weight's storage format, which picks the benchmarks of that format where there are any."""
-    tables = gemm_tables(chip, dtype, grouped, exclude, weight)
+    the weight's storage format, which picks the benchmarks of that format where there are any; `engine`: the
+    serving engine, which says whether the activations' quantization is in the call (`gemm_tables`)."""
+    tables = gemm_tables(chip, dtype, grouped, exclude, weight, engine)
     return log_interp(_curve(tables), max(m, 1.0)) if tables else None
 
 
@@ -155,7 +167,7 @@ def _fused_moe_curve(arch: str, dtype: str, shard_width: float,
 
 
 def gemm_split(chip: Chip, dtype: str, m: float, exclude: frozenset[str] = NONE,
-               grouped: bool = False) -> tuple[float, list[tuple[float, float]]] | None:
+               grouped: bool = False, engine: str = "") -> tuple[float, list[tuple[float, float]]] | None:
     """(compute efficiency at M, streaming curve) of a dense GEMM where the architecture has a weight-size sweep
     for this compute dtype beside its per-M benchmarks (None elsewhere: the median curve of `gemm_efficiency`
     applies). A bandwidth-bound call takes the same time at any M (vLLM's NVFP4 runs: 13.4-14.6 us from M = 1
@@ -170,10 +182,10 @@ def gemm_split(chip: Chip, dtype: str, m: float, exclude: frozenset[str] = NONE,
     projection's weights (vLLM's 6144 x 4096, 14 MB in NVFP4), but a grouped GEMM runs every expert hit in one
     launch and streams the sum of their weights, so its streaming rate is the sweep's at that sum (the caller's
     `calls`). A grouped benchmark measures that launch itself and keeps its per-M curve."""
-    if grouped and any(t.grouped for t in gemm_tables(chip, dtype, True, exclude)):
+    if grouped and any(t.grouped for t in gemm_tables(chip, dtype, True, exclude, engine=engine)):
         return None
     sweep = _sweep_curve(chip.arch, dtypes.canonical(dtype), exclude)
-    tables = gemm_tables(chip, dtype, False, exclude)
+    tables = gemm_tables(chip, dtype, False, exclude, engine=engine)
     if not (sweep and tables):
         return None
     compute = _curve(tables, flop_bound=True) or _curve(tables)

@@ -41,6 +41,10 @@ class GemmTable(Sourced):
     # the weight format the kernel was measured on ("fp8": per-tensor or per-channel scales; "fp8_block": 128 x 128
     # block scales), where the source states it; "" where the table stands for every format of `dtype`
     weight: str = ""
+    # whether the timed call includes quantizing 16-bit activations into the kernel's input format ("included",
+    # what an engine pays that quantizes in front of each GEMM) or starts from activations the previous kernel
+    # already wrote quantized ("excluded"); "" where the source does not split the two
+    activation_quant: str = ""
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,13 @@ def _arch(raw: dict) -> tuple[str, ...]:
     return (arch,) if isinstance(arch, str) else tuple(arch)
 
 
+def _activation_quant(raw: dict, where: str) -> str:
+    value = raw.get("activation_quant", "")
+    if value not in ("", "included", "excluded"):
+        raise ModelchipError(f"{where}: activation_quant must be 'included' or 'excluded', not {value!r}")
+    return value
+
+
 def parse(data: dict) -> KernelCatalog:
     gemm, attention, ep, fixed = [], [], [], []
     for i, raw in enumerate(data.get("gemm", [])):
@@ -164,7 +175,7 @@ def parse(data: dict) -> KernelCatalog:
                               grouped=bool(raw.get("grouped", False)), measured_on=raw["measured_on"],
                               rows=rows, weight_sweep=bool(raw.get("weight_sweep", False)),
                               weight=dtypes.canonical(raw["weight"]) if raw.get("weight") else "",
-                              **_sourced(raw, where)))
+                              activation_quant=_activation_quant(raw, where), **_sourced(raw, where)))
     for i, raw in enumerate(data.get("attention", [])):
         where = f"kernels.toml attention[{i}] {raw.get('id', '')}"
         nums = {k: float(raw.get(k, 0.0)) for k in ("tflops", "gbps", "compute_fraction", "memory_fraction")}
