@@ -509,3 +509,14 @@ def test_mtp_draft_passes_pay_the_per_op_floor():
     mtp = _step("deepseek-v3", "h800", mtp=2, mtp_acceptance=0.8, **kw).breakdown_ms["kernel_floor"]
     per_pass = cost.layer_op_calls / 61 + 4 + 3
     assert mtp == pytest.approx((cost.op_calls() + 2 * per_pass) * 3.77e-3, rel=1e-12)
+
+
+def test_log_interp_is_linear_in_log_x_between_points_and_flat_beyond_them():
+    # the interpolation every kernel table is read with (rewritten to walk the points without copying them)
+    curve = [(1.0, 0.2), (4.0, 0.6), (16.0, 1.0)]
+    assert km.log_interp(curve, 0.5) == 0.2 and km.log_interp(curve, 1.0) == 0.2  # at or below the first point
+    assert km.log_interp(curve, 64.0) == 1.0  # beyond the last
+    assert km.log_interp(curve, 4.0) == pytest.approx(0.6)  # at a point: the segment ending there
+    assert km.log_interp(curve, 2.0) == pytest.approx(0.2 + 0.4 * 0.5)  # log 2 / log 4 of the way from 1 to 4
+    assert km.log_interp(curve, 8.0) == pytest.approx(0.6 + 0.4 * 0.5)
+    assert km.log_interp([(32.0, 0.7)], 1.0) == km.log_interp([(32.0, 0.7)], 1e6) == 0.7  # one point: flat

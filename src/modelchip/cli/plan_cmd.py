@@ -67,7 +67,7 @@ def run(args) -> int:
                     if strategy == "tp" and n > 16:
                         continue  # tensor parallelism beyond two nodes is not a serving configuration
                     ffn_split = (n // 2, n - n // 2) if strategy == "afd" else (0, 0)
-                    cost, d = build(args, chip, n, strategy, 1, *ffn_split)
+                    cost, d = build(args, chip, n, strategy, 1, *ffn_split, cost=cost)  # one model cost per format
                     base.append(d)
         if cost is None:
             raise ModelchipError("nothing to search: give at least one chip, count and strategy")

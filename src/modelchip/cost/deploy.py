@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import cache
 
 from modelchip.cost import afd_schedule, attention_layers, streaming
 from modelchip.cost import collectives as measured_comm
@@ -166,8 +167,8 @@ class Deployment:
         """This deployment with `changes` to its fields: dataclasses.replace without re-running the frozen
         __init__'s 35 guarded setattrs (a plan makes ~28,000 of these; replace cost 15% of it). Unknown field
         names are refused, as replace refuses them."""
-        unknown = changes.keys() - self.__dataclass_fields__.keys()
-        if unknown:
+        if not changes.keys() <= self.__dataclass_fields__.keys():
+            unknown = changes.keys() - self.__dataclass_fields__.keys()
             raise TypeError(f"Deployment has no field(s) {', '.join(sorted(unknown))}")
         new = object.__new__(Deployment)
         new.__dict__.update(self.__dict__)
@@ -181,7 +182,7 @@ class Deployment:
     @property
     def tokens_per_step(self) -> float:
         """Tokens a sequence gains per decode step: 1, plus accepted drafts with MTP (r + r^2 + ...)."""
-        return 1.0 + sum(self.mtp_acceptance ** i for i in range(1, self.mtp + 1))
+        return 1.0 + sum([self.mtp_acceptance ** i for i in range(1, self.mtp + 1)])
 
 
 @dataclass
@@ -206,6 +207,9 @@ def _roofline(flops: float, nbytes: float, peak: float, bw: float, eff_c: float,
     return max(flops / (peak * eff_c), nbytes / (bw * eff_m))
 
 
+_GEMM_EFFICIENCIES = frozenset({"gemm", "memory", "memory_by_tokens"})  # set by hand, they replace the kernel tables
+
+
 def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw: float, dtype: str,
           grouped: bool = False, weight_dtype: str = "", moe_shard: float = 0.0,
           calls: tuple[float, ...] = ()) -> float:
@@ -222,7 +226,7 @@ def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw:
     packed = streaming.lookup(d.weight_streaming, weight_dtype) if weight_dtype and d.weight_streaming else None
     if packed is not None:
         return max(flops / (peak * eff.gemm), nbytes / packed.rate(m))
-    explicit = bool(eff.explicit & {"gemm", "memory", "memory_by_tokens"})
+    explicit = not eff.explicit.isdisjoint(_GEMM_EFFICIENCIES)
     e = fused = None if explicit or not moe_shard else km.fused_moe_efficiency(d.chip, dtype, m, moe_shard,
                                                                                 d.exclude)
     if e is None and not explicit:
@@ -238,6 +242,11 @@ def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw:
     e_c, sweep = split
     return sum(max(flops * w / total / (peak * e_c), nbytes * w / total / (bw * km.stream_efficiency(sweep, w)))
                for w in calls)
+
+
+def _per_call(weights: float, fractions: tuple[float, ...]) -> tuple[float, ...]:
+    """The weight elements of each call of a matmul group of `weights` elements split by `fractions`."""
+    return tuple([weights * f for f in fractions])  # a list, not a generator: ~100,000 of these a plan
 
 
 def _attention_eff(d: Deployment, phase: str, cost: ModelCost) -> tuple[float, float]:
@@ -387,9 +396,14 @@ def _kernel_floor(cost: ModelCost, d: Deployment) -> float:
 def _call_floor(d: Deployment, dtype: str) -> float:
     """Least seconds one GEMM call of `dtype` takes on the chip's architecture, where a kernel benchmark
     measured it (0 elsewhere: the NVIDIA GPUs' small-kernel time is in their graph_kernel figure)."""
-    if not d.chip.arch:
+    return _gemm_call_floor(d.chip.arch, dtype, d.exclude)
+
+
+@cache  # three questions per costed step, the same few answers
+def _gemm_call_floor(arch: str, dtype: str, exclude: frozenset) -> float:
+    if not arch:
         return 0.0
-    return km.fixed("gemm_call_floor", (f"{d.chip.arch}/{dtypes.canonical(dtype)}",), d.exclude) or 0.0
+    return km.fixed("gemm_call_floor", (f"{arch}/{dtypes.canonical(dtype)}",), exclude) or 0.0
 
 
 def _below_floor(floor: float, total: float, layers: int, fractions: tuple[float, ...]) -> float:
@@ -522,11 +536,12 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
     """evaluate's work; `stop` ends it early for the costing of a variant of `d`: "sides" at the step's
     (attention side, FFN side, LM head and sampling) seconds, "step" at the step before draft passes."""
     chip, eff, prec = d.chip, d.efficiency, d.precision
-    peak = chip.peak(prec.compute_dtype(chip))
+    cdt = prec.compute_dtype(chip)
+    peak = chip.peak(cdt)
     attn_peak = _attention_peak(chip, prec, d.exclude)
     if not peak or not chip.bandwidth or not chip.memory_capacity:
         raise ModelchipError(f"{chip.id} lacks a peak, bandwidth or capacity figure for "
-                             f"{prec.compute_dtype(chip)}; pick another chip or add the figure to its catalog file")
+                             f"{cdt}; pick another chip or add the figure to its catalog file")
     bw = chip.bandwidth
     wb = dtypes.nbytes(prec.weight)
     H, L, moe = cost.hidden, cost.layers, cost.moe
@@ -559,18 +574,18 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
     head_dtype = prec.head_dtype() if (cost.lm_head_params or prec.lm_head_weight) else prec.embedding_dtype()
     attn_cdt = prec.compute_dtype(chip, attn_dtype)
     attn_peak_w = chip.peak(attn_cdt) or peak
-    cdt = prec.compute_dtype(chip)
+    head_cdt = prec.compute_dtype(chip, head_dtype)
     # weight elements of each matmul call of one layer (a per-size streaming lookup, _gemm)
     ffn_split = (2 / 3, 1 / 3)  # gate_up and down
     proj = _gemm(d, 2 * inst_tokens * cost.attn_params / tp, cost.attn_params * awb / tp, inst_tokens, attn_peak_w,
                  bw, attn_cdt, weight_dtype=attn_dtype,
-                 calls=tuple(cost.attn_params / L / tp * f for f in cost.attn_call_fractions))
+                 calls=_per_call(cost.attn_params / L / tp, cost.attn_call_fractions))
     head_params = cost.lm_head_params or cost.embed_params
     out_tokens = b * tp * (q if decode else 1)  # prefill needs logits of the last token only
     if d.attention == "data-parallel":  # the runtime gathers every rank's rows needing logits to rank 0
         out_tokens *= d.chips
     lm_head = _gemm(d, 2 * out_tokens * head_params / tp, head_params * dtypes.nbytes(head_dtype) / tp, out_tokens,
-                    chip.peak(prec.compute_dtype(chip, head_dtype)) or peak, bw, prec.compute_dtype(chip, head_dtype),
+                    chip.peak(head_cdt) or peak, bw, head_cdt,
                     weight_dtype=head_dtype, calls=(head_params / tp,))
 
     # FFN side, per FFN chip; under afd an FFN chip serves every attention chip's tokens
@@ -579,7 +594,7 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
     ffn_tokens = served / ffn_group if d.strategy == "afd" else inst_tokens
     dense_tp = tp if d.strategy == "tp" else (ffn_group if d.strategy == "afd" else 1)
     dense_tokens = ffn_tokens * (ffn_group if d.strategy == "afd" else 1)
-    dense_calls = tuple(cost.dense_params / dense_tp / max(cost.dense_layers, 1) * f for f in ffn_split)
+    dense_calls = _per_call(cost.dense_params / dense_tp / max(cost.dense_layers, 1), ffn_split)
     if prec.ffn_down_weight:  # down_proj kept wider: its own bytes, format and compute units (a second group)
         up, down = (cost.dense_params * f / dense_tp for f in ffn_split)
         down_cdt = prec.compute_dtype(chip, prec.ffn_down_weight)
@@ -606,10 +621,10 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
         # one grouped launch per projection runs every expert hit: its call streams all their weights
         routed = _gemm(d, 2 * pairs * moe.expert_params / shard, hit * moe.expert_params * wb / shard,
                        pairs / max(hit, 1e-9), peak, bw, cdt, grouped=True, weight_dtype=prec.weight,
-                       moe_shard=width, calls=tuple(hit * moe.expert_params / shard * f for f in ffn_split))
+                       moe_shard=width, calls=_per_call(hit * moe.expert_params / shard, ffn_split))
         shared = _gemm(d, 2 * shared_tokens * moe.shared_params / shard, moe.shared_params * wb / shard,
                        shared_tokens, peak, bw, cdt, weight_dtype=prec.weight,
-                       calls=tuple(moe.shared_params / shard * f for f in ffn_split)) if moe.shared_params else 0.0
+                       calls=_per_call(moe.shared_params / shard, ffn_split)) if moe.shared_params else 0.0
         moe_t = moe.layers * (routed + shared)
         # the busiest expert-parallel rank sets the pace: routed work grows by its measured max/mean load
         if ep > 1 and d.moe_balance != "ideal":
@@ -630,11 +645,12 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
     # a matmul call cannot run faster than its architecture's measured per-call floor: small weight shards (70B
     # at TP8) wait on it where their streaming time is shorter; FFN matmuls are gate_up (2/3) and down (1/3)
     floor_attn = (_below_floor(_call_floor(d, attn_cdt), proj, L, cost.attn_call_fractions)
-                  + _below_floor(_call_floor(d, prec.compute_dtype(chip, head_dtype)), lm_head, 1, (1.0,)))
-    floor_ffn = _below_floor(_call_floor(d, cdt), dense, cost.dense_layers, ffn_split)
+                  + _below_floor(_call_floor(d, head_cdt), lm_head, 1, (1.0,)))
+    call_floor = _call_floor(d, cdt)
+    floor_ffn = _below_floor(call_floor, dense, cost.dense_layers, ffn_split)
     if moe:
-        floor_ffn += _below_floor(_call_floor(d, cdt), moe.layers * routed, moe.layers, ffn_split)
-        floor_ffn += _below_floor(_call_floor(d, cdt), moe.layers * shared, moe.layers, ffn_split) if shared else 0.0
+        floor_ffn += _below_floor(call_floor, moe.layers * routed, moe.layers, ffn_split)
+        floor_ffn += _below_floor(call_floor, moe.layers * shared, moe.layers, ffn_split) if shared else 0.0
 
     # memory-bound kernels between the matmuls (see NORM_PASSES): norms and sampling beside attention,
     # SiLU-and-mul beside the FFN weights it follows
@@ -657,6 +673,18 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
         if moe:  # routed experts run their rows per expert, the shared expert every token
             moe_t = moe.layers * (routed / share(expert_rows) + shared / share(shared_tokens))
             imbalance /= share(expert_rows)
+
+    floor_small = _small_kernel_floor(cost, d, core, norms + sampling + act_fn)
+    attn_cold, ffn_cold = _cold_ops(cost, d, tp, dense_tp, wb, awb, hit if moe else 0.0, kv_shard)
+    attn_cold, ffn_cold = attn_cold * host_slowdown, ffn_cold * host_slowdown
+    attn_side = proj + core + lm_head + norms + sampling + floor_attn + floor_small + attn_cold
+    # data-parallel attention ranks wait for the busiest one at the next expert all-to-all
+    dp_wait = attn_side * (1 / d.attention_balance - 1) if d.strategy == "ep" else 0.0
+    attn_side += dp_wait
+    expert_host *= host_slowdown
+    ffn_side = dense + moe_t + imbalance + router + act_fn + floor_ffn + expert_host + ffn_cold
+    if stop == "sides":  # a variant's sides need none of what follows: communication, fixed costs, memory
+        return attn_side, ffn_side, lm_head + sampling
 
     # communication per step
     act = H * ACT_BYTES
@@ -720,22 +748,11 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
             + d.overhead_per_step_s + d.overhead_per_seq_step_s * b * tp) * host_slowdown
     launch = _launch(cost, d)
     floor = _kernel_floor(cost, d)
-    floor_small = _small_kernel_floor(cost, d, core, norms + sampling + act_fn)
-    attn_cold, ffn_cold = _cold_ops(cost, d, tp, dense_tp, wb, awb, hit if moe else 0.0, kv_shard)
-    attn_cold, ffn_cold = attn_cold * host_slowdown, ffn_cold * host_slowdown
-    attn_side = proj + core + lm_head + norms + sampling + floor_attn + floor_small + attn_cold
-    # data-parallel attention ranks wait for the busiest one at the next expert all-to-all
-    dp_wait = attn_side * (1 / d.attention_balance - 1) if d.strategy == "ep" else 0.0
-    attn_side += dp_wait
-    expert_host *= host_slowdown
-    ffn_side = dense + moe_t + imbalance + router + act_fn + floor_ffn + expert_host + ffn_cold
     # ranks reach each blocking collective from their own compute, not together: the first waits for the last
     # (measured on the profiled process group, cost/collectives.SyncWait)
     sync_wait = d.collectives.wait_seconds(measured_calls, attn_side + ffn_side) if measured_calls else 0.0
     tail = d.collectives.tail_seconds(measured_calls) if measured_calls else 0.0
     comm_total = comm + comm_fixed + sync_wait + tail
-    if stop == "sides":
-        return attn_side, ffn_side, lm_head + sampling
     # AFD's micro-batches each stream their side's weights: a micro-batch of 1/m of the batch takes what a step
     # of 1/m of the batch takes on each side, not 1/m of the step (at decode sizes, nearly all of it). Measured
     # here: 1 attention + 1 FFN rank at batch 16 took 62.1 ms a step with 1 micro-batch and 65.2 ms with 2

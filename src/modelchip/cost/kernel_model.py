@@ -23,12 +23,14 @@ NONE: frozenset[str] = frozenset()
 
 def log_interp(points: list[tuple[float, float]], x: float) -> float:
     """y at x on a curve given at sorted xs, linear in log x between points, flat beyond the ends."""
-    if x <= points[0][0]:
-        return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+    x0, y0 = points[0]
+    if x <= x0:
+        return y0
+    for x1, y1 in points:  # walks the points pairwise without copying them (~100,000 calls a plan)
         if x <= x1:
             return y0 + (y1 - y0) * math.log(x / x0) / math.log(x1 / x0)
-    return points[-1][1]
+        x0, y0 = x1, y1
+    return y0
 
 
 def _curve(tables: tuple[GemmTable, ...], flop_bound: bool = False) -> list[tuple[float, float]]:
@@ -126,8 +128,17 @@ def gemm_efficiency(chip: Chip, dtype: str, m: float, grouped: bool = False,
     """Roofline efficiency of an M-row GEMM: max(FLOPs / peak, bytes / bandwidth) / this = its time. `weight`:
     the weight's storage format, which picks the benchmarks of that format where there are any; `engine`: the
     serving engine, which says whether the activations' quantization is in the call (`gemm_tables`)."""
-    tables = gemm_tables(chip, dtype, grouped, exclude, weight, engine)
-    return log_interp(_curve(tables), max(m, 1.0)) if tables else None
+    curve = _gemm_curve(chip.arch, dtype, grouped, exclude, weight, engine in PREQUANTIZED_ENGINES)
+    return log_interp(curve, max(m, 1.0)) if curve is not None else None
+
+
+@cache  # a plan asks ~130,000 times for a handful of curves: the tables and their curve are picked once each
+def _gemm_curve(arch: str, dtype: str, grouped: bool, exclude: frozenset[str], weight: str,
+                prequantized: bool) -> list[tuple[float, float]] | None:
+    """`gemm_efficiency`'s curve (None: no benchmark covers the architecture and dtype)."""
+    tables = _gemm_tables(arch, dtypes.canonical(dtype), grouped, exclude, dtypes.canonical(weight) if weight else "",
+                          prequantized)
+    return _curve(tables) if tables else None
 
 
 def fused_moe_curve(table: FusedMoeTable) -> list[tuple[float, float]]:
@@ -182,14 +193,25 @@ def gemm_split(chip: Chip, dtype: str, m: float, exclude: frozenset[str] = NONE,
     projection's weights (vLLM's 6144 x 4096, 14 MB in NVFP4), but a grouped GEMM runs every expert hit in one
     launch and streams the sum of their weights, so its streaming rate is the sweep's at that sum (the caller's
     `calls`). A grouped benchmark measures that launch itself and keeps its per-M curve."""
-    if grouped and any(t.grouped for t in gemm_tables(chip, dtype, True, exclude, engine=engine)):
+    curves = _split_curves(chip.arch, dtype, exclude, grouped, engine in PREQUANTIZED_ENGINES)
+    if curves is None:
         return None
-    sweep = _sweep_curve(chip.arch, dtypes.canonical(dtype), exclude)
-    tables = gemm_tables(chip, dtype, False, exclude, engine=engine)
+    compute, sweep = curves
+    return log_interp(compute, max(m, 1.0)), sweep
+
+
+@cache  # asked ~70,000 times a plan, for a handful of architectures and dtypes
+def _split_curves(arch: str, dtype: str, exclude: frozenset[str], grouped: bool,
+                  prequantized: bool) -> tuple[list[tuple[float, float]], list[tuple[float, float]]] | None:
+    """`gemm_split`'s (compute curve by M, streaming curve by weight size), or None where it does not apply."""
+    dtype = dtypes.canonical(dtype)
+    if grouped and any(t.grouped for t in _gemm_tables(arch, dtype, True, exclude, "", prequantized)):
+        return None
+    sweep = _sweep_curve(arch, dtype, exclude)
+    tables = _gemm_tables(arch, dtype, False, exclude, "", prequantized)
     if not (sweep and tables):
         return None
-    compute = _curve(tables, flop_bound=True) or _curve(tables)
-    return log_interp(compute, max(m, 1.0)), sweep
+    return _curve(tables, flop_bound=True) or _curve(tables), sweep
 
 
 def stream_efficiency(curve: list[tuple[float, float]], weights: float) -> float:
@@ -214,8 +236,14 @@ def attention_efficiency(chip: Chip, phase: str,
                          exclude: frozenset[str] = NONE) -> tuple[float | None, float | None] | None:
     """(fraction of BF16 peak, fraction of bandwidth) the architecture's measured attention kernel reaches;
     either is None where the benchmark does not measure it."""
+    return _attention_fractions(chip.arch, phase, exclude)
+
+
+@cache  # asked once per costed step (~25,000 times a plan)
+def _attention_fractions(arch: str, phase: str,
+                         exclude: frozenset[str]) -> tuple[float | None, float | None] | None:
     for fig in kernel_catalog().attention:
-        if chip.arch and chip.arch in fig.arch and fig.phase == phase and fig.source_id not in exclude:
+        if arch and arch in fig.arch and fig.phase == phase and fig.source_id not in exclude:
             ref = get_chip(fig.measured_on)
             compute = fig.compute_fraction or (fig.tflops * 1e12 / ref.peak("bf16") if fig.tflops else None)
             memory = fig.memory_fraction or (fig.gbps * 1e9 / ref.bandwidth if fig.gbps else None)
@@ -266,6 +294,29 @@ def ep_low_latency(arch: str, ep: int, tokens: float, hidden: int, top_k: int,
     part scaled by the message size hidden x top_k relative to the benchmark's). With one count of at least 32
     tokens, the time scales with tokens from it; with only a smaller count it is a latency floor, and the
     caller adds the bytes over the link (bandwidth not included)."""
+    fit = _ep_latency_points(arch, ep, hidden, top_k, exclude)
+    if fit is None:
+        return None
+    at, scale = fit
+    if len(at) == 1:
+        t0, d0, c0 = at[0]
+        if t0 < 32:
+            return d0 * 1e-6, c0 * 1e-6, False
+        f = max(tokens, 1.0) / t0 * scale
+        return d0 * f * 1e-6, c0 * f * 1e-6, True
+    (t0, d0, c0), (t1, d1, c1) = at[0], at[-1]
+    out = []
+    for y0, y1 in ((d0, d1), (c0, c1)):
+        slope = (y1 - y0) / (t1 - t0)
+        out.append((max(y0 - slope * t0, 0.0) + slope * max(tokens, 1.0) * scale) * 1e-6)
+    return out[0], out[1], True
+
+
+@cache  # the benchmarks' points at one EP size: a plan asks for the same few sizes ~3,000 times
+def _ep_latency_points(arch: str, ep: int, hidden: int, top_k: int, exclude: frozenset[str]
+                       ) -> tuple[tuple[tuple[float, float, float], ...], float] | None:
+    """`ep_low_latency`'s (token count, dispatch us, combine us) per measured token count at `ep` ranks, and the
+    message-size scale of the per-token part; None where nothing applies."""
     rows: dict[tuple[float, float], tuple[float, float]] = {}
     tables = [t for t in kernel_catalog().ep_latency if arch in t.arch and t.source_id not in exclude]
     # one message size per architecture (spec/kernels.py checks it), so the per-token part scales as one
@@ -288,16 +339,5 @@ def ep_low_latency(arch: str, ep: int, tokens: float, hidden: int, top_k: int,
         if unstated:
             d, c = min(d, unstated[0]), min(c, unstated[1])
         at.append((t, d, c))
-    if len(at) == 1:
-        t0, d0, c0 = at[0]
-        if t0 < 32:
-            return d0 * 1e-6, c0 * 1e-6, False
-        f = max(tokens, 1.0) / t0 * scale
-        return d0 * f * 1e-6, c0 * f * 1e-6, True
-    (t0, d0, c0), (t1, d1, c1) = at[0], at[-1]
-    out = []
-    for y0, y1 in ((d0, d1), (c0, c1)):
-        slope = (y1 - y0) / (t1 - t0)
-        out.append((max(y0 - slope * t0, 0.0) + slope * max(tokens, 1.0) * scale) * 1e-6)
-    return out[0], out[1], True
+    return tuple(at), scale
 

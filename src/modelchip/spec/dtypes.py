@@ -58,6 +58,7 @@ def canonical(name: str) -> str:
     return key
 
 
+@cache  # ~130,000 calls a plan
 def nbytes(name: str) -> float:
     """Bytes per element of a dtype."""
     return BYTES[canonical(name)]

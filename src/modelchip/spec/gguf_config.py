@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from modelchip.errors import ModelchipError
 
 GGUF_MAGIC = b"GGUF"
@@ -80,6 +78,8 @@ class _Cursor:
             itype, n = self.scalar("<I"), self.scalar("<Q")
             if itype in (_STRING, _ARRAY):
                 return [self.value(itype) for _ in range(n)]
+            import numpy as np  # here, not at the top: every command imports this module; few read GGUF
+
             dt = np.dtype(_SCALARS[itype])
             return np.frombuffer(self.take(n * dt.itemsize), dtype=dt).tolist()
         return self.scalar(_SCALARS[vtype])
@@ -95,6 +95,7 @@ def read_header(path: Path) -> tuple[dict[str, Any], list[TensorInfo], int]:
     Parsed here rather than with gguf.GGUFReader, which takes seconds on a 49k-token vocabulary and fails on a
     damaged file with whatever numpy raises.
     """
+    import numpy as np
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     if not path.is_file():
