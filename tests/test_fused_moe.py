@@ -85,3 +85,57 @@ def test_bad_tables_are_refused():
         parse({"fused_moe": [{**base, "rows": [[1, -2.0]]}]})
     with pytest.raises(ModelchipError, match="top_k"):
         parse({"fused_moe": [{**base, "top_k": 9, "rows": [[1, 2.0]]}]})
+
+
+# TensorRT-LLM's TRTLLM-Gen NVFP4 MoE (tech blog 24, TP8 DeepSeek-V3 shard on one B200: 9,000 TFLOPS FP4, 8 TB/s)
+TRTLLM_GEN = "trtllm-blog24-moe-dense-gemm"
+DS_PARAMS = 3 * 7168 * 256  # one expert's TP8 shard: gate, up, down of hidden 7168 x 256
+
+
+def _trtllm_gen():
+    return next(t for t in kernel_catalog().fused_moe if t.source_id == TRTLLM_GEN)
+
+
+def test_trtllm_gen_rows_are_weight_bound_efficiencies():
+    curve = km.fused_moe_curve(_trtllm_gen())
+    # one token: 8 experts' NVFP4 weights (22.0 MB) over 26.78 us
+    assert curve[0][0] == pytest.approx(1.0) and curve[0][1] == pytest.approx(
+        8 * DS_PARAMS * 0.5 / 8e12 / 26.78e-6, rel=1e-9)
+    assert curve[0][1] == pytest.approx(0.1028, abs=1e-4)
+    # 384 tokens: 3,072 pairs over all 256 experts (hit 256 (1 - (31/32)^384) = 255.9987), M 12, still weight-bound
+    hit = 256 * (1 - (31 / 32) ** 384)
+    m, e = curve[-1]
+    assert m == pytest.approx(384 * 8 / hit, rel=1e-9)
+    assert e == pytest.approx(hit * DS_PARAMS * 0.5 / 8e12 / 186.92e-6, rel=1e-9)
+    assert e == pytest.approx(0.4712, abs=1e-4)
+
+
+def test_trtllm_gen_stands_for_tensorrt_llm_only_and_not_past_its_weight_bound_rows():
+    b200 = get_chip("b200")
+    assert km.fused_moe_efficiency(b200, "fp4", 1.0, 256, engine="tensorrt-llm") == pytest.approx(
+        8 * DS_PARAMS * 0.5 / 8e12 / 26.78e-6)
+    assert km.fused_moe_efficiency(b200, "fp4", 1.0, 256, engine="vllm") is None
+    assert km.fused_moe_efficiency(b200, "fp4", 1.0, 256) is None
+    # its last row (M 12) is weight-bound: past it the grouped GEMM tables price the experts
+    assert km.fused_moe_efficiency(b200, "fp4", 12.0, 256, engine="tensorrt-llm") is not None
+    assert km.fused_moe_efficiency(b200, "fp4", 13.0, 256, engine="tensorrt-llm") is None
+    assert km.fused_moe_efficiency(b200, "fp4", 1.0, 256, frozenset({TRTLLM_GEN}), "tensorrt-llm") is None
+
+
+def test_tensorrt_llm_tp8_decode_of_one_token_pays_trtllm_gen():
+    """DeepSeek-R1 NVFP4 on 8 B200s at TP8, one token: the routed experts of a layer are 8 experts' 256-wide shards,
+    M 1, at the table's first efficiency: their weights' streaming time over it, 26.78 us."""
+    from modelchip.cost.deploy import _gemm
+    fp4 = Precision(weight="fp4", kv="bf16")
+    b200 = get_chip("b200")
+    d = Deployment(chip=b200, chips=8, strategy="tp", batch=1, context=1, phase="decode", precision=fp4,
+                   engine="tensorrt-llm")
+    flops, nbytes = 2 * 8 * DS_PARAMS, 8 * DS_PARAMS * 0.5
+    t = _gemm(d, flops, nbytes, 1.0, 9e15, 8e12, "fp4", grouped=True, weight_dtype="fp4", moe_shard=256,
+              calls=(8 * DS_PARAMS * 2 / 3, 8 * DS_PARAMS / 3))
+    assert t == pytest.approx(26.78e-6, rel=1e-9)
+    # vLLM keeps its GEMM tables: a different time
+    d_vllm = Deployment(chip=b200, chips=8, strategy="tp", batch=1, context=1, phase="decode", precision=fp4,
+                        engine="vllm")
+    assert _gemm(d_vllm, flops, nbytes, 1.0, 9e15, 8e12, "fp4", grouped=True, weight_dtype="fp4", moe_shard=256,
+                 calls=(8 * DS_PARAMS * 2 / 3, 8 * DS_PARAMS / 3)) != pytest.approx(26.78e-6, rel=1e-3)

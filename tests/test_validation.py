@@ -57,8 +57,11 @@ def test_validation_error_bounds():
     # (Step-3 3A2F 4K no longer fits in memory, -2% to infeasible): 16.3% and 16.6%, 95 and 96 within 30%.
     # TensorRT-LLM's NVFP4 GEMMs at the time vLLM PR #20646 measured the GEMM alone (its RMSNorm writes NVFP4):
     # 15.2% and 15.2%, 96 and 97 within 30% (dense Llama on B200/GB200 in; TRT-LLM's Qwen3-235B FP4 out, +35%)
-    assert ins["median_abs_error"] <= 0.152 and ins["within_30"] >= 96
-    assert loso["median_abs_error"] <= 0.152 and loso["within_30"] >= 97
+    # TP-split NVFP4 experts under TensorRT-LLM on Blackwell at TRTLLM-Gen's measured MoE layer (TensorRT-LLM tech
+    # blog 24): DeepSeek-R1 batch-1 on B200 +11.2%/+13.0% to +6.5%/+7.3%, the TP8 EP2 relaxed-MTP run -15.2% to
+    # -19.5% (modelled as TP8; it was the median point and now lies above it): 15.4% and 15.4%, 96 and 97 within 30%
+    assert ins["median_abs_error"] <= 0.154 and ins["within_30"] >= 96
+    assert loso["median_abs_error"] <= 0.154 and loso["within_30"] >= 97
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 

@@ -228,7 +228,7 @@ def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw:
         return max(flops / (peak * eff.gemm), nbytes / packed.rate(m))
     explicit = not eff.explicit.isdisjoint(_GEMM_EFFICIENCIES)
     e = fused = None if explicit or not moe_shard else km.fused_moe_efficiency(d.chip, dtype, m, moe_shard,
-                                                                                d.exclude)
+                                                                                d.exclude, d.engine)
     if e is None and not explicit:
         e = km.gemm_efficiency(d.chip, dtype, m, grouped, d.exclude, weight_dtype, d.engine)
     if e is None:

@@ -158,23 +158,45 @@ def fused_moe_curve(table: FusedMoeTable) -> list[tuple[float, float]]:
 
 
 def fused_moe_efficiency(chip: Chip, dtype: str, m: float, shard_width: float,
-                         exclude: frozenset[str] = NONE) -> float | None:
+                         exclude: frozenset[str] = NONE, engine: str = "") -> float | None:
     """Roofline efficiency of tensor-parallel-split routed experts run as one fused MoE kernel, at M rows per
-    expert hit: the measured layer of the chip's architecture and dtype whose shard width is nearest (in ratio)
-    to this one's, log-interpolated in M and flat beyond its ends; None where none is measured."""
-    curve = _fused_moe_curve(chip.arch, dtypes.canonical(dtype), shard_width, exclude)
-    return log_interp(curve, max(m, 1.0)) if curve else None
+    expert hit: the measured layer of the chip's architecture and dtype, run by this `engine` (a table naming
+    engines stands for those only), whose shard width is nearest (in ratio) to this one's, log-interpolated in
+    M and flat below its first row; None where none is measured. Past its last row a table holds flat only
+    where that row was bound by its FLOPs: a layer still streaming its weights at its largest M (TensorRT-LLM's
+    TRTLLM-Gen table stops at 12 rows per expert) says nothing of the compute-bound rate beyond, and the grouped
+    GEMM tables price those M instead."""
+    found = _fused_moe_curve(chip.arch, dtypes.canonical(dtype), shard_width, exclude, engine)
+    if not found:
+        return None
+    curve, carries = found
+    m = max(m, 1.0)
+    if m > curve[-1][0] and not carries:
+        return None
+    return log_interp(curve, m)
 
 
 @cache
-def _fused_moe_curve(arch: str, dtype: str, shard_width: float,
-                     exclude: frozenset[str]) -> tuple[tuple[float, float], ...]:
+def _fused_moe_curve(arch: str, dtype: str, shard_width: float, exclude: frozenset[str],
+                     engine: str = "") -> tuple[tuple[tuple[float, float], ...], bool] | None:
+    """(curve, whether its last row was FLOP-bound) of the nearest-width table `fused_moe_efficiency` uses."""
     tables = [t for t in kernel_catalog().fused_moe
-              if arch and arch in t.arch and t.dtype == dtype and t.source_id not in exclude]
+              if arch and arch in t.arch and t.dtype == dtype and t.source_id not in exclude
+              and (not t.engines or engine in t.engines)]
     if not tables:
-        return ()
+        return None
     near = min(tables, key=lambda t: abs(math.log(t.shard_width / max(shard_width, 1.0))))
-    return tuple(fused_moe_curve(near))
+    return tuple(fused_moe_curve(near)), _last_row_flop_bound(near)
+
+
+def _last_row_flop_bound(table: FusedMoeTable) -> bool:
+    """Whether the table's largest token count is bound by its FLOPs on the measuring chip's roofline."""
+    ref = get_chip(table.measured_on)
+    tokens = table.rows[-1][0]
+    params = 3 * table.hidden * table.shard_width
+    hit = table.experts * (1.0 - (1.0 - table.top_k / table.experts) ** tokens)
+    return 2 * tokens * table.top_k * params / ref.peak(table.dtype) > \
+        hit * params * dtypes.nbytes(table.dtype) / ref.bandwidth
 
 
 def gemm_split(chip: Chip, dtype: str, m: float, exclude: frozenset[str] = NONE,

@@ -114,6 +114,8 @@ class FusedMoeTable(Sourced):
     hidden: int
     shard_width: int
     rows: tuple[tuple[float, float], ...]
+    # the serving engines that run this kernel for such experts (e.g. TensorRT-LLM's TRTLLM-Gen MoE); () for all
+    engines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -244,7 +246,7 @@ def _fused_moe(raw: dict, i: int) -> FusedMoeTable:
         raise ModelchipError(f"{where}: experts, top_k (at most experts), hidden and shard_width must be positive")
     return FusedMoeTable(id=raw["id"], arch=_arch(raw), dtype=dtypes.canonical(raw["dtype"]),
                          measured_on=raw["measured_on"], rows=tuple(sorted(rows)), **shape,
-                         **_sourced(raw, where))
+                         engines=tuple(raw.get("engines", ())), **_sourced(raw, where))
 
 
 @cache
