@@ -361,6 +361,19 @@ sample, 71 and 70 of 101 within 30%):
   Ascend 950 with 3,968 prefill tokens and 23 decodes against 8,192 keys, 4,360 to 3,949 us per call, quoting
   vLLM-Ascend PR #11948: another chip and another kernel). For MindIE's per-operator host or graph-launch time,
   nothing new: Ascend's msprof-analyze advisor flags host-bound operator sequences by a threshold and gives no time.
+  Per-operator device times at small-batch decode on a 910B were searched for (GEMM and QuantBatchMatmul at M 1-8,
+  activation quant, norms, RoPE, paged attention, the per-kernel floor) and none was found that can enter the
+  catalog: pypto-lib issue #465 times a Qwen3-14B decode layer on a 910B at batch 16 against ASC small operators,
+  but only its methodology is readable; pypto-lib issue #1054's msprof table (QuantBatchMatmulV3 at M 1 on a 1,024 x
+  4,096 weight, 14.83 us a call) is an Ascend 950PR; vLLM-Ascend PR #15902's npu_rms_norm at one token (24.6 us,
+  13.8 us fused, eager) is an Ascend 950; vLLM-Ascend PR #6274 (RMSNorm plus DynamicQuant, 22.8 to 16.9 us) names
+  no chip or shape; pto-isa's GEMM and flash-attention sweeps are large-M or A3 target bands. The davinci model
+  has no per-call GEMM or small-kernel floor for want of such a figure. The W8A8 structure was checked on the
+  vLLM-Ascend side: at v0.9.1 (quantization/w8a8.py) each quantized linear is a static per-tensor npu_quantize
+  then npu_quant_matmul with a per-channel dequant scale, so the INT8 layers add one quantize kernel per linear
+  (three a layer with down_proj in BF16) that modelchip's op list does not count: no device time while davinci
+  has no per-kernel floor, host dispatch only for a vLLM-Ascend W8A8 run, of which the catalog has none. What
+  MindIE's ATB graph runs per layer was not found in public code.
   The 128-in / 4-out burst of 1,000 requests (+148%) is host work per request (tokenising, scheduling) for which no
   measurement was found (see "Bursts of short requests" below); its schedule is the model's too (the AscendScheduler
   admits up to max_num_seqs 256 prompts into one 32,768-token prefill step, then decodes them). The 2K and 4K
