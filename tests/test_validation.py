@@ -60,8 +60,13 @@ def test_validation_error_bounds():
     # TP-split NVFP4 experts under TensorRT-LLM on Blackwell at TRTLLM-Gen's measured MoE layer (TensorRT-LLM tech
     # blog 24): DeepSeek-R1 batch-1 on B200 +11.2%/+13.0% to +6.5%/+7.3%, the TP8 EP2 relaxed-MTP run -15.2% to
     # -19.5% (modelled as TP8; it was the median point and now lies above it): 15.4% and 15.4%, 96 and 97 within 30%
-    assert ins["median_abs_error"] <= 0.154 and ins["within_30"] >= 96
-    assert loso["median_abs_error"] <= 0.154 and loso["within_30"] >= 97
+    # Raised for a measured table replacing Ascend-derived defaults: A100 16-bit GEMMs take cuBLAS's FP16 efficiency
+    # from LLMCompass's A100 80GB sweep (0.755 at M = 128, 0.84 at 2,048) where they took 0.77 of peak and 0.841
+    # of bandwidth; TRT-LLM v0.5 Llama-7B TTFT at 128 tokens +60% -> +47%, the 2,048-token ones +8% -> +17% and
+    # +7% -> +14% (the table's M sweep is at N = K = 12288; at M = 8192 it measures 4096^2 6% below 12288^2):
+    # 15.4% and 15.4% alone, 15.5% and 15.5% after the line above: 96 and 97 within 30%
+    assert ins["median_abs_error"] <= 0.156 and ins["within_30"] >= 96
+    assert loso["median_abs_error"] <= 0.156 and loso["within_30"] >= 97
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]
 
