@@ -65,7 +65,10 @@ def test_validation_error_bounds():
     # of bandwidth; TRT-LLM v0.5 Llama-7B TTFT at 128 tokens +60% -> +47%, the 2,048-token ones +8% -> +17% and
     # +7% -> +14% (the table's M sweep is at N = K = 12288; at M = 8192 it measures 4096^2 6% below 12288^2):
     # 15.4% and 15.4% alone, 15.5% and 15.5% after the line above: 96 and 97 within 30%
-    assert ins["median_abs_error"] <= 0.156 and ins["within_30"] >= 96
+    # xDeepServe's measured wait at the expert-parallel barriers of a 288-rank 910C decode (arXiv 2508.02520,
+    # Figure 20: ep_barrier_balance 0.834) took the CloudMatrix decode points from +36-68% to +23-50% (+45-77% to
+    # +31-58% out of sample): 15.2% and 15.2% alone, 15.5% and 15.5% after the lines above; 98 and 97 within 30%
+    assert ins["median_abs_error"] <= 0.156 and ins["within_30"] >= 98
     assert loso["median_abs_error"] <= 0.156 and loso["within_30"] >= 97
     # leaving a source out can only take information away: no point is predicted better on average
     assert loso["median_abs_error"] >= ins["median_abs_error"]

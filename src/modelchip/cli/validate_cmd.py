@@ -30,7 +30,7 @@ NOTES = """
 
 Every miss stays in the table. The mechanisms we believe are missing, by group:
 
-- **Ascend 910C decode (+39-71% in-sample, +48-79% out of sample) and prefill (+33%, +47%).** Dispatch and combine
+- **Ascend 910C decode (+23-50% in-sample, +31-58% out of sample) and prefill (+33%, +47%).** Dispatch and combine
   now keep the small-batch floor DeepEP-Ascend's fused-MoE doc measures (80 / 75 us at 32 tokens per rank), which
   took the 8-sequence point from +92% to +35%. A 910C is two ranks, one per die (`devices` in its chip file), and
   the CANN and DeepEP-Ascend tables are timed per rank: the model read them at a whole chip's tokens (two dies'
@@ -42,7 +42,22 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   CloudMatrix GEMM and MLA figures (the scalar defaults apply). Prefill attention on davinci now runs at the
   utilization torch_npu's flash attention reaches on a 910B2 at 32K tokens (42.6%, pto-isa's sweep), where it took
   a decode kernel's 65%: the prefill point moved from +50% to +37% (+67% to +50% out of sample). A per-operator
-  decode profile of DeepSeek on a 910B or 910C from another source is what these points need, and none was found:
+  decode profile of DeepSeek on a 910B or 910C from another source is what these points needed. xDeepServe
+  (Huawei Cloud's FlowServe, arXiv 2508.02520 Figure 20) publishes one: DeepSeek-R1 on 288 910C dies, DP288 +
+  EP288, 60 sequences per die with one MTP layer, a ~93 ms iteration of which dispatch and combine are 35.7%, at
+  234 and 312 us on average per call against 185 and 165 us at their fastest. What a call takes beyond its
+  fastest is the wait for the slowest rank (the paper: dispatch absorbs the variance of MLA across the DP ranks,
+  combine the imbalance of MoE across experts): 12.8% of the iteration waiting against 64.3% computing, a mean
+  balance of 0.834 (`ep_barrier_balance`, from 288 ranks up). Each expert-parallel decode step there now waits
+  its compute x (1/0.834 - 1), less the expert imbalance and attention wait the model already charges
+  (`ep_barrier_wait`, about 7.7 ms of the 96-sequence step). The decode points moved from +36-68% to +23-50%
+  (+45-77% to +31-58% out of sample). The same profile shows what is still missing: MultiLatentAttention is 21.8%
+  of the iteration (about 330 us per layer at 120 query tokens per die and ~3K context, 82% of a die's BF16
+  peak, some layers computing attention in INT8), so the CloudMatrix MLA figure the model uses (65.4%) makes
+  attention slower than xDeepServe ran it; 'Others' (11.7%, about 175 us per layer) and MlaPreprocess (8.7%) are
+  more than the model's norms, activations and attention projections. The MTP verify step is priced as the
+  kernels run it: each sequence's cache is read once for its 1 + draft query tokens and the core's FLOPs grow
+  with them, so absorbed MLA, compute-bound on a 910C, costs twice per step with one draft. Before xDeepServe,
   Ascend's cann-recipes-infer DeepSeek-R1 decode guide lists the fused operators (MLAProlog, fused infer
   attention, grouped matmul, MoE dispatch/combine v2, torchair graphs, SuperKernel) without times; CANN's
   MoeDistributeDispatch/Combine and SuperKernel pages give no latency; vLLM-Ascend's issues (#2905, #4295) and

@@ -518,6 +518,22 @@ def _sides(cost: ModelCost, d: Deployment) -> tuple[float, float, float]:
     return _evaluate(cost, d, stop="sides")
 
 
+def _ep_barrier_wait(d: Deployment, compute: float, charged: float) -> float:
+    """Seconds a decode step's ranks wait at the expert-parallel barriers (dispatch and combine) for the slowest
+    rank, where the architecture has that wait measured at this many ranks (`ep_barrier_balance`: a rank's own
+    compute over compute plus wait, mean over the ranks, 0 elsewhere). `compute` is the step's compute on the
+    costed rank, `charged` the part of it that is already a wait for the slowest rank (the busiest expert rank's
+    extra routed work, data-parallel attention waiting): the measured wait covers those, so only its excess is
+    added. Expert-parallel decode with data-parallel attention and no measured collectives profile only."""
+    if (d.strategy != "ep" or d.collectives is not None or d.attention == "replicated" or d.expert_parallel <= 1
+            or not d.chip.arch):
+        return 0.0
+    ratio = km.fixed("ep_barrier_balance", (d.chip.arch,), d.exclude, ranks=d.expert_parallel * d.chip.devices)
+    if not ratio:
+        return 0.0
+    return max(0.0, (compute - charged) * (1 / ratio - 1) - charged)
+
+
 def _layers_step(cost: ModelCost, d: Deployment) -> float:
     """Seconds of a step's layers, LM head, sampling and communication, before draft passes and fixed costs."""
     return _evaluate(cost, d, stop="step")
@@ -752,7 +768,8 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
     # (measured on the profiled process group, cost/collectives.SyncWait)
     sync_wait = d.collectives.wait_seconds(measured_calls, attn_side + ffn_side) if measured_calls else 0.0
     tail = d.collectives.tail_seconds(measured_calls) if measured_calls else 0.0
-    comm_total = comm + comm_fixed + sync_wait + tail
+    barrier = _ep_barrier_wait(d, attn_side + ffn_side, imbalance + dp_wait) if decode and moe else 0.0
+    comm_total = comm + comm_fixed + sync_wait + tail + barrier
     # AFD's micro-batches each stream their side's weights: a micro-batch of 1/m of the batch takes what a step
     # of 1/m of the batch takes on each side, not 1/m of the step (at decode sizes, nearly all of it). Measured
     # here: 1 attention + 1 FFN rank at batch 16 took 62.1 ms a step with 1 micro-batch and 65.2 ms with 2
@@ -844,7 +861,8 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
                  "kernel_floor": floor,
                  "gemm_call_floor": floor_attn + floor_ffn,
                  "small_kernel_floor": floor_small, "host_dispatch_wait": dispatch_wait,
-                 "afd_straggler_wait": straggler, "afd_micro_batch_rereads": rereads, "weight_offload": offload,
+                 "afd_straggler_wait": straggler, "ep_barrier_wait": barrier, "afd_micro_batch_rereads": rereads,
+                 "weight_offload": offload,
                  "mtp_draft": draft}
     breakdown = {k: v * 1e3 for k, v in breakdown.items()}
     if used > cap:
