@@ -442,7 +442,25 @@ sample, 71 and 70 of 101 within 30%):
   (2) vLLM V1's whole per-step host time at TP8 against the batch: vLLM PR #46112 times one part,
   Scheduler.update_from_output, at 0.142 ms for 128 requests on a later vLLM (too small a part to carry);
   the vLLM V0 RFC #6854 shows 4-ms GPU bubbles a decode step in a profile image whose setup the text does not
-  give (Oracle's 2024 runs, on V0, miss by 4.8 ms at one sequence and 36 ms at 256). (3) FP8 GEMM times at
+  give (Oracle's 2024 runs, on V0, miss by 4.8 ms at one sequence and 36 ms at 256). A second search for the
+  GPU idle time between two synchronous decode steps against the batch found no table on any version or
+  chip these points ran: vLLM issue #10634 (Nov 2024, V1 as it stood after PR #9826, AsyncLLM) gives one
+  figure, "about 5-6 ms" between two decodes for Llama2-7b at batch 256 on ShareGPT, on a GPU it does not
+  name, and puts it on GIL contention between the scheduler and the IPC threads of that early V1; PR #11133
+  (Dec 2024, closed unmerged) cut that case to 150-170 us by scheduling one step ahead. RFC #6913's table of
+  `_process_model_outputs` time (V0, Llama3-70B on 4 x H100 FP8: 0.2 ms at batch 1, 3.4 ms at 32) prints 0.2 ms
+  at 1,024 and says its numbers are being redone; V0's async output processor (PR #7049, v0.6.0) then took that
+  part off the GPU's path anyway. vLLM's v0.6.0 blog gives shares of a Llama 3 8B step (API server 33%,
+  scheduling 29%) without the batch. vLLM's async scheduling (PR #19970, June 2025, opt-in `--async-scheduling`;
+  default only from PR #27614, tracked in issue #27679 of Oct 2025, after v0.11.0) and PR #23569 (overlapping
+  input preparation too, "expected 5-10%") report no per-batch gap either. So vLLM v0.10's synchronous V1 on
+  MI300X, v0.11's on H100 (GPUStack) and Oracle's October 2024 V0 on MI300X stay without a host term: one batch
+  size on an unnamed GPU, from a pre-release V1 whose gap the thread put on its threads' GIL contention, would
+  not carry to them. Two things bound such a term here: a per-step host cost is the same for 70B and 405B at one
+  TP8 and batch, so of the gaps above at most 70B's (1.0, 3.1-3.2 and 8.4-9.0 ms at 1, 16 and 128 sequences)
+  could be host time, and 405B's larger gaps need something per layer besides; and GPUStack's H100 Qwen3-8B
+  run at 4 concurrent requests (v0.11, synchronous) lands at -1.1% without one (1 ms a step more: -13%).
+  (3) FP8 GEMM times at
   M 16-128 for 70B's TP8 shards on MI300X with the docker's kernels (the catalog has 405B's shards at M 1-32).
   An audit of the docker's release (ROCm/vllm commit 340ea86, named in the README's manifest) found no setup
   misread: AITER is off by default (VLLM_ROCM_USE_AITER=0), so the per-tensor Quark checkpoints run vLLM's
