@@ -163,6 +163,27 @@ def test_afd_decode_step_waits_the_measured_straggler_gap():
     assert _eval("step3", "ascend-910b", **kw)[1].breakdown_ms["afd_straggler_wait"] == 0
 
 
+def test_flowserve_decode_pays_the_measured_step_gap():
+    # xDeepServe section 7.1: ~93 ms of kernels per FlowServe decode iteration + a ~2 ms scheduling gap between
+    # iterations; (93 + 2) / 1.9 tokens = 50 ms TPOT. One gap per decode step, keyed to the engine on 910C
+    assert abs((93 + 2) / 1.9 - 50.0) < 1e-9
+    int8 = Precision(weight="int8", kv="bf16")
+    kw = dict(chips=144, strategy="ep", batch=120, context=3072, redundant_experts=32, precision=int8)
+    cost, p = _eval("deepseek-r1", "ascend-910c", engine="flowserve", **kw)
+    assert p.breakdown_ms["step_gap"] == pytest.approx(2.0, rel=1e-12)
+    plain = _eval("deepseek-r1", "ascend-910c", **kw)[1]
+    assert plain.breakdown_ms["step_gap"] == 0
+    assert p.tpot_ms - plain.tpot_ms == pytest.approx(2.0, rel=1e-9)  # no MTP: one token per step
+    assert _eval("deepseek-r1", "ascend-910c", engine="flowserve", exclude=frozenset({"xdeepserve-paper"}),
+                 **kw)[1].breakdown_ms["step_gap"] == 0
+    # not for prefill, not for another engine's measurement key, not on another architecture
+    assert _eval("deepseek-r1", "ascend-910c", engine="flowserve", **{**kw, "phase": "prefill", "prompt_len": 1024,
+                                                                       "batch": 1})[1].breakdown_ms["step_gap"] == 0
+    assert _eval("deepseek-r1", "ascend-910c", engine="vllm", **kw)[1].breakdown_ms["step_gap"] == 0
+    assert _eval("deepseek-r1", "h800", engine="flowserve", **{**kw, "precision": Precision(weight="fp8", kv="fp8")}
+                 )[1].breakdown_ms["step_gap"] == 0
+
+
 def test_ep_decode_waits_the_measured_barrier_balance():
     # xDeepServe Figure 20 (DP288 + EP288 on 910C): dispatch 234 us on average against 185 at its fastest, combine
     # 312 against 165, of an iteration 15.3% dispatch and 20.4% combine: 12.8% waiting, 64.3% computing

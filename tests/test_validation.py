@@ -14,7 +14,7 @@ def test_validation_error_bounds():
     res = validation.run()
     ins, loso = res["in_sample"], res["leave_one_source_out"]
     # coverage the issue asks for: points, independent sources, chips (of which non-NVIDIA)
-    assert res["count"] >= 121 and res["sources"] >= 16 and res["chips"] >= 11
+    assert res["count"] >= 123 and res["sources"] >= 17 and res["chips"] >= 11
     assert {"ascend-910b", "ascend-910c", "mi300x", "mi325x"} <= {r["chip"] for r in res["rows"]}
     # today's errors (docs/validation.md); lower these as mechanisms land, never raise them. The 30 points
     # added with issue 14 (GPUStack's lab, ROCm's vLLM tables) were predicted before anything was changed for
@@ -68,6 +68,10 @@ def test_validation_error_bounds():
     # xDeepServe's measured wait at the expert-parallel barriers of a 288-rank 910C decode (arXiv 2508.02520,
     # Figure 20: ep_barrier_balance 0.834) took the CloudMatrix decode points from +36-68% to +23-50% (+45-77% to
     # +31-58% out of sample): 15.2% and 15.2% alone, 15.5% and 15.5% after the lines above; 98 and 97 within 30%
+    # xDeepServe's own two decode results added (arXiv 2508.02520 section 7.1; both predicted before anything else
+    # changed: DP288 + EP288 +39.3%, disaggregated MoE-Attention +63.4%), then FlowServe's measured 2 ms gap between
+    # decode iterations (step_gap): +35.4% and +58.0% in-sample, +56.8% and +63.4% LOSO; both stay misses, so the
+    # medians rise from 15.52% to 15.59% and 98 and 97 within 30% are now of 123
     assert ins["median_abs_error"] <= 0.156 and ins["within_30"] >= 98
     assert loso["median_abs_error"] <= 0.156 and loso["within_30"] >= 97
     # leaving a source out can only take information away: no point is predicted better on average

@@ -66,6 +66,17 @@ Every miss stays in the table. The mechanisms we believe are missing, by group:
   with one draft token (+44%); at 96 sequences the model gives 574 and 941 us (+64%). So the model overcharges
   what a second token per sequence costs and misses a part of the layer that does not grow with tokens, some 300
   us per layer. Being the validated source's own end-to-end layer time, it is not entered as a constant.
+- **xDeepServe's own decode results (+35% and +58% in-sample, +57% and +63% out of sample).** Section 7.1's
+  two runs at 2,400 tokens/s per chip (~50 ms TPOT, fixed 2K + 2K, ~90% MTP acceptance): the DP288 + EP288 run
+  of Figure 20 and the disaggregated MoE-Attention run (480 attention + 288 MoE dies); both were predicted before
+  anything changed (+39% and +63%). FlowServe's measured ~2 ms gap between iterations is now charged per decode
+  step of that engine on davinci (`step_gap`). What stays missing is named per point: the DP288 run's
+  QuantBatchMatmul + MlaPreprocess (~28.6 ms) and Others (~10.9 ms) against the model's ~14.3 and ~2.2 ms, which
+  the paper gives as shares only (no call counts or per-call times, so no per-call floor follows); the MoE-Attention
+  run's ~0.7 ms per layer and micro-batch on an attention die against the model's ~0.45 ms. The MultiLatentAttention
+  share (~20.3 ms against the model's 25.5 ms) is not entered as an attention efficiency: section 4.7 keeps the
+  non-RoPE KV in INT8 and computes some layers' attention in INT8, and the run's split is not stated. The
+  production run (DP128 + EP128, 34.8 ms TPOT) publishes no batch and is not a point.
 - **Step-3 AFD on Hopper (-2% to +4% in-sample, +2% to +9% out of sample; were +37% to +73% and +44% to
   +85%).** The paper does not name the GPU (H800 assumed). Its measured TPOT is 47.5 ms (6,144 sequences at
   4,039 tokens/s per GPU over 32 GPUs); the model gave about 30 ms while it costed each micro-batch at 1/m of

@@ -483,6 +483,15 @@ def _micro_batch_count(d: Deployment, sequences: float) -> int:
     return max(1, min(d.microbatches, round(sequences)))
 
 
+def _step_gap(d: Deployment) -> float:
+    """Seconds the device idles between two decode iterations while the engine schedules the next, where a
+    profile of that engine on the architecture measured the gap (`step_gap`, keyed architecture/engine); 0
+    elsewhere, and for a calibrated runtime, whose per-step host work is measured with it."""
+    if not (d.engine and d.chip.arch) or d.collectives is not None:
+        return 0.0
+    return km.fixed("step_gap", (f"{d.chip.arch}/{d.engine}",), d.exclude) or 0.0
+
+
 def _afd_straggler(d: Deployment) -> float:
     """Seconds a catalog AFD decode step waits, on average, for the slowest rank of its synchronous attention-FFN
     exchange (jitter of polling, event and launch calls on any node delays every rank), where a deployment of
@@ -841,6 +850,8 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
     step += dispatch_wait
     straggler = _afd_straggler(d) if decode else 0.0
     step += straggler
+    gap = _step_gap(d) if decode else 0.0
+    step += gap
     offload = 0.0
     if d.weight_offload and used > cap and d.strategy != "afd":
         problem = _offload_problem(chip, used - cap, weights_w)
@@ -861,7 +872,8 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
                  "kernel_floor": floor,
                  "gemm_call_floor": floor_attn + floor_ffn,
                  "small_kernel_floor": floor_small, "host_dispatch_wait": dispatch_wait,
-                 "afd_straggler_wait": straggler, "ep_barrier_wait": barrier, "afd_micro_batch_rereads": rereads,
+                 "afd_straggler_wait": straggler, "step_gap": gap, "ep_barrier_wait": barrier,
+                 "afd_micro_batch_rereads": rereads,
                  "weight_offload": offload,
                  "mtp_draft": draft}
     breakdown = {k: v * 1e3 for k, v in breakdown.items()}
