@@ -40,11 +40,11 @@ def _model(config: dict, dtype: torch.dtype, backend: str = "cpu") -> DecoderLM:
 
 
 def _stack_matmuls(kernels, dtype: torch.dtype, monkeypatch) -> None:
-    """Weights in a layout the stack's matmuls read, on this CPU: float32 blocks run an AVX2 or plain copy where
-    the CPU has no AVX-512 (the default there is oneDNN's layout); bfloat16 pairs need AVX512-BF16."""
+    """Weights in a layout the stack's matmuls read, on this CPU: float32 blocks run a plain C++ copy where the CPU
+    has neither AVX-512 nor AVX2 (the default there is oneDNN's layout); bfloat16 pairs need AVX512-BF16."""
     if dtype == torch.bfloat16 and not kernels.has_linear_bf16:
         pytest.skip("this CPU has no AVX512-BF16: bfloat16 weights stay off the kernels' matmul, so no stack")
-    if dtype == torch.float32 and kernels.best_f32_isa != "avx512":
+    if dtype == torch.float32 and kernels.best_f32_isa not in ("avx512", "avx2"):
         monkeypatch.setenv("MODELCHIP_F32_MATMUL", "blocks")
 
 

@@ -1,9 +1,10 @@
 """The CPU backend: the reference backend's ops, with linear weights laid out once for a fast matmul.
 
 A matmul over weights kept [out, in] (nn.Linear's layout) streams them well under memory bandwidth on x86.
-float32 weights go, on AVX-512 CPUs, to blocks of 16 outputs for the kernels' own matmul (cpu_linear_f32.cpp:
-one FMA per 64-byte weight line, no per-call setup; faster than oneDNN's packed float32 at one row, BENCHMARKS.md),
-elsewhere to oneDNN's blocked layout, as bfloat16 ones on CPUs without AVX512-BF16 (1.4-1.6x faster than plain
+float32 weights go, on AVX-512 and AVX2 CPUs, to blocks of 16 outputs for the kernels' own matmul
+(cpu_linear_f32.cpp: one FMA per weight line, no per-call setup; faster than oneDNN's packed float32 at one row with
+AVX-512, and 1.1-1.6x at 1-256 rows on an AVX2-only Zen 3; BENCHMARKS.md), elsewhere to oneDNN's
+blocked layout, as bfloat16 ones on CPUs without AVX512-BF16 (1.4-1.6x faster than plain
 at every row count on a Zen 4 EPYC; BENCHMARKS.md); MODELCHIP_F32_MATMUL=blocks or =onednn overrides the
 float32 choice. On AVX512-BF16 CPUs, bfloat16 weights go to pair blocks for the fused kernels' own matmul
 (cpu_linear_bf16.cpp): at one row it reads weights near memory bandwidth without oneDNN's ~10 us per call, and
@@ -95,9 +96,9 @@ def bf16_amx(kernels) -> bool:
 
 
 def f32_matmul(kernels) -> str:
-    """Which matmul float32 weights get: "f32-blocks" (the kernels' own, cpu_linear_f32.cpp) where its AVX-512
-    copy runs (measured there against oneDNN, BENCHMARKS.md), else "onednn". MODELCHIP_F32_MATMUL=blocks|onednn
-    decides instead (the blocks then run the widest copy this CPU has: AVX2 or plain C++)."""
+    """Which matmul float32 weights get: "f32-blocks" (the kernels' own, cpu_linear_f32.cpp) where its AVX-512 or
+    AVX2 copy runs (both measured against oneDNN, BENCHMARKS.md), else "onednn" (the plain C++ copy was never
+    faster). MODELCHIP_F32_MATMUL=blocks|onednn decides instead (blocks: the widest copy this CPU has)."""
     has_blocks = kernels is not None and hasattr(kernels, "linear_f32")
     forced = os.environ.get("MODELCHIP_F32_MATMUL", "")
     if forced == "onednn":
@@ -108,7 +109,7 @@ def f32_matmul(kernels) -> str:
         return "f32-blocks"
     if forced:
         raise ModelchipError(f"MODELCHIP_F32_MATMUL={forced!r}: choose blocks or onednn, or leave it unset")
-    return "f32-blocks" if has_blocks and kernels.best_f32_isa == "avx512" else "onednn"
+    return "f32-blocks" if has_blocks and kernels.best_f32_isa in ("avx512", "avx2") else "onednn"
 
 
 def _why_not_fused(kernels, missing: str, layers: list[DecoderLayerWeights]) -> str:
