@@ -538,8 +538,13 @@ sample, 71 and 70 of 101 within 30%):
   used for FP8: vLLM PR #13932 (DeepGEMM and Triton block-FP8 fused-MoE layers on an H100 at DeepSeek's E 256, K
   7,168, shards 512 and 256: 1.7-5.2 ms at 128-2,048 tokens, at most 64-96 rows per expert, 0.16-0.33 of the bandwidth
   roofline; early-2025 configs, and carried to 1,000 rows a memory-bound efficiency would cross the roofline ridge,
-  about 300 rows for FP8 on an H100), PR #44830 (E 512, N 128 block-FP8 on H100, at most 80 rows per expert; only its
-  first row is in the text we could read), PR #45142 (E 512 block-FP8 on H20-3e, 64-1,024 tokens), SGLang PR #34795
+  about 300 rows for FP8 on an H100), PR #44830 (E 512, N 128, top-10, K 2,048 block-FP8 on H100, at most 80 rows per
+  expert, weight-bound there, so it would not carry to prefill rows; only its first row, 29.45 us at one token, is in
+  the text we could read, and its 'baseline' is June 2026's default, after PR #34846 (February 2026) replaced v0.11's
+  block-FP8 default with batch-aware tiles: not v0.11's kernel state), PR #34846's benchmark_moe_defaults.py (times
+  v0.11's block-FP8 default as 'Old' on an H100 at DeepSeek-V3 TP4/TP8 and Qwen3-Next TP2 shapes, 1-4,096 tokens, at
+  most 128 rows per expert; only its Mixtral header could be read), PR #45142 (E 512 block-FP8 on H20-3e, 64-1,024
+  tokens), SGLang PR #34795
   (the default block-FP8 Triton config against a tuned one on H20, E 512, N 256; nothing past its table header could
   be read), PRs #53710 and #53819 (L40S), PR #24700 (Qwen3-30B, E 128, N 768, per-tensor FP8 on H100, September 2025:
   0.11 of roofline at 4,096 tokens, another quantization with its own default config), PR #54500 (E 192 on H20,
