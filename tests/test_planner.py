@@ -33,6 +33,21 @@ def _d(chip="h800", **kw):
     return Deployment(**{**base, **kw})
 
 
+def test_copies_of_a_configuration_share_only_its_batch_independent_terms():
+    # Deployment.but copies that change the batch reuse the terms costed once for the configuration; a copy that
+    # changes anything else costs afresh: each equals the same deployment built from scratch (no shared memo)
+    cost = _dsv3()
+    for base in (_d(chips=64), _d(chips=64, strategy="afd", attn_chips=48, ffn_chips=16), _d(chips=8, strategy="tp")):
+        for b in (1, 7, 64):
+            assert evaluate(cost, base.but(batch=b)) == evaluate(cost, replace(base, batch=b))
+        other = base.but(batch=2).but(chips=32, attn_chips=base.attn_chips // 2, ffn_chips=base.ffn_chips // 2)
+        assert evaluate(cost, other) == evaluate(cost, replace(other))
+        fp8 = base.but(batch=3).but(precision=Precision(weight="fp8", kv="fp8"))
+        assert evaluate(model_cost(load_model("deepseek-v3"), fp8.precision), fp8) == evaluate(
+            model_cost(load_model("deepseek-v3"), fp8.precision), replace(fp8))
+        assert "_shared" not in replace(base.but(batch=2)).__dict__
+
+
 def test_ep_communication_follows_the_network():
     # the same EP group inside one NVL72 scale-up domain moves its all-to-all over NVLink, not NICs
     gb = get_chip("gb200")

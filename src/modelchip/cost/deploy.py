@@ -29,7 +29,7 @@ A deployment that does not fit in memory is reported infeasible with the numbers
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cache
 
 from modelchip.cost import afd_schedule, attention_layers, streaming
@@ -61,6 +61,11 @@ LOGIT_BYTES = 4.0
 # and of the previous hidden state, and the projection of their concatenation (DeepSeek-V3 technical report,
 # arXiv 2412.19437, section 2.2)
 MTP_MODULE_OPS = 3
+
+
+# the fields a step's batch-independent terms (_Shape) do not read: copies by Deployment.but that change only
+# these share those terms
+_PER_BATCH = frozenset({"batch", "microbatches"})
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,10 @@ class Deployment:
             raise TypeError(f"Deployment has no field(s) {', '.join(sorted(unknown))}")
         new = object.__new__(Deployment)
         new.__dict__.update(self.__dict__)
+        if changes.keys() <= _PER_BATCH:  # copies of one configuration share one memo of its batch-independent
+            new.__dict__["_shared"] = self.__dict__.setdefault("_shared", {})  # terms (_shape)
+        else:
+            new.__dict__.pop("_shared", None)
         new.__dict__.update(changes)
         return new
 
@@ -230,13 +239,15 @@ def _gemm(d: Deployment, flops: float, nbytes: float, m: float, peak: float, bw:
     e = fused = None if explicit or not moe_shard else km.fused_moe_efficiency(d.chip, dtype, m, moe_shard,
                                                                                 d.exclude, d.engine)
     if e is None and not explicit:
-        e = km.gemm_efficiency(d.chip, dtype, m, grouped, d.exclude, weight_dtype, d.engine)
+        curves = _per_config(d, ("gemm", dtype, grouped, weight_dtype),
+                             lambda: km.gemm_curves(d.chip, dtype, grouped, d.exclude, weight_dtype, d.engine))
+        e = curves.efficiency(m)  # km.gemm_efficiency
     if e is None:
         return _roofline(flops, nbytes, peak, bw, eff.gemm, eff.weight_memory(m))
     total = sum(calls)
     # a measured fused MoE layer is the whole kernel already; grouped experts without a grouped benchmark take
     # the sweep at the summed weights of their launch (kernel_model.gemm_split)
-    split = km.gemm_split(d.chip, dtype, m, d.exclude, grouped, d.engine) if total > 0 and fused is None else None
+    split = curves.split_at(m) if total > 0 and fused is None else None  # km.gemm_split
     if split is None:
         return max(flops / peak, nbytes / bw) / e
     e_c, sweep = split
@@ -298,10 +309,16 @@ def _scale_up_domain(d: Deployment) -> int:
 
 def _links(d: Deployment, group: int) -> tuple[float, float, int]:
     """(scale-up B/s, scale-out B/s, chips per scale-up domain) for a group of `group` chips."""
+    up, out = _per_config(d, "links", lambda: _link_rates(d))
+    return up, out, min(_scale_up_domain(d), group)
+
+
+def _link_rates(d: Deployment) -> tuple[float, float]:
+    """(scale-up B/s, scale-out B/s) of the deployment's chips."""
     systems = [d.system] if d.system else []
     up = _link_bandwidth([s.scale_up for s in systems] + [d.chip.scale_up], d.efficiency.scale_up, d.exclude)
     out = _link_bandwidth([s.scale_out for s in systems] + [d.chip.scale_out], d.efficiency.scale_out, d.exclude)
-    return up, out, min(_scale_up_domain(d), group)
+    return up, out
 
 
 def _link_bandwidth(links: list, efficiency: float, exclude: frozenset) -> float:
@@ -416,17 +433,26 @@ def _below_floor(floor: float, total: float, layers: int, fractions: tuple[float
     return layers * sum(max(0.0, floor - f * per_layer) for f in fractions)
 
 
-def _small_kernel_floor(cost: ModelCost, d: Deployment, attention: float, work: float) -> float:
+def _small_kernel_floor(floors: tuple[float, float] | None, attention: float, work: float) -> float:
     """Seconds the step's non-matmul kernels (norms, rotary, KV writes, attention, activation) wait on their
     architecture's measured per-call floor beyond their own roofline time; 0 where none is measured. Charged
     on two groups whose calls grow alike: the attention calls (one a layer, `attention` seconds: they grow with
     batch x context) and the rest (`work` seconds: they grow with tokens alone). One group would let attention
-    calls above the floor hide token-sized calls still below it (128 sequences at 1K context on TP8)."""
-    if not d.chip.arch:
+    calls above the floor hide token-sized calls still below it (128 sequences at 1K context on TP8). `floors`:
+    the two groups' floors (_small_kernel_floors)."""
+    if floors is None:
         return 0.0
+    return max(0.0, floors[0] - attention) + max(0.0, floors[1] - work)
+
+
+def _small_kernel_floors(cost: ModelCost, d: Deployment) -> tuple[float, float] | None:
+    """(attention calls', other small calls') seconds at the architecture's per-call floor (_small_kernel_floor);
+    None where the chip has no architecture."""
+    if not d.chip.arch:
+        return None
     per_call = km.fixed("small_kernel_floor", (d.chip.arch,), d.exclude) or 0.0
     rest = max(cost.small_op_calls - cost.layers, 0)
-    return max(0.0, per_call * cost.layers - attention) + max(0.0, per_call * rest - work)
+    return per_call * cost.layers, per_call * rest
 
 
 def _attention_peak(chip: Chip, prec: Precision, exclude: frozenset = frozenset()) -> float:
@@ -557,76 +583,159 @@ def _draft_passes(cost: ModelCost, d: Deployment, step: float) -> float:
     return (step + (d.mtp - 1) * single) / cost.layers
 
 
+class _Shape:
+    """The terms of a step of `d` that do not depend on its batch or micro-batch count (_PER_BATCH): formats,
+    peaks, kernel efficiencies, parallel degrees, per-call weight splits, per-call floors, fixed per-step costs
+    and the weights per chip. A plan costs each configuration at up to ~30 batch sizes and AFD micro-batches, so
+    they are worked out once per configuration (`_shape`) rather than once per costed step."""
+
+    def __init__(self, cost: ModelCost, d: Deployment):
+        self.cost = cost
+        chip, eff, prec = d.chip, d.efficiency, d.precision
+        L, moe = cost.layers, cost.moe
+        self.cdt = cdt = prec.compute_dtype(chip)
+        self.peak = peak = chip.peak(cdt)
+        self.attn_peak = _attention_peak(chip, prec, d.exclude)
+        if not peak or not chip.bandwidth or not chip.memory_capacity:
+            raise ModelchipError(f"{chip.id} lacks a peak, bandwidth or capacity figure for "
+                                 f"{cdt}; pick another chip or add the figure to its catalog file")
+        self.bw = bw = chip.bandwidth
+        self.wb = wb = dtypes.nbytes(prec.weight)
+        decode = d.phase == "decode"
+        self.tp = tp = d.chips if d.strategy == "tp" else (d.attn_chips if d.attention == "tensor-parallel" else 1)
+        self.attn_chips = d.attn_chips if d.strategy == "afd" else d.chips
+        self.ffn_group = ffn_group = d.ffn_chips if d.strategy == "afd" else d.chips
+        self.ep = ep = d.expert_parallel
+        self.kv_shard = min(tp, cost.kv_heads)
+        self.attn_c, self.attn_m = _attention_eff(d, d.phase, cost)
+        # decode: (core FLOPs per token, cache bytes per sequence); prefill: (FLOPs per computed token, cached
+        # prefix bytes per sequence)
+        self.core = cost.decode_attention(d.context) if decode else _prefill_core(cost, d.prompt_len, d.cached_prefix)
+        # attention projections and LM head may be kept in a wider format than the experts (BF16 or FP8
+        # attention beside FP4 experts)
+        self.attn_dtype = attn_dtype = prec.attention_weight or prec.weight
+        self.awb = dtypes.nbytes(attn_dtype)
+        # a tied LM head multiplies by the embedding table itself, so it streams that table's format
+        self.head_dtype = head_dtype = (prec.head_dtype() if (cost.lm_head_params or prec.lm_head_weight)
+                                        else prec.embedding_dtype())
+        self.attn_cdt = attn_cdt = prec.compute_dtype(chip, attn_dtype)
+        self.attn_peak_w = chip.peak(attn_cdt) or peak
+        self.head_cdt = head_cdt = prec.compute_dtype(chip, head_dtype)
+        self.head_peak = chip.peak(head_cdt) or peak
+        # weight elements of each matmul call of one layer (a per-size streaming lookup, _gemm)
+        self.proj_calls = _per_call(cost.attn_params / L / tp, cost.attn_call_fractions)
+        self.dense_tp = dense_tp = tp if d.strategy == "tp" else (ffn_group if d.strategy == "afd" else 1)
+        self.dense_calls = _per_call(cost.dense_params / dense_tp / max(cost.dense_layers, 1), _FFN_SPLIT)
+        if prec.ffn_down_weight:
+            self.down_cdt = down_cdt = prec.compute_dtype(chip, prec.ffn_down_weight)
+            self.down_peak = chip.peak(down_cdt) or peak
+        self.shard = shard = tp if d.strategy == "tp" else 1
+        self.imbalance_ratio = None
+        if moe:
+            self.slots = _expert_slots(moe.experts, d)
+            # split tensor-parallel, each expert is 1/tp of its intermediate width wide (Qwen3-235B at TP8: 192)
+            self.width = moe.expert_params / (3 * cost.hidden) / shard if d.strategy == "tp" else 0.0
+            self.shared_calls = _per_call(moe.shared_params / shard, _FFN_SPLIT)
+            if ep > 1 and d.moe_balance != "ideal":
+                self.imbalance_ratio = km.fixed("moe_imbalance", (d.moe_balance,), d.exclude, ranks=ep * chip.devices)
+        self.attn_call_floor = _call_floor(d, attn_cdt)
+        self.head_call_floor = _call_floor(d, head_cdt)
+        self.call_floor = _call_floor(d, cdt)
+        self.mem_bw = bw * eff.memory
+        self.small_floor = _small_kernel_floors(cost, d)
+        self.launch = _launch(cost, d)
+        self.kernel_floor = _kernel_floor(cost, d)
+        self.host_dispatch = _host_dispatch(cost, d)
+        self.straggler = _afd_straggler(d) if decode else 0.0
+        self.gap = _step_gap(d) if decode else 0.0
+        self.tokens_per_step = d.tokens_per_step
+        # weights per chip; the embedding table is stored in its own format (BF16 beside quantized layers); a tied
+        # LM head reads that same table (lm_head_params is 0 then)
+        self.attn_w = ((cost.attn_params + cost.attn_norm_params) * self.awb
+                       + cost.embed_params * dtypes.nbytes(prec.embedding_dtype())
+                       + cost.lm_head_params * dtypes.nbytes(head_dtype)) / tp
+        self.expert_w = 0.0
+        if moe:
+            per_chip_experts = (moe.experts + d.redundant_experts) / max(ep, 1)
+            self.expert_w = moe.layers * (per_chip_experts * moe.expert_params + moe.shared_params
+                                          + moe.router_params) * wb / (tp if d.strategy == "tp" else 1)
+        self.dense_w = cost.dense_params * _dense_weight_bytes(prec) / dense_tp
+        self.cap = chip.memory_capacity.value * (1 - eff.memory_reserved)
+        self.kv_fraction = d.kv_free_fraction or (km.fixed("kv_free_memory_fraction", (d.engine,), d.exclude)
+                                                  if d.engine else None)
+
+
+def _per_config(d: Deployment, key, make):
+    """`make()`, a term that does not depend on `d`'s batch (or micro-batch count), kept in the memo its
+    configuration's Deployment.but copies share; computed afresh for a deployment without one."""
+    shared = d.__dict__.get("_shared")
+    if shared is None:
+        return make()
+    if key not in shared:
+        shared[key] = make()
+    return shared[key]
+
+
+def _shape(cost: ModelCost, d: Deployment) -> _Shape:
+    """`d`'s batch-independent terms, from the memo its configuration's Deployment.but copies share."""
+    shared = d.__dict__.get("_shared")
+    found = shared.get("shape") if shared is not None else None
+    if found is None or found.cost is not cost:
+        found = _Shape(cost, d)
+        if shared is not None:
+            shared["shape"] = found
+    return found
+
+
+_FFN_SPLIT = (2 / 3, 1 / 3)  # weight elements of an FFN's gate_up and down calls
+
+
 def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tuple[float, float, float] | float:
     """evaluate's work; `stop` ends it early for the costing of a variant of `d`: "sides" at the step's
     (attention side, FFN side, LM head and sampling) seconds, "step" at the step before draft passes."""
     chip, eff, prec = d.chip, d.efficiency, d.precision
-    cdt = prec.compute_dtype(chip)
-    peak = chip.peak(cdt)
-    attn_peak = _attention_peak(chip, prec, d.exclude)
-    if not peak or not chip.bandwidth or not chip.memory_capacity:
-        raise ModelchipError(f"{chip.id} lacks a peak, bandwidth or capacity figure for "
-                             f"{cdt}; pick another chip or add the figure to its catalog file")
-    bw = chip.bandwidth
-    wb = dtypes.nbytes(prec.weight)
+    sh = _shape(cost, d)
+    cdt, peak, attn_peak, bw, wb = sh.cdt, sh.peak, sh.attn_peak, sh.bw, sh.wb
     H, L, moe = cost.hidden, cost.layers, cost.moe
     decode = d.phase == "decode"
     q = 1 + d.mtp if decode else d.prompt_len - d.cached_prefix  # tokens per sequence computed in this step
     b = d.batch
-    tp = d.chips if d.strategy == "tp" else (d.attn_chips if d.attention == "tensor-parallel" else 1)
-    attn_chips = d.attn_chips if d.strategy == "afd" else d.chips
-    ffn_group = d.ffn_chips if d.strategy == "afd" else d.chips
-    ep = d.expert_parallel
+    tp, attn_chips, ffn_group, ep, kv_shard = sh.tp, sh.attn_chips, sh.ffn_group, sh.ep, sh.kv_shard
     tokens = b * q  # per attention chip (under tp: this chip's share of the instance's batch)
-    kv_shard = min(tp, cost.kv_heads)
 
     # attention side, per chip. Under tp the instance runs b * tp sequences and each chip holds 1/tp of the
     # heads, so it does 1/tp of the instance's core FLOPs and reads 1/kv_shard of its cache (an MLA latent
     # cannot be split by heads, so every chip reads all of it)
     inst_tokens = tokens * tp
-    attn_c, attn_m = _attention_eff(d, d.phase, cost)
-    if decode:
-        core_flops, kv_bytes = cost.decode_attention(d.context)
-        core = _roofline(core_flops * tokens, kv_bytes * b * tp / kv_shard, attn_peak, bw, attn_c, attn_m)
-    else:
-        core_flops, prefix_bytes = _prefill_core(cost, d.prompt_len, d.cached_prefix)
-        core = _roofline(core_flops * tokens, prefix_bytes * b * tp / kv_shard, attn_peak, bw, attn_c, attn_m)
-    # attention projections and LM head may be kept in a wider format than the experts (BF16 or FP8
-    # attention beside FP4 experts)
-    attn_dtype = prec.attention_weight or prec.weight
-    awb = dtypes.nbytes(attn_dtype)
-    # a tied LM head multiplies by the embedding table itself, so it streams that table's format
-    head_dtype = prec.head_dtype() if (cost.lm_head_params or prec.lm_head_weight) else prec.embedding_dtype()
-    attn_cdt = prec.compute_dtype(chip, attn_dtype)
-    attn_peak_w = chip.peak(attn_cdt) or peak
-    head_cdt = prec.compute_dtype(chip, head_dtype)
-    # weight elements of each matmul call of one layer (a per-size streaming lookup, _gemm)
-    ffn_split = (2 / 3, 1 / 3)  # gate_up and down
-    proj = _gemm(d, 2 * inst_tokens * cost.attn_params / tp, cost.attn_params * awb / tp, inst_tokens, attn_peak_w,
-                 bw, attn_cdt, weight_dtype=attn_dtype,
-                 calls=_per_call(cost.attn_params / L / tp, cost.attn_call_fractions))
+    # decode: KV read per sequence; prefill: the cached prefix's KV read per sequence
+    core_flops, kv_bytes = sh.core
+    core = _roofline(core_flops * tokens, kv_bytes * b * tp / kv_shard, attn_peak, bw, sh.attn_c, sh.attn_m)
+    attn_dtype, awb, head_dtype, attn_cdt, head_cdt = sh.attn_dtype, sh.awb, sh.head_dtype, sh.attn_cdt, sh.head_cdt
+    ffn_split = _FFN_SPLIT  # gate_up and down
+    proj = _gemm(d, 2 * inst_tokens * cost.attn_params / tp, cost.attn_params * awb / tp, inst_tokens, sh.attn_peak_w,
+                 bw, attn_cdt, weight_dtype=attn_dtype, calls=sh.proj_calls)
     head_params = cost.lm_head_params or cost.embed_params
     out_tokens = b * tp * (q if decode else 1)  # prefill needs logits of the last token only
     if d.attention == "data-parallel":  # the runtime gathers every rank's rows needing logits to rank 0
         out_tokens *= d.chips
     lm_head = _gemm(d, 2 * out_tokens * head_params / tp, head_params * dtypes.nbytes(head_dtype) / tp, out_tokens,
-                    chip.peak(head_cdt) or peak, bw, head_cdt,
+                    sh.head_peak, bw, head_cdt,
                     weight_dtype=head_dtype, calls=(head_params / tp,))
 
     # FFN side, per FFN chip; under afd an FFN chip serves every attention chip's tokens
     # (tensor-parallel attention ranks hold the same tokens, so an FFN chip serves 1/F of one rank's)
     served = inst_tokens * (1 if d.attention == "tensor-parallel" else attn_chips)
     ffn_tokens = served / ffn_group if d.strategy == "afd" else inst_tokens
-    dense_tp = tp if d.strategy == "tp" else (ffn_group if d.strategy == "afd" else 1)
+    dense_tp = sh.dense_tp
     dense_tokens = ffn_tokens * (ffn_group if d.strategy == "afd" else 1)
-    dense_calls = _per_call(cost.dense_params / dense_tp / max(cost.dense_layers, 1), ffn_split)
+    dense_calls = sh.dense_calls
     if prec.ffn_down_weight:  # down_proj kept wider: its own bytes, format and compute units (a second group)
         up, down = (cost.dense_params * f / dense_tp for f in ffn_split)
-        down_cdt = prec.compute_dtype(chip, prec.ffn_down_weight)
+        down_cdt = sh.down_cdt
         dense = (_gemm(d, 2 * dense_tokens * up, up * wb, dense_tokens, peak, bw, cdt, weight_dtype=prec.weight,
                        calls=dense_calls[:1])
                  + _gemm(d, 2 * dense_tokens * down, down * dtypes.nbytes(prec.ffn_down_weight), dense_tokens,
-                         chip.peak(down_cdt) or peak, bw, down_cdt, weight_dtype=prec.ffn_down_weight,
+                         sh.down_peak, bw, down_cdt, weight_dtype=prec.ffn_down_weight,
                          calls=dense_calls[1:]))
     else:
         dense = _gemm(d, 2 * dense_tokens * cost.dense_params / dense_tp, cost.dense_params * wb / dense_tp,
@@ -636,25 +745,24 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
         # tokens the expert-parallel group routes: every chip's own, or (attention replicated) one set for all
         group_tokens = ffn_tokens * ep if d.strategy != "tp" and d.attention != "replicated" else ffn_tokens
         pairs = group_tokens * moe.top_k / max(ep, 1)  # token-expert pairs landing on this chip
-        slots = _expert_slots(moe.experts, d)
+        slots = sh.slots
         hit = _activated(slots, moe.top_k, group_tokens) / max(ep, 1)
-        shard = tp if d.strategy == "tp" else 1
+        shard = sh.shard
         shared_tokens = ffn_tokens if d.strategy != "tp" else inst_tokens
         # routed experts as one grouped GEMM of pairs/hit rows per expert, the shared expert as a dense one;
         # split tensor-parallel, each expert is 1/tp of its intermediate width wide (Qwen3-235B at TP8: 192)
-        width = moe.expert_params / (3 * H) / shard if d.strategy == "tp" else 0.0
+        width = sh.width
         # one grouped launch per projection runs every expert hit: its call streams all their weights
         routed = _gemm(d, 2 * pairs * moe.expert_params / shard, hit * moe.expert_params * wb / shard,
                        pairs / max(hit, 1e-9), peak, bw, cdt, grouped=True, weight_dtype=prec.weight,
                        moe_shard=width, calls=_per_call(hit * moe.expert_params / shard, ffn_split))
         shared = _gemm(d, 2 * shared_tokens * moe.shared_params / shard, moe.shared_params * wb / shard,
                        shared_tokens, peak, bw, cdt, weight_dtype=prec.weight,
-                       calls=_per_call(moe.shared_params / shard, ffn_split)) if moe.shared_params else 0.0
+                       calls=sh.shared_calls) if moe.shared_params else 0.0
         moe_t = moe.layers * (routed + shared)
         # the busiest expert-parallel rank sets the pace: routed work grows by its measured max/mean load
         if ep > 1 and d.moe_balance != "ideal":
-            ratio = km.fixed("moe_imbalance", (d.moe_balance,), d.exclude, ranks=ep * chip.devices)
-            imbalance = moe.layers * routed * ((ratio or 1.0) - 1.0)
+            imbalance = moe.layers * routed * ((sh.imbalance_ratio or 1.0) - 1.0)
         router = moe.layers * _roofline(2 * shared_tokens * moe.router_params / shard, moe.router_params * wb / shard,
                                         peak, bw, eff.gemm, eff.memory)
 
@@ -669,9 +777,9 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
 
     # a matmul call cannot run faster than its architecture's measured per-call floor: small weight shards (70B
     # at TP8) wait on it where their streaming time is shorter; FFN matmuls are gate_up (2/3) and down (1/3)
-    floor_attn = (_below_floor(_call_floor(d, attn_cdt), proj, L, cost.attn_call_fractions)
-                  + _below_floor(_call_floor(d, head_cdt), lm_head, 1, (1.0,)))
-    call_floor = _call_floor(d, cdt)
+    floor_attn = (_below_floor(sh.attn_call_floor, proj, L, cost.attn_call_fractions)
+                  + _below_floor(sh.head_call_floor, lm_head, 1, (1.0,)))
+    call_floor = sh.call_floor
     floor_ffn = _below_floor(call_floor, dense, cost.dense_layers, ffn_split)
     if moe:
         floor_ffn += _below_floor(call_floor, moe.layers * routed, moe.layers, ffn_split)
@@ -679,7 +787,7 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
 
     # memory-bound kernels between the matmuls (see NORM_PASSES): norms and sampling beside attention,
     # SiLU-and-mul beside the FFN weights it follows
-    mem_bw = bw * eff.memory
+    mem_bw = sh.mem_bw
     norms = inst_tokens * L * NORM_PASSES * H * ACT_BYTES / mem_bw
     sampling = out_tokens * cost.vocab * LOGIT_PASSES * LOGIT_BYTES / tp / mem_bw
     widths = dense_tokens * cost.dense_params / (3 * H) / dense_tp
@@ -699,7 +807,7 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
             moe_t = moe.layers * (routed / share(expert_rows) + shared / share(shared_tokens))
             imbalance /= share(expert_rows)
 
-    floor_small = _small_kernel_floor(cost, d, core, norms + sampling + act_fn)
+    floor_small = _small_kernel_floor(sh.small_floor, core, norms + sampling + act_fn)
     attn_cold, ffn_cold = _cold_ops(cost, d, tp, dense_tp, wb, awb, hit if moe else 0.0, kv_shard)
     attn_cold, ffn_cold = attn_cold * host_slowdown, ffn_cold * host_slowdown
     attn_side = proj + core + lm_head + norms + sampling + floor_attn + floor_small + attn_cold
@@ -771,8 +879,8 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
     # fixed per-call costs: every op call, plus per sequence in each attention call
     host = (d.overhead_per_op_s * _op_calls(cost, d) + d.overhead_per_seq_s * L * b * tp
             + d.overhead_per_step_s + d.overhead_per_seq_step_s * b * tp) * host_slowdown
-    launch = _launch(cost, d)
-    floor = _kernel_floor(cost, d)
+    launch = sh.launch
+    floor = sh.kernel_floor
     # ranks reach each blocking collective from their own compute, not together: the first waits for the last
     # (measured on the profiled process group, cost/collectives.SyncWait)
     sync_wait = d.collectives.wait_seconds(measured_calls, attn_side + ffn_side) if measured_calls else 0.0
@@ -814,18 +922,8 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
 
     # memory per chip
     kv = b * tp * (d.context if decode else d.prompt_len) * cost.kv_bytes_per_token / kv_shard
-    cap = chip.memory_capacity.value * (1 - eff.memory_reserved)
-    # the embedding table is stored in its own format (BF16 beside quantized layers); a tied LM head reads
-    # that same table (lm_head_params is 0 then)
-    attn_w = ((cost.attn_params + cost.attn_norm_params) * awb
-              + cost.embed_params * dtypes.nbytes(prec.embedding_dtype())
-              + cost.lm_head_params * dtypes.nbytes(head_dtype)) / tp
-    expert_w = 0.0
-    if moe:
-        per_chip_experts = (moe.experts + d.redundant_experts) / max(ep, 1)
-        expert_w = moe.layers * (per_chip_experts * moe.expert_params + moe.shared_params
-                                 + moe.router_params) * wb / (tp if d.strategy == "tp" else 1)
-    dense_w = cost.dense_params * _dense_weight_bytes(prec) / dense_tp
+    cap = sh.cap
+    attn_w, expert_w, dense_w = sh.attn_w, sh.expert_w, sh.dense_w  # weights per chip
     if d.strategy == "afd":
         mem = {"attention_chip": {"weights": attn_w / 1e9, "kv_cache": kv / 1e9},
                "ffn_chip": {"weights": (expert_w + dense_w) / 1e9}}
@@ -834,8 +932,7 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
         mem = {"weights": (attn_w + expert_w + dense_w) / 1e9, "kv_cache": kv / 1e9}
         used = attn_w + expert_w + dense_w + kv
     weights_w = used - kv
-    kv_fraction = d.kv_free_fraction or (km.fixed("kv_free_memory_fraction", (d.engine,), d.exclude)
-                                         if d.engine else None)
+    kv_fraction = sh.kv_fraction
     if kv_fraction and d.strategy != "afd":  # the KV cache gets a fraction of what the weights leave
         cap = weights_w + (chip.memory_capacity.value - weights_w) * kv_fraction
     mem["usable"] = cap / 1e9
@@ -846,11 +943,11 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
     step += launch + floor
     # the host issues the step's operators while the device runs them: where issuing is slower, the device
     # idles for the difference (host-bound)
-    dispatch_wait = max(0.0, _host_dispatch(cost, d) - step)
+    dispatch_wait = max(0.0, sh.host_dispatch - step)
     step += dispatch_wait
-    straggler = _afd_straggler(d) if decode else 0.0
+    straggler = sh.straggler
     step += straggler
-    gap = _step_gap(d) if decode else 0.0
+    gap = sh.gap
     step += gap
     offload = 0.0
     if d.weight_offload and used > cap and d.strategy != "afd":
@@ -885,8 +982,8 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
                           None, None, b, None, used / 1e9, mem, breakdown, None, "memory")
     sequences = b * (attn_chips if d.strategy == "afd" else d.chips)  # sequences in flight on the deployment
     if decode:
-        tokens_per_s = sequences * d.tokens_per_step / step / d.chips
-        tpot, ttft = step / d.tokens_per_step * 1e3, None
+        tokens_per_s = sequences * sh.tokens_per_step / step / d.chips
+        tpot, ttft = step / sh.tokens_per_step * 1e3, None
     else:
         tokens_per_s = sequences * q / step / d.chips  # computed tokens: cached prefixes are not counted
         tpot, ttft = None, step * 1e3
@@ -965,7 +1062,7 @@ def max_batch_by_memory(cost: ModelCost, d: Deployment) -> int:
 
 
 def _with_batch(d: Deployment, batch: int) -> Deployment:
-    return replace(d, batch=batch)
+    return d.but(batch=batch)  # the copies share the configuration's batch-independent terms (_shape)
 
 
 def best_batch_for_slo(cost: ModelCost, d: Deployment, tpot_slo_ms: float) -> Prediction:

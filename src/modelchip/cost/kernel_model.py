@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from functools import cache
+from typing import NamedTuple
 
 from modelchip.spec import dtypes
 from modelchip.spec.chips import Chip, get_chip
@@ -139,6 +140,33 @@ def _gemm_curve(arch: str, dtype: str, grouped: bool, exclude: frozenset[str], w
     tables = _gemm_tables(arch, dtypes.canonical(dtype), grouped, exclude, dtypes.canonical(weight) if weight else "",
                           prequantized)
     return _curve(tables) if tables else None
+
+
+class GemmCurves(NamedTuple):
+    """The measured curves a GEMM of one architecture, compute dtype, grouping, weight format and engine is
+    priced on (`gemm_curves`): `gemm_efficiency`'s median curve and `gemm_split`'s (compute curve, streaming
+    curve), either None where it does not apply. A plan prices ~130,000 GEMMs on a few dozen of these."""
+    median: list[tuple[float, float]] | None
+    split: tuple[list[tuple[float, float]], list[tuple[float, float]]] | None
+
+    def efficiency(self, m: float) -> float | None:
+        """`gemm_efficiency` at M rows."""
+        return log_interp(self.median, max(m, 1.0)) if self.median is not None else None
+
+    def split_at(self, m: float) -> tuple[float, list[tuple[float, float]]] | None:
+        """`gemm_split` at M rows."""
+        if self.split is None:
+            return None
+        compute, sweep = self.split
+        return log_interp(compute, max(m, 1.0)), sweep
+
+
+def gemm_curves(chip: Chip, dtype: str, grouped: bool = False, exclude: frozenset[str] = NONE, weight: str = "",
+                engine: str = "") -> GemmCurves:
+    """`gemm_efficiency`'s and `gemm_split`'s curves for these arguments, to be asked at many M."""
+    prequantized = engine in PREQUANTIZED_ENGINES
+    return GemmCurves(_gemm_curve(chip.arch, dtype, grouped, exclude, weight, prequantized),
+                      _split_curves(chip.arch, dtype, exclude, grouped, prequantized))
 
 
 def fused_moe_curve(table: FusedMoeTable) -> list[tuple[float, float]]:
