@@ -553,17 +553,23 @@ def _sides(cost: ModelCost, d: Deployment) -> tuple[float, float, float]:
     return _evaluate(cost, d, stop="sides")
 
 
-def _ep_barrier_wait(d: Deployment, compute: float, charged: float) -> float:
-    """Seconds a decode step's ranks wait at the expert-parallel barriers (dispatch and combine) for the slowest
-    rank, where the architecture has that wait measured at this many ranks (`ep_barrier_balance`: a rank's own
-    compute over compute plus wait, mean over the ranks, 0 elsewhere). `compute` is the step's compute on the
-    costed rank, `charged` the part of it that is already a wait for the slowest rank (the busiest expert rank's
-    extra routed work, data-parallel attention waiting): the measured wait covers those, so only its excess is
-    added. Expert-parallel decode with data-parallel attention and no measured collectives profile only."""
+def _ep_barrier_balance(d: Deployment) -> float:
+    """A rank's own compute over compute plus its wait at the expert-parallel barriers (dispatch and combine) for
+    the slowest rank, mean over the ranks, where the architecture has it measured at this many ranks
+    (`ep_barrier_balance`); 0 elsewhere. Expert-parallel decode with data-parallel attention and no measured
+    collectives profile only."""
     if (d.strategy != "ep" or d.collectives is not None or d.attention == "replicated" or d.expert_parallel <= 1
             or not d.chip.arch):
         return 0.0
-    ratio = km.fixed("ep_barrier_balance", (d.chip.arch,), d.exclude, ranks=d.expert_parallel * d.chip.devices)
+    return km.fixed("ep_barrier_balance", (d.chip.arch,), d.exclude, ranks=d.expert_parallel * d.chip.devices) or 0.0
+
+
+def _ep_barrier_wait(ratio: float, compute: float, charged: float) -> float:
+    """Seconds a decode step's ranks wait at the expert-parallel barriers for the slowest rank, at the measured
+    balance `ratio` (_ep_barrier_balance; 0: nothing measured, no wait). `compute` is the step's compute on the
+    costed rank, `charged` the part of it that is already a wait for the slowest rank (the busiest expert rank's
+    extra routed work, data-parallel attention waiting): the measured wait covers those, so only its excess is
+    added."""
     if not ratio:
         return 0.0
     return max(0.0, (compute - charged) * (1 / ratio - 1) - charged)
@@ -648,6 +654,7 @@ class _Shape:
         self.host_dispatch = _host_dispatch(cost, d)
         self.straggler = _afd_straggler(d) if decode else 0.0
         self.gap = _step_gap(d) if decode else 0.0
+        self.barrier_balance = _ep_barrier_balance(d) if decode else 0.0
         self.tokens_per_step = d.tokens_per_step
         # weights per chip; the embedding table is stored in its own format (BF16 beside quantized layers); a tied
         # LM head reads that same table (lm_head_params is 0 then)
@@ -885,7 +892,7 @@ def _evaluate(cost: ModelCost, d: Deployment, stop: str = "") -> Prediction | tu
     # (measured on the profiled process group, cost/collectives.SyncWait)
     sync_wait = d.collectives.wait_seconds(measured_calls, attn_side + ffn_side) if measured_calls else 0.0
     tail = d.collectives.tail_seconds(measured_calls) if measured_calls else 0.0
-    barrier = _ep_barrier_wait(d, attn_side + ffn_side, imbalance + dp_wait) if decode and moe else 0.0
+    barrier = _ep_barrier_wait(sh.barrier_balance, attn_side + ffn_side, imbalance + dp_wait) if moe else 0.0
     comm_total = comm + comm_fixed + sync_wait + tail + barrier
     # AFD's micro-batches each stream their side's weights: a micro-batch of 1/m of the batch takes what a step
     # of 1/m of the batch takes on each side, not 1/m of the step (at decode sizes, nearly all of it). Measured
